@@ -1,0 +1,62 @@
+# Runbox developer commands. `make help` lists them.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv protos run test test-unit test-integration test-e2e check lint types protos-check bench sandbox-image docker clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || PY=python3; \
+	  test -x $(BIN)/python || { $(PY) -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV); } || \
+	  { echo "python3-venv missing: apt-get install -y python3-venv" >&2; exit 1; }
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install Runbox with dev tools
+
+protos: $(STAMP) ## regenerate the runbox package from protos/
+	$(BIN)/python protos/generate.py
+	cd protos && ../$(BIN)/buf lint
+
+docker: ## install and start a Docker engine if none is reachable
+	bash deploy/docker/install-docker.sh
+
+sandbox-image: ## build the Python sandbox image offline (mmdebstrap + docker import)
+	bash deploy/sandbox/build-image.sh
+
+run: $(STAMP) ## start the whole stack on embedded defaults, run examples/hello.py, keep serving
+	bash deploy/dev/run.sh
+
+test: $(STAMP) ## run the whole test suite
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+check: lint types protos-check ## lint, type-check, and verify generated code is fresh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+protos-check: $(STAMP) ## fail if regenerating the protos changes anything
+	$(BIN)/python protos/generate.py
+	cd protos && ../$(BIN)/buf lint
+	@git diff --exit-code --stat -- runbox || { echo "generated code is stale: run make protos" >&2; exit 1; }
+	@test -z "$$(git status --porcelain -- runbox)" || { echo "untracked generated files: run make protos and commit" >&2; exit 1; }
+
+bench: $(STAMP) ## run the benchmarks
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean: ## remove .venv and local state under ./var
+	rm -rf $(VENV) var
