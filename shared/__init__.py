@@ -1,0 +1,1 @@
+"""Runbox's small common library: errors, settings, gRPC bootstrap, auth, events, telemetry."""

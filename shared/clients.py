@@ -1,0 +1,59 @@
+"""Outgoing gRPC channels: bearer token on every call, a default deadline
+when the caller gives none, tracing, and message size limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+
+class _CallDefaults(
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+):
+    def __init__(self, token: str, default_timeout_s: float) -> None:
+        self._auth = ("authorization", f"Bearer {token}")
+        self._timeout = default_timeout_s
+
+    def _details(self, details: grpc.aio.ClientCallDetails, stream: bool) -> Any:
+        metadata = list(details.metadata or [])
+        if not any(k == "authorization" for k, _ in metadata):
+            metadata.append(self._auth)
+        timeout = details.timeout
+        if timeout is None and not stream:
+            timeout = self._timeout
+        return grpc.aio.ClientCallDetails(
+            details.method, timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(self._details(details, False), request)
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(self._details(details, True), request)
+
+
+def open_channel(
+    address: str,
+    *,
+    token: str,
+    default_timeout_s: float = 10.0,
+    max_message_bytes: int = 4 * 1024 * 1024,
+) -> grpc.aio.Channel:
+    """An insecure (loopback / mesh-terminated) channel with Runbox call defaults."""
+    return grpc.aio.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.enable_retries", 1),
+        ],
+        interceptors=[*aio_client_interceptors(), _CallDefaults(token, default_timeout_s)],
+    )

@@ -1,0 +1,140 @@
+"""NATS JetStream: connection, stream provisioning, and a durable consumer
+loop that is bounded, acknowledges only after the handler succeeded, and
+continues the producer's trace."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from shared.settings import NatsSettings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+async def connect(settings: NatsSettings, *, name: str) -> NATS:
+    """Connect with retries (the server may be starting) and reconnect forever."""
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(max(settings.connect_timeout_s, 1.0) * 6),
+        wait=wait_exponential(multiplier=0.1, max=2.0),
+        retry=retry_if_exception_type((OSError, nats.errors.NoServersError, TimeoutError)),
+        reraise=True,
+    ):
+        with attempt:
+            return await nats.connect(
+                settings.url,
+                name=name,
+                connect_timeout=settings.connect_timeout_s,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+            )
+    raise RuntimeError("unreachable")
+
+
+async def ensure_stream(js: JetStreamContext, settings: NatsSettings) -> None:
+    """Create or update the one event stream (file storage, dedup window)."""
+    config = StreamConfig(
+        name=settings.stream,
+        subjects=[f"{settings.subjects_prefix}.>"],
+        storage=StorageType.FILE,
+        duplicate_window=settings.duplicate_window_s,
+        num_replicas=settings.replicas,
+    )
+    try:
+        await js.stream_info(settings.stream)
+        await js.update_stream(config)
+    except NotFoundError:
+        await js.add_stream(config)
+
+
+class DurableConsumer:
+    """Pulls from a durable consumer and hands each message to a handler.
+
+    A message is acked only after the handler returns; a failing handler gets
+    the message again after a delay (nak), so nothing is lost while the
+    service is down or a handler is broken. Handlers must be idempotent.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        stream: str,
+        durable: str,
+        filter_subject: str,
+        handler: Handler,
+        batch: int = 64,
+        ack_wait_s: float = 30.0,
+        retry_delay_s: float = 1.0,
+    ) -> None:
+        self._js = js
+        self._stream = stream
+        self._durable = durable
+        self._filter = filter_subject
+        self._handler = handler
+        self._batch = batch
+        self._ack_wait = ack_wait_s
+        self._retry_delay = retry_delay_s
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        config = ConsumerConfig(
+            durable_name=self._durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=self._filter,
+            ack_wait=self._ack_wait,
+            max_ack_pending=self._batch * 4,
+        )
+        sub = await self._js.pull_subscribe(
+            self._filter, durable=self._durable, stream=self._stream, config=config
+        )
+        self._task = asyncio.create_task(self._loop(sub), name=f"consumer:{self._durable}")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping.is_set():
+            try:
+                messages = await sub.fetch(self._batch, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception:
+                if self._stopping.is_set():
+                    return
+                log.exception("fetch failed on %s; retrying", self._durable)
+                await asyncio.sleep(self._retry_delay)
+                continue
+            for msg in messages:
+                await self._dispatch(msg)
+
+    async def _dispatch(self, msg: Msg) -> None:
+        try:
+            await self._handler(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handler failed for %s; will redeliver", msg.subject)
+            await msg.nak(delay=self._retry_delay)
+            return
+        await msg.ack()

@@ -1,0 +1,147 @@
+"""Transactional outbox: an event is written in the same transaction as the
+state change it reports, then a relay publishes it to JetStream with
+Nats-Msg-Id set. A crash between commit and publish loses nothing (the relay
+publishes it on restart); a crash between publish and marking it sent
+republishes with the same id, which JetStream's duplicate window drops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.js import JetStreamContext
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.telemetry import inject_context
+
+log = logging.getLogger(__name__)
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    """The outbox table, added to a service's own metadata (and migrations)."""
+    return Table(
+        "outbox",
+        metadata,
+        Column(
+            "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+        ),
+        Column("msg_id", String(200), nullable=False, unique=True),
+        Column("subject", String(255), nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        Column("headers", Text, nullable=False, default="{}"),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("published_at", DateTime(timezone=True), nullable=True, index=True),
+    )
+
+
+class Outbox:
+    """Adds events inside a caller's transaction and relays them afterwards."""
+
+    def __init__(
+        self,
+        table: Table,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        poll_interval_s: float = 0.5,
+        batch: int = 100,
+    ) -> None:
+        self._table = table
+        self._sessions = sessions
+        self._poll = poll_interval_s
+        self._batch = batch
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def add(
+        self,
+        session: AsyncSession,
+        *,
+        subject: str,
+        msg_id: str,
+        payload: bytes,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Stage an event in the caller's (uncommitted) transaction."""
+        all_headers = inject_context(dict(headers or {}))
+        await session.execute(
+            insert(self._table).values(
+                msg_id=msg_id,
+                subject=subject,
+                payload=payload,
+                headers=json.dumps(all_headers),
+                created_at=datetime.now(UTC),
+            )
+        )
+
+    def notify(self) -> None:
+        """Wake the relay after a commit so events go out without waiting a poll."""
+        self._wake.set()
+
+    def start(self, js: JetStreamContext) -> None:
+        self._task = asyncio.create_task(self._relay(js), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _relay(self, js: JetStreamContext) -> None:
+        while True:
+            try:
+                sent = await self.flush(js)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay failed; retrying")
+                sent = 0
+            if sent < self._batch:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+
+    async def flush(self, js: JetStreamContext) -> int:
+        """Publish up to one batch of unsent events; returns how many were sent."""
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(
+                    select(self._table)
+                    .where(self._table.c.published_at.is_(None))
+                    .order_by(self._table.c.id)
+                    .limit(self._batch)
+                )
+            ).all()
+        sent = 0
+        for row in rows:
+            headers: dict[str, Any] = json.loads(row.headers)
+            headers["Nats-Msg-Id"] = row.msg_id
+            await js.publish(row.subject, row.payload, headers=headers, timeout=5.0)
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    update(self._table)
+                    .where(self._table.c.id == row.id)
+                    .values(published_at=datetime.now(UTC))
+                )
+            sent += 1
+        return sent

@@ -1,0 +1,125 @@
+"""The composition root every service's __main__ shares: logging, tracing,
+metrics registry and endpoint, auth, NATS, then the gRPC server until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+
+from shared import jetstream
+from shared.auth import Authenticator
+from shared.metrics import MetricsEndpoint
+from shared.server import Registration, ServerBundle, create_server, serve
+from shared.settings import ServiceSettings
+from shared.telemetry import setup_logging, setup_tracing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Process-wide dependencies built once and passed to a service's builder."""
+
+    service: str
+    settings: ServiceSettings
+    registry: CollectorRegistry
+    tracer_provider: TracerProvider
+    authenticator: Authenticator
+    instance_id: str
+    nats: NATS | None = None
+    js: JetStreamContext | None = None
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def connect_nats(self) -> JetStreamContext:
+        """Connect to NATS, provision the event stream, and drain on shutdown."""
+        self.nats = await jetstream.connect(self.settings.nats, name=f"runbox-{self.service}")
+        self.js = self.nats.jetstream()
+        await jetstream.ensure_stream(self.js, self.settings.nats)
+        nc = self.nats
+
+        async def drain() -> None:
+            await nc.drain()
+
+        self.on_shutdown.insert(0, drain)  # drained last (hooks run in reverse)
+        return self.js
+
+
+@dataclass
+class Service:
+    """What a service builder returns: servicers, their permission map, hooks."""
+
+    registrations: Sequence[Registration]
+    permissions: Mapping[str, str]
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    ready_info: dict[str, Any] = field(default_factory=dict)
+
+
+def build_runtime(service: str, settings: ServiceSettings) -> Runtime:
+    setup_logging(settings.log, service)
+    return Runtime(
+        service=service,
+        settings=settings,
+        registry=CollectorRegistry(),
+        tracer_provider=setup_tracing(service),
+        authenticator=Authenticator.from_config(
+            settings.auth.principals_file, settings.auth.principals
+        ),
+        instance_id=settings.instance_id or f"{service}-{socket.gethostname()}-{os.getpid()}",
+    )
+
+
+def start_server(runtime: Runtime, built: Service) -> ServerBundle:
+    """Create the gRPC server for a built service (not started yet)."""
+    bundle = create_server(
+        service=runtime.service,
+        settings=runtime.settings.grpc,
+        registrations=built.registrations,
+        authenticator=runtime.authenticator,
+        permissions=built.permissions,
+        registry=runtime.registry,
+        tracer_provider=runtime.tracer_provider,
+    )
+    bundle.on_shutdown.extend(runtime.on_shutdown)
+    return bundle
+
+
+async def run_service(runtime: Runtime, builder: Callable[[Runtime], Awaitable[Service]]) -> None:
+    """Build the service, expose /metrics, serve until SIGTERM, shut down cleanly."""
+    built = await builder(runtime)
+    bundle = start_server(runtime, built)
+    metrics = None
+    if runtime.settings.metrics.port >= 0:
+        metrics = MetricsEndpoint(
+            runtime.registry, runtime.settings.metrics.host, runtime.settings.metrics.port
+        )
+    for hook in built.on_start:
+        await hook()
+    announce = None
+    if runtime.settings.announce_ready:
+        announce = {
+            "service": runtime.service,
+            "grpc_port": bundle.port,
+            "metrics_port": metrics.port if metrics else None,
+            **built.ready_info,
+        }
+    log.info(
+        "%s listening on %s:%d (metrics %s)",
+        runtime.service,
+        runtime.settings.grpc.host,
+        bundle.port,
+        metrics.port if metrics else "off",
+    )
+    try:
+        await serve(bundle, grace_s=runtime.settings.grpc.shutdown_grace_s, announce=announce)
+    finally:
+        if metrics is not None:
+            metrics.close()

@@ -1,0 +1,129 @@
+"""gRPC server bootstrap: grpc.aio server with health checking, reflection,
+tracing and the service interceptor; graceful shutdown on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+
+from shared.auth import Authenticator
+from shared.interceptors import RpcMetrics, ServiceInterceptor
+from shared.settings import GrpcSettings
+
+log = logging.getLogger(__name__)
+
+# (add_XServicer_to_server function, servicer instance, full service name)
+Registration = tuple[Callable[[Any, grpc.aio.Server], None], Any, str]
+
+
+@dataclass
+class ServerBundle:
+    """A built, not yet started server and the pieces shutdown needs."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: list[str]
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+
+def create_server(
+    *,
+    service: str,
+    settings: GrpcSettings,
+    registrations: Sequence[Registration],
+    authenticator: Authenticator,
+    permissions: Mapping[str, str],
+    registry: CollectorRegistry,
+    tracer_provider: TracerProvider | None = None,
+) -> ServerBundle:
+    """Build a grpc.aio server bound to settings.host:settings.port (0 = free port)."""
+    interceptor = ServiceInterceptor(
+        authenticator=authenticator,
+        permissions=permissions,
+        metrics=RpcMetrics(service, registry),
+        default_deadline_s=settings.default_deadline_s,
+    )
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(
+        interceptors=[aio_server_interceptor(tracer_provider=tracer_provider), interceptor],
+        options=options,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    names = []
+    for add, servicer, name in registrations:
+        add(servicer, server)
+        names.append(name)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise RuntimeError(f"cannot bind gRPC port {settings.host}:{settings.port}")
+    return ServerBundle(server=server, port=port, health=health_servicer, service_names=names)
+
+
+async def serve(
+    bundle: ServerBundle,
+    *,
+    grace_s: float,
+    announce: Mapping[str, Any] | None = None,
+) -> None:
+    """Start, mark SERVING, wait for SIGTERM/SIGINT, then shut down gracefully:
+    NOT_SERVING, stop accepting, let RPCs finish within grace, run on_shutdown."""
+    await bundle.server.start()
+    await bundle.set_serving(True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if announce is not None:
+        # One machine-readable line for whoever started us (the dev stack).
+        print("RUNBOX_READY " + json.dumps(dict(announce)), file=sys.stdout, flush=True)
+    log.info("serving", extra={"port": bundle.port})
+    await stop.wait()
+    log.info("shutting down")
+    await bundle.set_serving(False)
+    await bundle.server.stop(grace_s)
+    for hook in reversed(bundle.on_shutdown):
+        try:
+            await hook()
+        except Exception:
+            log.exception("shutdown hook failed")
+
+
+def service_names(registrations: Iterable[Registration]) -> list[str]:
+    return [name for _, _, name in registrations]
