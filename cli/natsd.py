@@ -57,9 +57,9 @@ def start(store_dir: Path, *, port: int = 0, log_file: Path | None = None) -> Na
     port = port or free_port()
     config = store_dir / "nats.conf"
     config.write_text(
-        "listen: 127.0.0.1:%d\n"
-        "jetstream {\n  store_dir: %s\n  sync_interval: always\n}\n"
-        "max_payload: 8MB\n" % (port, _quote(store_dir / "js"))
+        f"listen: 127.0.0.1:{port}\n"
+        f"jetstream {{\n  store_dir: {_quote(store_dir / 'js')}\n  sync_interval: always\n}}\n"
+        "max_payload: 8MB\n"
     )
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen([find_binary(), "-c", str(config)], stdout=out, stderr=out)

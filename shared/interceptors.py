@@ -111,11 +111,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _authorize(self, method: str, metadata: Mapping[str, Any]) -> Principal | None:
         needed = self._permissions.get(method)
-        if needed is None:
-            raise PermissionDenied(f"method {method} is not open to any permission")
         if needed == PUBLIC:
             return None
         principal = self._auth.authenticate(metadata.get("authorization"))
+        if needed is None:
+            raise PermissionDenied(f"method {method} is not open to any permission")
         require(principal, needed)
         return principal
 
@@ -142,6 +142,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
+            except NotImplementedError:
+                code = grpc.StatusCode.UNIMPLEMENTED
+                await context.abort(code, f"{method} is not implemented yet")
             except Exception as exc:
                 code = _passthrough_code(exc)
                 if code is not None:
@@ -172,6 +175,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
+            except NotImplementedError:
+                code = grpc.StatusCode.UNIMPLEMENTED
+                await context.abort(code, f"{method} is not implemented yet")
             except Exception as exc:
                 code = _passthrough_code(exc)
                 if code is not None:

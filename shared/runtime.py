@@ -3,6 +3,7 @@ metrics registry and endpoint, auth, NATS, then the gRPC server until SIGTERM.""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from shared import jetstream
 from shared.auth import Authenticator
 from shared.metrics import MetricsEndpoint
-from shared.server import Registration, ServerBundle, create_server, serve
+from shared.server import Registration, ServerBundle, create_server, wait_for_signal
 from shared.settings import ServiceSettings
 from shared.telemetry import setup_logging, setup_tracing
 
@@ -92,34 +93,70 @@ def start_server(runtime: Runtime, built: Service) -> ServerBundle:
     return bundle
 
 
-async def run_service(runtime: Runtime, builder: Callable[[Runtime], Awaitable[Service]]) -> None:
-    """Build the service, expose /metrics, serve until SIGTERM, shut down cleanly."""
+@dataclass
+class Running:
+    """A started service (used by run_service and by in-process tests)."""
+
+    runtime: Runtime
+    bundle: ServerBundle
+    built: Service
+
+    @property
+    def port(self) -> int:
+        return self.bundle.port
+
+    @property
+    def address(self) -> str:
+        return f"{self.runtime.settings.grpc.host}:{self.bundle.port}"
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """NOT_SERVING, stop the server, then run shutdown hooks (last added first)."""
+        await self.bundle.set_serving(False)
+        await self.bundle.server.stop(grace_s)
+        for hook in reversed(self.bundle.on_shutdown):
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown hook failed")
+
+
+async def launch(runtime: Runtime, builder: Callable[[Runtime], Awaitable[Service]]) -> Running:
+    """Build the service, start its gRPC server and on_start hooks, mark SERVING."""
     built = await builder(runtime)
     bundle = start_server(runtime, built)
+    await bundle.server.start()
+    for hook in built.on_start:
+        await hook()
+    await bundle.set_serving(True)
+    return Running(runtime, bundle, built)
+
+
+async def run_service(runtime: Runtime, builder: Callable[[Runtime], Awaitable[Service]]) -> None:
+    """Serve until SIGTERM/SIGINT, exposing /metrics, then shut down gracefully."""
+    running = await launch(runtime, builder)
     metrics = None
     if runtime.settings.metrics.port >= 0:
         metrics = MetricsEndpoint(
             runtime.registry, runtime.settings.metrics.host, runtime.settings.metrics.port
         )
-    for hook in built.on_start:
-        await hook()
-    announce = None
+    log.info(
+        "%s listening on %s (metrics port %s)",
+        runtime.service,
+        running.address,
+        metrics.port if metrics else "off",
+    )
     if runtime.settings.announce_ready:
         announce = {
             "service": runtime.service,
-            "grpc_port": bundle.port,
+            "grpc_port": running.port,
             "metrics_port": metrics.port if metrics else None,
-            **built.ready_info,
+            **running.built.ready_info,
         }
-    log.info(
-        "%s listening on %s:%d (metrics %s)",
-        runtime.service,
-        runtime.settings.grpc.host,
-        bundle.port,
-        metrics.port if metrics else "off",
-    )
+        print("RUNBOX_READY " + json.dumps(announce), flush=True)
     try:
-        await serve(bundle, grace_s=runtime.settings.grpc.shutdown_grace_s, announce=announce)
+        await wait_for_signal()
+        log.info("%s shutting down", runtime.service)
+        await running.stop(runtime.settings.grpc.shutdown_grace_s)
     finally:
         if metrics is not None:
             metrics.close()

@@ -4,10 +4,8 @@ tracing and the service interceptor; graceful shutdown on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,33 +94,13 @@ def create_server(
     return ServerBundle(server=server, port=port, health=health_servicer, service_names=names)
 
 
-async def serve(
-    bundle: ServerBundle,
-    *,
-    grace_s: float,
-    announce: Mapping[str, Any] | None = None,
-) -> None:
-    """Start, mark SERVING, wait for SIGTERM/SIGINT, then shut down gracefully:
-    NOT_SERVING, stop accepting, let RPCs finish within grace, run on_shutdown."""
-    await bundle.server.start()
-    await bundle.set_serving(True)
+async def wait_for_signal() -> None:
+    """Return when SIGTERM or SIGINT arrives."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if announce is not None:
-        # One machine-readable line for whoever started us (the dev stack).
-        print("RUNBOX_READY " + json.dumps(dict(announce)), file=sys.stdout, flush=True)
-    log.info("serving", extra={"port": bundle.port})
     await stop.wait()
-    log.info("shutting down")
-    await bundle.set_serving(False)
-    await bundle.server.stop(grace_s)
-    for hook in reversed(bundle.on_shutdown):
-        try:
-            await hook()
-        except Exception:
-            log.exception("shutdown hook failed")
 
 
 def service_names(registrations: Iterable[Registration]) -> list[str]:
