@@ -1,0 +1,94 @@
+"""Terminal and JSON rendering of runs and scripts for the CLI."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from rich.console import Console
+from rich.table import Table
+
+from runbox.common.v1 import common_pb2
+from runbox.scheduler.v1 import scheduler_pb2
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def state_name(state: int) -> str:
+    return common_pb2.RunState.Name(state).removeprefix("RUN_STATE_")
+
+
+def reason_name(reason: int) -> str:
+    return common_pb2.FailureReason.Name(reason).removeprefix("FAILURE_REASON_")
+
+
+STATE_STYLE = {
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "TIMED_OUT": "red",
+    "LOST": "red",
+    "CANCELLED": "yellow",
+    "RUNNING": "cyan",
+}
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def duration_text(run: scheduler_pb2.Run) -> str:
+    if not run.HasField("duration"):
+        return "-"
+    return f"{run.duration.ToTimedelta().total_seconds():.3f}s"
+
+
+def runs_table(runs: list[scheduler_pb2.Run]) -> Table:
+    table = Table(box=None)
+    for column in ("ID", "SCRIPT", "VERSION", "STATE", "EXIT", "DURATION", "CREATED"):
+        table.add_column(column)
+    for run in runs:
+        state = state_name(run.state)
+        table.add_row(
+            run.id,
+            run.script.name,
+            run.script_version,
+            f"[{STATE_STYLE.get(state, 'white')}]{state}[/]",
+            str(run.exit.exit_code) if state in ("SUCCEEDED", "FAILED") else "-",
+            duration_text(run),
+            run.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    return table
+
+
+def print_run(run: scheduler_pb2.Run) -> None:
+    state = state_name(run.state)
+    console.print(f"[bold]run[/] {run.id}")
+    console.print(f"  script    {run.script.name}@{run.script_version} (sha256 {run.sha256[:12]})")
+    console.print(f"  state     [{STATE_STYLE.get(state, 'white')}]{state}[/]")
+    if run.exit.reason:
+        console.print(f"  reason    {reason_name(run.exit.reason)} {run.exit.message}")
+    if state in ("SUCCEEDED", "FAILED"):
+        console.print(f"  exit code {run.exit.exit_code}")
+    console.print(f"  duration  {duration_text(run)}")
+    if run.executor_id:
+        console.print(f"  executor  {run.executor_id}")
+    print_output(run)
+
+
+def print_output(run: scheduler_pb2.Run) -> None:
+    out = run.output
+    if out.stdout:
+        console.print("[dim]--- stdout ---[/]")
+        console.out(out.stdout.decode(errors="replace"), end="", highlight=False)
+    if out.stderr:
+        console.print("[dim]--- stderr ---[/]")
+        console.out(out.stderr.decode(errors="replace"), end="", highlight=False)
+    if out.truncated:
+        console.print("[yellow](output truncated: head and tail kept)[/]")
