@@ -1,6 +1,5 @@
 # Runbox developer commands. `make help` lists them.
 SHELL := /bin/bash
-PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -12,11 +11,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
-	@command -v $(PY) >/dev/null || PY=python3; \
-	  test -x $(BIN)/python || { $(PY) -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV); } || \
-	  { echo "python3-venv missing: apt-get install -y python3-venv" >&2; exit 1; }
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	bash deploy/dev/venv.sh
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install Runbox with dev tools

@@ -38,6 +38,26 @@ class Stack:
     ports: Ports
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     admin_token_file: Path = Path()
+    service_token: str = ""
+
+    def spawn(self, name: str) -> subprocess.Popen[bytes]:
+        """Start (or restart) one service as a child process logging to var/logs."""
+        log = self.var / "logs" / f"{name}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                env=service_env(name, self.var, self.ports, self.nats.url, self.service_token),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes[name] = proc
+        return proc
+
+    def wait_healthy(self, name: str, timeout: float = 60.0) -> None:
+        wait_healthy(
+            self.address(name), self.processes[name], self.var / "logs" / f"{name}.log", timeout
+        )
 
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.ports.grpc[service]}"
@@ -148,23 +168,21 @@ def up(
     logs.mkdir(parents=True, exist_ok=True)
     admin_file, service_token = ensure_tokens(var)
     nats = natsd.start(var / "nats", port=nats_port, log_file=logs / "nats.log")
-    stack = Stack(var=var, nats=nats, ports=pick_ports(base_port), admin_token_file=admin_file)
+    stack = Stack(
+        var=var,
+        nats=nats,
+        ports=pick_ports(base_port),
+        admin_token_file=admin_file,
+        service_token=service_token,
+    )
     try:
         for name in SERVICES:
-            log = logs / f"{name}.log"
-            out = open(log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-            stack.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"],
-                env=service_env(name, var, stack.ports, nats.url, service_token),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            out.close()
+            stack.spawn(name)
         for name in SERVICES:
-            wait_healthy(stack.address(name), stack.processes[name], logs / f"{name}.log", timeout)
+            stack.wait_healthy(name, timeout)
             say(
-                f"  {name:<10} grpc {stack.address(name)}  metrics http://127.0.0.1:{stack.ports.metrics[name]}/metrics"
+                f"  {name:<10} grpc {stack.address(name)}  "
+                f"metrics http://127.0.0.1:{stack.ports.metrics[name]}/metrics"
             )
     except BaseException:
         stack.stop()
