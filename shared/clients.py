@@ -10,10 +10,9 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 
-class _CallDefaults(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-):
+class _CallDefaults:
+    """Adds the bearer token, and a deadline to unary calls that have none."""
+
     def __init__(self, token: str, default_timeout_s: float) -> None:
         self._auth = ("authorization", f"Bearer {token}")
         self._timeout = default_timeout_s
@@ -29,11 +28,17 @@ class _CallDefaults(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+class _UnaryDefaults(_CallDefaults, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(self._details(details, False), request)
 
+
+class _StreamDefaults(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    # grpc.aio files an interceptor under its first matching kind only, so
+    # each kind needs its own object.
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
@@ -55,5 +60,9 @@ def open_channel(
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.enable_retries", 1),
         ],
-        interceptors=[*aio_client_interceptors(), _CallDefaults(token, default_timeout_s)],
+        interceptors=[
+            _UnaryDefaults(token, default_timeout_s),
+            _StreamDefaults(token, default_timeout_s),
+            *aio_client_interceptors(),
+        ],
     )

@@ -73,7 +73,9 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[natsd.Nats
 def docker_engine() -> None:
     """Require a reachable Docker engine and the sandbox image."""
     require(docker_available(), "no Docker engine reachable (make docker)")
-    require(sandbox_image_available(), f"sandbox image {SANDBOX_IMAGE} missing (make sandbox-image)")
+    require(
+        sandbox_image_available(), f"sandbox image {SANDBOX_IMAGE} missing (make sandbox-image)"
+    )
 
 
 class Tokens:

@@ -1,0 +1,1 @@
+"""Catalogue: scripts, versions, parameters and content blobs."""

@@ -1,0 +1,77 @@
+"""Catalogue composition: builds the domain objects and the gRPC service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
+from services.catalogue.blobs import FilesystemBlobStore
+from services.catalogue.config import CatalogueSettings
+from services.catalogue.models import OUTBOX
+from services.catalogue.scripts import Catalogue
+from services.catalogue.servicer import CatalogueServicer
+from shared import db
+from shared.outbox import Outbox
+from shared.runtime import Runtime, Service
+
+SERVICE = catalogue_pb2.DESCRIPTOR.services_by_name["CatalogueService"].full_name
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+_READ = (
+    "GetScript",
+    "ListScripts",
+    "GetVersion",
+    "ListVersions",
+    "ResolveVersion",
+    "GetContent",
+    "GetParameterSchema",
+    "ValidateParameters",
+    "ListTemplates",
+)
+_WRITE = (
+    "CreateScript",
+    "UpdateScript",
+    "PublishVersion",
+    "DeprecateVersion",
+    "InstantiateTemplate",
+)
+PERMISSIONS: dict[str, str] = {
+    **{f"/{SERVICE}/{m}": "script:read" for m in _READ},
+    **{f"/{SERVICE}/{m}": "script:write" for m in _WRITE},
+    f"/{SERVICE}/DeleteScript": "script:delete",
+    f"/{SERVICE}/RestoreScript": "script:manage",
+    f"/{SERVICE}/YankVersion": "script:manage",
+    f"/{SERVICE}/ListAuditRecords": "script:manage",
+}
+
+
+async def build(runtime: Runtime) -> Service:
+    """Migrate the database, connect NATS, and assemble the catalogue."""
+    settings = runtime.settings
+    assert isinstance(settings, CatalogueSettings)
+    await db.upgrade(MIGRATIONS, settings.database.url)
+    engine = db.create_engine(settings.database)
+    sessions = db.sessionmaker(engine)
+    outbox = Outbox(OUTBOX, sessions)
+    js = await runtime.connect_nats()
+    catalogue = Catalogue(
+        sessions,
+        FilesystemBlobStore(Path(settings.blob_dir)),
+        outbox,
+        subjects_prefix=settings.nats.subjects_prefix,
+        max_content_bytes=settings.max_content_bytes,
+    )
+
+    async def start_relay() -> None:
+        outbox.start(js)
+
+    runtime.on_shutdown.append(engine.dispose)
+    runtime.on_shutdown.append(outbox.stop)
+    servicer = CatalogueServicer(catalogue, chunk_bytes=settings.content_chunk_bytes)
+    return Service(
+        registrations=[
+            (catalogue_pb2_grpc.add_CatalogueServiceServicer_to_server, servicer, SERVICE)
+        ],
+        permissions=PERMISSIONS,
+        on_start=[start_relay],
+    )

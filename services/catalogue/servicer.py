@@ -1,0 +1,157 @@
+"""CatalogueService: proto <-> domain translation only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
+from services.catalogue import parameters
+from services.catalogue.models import ScriptRow, VersionRow
+from services.catalogue.scripts import Catalogue
+from shared.interceptors import current_principal
+
+Ctx = grpc.aio.ServicerContext
+
+
+def _ts(value: Any) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    if value is not None:
+        ts.FromDatetime(value)
+    return ts
+
+
+def script_to_proto(row: ScriptRow, latest: str = "") -> catalogue_pb2.Script:
+    script = catalogue_pb2.Script(
+        name=row.name,
+        description=row.description,
+        tags=row.tags,
+        owner=row.owner,
+        execution_type=row.execution_type,  # type: ignore[arg-type]
+        isolation=row.isolation,  # type: ignore[arg-type]
+        runtime=row.runtime,  # type: ignore[arg-type]
+        is_template=row.is_template,
+        latest_version=latest,
+        create_time=_ts(row.created_at),
+        update_time=_ts(row.updated_at),
+    )
+    json_format.ParseDict(row.config, script.config)
+    json_format.ParseDict(row.default_limits, script.default_limits)
+    json_format.ParseDict(row.default_retry, script.default_retry)
+    if row.deleted_at is not None:
+        script.delete_time.CopyFrom(_ts(row.deleted_at))
+    return script
+
+
+def version_to_proto(script: ScriptRow, row: VersionRow) -> catalogue_pb2.ScriptVersion:
+    """A version; defaults of secret parameters are never returned."""
+    definitions = parameters.load_definitions(row.parameters)
+    for d in definitions:
+        if parameters.is_secret(d):
+            d.ClearField("default_value")
+    return catalogue_pb2.ScriptVersion(
+        script_name=script.name,
+        version=row.version,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        parameters=definitions,
+        state=row.state,  # type: ignore[arg-type]
+        changelog=row.changelog,
+        create_time=_ts(row.created_at),
+        created_by=row.created_by,
+        execution_type=script.execution_type,  # type: ignore[arg-type]
+    )
+
+
+class CatalogueServicer(catalogue_pb2_grpc.CatalogueServiceServicer):
+    """The walking-skeleton subset; other RPCs answer UNIMPLEMENTED."""
+
+    def __init__(self, catalogue: Catalogue, *, chunk_bytes: int) -> None:
+        self._catalogue = catalogue
+        self._chunk = chunk_bytes
+
+    async def CreateScript(
+        self, request: catalogue_pb2.CreateScriptRequest, context: Ctx
+    ) -> catalogue_pb2.Script:
+        row = await self._catalogue.create_script(
+            request.script, actor=current_principal().name, idempotency_key=request.idempotency_key
+        )
+        return script_to_proto(row, await self._catalogue.latest_version(row))
+
+    async def GetScript(
+        self, request: catalogue_pb2.GetScriptRequest, context: Ctx
+    ) -> catalogue_pb2.Script:
+        row = await self._catalogue.get_script(
+            request.name, include_deleted=request.include_deleted
+        )
+        return script_to_proto(row, await self._catalogue.latest_version(row))
+
+    async def ListScripts(
+        self, request: catalogue_pb2.ListScriptsRequest, context: Ctx
+    ) -> catalogue_pb2.ListScriptsResponse:
+        rows, token = await self._catalogue.list_scripts(request)
+        return catalogue_pb2.ListScriptsResponse(
+            scripts=[script_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def PublishVersion(
+        self, request: catalogue_pb2.PublishVersionRequest, context: Ctx
+    ) -> catalogue_pb2.ScriptVersion:
+        script, row = await self._catalogue.publish_version(request, actor=current_principal().name)
+        return version_to_proto(script, row)
+
+    async def GetVersion(
+        self, request: catalogue_pb2.GetVersionRequest, context: Ctx
+    ) -> catalogue_pb2.ScriptVersion:
+        resolved = await self._catalogue.get_version(request.script_name, request.version)
+        return version_to_proto(resolved.script, resolved.version)
+
+    async def ListVersions(
+        self, request: catalogue_pb2.ListVersionsRequest, context: Ctx
+    ) -> catalogue_pb2.ListVersionsResponse:
+        script, rows = await self._catalogue.list_versions(
+            request.script_name, request.include_yanked
+        )
+        return catalogue_pb2.ListVersionsResponse(
+            versions=[version_to_proto(script, r) for r in rows]
+        )
+
+    async def ResolveVersion(
+        self, request: catalogue_pb2.ResolveVersionRequest, context: Ctx
+    ) -> catalogue_pb2.ScriptVersion:
+        resolved = await self._catalogue.resolve(request.ref)
+        return version_to_proto(resolved.script, resolved.version)
+
+    async def GetContent(
+        self, request: catalogue_pb2.GetContentRequest, context: Ctx
+    ) -> AsyncIterator[catalogue_pb2.GetContentResponse]:
+        row, content = await self._catalogue.content(
+            request.script_name, request.version, request.sha256
+        )
+        first = True
+        async for chunk in self._catalogue.chunks(content, self._chunk):
+            if first:
+                yield catalogue_pb2.GetContentResponse(
+                    sha256=row.sha256, size_bytes=row.size_bytes, chunk=chunk
+                )
+                first = False
+            else:
+                yield catalogue_pb2.GetContentResponse(chunk=chunk)
+
+    async def ValidateParameters(
+        self, request: catalogue_pb2.ValidateParametersRequest, context: Ctx
+    ) -> catalogue_pb2.ValidateParametersResponse:
+        resolved = await self._catalogue.resolve(request.ref)
+        definitions = parameters.load_definitions(resolved.version.parameters)
+        raw = json_format.MessageToDict(request.values)
+        validated = parameters.validate(definitions, raw)
+        values = struct_pb2.Struct()
+        values.update(validated.values)
+        return catalogue_pb2.ValidateParametersResponse(
+            version=version_to_proto(resolved.script, resolved.version),
+            values=values,
+            secret_names=sorted(validated.secrets),
+        )
