@@ -1,0 +1,1 @@
+"""Executor: runs dispatched runs in sandboxes and publishes their events."""

@@ -1,0 +1,119 @@
+"""RunEvents the executor publishes (through its outbox). Never carries
+secret values: output is redacted before it gets here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from runbox.common.v1 import common_pb2
+from runbox.events.v1 import events_pb2
+from services.executor.runners.base import Outcome
+from shared.outbox import Outbox
+
+
+def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+@dataclass
+class RunContext:
+    """The identity of a run as it appears in every event."""
+
+    run_id: str
+    attempt: int
+    script_name: str
+    script_version: str
+    execution_type: int
+    executor_id: str
+    schedule_id: str = ""
+    parent_run_id: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    trace_context: dict[str, str] = field(default_factory=dict)
+    sequence: int = 0
+
+
+def build_event(ctx: RunContext, kind: int, state: int, **fields: object) -> events_pb2.RunEvent:
+    """The next event of a run; event_id is stable for (run, attempt, sequence)."""
+    ctx.sequence += 1
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    return events_pb2.RunEvent(
+        event_id=f"{ctx.run_id}:executor:{ctx.attempt}:{ctx.sequence}",
+        run_id=ctx.run_id,
+        attempt=ctx.attempt,
+        sequence=ctx.sequence,
+        type=kind,  # type: ignore[arg-type]
+        state=state,  # type: ignore[arg-type]
+        occurred_at=now,
+        trace_context=ctx.trace_context,
+        script_name=ctx.script_name,
+        script_version=ctx.script_version,
+        execution_type=ctx.execution_type,  # type: ignore[arg-type]
+        executor_id=ctx.executor_id,
+        schedule_id=ctx.schedule_id,
+        labels=ctx.labels,
+        parent_run_id=ctx.parent_run_id,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def finished_fields(
+    outcome: Outcome, stdout: tuple[bytes, int, bool], stderr: tuple[bytes, int, bool]
+) -> dict[str, object]:
+    """FINISHED-only fields: exit info, usage and the retained output."""
+    wall = duration_pb2.Duration()
+    wall.FromNanoseconds(int(outcome.usage.wall_seconds * 1e9))
+    return {
+        "started_at": _ts(outcome.started_at),
+        "finished_at": _ts(outcome.finished_at),
+        "exit": common_pb2.ExitInfo(
+            exit_code=outcome.exit_code,
+            reason=outcome.reason,  # type: ignore[arg-type]
+            message=outcome.message,
+            signal=outcome.signal,
+        ),
+        "usage": common_pb2.ResourceUsage(
+            cpu_seconds=outcome.usage.cpu_seconds,
+            peak_memory_bytes=outcome.usage.peak_memory_bytes,
+            io_read_bytes=outcome.usage.io_read_bytes,
+            io_write_bytes=outcome.usage.io_write_bytes,
+            wall_time=wall,
+        ),
+        "output": common_pb2.OutputTail(
+            stdout=stdout[0],
+            stderr=stderr[0],
+            truncated=stdout[2] or stderr[2],
+            stdout_total_bytes=stdout[1],
+            stderr_total_bytes=stderr[1],
+        ),
+    }
+
+
+class EventPublisher:
+    """Stages events in the executor's outbox and wakes the relay."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox, prefix: str
+    ) -> None:
+        self._sessions = sessions
+        self._outbox = outbox
+        self._prefix = prefix
+
+    async def publish(self, event: events_pb2.RunEvent) -> None:
+        async with self._sessions() as session, session.begin():
+            await self._outbox.add(
+                session,
+                subject=f"{self._prefix}.run.{event.run_id}",
+                msg_id=event.event_id,
+                payload=event.SerializeToString(),
+                headers=dict(event.trace_context),
+            )
+        self._outbox.notify()

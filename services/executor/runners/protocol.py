@@ -1,0 +1,116 @@
+"""What runners share about talking to the agent: the job line they send and
+the usage trailer they strip from stdout, and mapping its result to an Outcome."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from services.executor.runners.base import FR, RS, Job, Outcome, Usage, interpreter
+
+# Output held back so a trailer split across reads is never emitted.
+_HOLD = 4096
+
+
+def job_line(
+    job: Job, *, nonce: str, work_dir: str, measure: str, rlimits: dict[str, int] | None = None
+) -> bytes:
+    """The one JSON line the agent reads from stdin."""
+    argv, filename = interpreter(job.execution_type)
+    payload = {
+        "run_id": job.run_id,
+        "filename": filename,
+        "argv": argv,
+        "content": job.content.decode("utf-8", errors="replace"),
+        "parameters": job.parameters,
+        "secrets": job.secrets,
+        "nonce": nonce,
+        "work_dir": work_dir,
+        "measure": measure,
+        "rlimits": rlimits or {},
+    }
+    return (json.dumps(payload) + "\n").encode()
+
+
+class TrailerSplitter:
+    """Passes stdout through, holding back its last bytes until the end,
+    where the agent's usage trailer (tagged by the nonce) is cut off."""
+
+    def __init__(self, nonce: str) -> None:
+        self._tag = ("\n" + nonce).encode()
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> bytes:
+        self._pending += data
+        if len(self._pending) <= _HOLD:
+            return b""
+        out = bytes(self._pending[:-_HOLD])
+        del self._pending[:-_HOLD]
+        return out
+
+    def finish(self) -> tuple[bytes, dict[str, Any] | None]:
+        data = bytes(self._pending)
+        at = data.rfind(self._tag)
+        if at < 0:
+            return data, None
+        try:
+            trailer = json.loads(data[at + len(self._tag) :].decode())
+        except (ValueError, UnicodeDecodeError):
+            return data, None
+        return data[:at], trailer
+
+
+def outcome_from(
+    trailer: dict[str, Any] | None,
+    *,
+    status: int | None,
+    started_at: datetime,
+    timed_out: bool,
+    cancelled: bool,
+    oom_hint: bool = False,
+) -> Outcome:
+    """Combine the agent's report with what the runner saw from outside."""
+    usage = Usage()
+    if trailer:
+        usage = Usage(
+            cpu_seconds=float(trailer.get("cpu_seconds", 0.0)),
+            peak_memory_bytes=int(trailer.get("peak_memory_bytes", 0)),
+            io_read_bytes=int(trailer.get("io_read_bytes", 0)),
+            io_write_bytes=int(trailer.get("io_write_bytes", 0)),
+            wall_seconds=float(trailer.get("wall_seconds", 0.0)),
+        )
+    finished = datetime.now(UTC)
+    if not usage.wall_seconds:
+        usage.wall_seconds = (finished - started_at).total_seconds()
+    outcome = Outcome(
+        state=RS.RUN_STATE_SUCCEEDED, usage=usage, started_at=started_at, finished_at=finished
+    )
+    exit_code = int(trailer["exit_code"]) if trailer else (status or 0)
+    signal = int(trailer.get("signal", 0)) if trailer else 0
+    outcome.exit_code, outcome.signal = exit_code, signal
+    if cancelled:
+        outcome.state, outcome.reason, outcome.message = (
+            RS.RUN_STATE_CANCELLED,
+            FR.FAILURE_REASON_CANCELLED,
+            "cancelled",
+        )
+    elif timed_out:
+        outcome.state, outcome.reason, outcome.message = (
+            RS.RUN_STATE_TIMED_OUT,
+            FR.FAILURE_REASON_TIMEOUT,
+            "wall-clock timeout",
+        )
+    elif (trailer and trailer.get("oom_killed")) or oom_hint:
+        outcome.state, outcome.reason, outcome.message = (
+            RS.RUN_STATE_FAILED,
+            FR.FAILURE_REASON_OOM_KILLED,
+            "memory limit exceeded",
+        )
+    elif trailer is None and status not in (0, None):
+        outcome.state, outcome.reason = RS.RUN_STATE_FAILED, FR.FAILURE_REASON_INFRASTRUCTURE
+        outcome.message = f"sandbox agent ended without a report (status {status})"
+    elif exit_code != 0 or signal:
+        outcome.state, outcome.reason = RS.RUN_STATE_FAILED, FR.FAILURE_REASON_EXIT_CODE
+        outcome.message = f"killed by signal {signal}" if signal else f"exit code {exit_code}"
+    return outcome

@@ -1,0 +1,110 @@
+"""Executor composition: picks the sandbox backend and assembles the service."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from runbox.common.v1 import common_pb2
+from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
+from services.executor.config import ExecutorSettings
+from services.executor.content import ContentSource
+from services.executor.events import EventPublisher
+from services.executor.metrics import ExecutorMetrics
+from services.executor.models import OUTBOX
+from services.executor.runners.base import RunnerRegistry
+from services.executor.runners.docker_runner import DockerRunner, docker_client_or_none
+from services.executor.runners.local_runner import LocalRunner
+from services.executor.runs import RunManager
+from services.executor.servicer import ExecutorServicer
+from shared import db
+from shared.clients import open_channel
+from shared.outbox import Outbox
+from shared.runtime import Runtime, Service
+
+log = logging.getLogger(__name__)
+SERVICE = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name
+MIGRATIONS = Path(__file__).parent / "migrations"
+PERMISSIONS = {
+    f"/{SERVICE}/Execute": "script_execution:manage",
+    f"/{SERVICE}/Cancel": "script_execution:manage",
+    f"/{SERVICE}/ListActiveRuns": "script_execution:read",
+    f"/{SERVICE}/GetPoolStatus": "script_execution:read",
+}
+SCRIPT_TYPES = (common_pb2.EXECUTION_TYPE_PYTHON, common_pb2.EXECUTION_TYPE_SHELL)
+
+
+def build_registry(
+    settings: ExecutorSettings, metrics: ExecutorMetrics
+) -> tuple[RunnerRegistry, str]:
+    """Docker when an engine answers (or is required), else the local runner."""
+    registry = RunnerRegistry()
+    backend = settings.sandbox.backend
+    client = docker_client_or_none() if backend in ("auto", "docker") else None
+    if backend == "docker" and client is None:
+        raise RuntimeError("RUNBOX_SANDBOX__BACKEND=docker but no Docker engine is reachable")
+    if client is not None:
+        runner: DockerRunner | LocalRunner = DockerRunner(client, settings.sandbox, metrics)
+        chosen = "docker"
+    else:
+        log.warning(
+            "!!! NO DOCKER ENGINE: python and shell runs use the LOCAL runner — they are NOT "
+            "sandboxed (no network isolation, host filesystem visible). Start Docker "
+            "(make docker) for sandboxed runs. !!!"
+        )
+        runner = LocalRunner(settings.sandbox, Path(settings.work_dir))
+        chosen = "local"
+    for kind in SCRIPT_TYPES:
+        registry.register(kind, runner)
+    return registry, chosen
+
+
+async def build(runtime: Runtime) -> Service:
+    settings = runtime.settings
+    assert isinstance(settings, ExecutorSettings)
+    await db.upgrade(MIGRATIONS, settings.database.url)
+    engine = db.create_engine(settings.database)
+    sessions = db.sessionmaker(engine)
+    outbox = Outbox(OUTBOX, sessions)
+    js = await runtime.connect_nats()
+    metrics = ExecutorMetrics(runtime.registry)
+    registry, backend = build_registry(settings, metrics)
+    token = settings.auth.service_token.get_secret_value()
+    channel = (
+        open_channel(
+            settings.catalogue.address, token=token, default_timeout_s=settings.catalogue.timeout_s
+        )
+        if token
+        else None
+    )
+    runs = RunManager(
+        settings=settings,
+        executor_id=runtime.instance_id,
+        registry=registry,
+        content=ContentSource(channel),
+        metrics=metrics,
+        publisher=EventPublisher(sessions, outbox, settings.nats.subjects_prefix),
+    )
+
+    async def start_relay() -> None:
+        outbox.start(js)
+
+    async def close() -> None:
+        for runner in registry.runners():
+            await runner.close()  # type: ignore[attr-defined]
+        if channel is not None:
+            await channel.close()
+
+    runtime.on_shutdown.extend([engine.dispose, outbox.stop, close])
+    return Service(
+        registrations=[
+            (
+                executor_pb2_grpc.add_ExecutorServiceServicer_to_server,
+                ExecutorServicer(runs, backend),
+                SERVICE,
+            )
+        ],
+        permissions=PERMISSIONS,
+        on_start=[start_relay],
+        ready_info={"backend": backend},
+    )

@@ -1,0 +1,63 @@
+"""ExecutorService: proto <-> domain translation only."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
+from services.executor.runs import RunManager
+
+Ctx = grpc.aio.ServicerContext
+
+
+def _ts(value: object) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)  # type: ignore[arg-type]
+    return ts
+
+
+class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
+    def __init__(self, runs: RunManager, backend: str) -> None:
+        self._runs = runs
+        self._backend = backend
+
+    async def Execute(
+        self, request: executor_pb2.ExecuteRequest, context: Ctx
+    ) -> executor_pb2.ExecuteResponse:
+        accepted_at, new = await self._runs.accept(request)
+        return executor_pb2.ExecuteResponse(
+            run_id=request.run_id,
+            executor_id=self._runs.executor_id,
+            newly_accepted=new,
+            accepted_at=_ts(accepted_at),
+        )
+
+    async def Cancel(
+        self, request: executor_pb2.CancelRequest, context: Ctx
+    ) -> executor_pb2.CancelResponse:
+        cancelled = await self._runs.cancel(request.run_id)
+        return executor_pb2.CancelResponse(run_id=request.run_id, cancelled=cancelled)
+
+    async def ListActiveRuns(
+        self, request: executor_pb2.ListActiveRunsRequest, context: Ctx
+    ) -> executor_pb2.ListActiveRunsResponse:
+        return executor_pb2.ListActiveRunsResponse(
+            executor_id=self._runs.executor_id,
+            runs=[
+                executor_pb2.ActiveRun(
+                    run_id=r.request.run_id, state=r.state, since=_ts(r.accepted_at)
+                )  # type: ignore[arg-type]
+                for r in self._runs.active()
+            ],
+        )
+
+    async def GetPoolStatus(
+        self, request: executor_pb2.GetPoolStatusRequest, context: Ctx
+    ) -> executor_pb2.GetPoolStatusResponse:
+        return executor_pb2.GetPoolStatusResponse(
+            executor_id=self._runs.executor_id,
+            backend=self._backend,
+            capacity=self._runs.capacity,
+            active_runs=len(self._runs.active()),
+        )
