@@ -61,8 +61,13 @@ def start(store_dir: Path, *, port: int = 0, log_file: Path | None = None) -> Na
         f"jetstream {{\n  store_dir: {_quote(store_dir / 'js')}\n  sync_interval: always\n}}\n"
         "max_payload: 8MB\n"
     )
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen([find_binary(), "-c", str(config)], stdout=out, stderr=out)
+    if log_file:
+        with open(log_file, "ab") as out:  # the child keeps its own descriptor
+            process = subprocess.Popen([find_binary(), "-c", str(config)], stdout=out, stderr=out)
+    else:
+        process = subprocess.Popen(
+            [find_binary(), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
     server = NatsServer(process, port, store_dir)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

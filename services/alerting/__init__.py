@@ -1,0 +1,1 @@
+"""Alerting: consumes lifecycle events and notifies by rules."""

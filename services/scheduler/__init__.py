@@ -1,0 +1,1 @@
+"""Scheduler: runs (history and queue), schedules, dispatch, run state."""

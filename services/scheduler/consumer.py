@@ -1,0 +1,34 @@
+"""Applies RunEvents from JetStream (durable consumer "scheduler")."""
+
+from __future__ import annotations
+
+import logging
+
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+
+from runbox.events.v1 import events_pb2
+from services.scheduler.metrics import SchedulerMetrics
+from services.scheduler.runs import Runs
+from shared.telemetry import run_id_var
+
+log = logging.getLogger(__name__)
+
+
+class RunEventHandler:
+    """Idempotent and forward-only: redelivered or old events change nothing."""
+
+    def __init__(self, runs: Runs, metrics: SchedulerMetrics) -> None:
+        self._runs = runs
+        self._metrics = metrics
+
+    async def __call__(self, msg: Msg) -> None:
+        try:
+            event = events_pb2.RunEvent.FromString(msg.data)
+        except DecodeError:
+            log.warning("undecodable run event on %s; dropped", msg.subject)
+            self._metrics.events.labels("invalid").inc()
+            return
+        run_id_var.set(event.run_id)
+        changed = await self._runs.apply(event)
+        self._metrics.events.labels("applied" if changed else "ignored").inc()

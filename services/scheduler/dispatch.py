@@ -1,0 +1,164 @@
+"""Dispatch: hands PENDING runs to executors, highest priority first and FIFO
+within a priority. Execute is idempotent on the run id, so a run handed over
+twice (e.g. after a crash before it was marked QUEUED) still runs once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from runbox.common.v1 import common_pb2
+from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
+from services.scheduler.metrics import SchedulerMetrics
+from services.scheduler.models import RunRow
+from services.scheduler.runs import Runs
+
+log = logging.getLogger(__name__)
+_BUSY = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+@dataclass
+class Executor:
+    address: str
+    stub: executor_pb2_grpc.ExecutorServiceStub
+    backoff_s: float = 0.0
+    busy_until: float = 0.0
+
+
+class Dispatcher:
+    """Background loop moving PENDING runs to executors."""
+
+    def __init__(
+        self,
+        runs: Runs,
+        executors: list[Executor],
+        metrics: SchedulerMetrics,
+        *,
+        interval_s: float,
+        batch: int,
+        backoff_s: float,
+        backoff_max_s: float,
+    ) -> None:
+        self._runs = runs
+        self._executors = executors
+        self._metrics = metrics
+        self._interval = interval_s
+        self._batch = batch
+        self._backoff = backoff_s
+        self._backoff_max = backoff_max_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._rr = itertools.count()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="dispatcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.dispatch_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch round failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def dispatch_once(self) -> int:
+        """One round; returns how many runs were handed to an executor."""
+        handed = 0
+        for row in await self._runs.pending(self._batch):
+            outcome = await self._dispatch(row)
+            if outcome == "accepted":
+                handed += 1
+            elif outcome == "no_executor":
+                break
+        return handed
+
+    def _available(self) -> list[Executor]:
+        now = time.monotonic()
+        ready = [e for e in self._executors if e.busy_until <= now]
+        start = next(self._rr) % max(len(ready), 1)
+        return ready[start:] + ready[:start]
+
+    async def _dispatch(self, row: RunRow) -> str:
+        if row.secret_names and row.id not in self._runs.secrets:
+            await self._runs.fail(
+                row.id,
+                common_pb2.FAILURE_REASON_INFRASTRUCTURE,
+                "secret parameter values were lost in a scheduler restart before dispatch; resubmit the run",
+            )
+            return "failed"
+        request = self._request(row)
+        for executor in self._available():
+            try:
+                reply = await executor.stub.Execute(request, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in _BUSY:
+                    self._metrics.dispatch.labels("busy").inc()
+                    self._back_off(executor)
+                    continue
+                self._metrics.dispatch.labels("rejected").inc()
+                await self._runs.fail(
+                    row.id,
+                    common_pb2.FAILURE_REASON_INVALID_CONFIG,
+                    f"executor refused the run: {exc.code().name}: {exc.details()}",
+                )
+                return "failed"
+            executor.backoff_s = 0.0
+            self._metrics.dispatch.labels("accepted").inc()
+            await self._runs.mark_dispatched(row.id, reply.executor_id, executor.address)
+            return "accepted"
+        await self._runs.defer(row.id, datetime.now(UTC) + timedelta(seconds=self._backoff))
+        return "no_executor"
+
+    def _back_off(self, executor: Executor) -> None:
+        executor.backoff_s = min(max(executor.backoff_s * 2, self._backoff), self._backoff_max)
+        executor.busy_until = time.monotonic() + executor.backoff_s
+
+    def _request(self, row: RunRow) -> executor_pb2.ExecuteRequest:
+        parameters = struct_pb2.Struct()
+        parameters.update(row.parameters)
+        config = struct_pb2.Struct()
+        config.update(row.config)
+        limits = json_format.ParseDict(row.limits, common_pb2.ResourceLimits())
+        return executor_pb2.ExecuteRequest(
+            run_id=row.id,
+            attempt=row.attempt,
+            script_name=row.script_name,
+            script_version=row.script_version,
+            sha256=row.sha256,
+            execution_type=row.execution_type,  # type: ignore[arg-type]
+            config=config,
+            parameters=parameters,
+            secret_parameters=self._runs.secrets.get(row.id, {}),
+            limits=limits,
+            isolation=row.isolation,
+            runtime=row.runtime,  # type: ignore[arg-type]
+            labels=row.labels,
+            schedule_id=row.schedule_id or "",
+            parent_run_id=row.parent_run_id or "",
+            trace_context=row.trace_context,
+        )

@@ -1,0 +1,79 @@
+"""Scheduler tables: runs (history and queue) and the event outbox."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.outbox import outbox_table
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class RunRow(Base):
+    """One run: the source of truth for its state. Secret parameter values are
+    never stored; only their names."""
+
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_queue", "state", "priority", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    script_name: Mapped[str] = mapped_column(String(63), index=True)
+    version_selector: Mapped[str] = mapped_column(String(100), default="")
+    script_version: Mapped[str] = mapped_column(String(100))
+    sha256: Mapped[str] = mapped_column(String(64))
+    execution_type: Mapped[int] = mapped_column(Integer)
+    state: Mapped[int] = mapped_column(Integer)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    secret_names: Mapped[list[str]] = mapped_column(JSON, default=list)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    parent_run_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    schedule_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    retry: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    isolation: Mapped[int] = mapped_column(Integer, default=0)
+    runtime: Mapped[int] = mapped_column(Integer, default=0)
+    exit_code: Mapped[int] = mapped_column(Integer, default=0)
+    failure_reason: Mapped[int] = mapped_column(Integer, default=0)
+    exit_message: Mapped[str] = mapped_column(Text, default="")
+    exit_signal: Mapped[int] = mapped_column(Integer, default=0)
+    usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    stdout_tail: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    stderr_tail: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    output_truncated: Mapped[bool] = mapped_column(default=False)
+    stdout_total: Mapped[int] = mapped_column(Integer, default=0)
+    stderr_total: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    executor_id: Mapped[str] = mapped_column(String(200), default="")
+    executor_address: Mapped[str] = mapped_column(String(200), default="")
+    submitted_by: Mapped[str] = mapped_column(String(200), default="")
+    trace_context: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    dead_lettered: Mapped[bool] = mapped_column(default=False)
+    retry_run_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    dispatch_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_dispatch_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+
+
+OUTBOX = outbox_table(Base.metadata)

@@ -1,0 +1,161 @@
+"""SchedulerService: proto <-> domain translation only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+
+from runbox.common.v1 import common_pb2
+from runbox.executor.v1 import executor_pb2
+from runbox.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from services.scheduler import state as sm
+from services.scheduler.dispatch import Dispatcher
+from services.scheduler.models import RunRow
+from services.scheduler.runs import Runs
+from services.scheduler.watch import Watchers
+from shared.errors import FailedPrecondition
+from shared.interceptors import current_principal
+
+Ctx = grpc.aio.ServicerContext
+
+
+def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value if value.tzinfo else value.replace(tzinfo=UTC))
+    return ts
+
+
+def run_to_proto(row: RunRow) -> scheduler_pb2.Run:
+    """A run as clients see it; secret parameters show as ***."""
+    params = struct_pb2.Struct()
+    params.update({**row.parameters, **{name: "***" for name in row.secret_names}})
+    run = scheduler_pb2.Run(
+        id=row.id,
+        script=common_pb2.ScriptRef(name=row.script_name, version=row.version_selector),
+        script_version=row.script_version,
+        sha256=row.sha256,
+        execution_type=row.execution_type,
+        state=row.state,
+        parameters=params,  # type: ignore[arg-type]
+        priority=row.priority,
+        labels=row.labels,
+        attempt=row.attempt,
+        parent_run_id=row.parent_run_id or "",
+        schedule_id=row.schedule_id or "",
+        idempotency_key=row.idempotency_key or "",
+        limits=json_format.ParseDict(row.limits, common_pb2.ResourceLimits()),
+        retry=json_format.ParseDict(row.retry, common_pb2.RetryPolicy()),
+        exit=common_pb2.ExitInfo(
+            exit_code=row.exit_code,
+            reason=row.failure_reason,  # type: ignore[arg-type]
+            message=row.exit_message,
+            signal=row.exit_signal,
+        ),
+        usage=json_format.ParseDict(row.usage, common_pb2.ResourceUsage()),
+        output=common_pb2.OutputTail(
+            stdout=row.stdout_tail,
+            stderr=row.stderr_tail,
+            truncated=row.output_truncated,
+            stdout_total_bytes=row.stdout_total,
+            stderr_total_bytes=row.stderr_total,
+        ),
+        executor_id=row.executor_id,
+        submitted_by=row.submitted_by,
+        dead_lettered=row.dead_lettered,
+        retry_run_id=row.retry_run_id or "",
+        create_time=_ts(row.created_at),
+        queue_time=_ts(row.queued_at),
+        start_time=_ts(row.started_at),
+        finish_time=_ts(row.finished_at),
+    )
+    json_format.ParseDict(row.result, run.result)
+    if row.started_at and row.finished_at:
+        run.duration.CopyFrom(duration_pb2.Duration())
+        run.duration.FromTimedelta(row.finished_at - row.started_at)
+    return run
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    """Runs (this issue); schedules, retries and dead letters answer UNIMPLEMENTED."""
+
+    def __init__(
+        self,
+        runs: Runs,
+        watchers: Watchers,
+        dispatcher: Dispatcher,
+        executor_stubs: dict[str, Any],
+        *,
+        watch_poll_s: float,
+    ) -> None:
+        self._runs = runs
+        self._watchers = watchers
+        self._dispatcher = dispatcher
+        self._executors = executor_stubs
+        self._poll = watch_poll_s
+
+    async def SubmitRun(
+        self, request: scheduler_pb2.SubmitRunRequest, context: Ctx
+    ) -> scheduler_pb2.Run:
+        row = await self._runs.submit(request, actor=current_principal().name)
+        return run_to_proto(row)
+
+    async def GetRun(self, request: scheduler_pb2.GetRunRequest, context: Ctx) -> scheduler_pb2.Run:
+        return run_to_proto(await self._runs.get(request.id))
+
+    async def ListRuns(
+        self, request: scheduler_pb2.ListRunsRequest, context: Ctx
+    ) -> scheduler_pb2.ListRunsResponse:
+        rows, token = await self._runs.list(request)
+        return scheduler_pb2.ListRunsResponse(
+            runs=[run_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def CancelRun(
+        self, request: scheduler_pb2.CancelRunRequest, context: Ctx
+    ) -> scheduler_pb2.Run:
+        cancelled = await self._runs.cancel_pending(request.id)
+        if cancelled is not None:
+            return run_to_proto(cancelled)
+        row = await self._runs.get(request.id)
+        stub = self._executors.get(row.executor_address)
+        if stub is None:
+            raise FailedPrecondition(
+                f"run {row.id} is held by an unknown executor {row.executor_address!r}"
+            )
+        await stub.Cancel(executor_pb2.CancelRequest(run_id=row.id, reason=request.reason))
+        return run_to_proto(await self._runs.get(request.id))
+
+    async def WatchRun(
+        self, request: scheduler_pb2.WatchRunRequest, context: Ctx
+    ) -> AsyncIterator[scheduler_pb2.WatchRunResponse]:
+        row = await self._runs.get(request.id)
+        queue = self._watchers.subscribe(row.id)
+        try:
+            yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row))
+            last = row.state
+            while not sm.is_terminal(last):
+                try:
+                    change = await asyncio.wait_for(queue.get(), self._poll)
+                except TimeoutError:
+                    change = None
+                if change is not None and change.log_data:
+                    if request.include_logs:
+                        yield scheduler_pb2.WatchRunResponse(
+                            log=scheduler_pb2.LogLine(
+                                stream=change.log_stream, data=change.log_data
+                            )
+                        )
+                    continue
+                row = await self._runs.get(request.id)
+                if row.state != last:
+                    last = row.state
+                    yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row))
+        finally:
+            self._watchers.unsubscribe(request.id, queue)

@@ -1,0 +1,37 @@
+"""The run state machine: states only move forward, terminal states never
+change, and applying the same event twice changes nothing. Pure logic."""
+
+from __future__ import annotations
+
+from runbox.common.v1 import common_pb2
+
+RS = common_pb2.RunState
+TERMINAL = frozenset(
+    {
+        RS.RUN_STATE_SUCCEEDED,
+        RS.RUN_STATE_FAILED,
+        RS.RUN_STATE_TIMED_OUT,
+        RS.RUN_STATE_CANCELLED,
+        RS.RUN_STATE_LOST,
+    }
+)
+_RANK = {RS.RUN_STATE_PENDING: 1, RS.RUN_STATE_QUEUED: 2, RS.RUN_STATE_RUNNING: 3}
+
+
+def rank(state: int) -> int:
+    """PENDING 1 < QUEUED 2 < RUNNING 3 < any terminal 4; unknown 0."""
+    if state in TERMINAL:
+        return 4
+    return _RANK.get(state, 0)
+
+
+def is_terminal(state: int) -> bool:
+    return state in TERMINAL
+
+
+def can_move(current: int, new: int) -> bool:
+    """True when `new` is strictly later than `current` (so duplicates and
+    out-of-order older events are ignored, and terminal is final)."""
+    if is_terminal(current):
+        return False
+    return rank(new) > rank(current)

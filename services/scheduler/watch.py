@@ -1,0 +1,44 @@
+"""In-process fan-out of run changes to WatchRun streams. Watchers also poll
+the database, so a change applied by another replica is seen too."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Change:
+    """Something happened to a run: its state changed, or output arrived."""
+
+    run_id: str
+    log_stream: str = ""
+    log_data: bytes = b""
+
+
+class Watchers:
+    """Per-run subscriber queues (bounded: a slow watcher drops log lines,
+    never blocks event processing)."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, set[asyncio.Queue[Change]]] = defaultdict(set)
+
+    def subscribe(self, run_id: str) -> asyncio.Queue[Change]:
+        queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=1000)
+        self._queues[run_id].add(queue)
+        return queue
+
+    def unsubscribe(self, run_id: str, queue: asyncio.Queue[Change]) -> None:
+        queues = self._queues.get(run_id)
+        if queues is not None:
+            queues.discard(queue)
+            if not queues:
+                del self._queues[run_id]
+
+    def notify(self, change: Change) -> None:
+        for queue in self._queues.get(change.run_id, ()):
+            try:
+                queue.put_nowait(change)
+            except asyncio.QueueFull:
+                pass
