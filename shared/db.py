@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,19 @@ def alembic_config(migrations_dir: Path, url: str) -> Config:
     return cfg
 
 
+# Alembic keeps its migration context in module globals: one upgrade at a time.
+_ALEMBIC_LOCK = threading.Lock()
+
+
+def _upgrade_locked(cfg: Config) -> None:
+    with _ALEMBIC_LOCK:
+        command.upgrade(cfg, "head")
+
+
 async def upgrade(migrations_dir: Path, url: str) -> None:
     """`alembic upgrade head`, run in a thread because env.py drives its own loop."""
     if make_url(url).get_backend_name() == "sqlite":
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-    await asyncio.to_thread(command.upgrade, alembic_config(migrations_dir, url), "head")
+    await asyncio.to_thread(_upgrade_locked, alembic_config(migrations_dir, url))

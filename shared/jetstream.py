@@ -5,6 +5,7 @@ continues the producer's trace."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -88,6 +89,7 @@ class DurableConsumer:
         self._ack_wait = ack_wait_s
         self._retry_delay = retry_delay_s
         self._task: asyncio.Task[None] | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -102,16 +104,21 @@ class DurableConsumer:
         sub = await self._js.pull_subscribe(
             self._filter, durable=self._durable, stream=self._stream, config=config
         )
+        self._sub = sub
         self._task = asyncio.create_task(self._loop(sub), name=f"consumer:{self._durable}")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Let the current batch finish, then unsubscribe (so a drain never waits)."""
         self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
 
     async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
         while not self._stopping.is_set():

@@ -40,6 +40,10 @@ def _do_run(connection: Connection, target_metadata: MetaData) -> None:
 async def _run_online(target_metadata: MetaData) -> None:
     section = context.config.get_section(context.config.config_ini_section, {})
     engine = async_engine_from_config(section, prefix="sqlalchemy.", poolclass=pool.NullPool)
-    async with engine.connect() as connection:
-        await connection.run_sync(_do_run, target_metadata)
-    await engine.dispose()
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_do_run, target_metadata)
+            await connection.commit()
+            await connection.close()
+    finally:
+        await engine.dispose()

@@ -7,6 +7,7 @@ republishes with the same id, which JetStream's duplicate window drops."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from datetime import UTC, datetime
@@ -68,6 +69,7 @@ class Outbox:
         self._batch = batch
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def add(
         self,
@@ -97,28 +99,27 @@ class Outbox:
     def start(self, js: JetStreamContext) -> None:
         self._task = asyncio.create_task(self._relay(js), name="outbox-relay")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Finish the batch in flight (so no connection is cut mid-query), then stop."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
 
     async def _relay(self, js: JetStreamContext) -> None:
-        while True:
+        while not self._stopping:
             try:
                 sent = await self.flush(js)
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("outbox relay failed; retrying")
                 sent = 0
-            if sent < self._batch:
-                try:
+            if sent < self._batch and not self._stopping:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll)
-                except TimeoutError:
-                    pass
                 self._wake.clear()
 
     async def flush(self, js: JetStreamContext) -> int:

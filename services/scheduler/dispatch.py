@@ -5,6 +5,7 @@ twice (e.g. after a crash before it was marked QUEUED) still runs once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -60,6 +61,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._rr = itertools.count()
+        self._stopping = False
 
     def notify(self) -> None:
         self._wake.set()
@@ -67,23 +69,27 @@ class Dispatcher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="dispatcher")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the round in flight, then stop."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.dispatch_once()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("dispatch round failed")
-            try:
+            if self._stopping:
+                return
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
     async def dispatch_once(self) -> int:

@@ -9,9 +9,6 @@ from typing import Any
 
 from services.executor.runners.base import FR, RS, Job, Outcome, Usage, interpreter
 
-# Output held back so a trailer split across reads is never emitted.
-_HOLD = 4096
-
 
 def job_line(
     job: Job, *, nonce: str, work_dir: str, measure: str, rlimits: dict[str, int] | None = None
@@ -34,19 +31,28 @@ def job_line(
 
 
 class TrailerSplitter:
-    """Passes stdout through, holding back its last bytes until the end,
-    where the agent's usage trailer (tagged by the nonce) is cut off."""
+    """Passes stdout through live, holding back only what could be the start
+    of the agent's usage trailer (tagged by the nonce), which is cut off."""
 
     def __init__(self, nonce: str) -> None:
         self._tag = ("\n" + nonce).encode()
         self._pending = bytearray()
 
     def feed(self, data: bytes) -> bytes:
+        """Bytes safe to show now: all but a possible (partial) trailer tag."""
         self._pending += data
-        if len(self._pending) <= _HOLD:
-            return b""
-        out = bytes(self._pending[:-_HOLD])
-        del self._pending[:-_HOLD]
+        at = self._pending.find(self._tag)
+        if at >= 0:
+            keep = len(self._pending) - at
+        else:
+            keep = 0
+            for size in range(min(len(self._tag) - 1, len(self._pending)), 0, -1):
+                if self._pending.endswith(self._tag[:size]):
+                    keep = size
+                    break
+        cut = len(self._pending) - keep
+        out = bytes(self._pending[:cut])
+        del self._pending[:cut]
         return out
 
     def finish(self) -> tuple[bytes, dict[str, Any] | None]:
