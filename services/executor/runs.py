@@ -21,7 +21,7 @@ from services.executor.events import EventPublisher, RunContext, build_event, fi
 from services.executor.metrics import ExecutorMetrics
 from services.executor.output import Redactor
 from services.executor.runners.base import Job, Limits, Outcome, RunnerRegistry
-from shared.errors import InvalidArgument, ResourceExhausted
+from shared.errors import InvalidArgument, ResourceExhausted, Unavailable
 from shared.telemetry import run_id_var
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class ActiveRun:
     state: int = RS.RUN_STATE_QUEUED
     task: asyncio.Task[None] | None = None
     cancel_requested: bool = False
+    shutdown: bool = False
     streams: dict[str, StreamCapture] = field(default_factory=dict)
 
 
@@ -64,6 +65,7 @@ class RunManager:
         self._slots = asyncio.BoundedSemaphore(settings.max_concurrent_runs)
         self._runs: dict[str, ActiveRun] = {}
         self._accepted: dict[str, datetime] = {}  # recently finished, for idempotency
+        self._draining = False
 
     @property
     def capacity(self) -> int:
@@ -72,8 +74,23 @@ class RunManager:
     def active(self) -> list[ActiveRun]:
         return list(self._runs.values())
 
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop accepting; let runs finish within the grace period, then stop the
+        rest, which end FAILED with reason INFRASTRUCTURE so they can be retried."""
+        self._draining = True
+        tasks = [r.task for r in self._runs.values() if r.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for run in list(self._runs.values()):
+                run.shutdown = True
+                await self.cancel(run.request.run_id)
+            if pending:
+                await asyncio.wait(pending, timeout=30)
+
     async def accept(self, request: executor_pb2.ExecuteRequest) -> tuple[datetime, bool]:
         """Accept a run once; a repeated run id returns the first acceptance."""
+        if self._draining:
+            raise Unavailable(f"executor {self.executor_id} is shutting down")
         if not request.run_id:
             raise InvalidArgument.field("run_id", "required")
         previous = self._runs.get(request.run_id)
@@ -88,6 +105,8 @@ class RunManager:
         run = ActiveRun(request=request, ctx=self._context(request), accepted_at=datetime.now(UTC))
         self._runs[request.run_id] = run
         self._accepted[request.run_id] = run.accepted_at
+        while len(self._accepted) > 10_000:  # remember recent run ids only
+            self._accepted.pop(next(iter(self._accepted)))
         self._metrics.active_runs.inc()
         await self._publisher.publish(
             build_event(run.ctx, events_pb2.RUN_EVENT_TYPE_QUEUED, RS.RUN_STATE_QUEUED)
@@ -126,6 +145,10 @@ class RunManager:
         except Exception as exc:  # a bug must still end the run visibly
             log.exception("run failed inside the executor")
             outcome = Outcome.infrastructure(f"executor error: {type(exc).__name__}")
+        if run.shutdown:
+            outcome.state = RS.RUN_STATE_FAILED
+            outcome.reason = common_pb2.FAILURE_REASON_INFRASTRUCTURE
+            outcome.message = "executor shut down during the run"
         try:
             await asyncio.shield(self._finish(run, outcome))
         finally:

@@ -95,7 +95,11 @@ async def build(runtime: Runtime) -> Service:
         if channel is not None:
             await channel.close()
 
-    runtime.on_shutdown.extend([engine.dispose, outbox.stop, close])
+    async def drain_runs() -> None:
+        await runs.shutdown(settings.grpc.shutdown_grace_s)
+
+    # Hooks run last-added first: runs drain, runners close, the relay stops.
+    runtime.on_shutdown.extend([engine.dispose, outbox.stop, close, drain_runs])
     return Service(
         registrations=[
             (
