@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeAlias
+
 import grpc
 from google.protobuf import timestamp_pb2
 
 from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.runs import RunManager
 
-Ctx = grpc.aio.ServicerContext
+Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 def _ts(value: object) -> timestamp_pb2.Timestamp:

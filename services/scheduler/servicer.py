@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
@@ -21,7 +21,7 @@ from services.scheduler.watch import Watchers
 from shared.errors import FailedPrecondition
 from shared.interceptors import current_principal
 
-Ctx = grpc.aio.ServicerContext
+Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
