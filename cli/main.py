@@ -7,7 +7,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -39,7 +39,7 @@ TERMINAL = {
 }
 
 
-def _call(fn: Callable[[cli_config.ClientConfig], Awaitable[T]]) -> T:
+def _call(fn: Callable[[cli_config.ClientConfig], Coroutine[Any, Any, T]]) -> T:
     """Run one async client action with config loading and error reporting."""
     try:
         cfg = cli_config.load()

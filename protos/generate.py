@@ -11,12 +11,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from grpc_tools import protoc
 import grpc_tools
+from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 OUT = ROOT / "runbox"
+BIN = Path(sys.executable).parent
 
 
 def main() -> int:
@@ -31,6 +32,9 @@ def main() -> int:
         f"--python_out={ROOT}",
         f"--pyi_out={ROOT}",
         f"--grpc_python_out={ROOT}",
+        # Typed stubs for the generated gRPC modules (mypy-protobuf).
+        f"--plugin=protoc-gen-mypy_grpc={BIN / 'protoc-gen-mypy_grpc'}",
+        f"--mypy_grpc_out={ROOT}",
         *sources,
     ]
     if protoc.main(args) != 0:

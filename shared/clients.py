@@ -18,9 +18,9 @@ class _CallDefaults:
         self._timeout = default_timeout_s
 
     def _details(self, details: grpc.aio.ClientCallDetails, stream: bool) -> Any:
-        metadata = list(details.metadata or [])
-        if not any(k == "authorization" for k, _ in metadata):
-            metadata.append(self._auth)
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        if "authorization" not in metadata:
+            metadata.add(*self._auth)
         timeout = details.timeout
         if timeout is None and not stream:
             timeout = self._timeout
@@ -29,14 +29,14 @@ class _CallDefaults:
         )
 
 
-class _UnaryDefaults(_CallDefaults, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _UnaryDefaults(_CallDefaults, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc,type-arg]
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(self._details(details, False), request)
 
 
-class _StreamDefaults(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _StreamDefaults(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc,type-arg]
     # grpc.aio files an interceptor under its first matching kind only, so
     # each kind needs its own object.
     async def intercept_unary_stream(
@@ -53,6 +53,11 @@ def open_channel(
     max_message_bytes: int = 4 * 1024 * 1024,
 ) -> grpc.aio.Channel:
     """An insecure (loopback / mesh-terminated) channel with Runbox call defaults."""
+    interceptors: list[Any] = [
+        _UnaryDefaults(token, default_timeout_s),
+        _StreamDefaults(token, default_timeout_s),
+        *aio_client_interceptors(),  # type: ignore[no-untyped-call]
+    ]
     return grpc.aio.insecure_channel(
         address,
         options=[
@@ -60,9 +65,5 @@ def open_channel(
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.enable_retries", 1),
         ],
-        interceptors=[
-            _UnaryDefaults(token, default_timeout_s),
-            _StreamDefaults(token, default_timeout_s),
-            *aio_client_interceptors(),
-        ],
+        interceptors=interceptors,
     )

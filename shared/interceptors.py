@@ -59,7 +59,7 @@ class RpcMetrics:
         )
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-arg]
     """One interceptor for every cross-cutting concern of a unary or streaming RPC.
 
     `permissions` maps full method names ("/pkg.Service/Method") to the
@@ -81,9 +81,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(details)
         if handler is None:
             return None
@@ -122,7 +124,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _wrap_unary(
         self, method: str, metadata: Mapping[str, Any], behaviour: Callable[..., Any]
     ) -> Callable[..., Awaitable[Any]]:
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -146,8 +148,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 code = grpc.StatusCode.UNIMPLEMENTED
                 await context.abort(code, f"{method} is not implemented yet")
             except Exception as exc:
-                code = _passthrough_code(exc)
-                if code is not None:
+                passthrough = _passthrough_code(exc)
+                if passthrough is not None:
+                    code = passthrough
                     raise
                 code = grpc.StatusCode.INTERNAL
                 log.exception("unhandled error in %s", method)
@@ -162,7 +165,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> Callable[..., AsyncIterator[Any]]:
         # Streams (WatchRun, GetContent) are bounded by the client's deadline
         # or by the stream itself ending; they get no server default.
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def wrapped(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -179,8 +184,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 code = grpc.StatusCode.UNIMPLEMENTED
                 await context.abort(code, f"{method} is not implemented yet")
             except Exception as exc:
-                code = _passthrough_code(exc)
-                if code is not None:
+                passthrough = _passthrough_code(exc)
+                if passthrough is not None:
+                    code = passthrough
                     raise
                 code = grpc.StatusCode.INTERNAL
                 log.exception("unhandled error in %s", method)
@@ -202,7 +208,7 @@ def _passthrough_code(exc: Exception) -> grpc.StatusCode | None:
     return None
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: DomainError) -> None:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: DomainError) -> None:
     status = to_status(exc)
     await context.abort(
         grpc_code(exc),

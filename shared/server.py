@@ -33,7 +33,7 @@ class ServerBundle:
 
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: Any
     service_names: list[str]
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -70,7 +70,10 @@ def create_server(
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(tracer_provider=tracer_provider), interceptor],
+        interceptors=[
+            aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
+            interceptor,
+        ],
         options=options,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
@@ -78,7 +81,7 @@ def create_server(
     for add, servicer, name in registrations:
         add(servicer, server)
         names.append(name)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [

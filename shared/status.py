@@ -3,6 +3,8 @@ with BadRequest / PreconditionFailure details), both directions."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -67,7 +69,8 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> DomainError:
     name = exc.code().name
     message = exc.details() or name
     violations: list[FieldViolation] = []
-    for key, value in exc.trailing_metadata() or ():
+    trailing: Any = exc.trailing_metadata() or ()
+    for key, value in trailing:
         if key == DETAILS_KEY and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)
             message = status.message or message
