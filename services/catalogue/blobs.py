@@ -10,15 +10,19 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from shared.errors import DataLoss, NotFound
+from shared.errors import DataLoss
 
 
 class BlobStore(Protocol):
     """Where script content lives; keys are SHA-256 hex digests."""
 
-    async def put(self, content: bytes) -> str: ...
+    async def put(self, content: bytes) -> str:
+        """Store content (idempotently) and return its SHA-256 hex digest."""
+        ...
 
-    async def get(self, sha256: str) -> bytes: ...
+    async def get(self, sha256: str) -> bytes:
+        """Content by digest, verified; DataLoss if missing or corrupt."""
+        ...
 
 
 class FilesystemBlobStore:
@@ -68,6 +72,3 @@ class FilesystemBlobStore:
     @staticmethod
     def _digest_of(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-__all__ = ["BlobStore", "FilesystemBlobStore", "NotFound"]

@@ -35,6 +35,7 @@ _FALSE = {"false", "0", "no", "off"}
 
 
 def is_secret(definition: catalogue_pb2.ParameterDefinition) -> bool:
+    """Secret parameters (flagged, or PASSWORD) are never returned, logged or published."""
     return definition.secret or definition.type == PT.PARAMETER_TYPE_PASSWORD
 
 
@@ -58,13 +59,27 @@ def check_definitions(definitions: list[catalogue_pb2.ParameterDefinition]) -> l
                 re.compile(d.rules.pattern)
             except re.error as exc:
                 violations.append(FieldViolation(f"{where}.rules.pattern", f"invalid regex: {exc}"))
+                continue
+        violations.extend(_check_default(d, where))
     if violations:
         raise InvalidArgument("invalid parameter definitions", violations)
     return [json_format.MessageToDict(d, preserving_proto_field_name=True) for d in definitions]
 
 
 def load_definitions(stored: list[dict[str, Any]]) -> list[catalogue_pb2.ParameterDefinition]:
+    """Definitions back from their stored JSON."""
     return [json_format.ParseDict(d, catalogue_pb2.ParameterDefinition()) for d in stored]
+
+
+def _check_default(d: catalogue_pb2.ParameterDefinition, where: str) -> list[FieldViolation]:
+    """A default must itself be a valid value, or every run without the value would fail."""
+    if d.type == PT.PARAMETER_TYPE_UNSPECIFIED or not d.HasField("default_value"):
+        return []
+    try:
+        _check_rules(d, _coerce(d, json_format.MessageToDict(d.default_value)))
+    except ValueError as exc:
+        return [FieldViolation(f"{where}.default_value", str(exc))]
+    return []
 
 
 @dataclass
@@ -112,7 +127,9 @@ def _coerce(d: catalogue_pb2.ParameterDefinition, raw: Any) -> Any:
     if d.type in _STRINGS:
         if isinstance(raw, (dict, list)):
             raise ValueError("expected a string")
-        return str(raw)
+        if isinstance(raw, float) and raw.is_integer():
+            return str(int(raw))  # JSON/Struct numbers arrive as floats: 7 is "7", not "7.0"
+        return str(raw).lower() if isinstance(raw, bool) else str(raw)
     if d.type == PT.PARAMETER_TYPE_INTEGER:
         if isinstance(raw, bool):
             raise ValueError("expected an integer")
@@ -121,19 +138,21 @@ def _coerce(d: catalogue_pb2.ParameterDefinition, raw: Any) -> Any:
         try:
             return int(str(raw).strip())
         except ValueError:
-            raise ValueError(f"expected an integer, got {raw!r}") from None
+            raise ValueError(f"expected an integer, got {_shown(d, raw)}") from None
     if d.type == PT.PARAMETER_TYPE_FLOAT:
+        if isinstance(raw, bool):
+            raise ValueError("expected a number")
         try:
             return float(raw)
         except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got {raw!r}") from None
+            raise ValueError(f"expected a number, got {_shown(d, raw)}") from None
     if d.type == PT.PARAMETER_TYPE_BOOLEAN:
         if isinstance(raw, bool):
             return raw
         text = str(raw).strip().lower()
         if text in _TRUE | _FALSE:
             return text in _TRUE
-        raise ValueError(f"expected a boolean, got {raw!r}")
+        raise ValueError(f"expected a boolean, got {_shown(d, raw)}")
     if d.type == PT.PARAMETER_TYPE_JSON and isinstance(raw, str):
         try:
             return json.loads(raw)
@@ -142,6 +161,11 @@ def _coerce(d: catalogue_pb2.ParameterDefinition, raw: Any) -> Any:
     if d.type == PT.PARAMETER_TYPE_MULTISELECT and isinstance(raw, str):
         return [item for item in raw.split(",") if item]
     return raw
+
+
+def _shown(d: catalogue_pb2.ParameterDefinition, value: Any) -> str:
+    """A value as error messages may show it: never a secret's."""
+    return "a secret value" if is_secret(d) else repr(value)
 
 
 def _check_rules(d: catalogue_pb2.ParameterDefinition, value: Any) -> None:
@@ -163,4 +187,4 @@ def _check_rules(d: catalogue_pb2.ParameterDefinition, value: Any) -> None:
         items = value if isinstance(value, list) else [value]
         bad = [item for item in items if item not in allowed]
         if bad:
-            raise ValueError(f"{bad[0]!r} is not one of {allowed}")
+            raise ValueError(f"{_shown(d, bad[0])} is not one of {allowed}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +21,13 @@ from runbox.events.v1 import events_pb2
 from services.catalogue import parameters, versions
 from services.catalogue.blobs import BlobStore
 from services.catalogue.models import ScriptRow, VersionRow
-from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shared.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from shared.outbox import Outbox
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -59,13 +64,9 @@ class Catalogue:
         self, script: catalogue_pb2.Script, *, actor: str, idempotency_key: str = ""
     ) -> ScriptRow:
         """Register a script; a repeated idempotency key returns the first one."""
-        if idempotency_key:
-            async with self._sessions() as session:
-                existing = await session.scalar(
-                    select(ScriptRow).where(ScriptRow.idempotency_key == idempotency_key)
-                )
-                if existing is not None:
-                    return existing
+        existing = await self._by_idempotency_key(idempotency_key)
+        if existing is not None:
+            return existing
         _check_script(script)
         now = datetime.now(UTC)
         row = ScriptRow(
@@ -95,26 +96,42 @@ class Catalogue:
                     "",
                     "",
                     actor,
-                    f"{row.name}:created:{uuid.uuid4().hex}",
+                    f"{row.name}:created",
                 )
         except IntegrityError:
+            winner = await self._by_idempotency_key(idempotency_key)
+            if winner is not None:
+                return winner
             raise AlreadyExists(f"script {script.name!r} already exists") from None
         self._outbox.notify()
         return row
+
+    async def _by_idempotency_key(self, key: str) -> ScriptRow | None:
+        if not key:
+            return None
+        async with self._sessions() as session:
+            return await session.scalar(select(ScriptRow).where(ScriptRow.idempotency_key == key))
 
     async def get_script(self, name: str, *, include_deleted: bool = False) -> ScriptRow:
         async with self._sessions() as session:
             return await _script(session, name, include_deleted=include_deleted)
 
     async def latest_version(self, script: ScriptRow) -> str:
-        async with self._sessions() as session:
-            rows = await _versions(session, script.id)
-        return (
-            versions.best_match(
-                "latest", [r.version for r in rows if r.state != VS.VERSION_STATE_YANKED]
-            )
-            or ""
+        """Highest stable non-yanked version of a script, or ""."""
+        return (await self.latest_versions([script]))[script.id]
+
+    async def latest_versions(self, scripts: list[ScriptRow]) -> dict[int, str]:
+        """Latest version of each script (by id), in one query."""
+        found: dict[int, list[str]] = {s.id: [] for s in scripts}
+        if not found:
+            return {}
+        query = select(VersionRow.script_id, VersionRow.version).where(
+            VersionRow.script_id.in_(found), VersionRow.state != VS.VERSION_STATE_YANKED
         )
+        async with self._sessions() as session:
+            for script_id, version in (await session.execute(query)).all():
+                found[script_id].append(version)
+        return {sid: versions.best_match("latest", vs) or "" for sid, vs in found.items()}
 
     async def list_scripts(
         self, request: catalogue_pb2.ListScriptsRequest
@@ -194,6 +211,8 @@ class Catalogue:
         return script, row
 
     async def get_version(self, name: str, version: str) -> Resolved:
+        """One exact version (yanked ones included: existing runs keep them)."""
+        versions.parse(version)
         async with self._sessions() as session:
             script = await _script(session, name)
             row = await _version(session, script.id, version)
@@ -202,14 +221,23 @@ class Catalogue:
         return Resolved(script, row)
 
     async def list_versions(
-        self, name: str, include_yanked: bool
-    ) -> tuple[ScriptRow, list[VersionRow]]:
+        self, request: catalogue_pb2.ListVersionsRequest
+    ) -> tuple[ScriptRow, list[VersionRow], str]:
+        """Versions newest first (semver precedence), paged by the last version seen."""
+        size = _page_size(request.page_size)
+        after = _decode_token(request.page_token) if request.page_token else None
         async with self._sessions() as session:
-            script = await _script(session, name)
+            script = await _script(session, request.script_name)
             rows = await _versions(session, script.id)
-        rows = [r for r in rows if include_yanked or r.state != VS.VERSION_STATE_YANKED]
-        rows.sort(key=lambda r: versions.parse(r.version), reverse=True)
-        return script, rows
+        keyed = sorted(((versions.sort_key(r.version), r.version, r) for r in rows), reverse=True)
+        if after is not None:
+            cursor = (versions.parse(after, "page_token"), after)
+            keyed = [k for k in keyed if (k[0], k[1]) < cursor]
+        page = [
+            r for _, _, r in keyed if request.include_yanked or r.state != VS.VERSION_STATE_YANKED
+        ]
+        token = _encode_token(page[size - 1].version) if len(page) > size else ""
+        return script, page[:size], token
 
     async def resolve(self, ref: common_pb2.ScriptRef) -> Resolved:
         """Resolve exact / latest / range to one non-yanked version."""
@@ -245,7 +273,7 @@ class Catalogue:
     async def _event(
         self,
         session: AsyncSession,
-        kind: int,
+        kind: events_pb2.ScriptEventType,
         name: str,
         version: str,
         sha256: str,
@@ -282,8 +310,6 @@ def _check_script(script: catalogue_pb2.Script) -> None:
             ("script.execution_type", f"unknown execution type {script.execution_type}")
         )
     if problems:
-        from shared.errors import FieldViolation
-
         raise InvalidArgument("invalid script", [FieldViolation(f, d) for f, d in problems])
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -14,7 +14,7 @@ from services.catalogue.models import ScriptRow, VersionRow
 from services.catalogue.scripts import Catalogue
 from shared.interceptors import current_principal
 
-Ctx = grpc.aio.ServicerContext
+Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 def _ts(value: Any) -> timestamp_pb2.Timestamp:
@@ -93,8 +93,9 @@ class CatalogueServicer(catalogue_pb2_grpc.CatalogueServiceServicer):
         self, request: catalogue_pb2.ListScriptsRequest, context: Ctx
     ) -> catalogue_pb2.ListScriptsResponse:
         rows, token = await self._catalogue.list_scripts(request)
+        latest = await self._catalogue.latest_versions(rows)
         return catalogue_pb2.ListScriptsResponse(
-            scripts=[script_to_proto(r) for r in rows], next_page_token=token
+            scripts=[script_to_proto(r, latest[r.id]) for r in rows], next_page_token=token
         )
 
     async def PublishVersion(
@@ -112,11 +113,9 @@ class CatalogueServicer(catalogue_pb2_grpc.CatalogueServiceServicer):
     async def ListVersions(
         self, request: catalogue_pb2.ListVersionsRequest, context: Ctx
     ) -> catalogue_pb2.ListVersionsResponse:
-        script, rows = await self._catalogue.list_versions(
-            request.script_name, request.include_yanked
-        )
+        script, rows, token = await self._catalogue.list_versions(request)
         return catalogue_pb2.ListVersionsResponse(
-            versions=[version_to_proto(script, r) for r in rows]
+            versions=[version_to_proto(script, r) for r in rows], next_page_token=token
         )
 
     async def ResolveVersion(

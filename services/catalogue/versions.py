@@ -1,15 +1,43 @@
-"""Semantic versions and selectors (exact, latest, ranges) via `semver`."""
+"""Semantic versions and selectors (exact, latest, ranges) via `semver`.
+
+A selector is empty / "latest" / "*" (highest stable version), or a
+comma-separated list of terms that must all hold:
+
+- ``1.2.3`` exact; ``1.2`` or ``1`` a partial version (any patch / minor of it);
+- ``^1.2.3`` compatible: below the next major (``^0.2.3`` below 0.3.0,
+  ``^0.0.3`` below 0.0.4), as in npm and Cargo;
+- ``~1.2.3`` / ``~1.2`` below the next minor, ``~1`` below the next major;
+- ``>=1.0``, ``>1``, ``<=2.1``, ``<2``, ``==1.2.3``, ``!=1.2.4``.
+
+Each term expands to comparison clauses checked with ``semver.Version.match``.
+Pre-releases take part only when a clause names a pre-release of the same
+MAJOR.MINOR.PATCH (npm's rule), so ``^1.2`` never picks ``2.0.0-rc.1`` and
+``>=2.0.0-rc.1`` can.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import semver
 
 from shared.errors import InvalidArgument
 
-_CLAUSE = re.compile(r"^(>=|<=|>|<|==|!=)?\s*v?(\d+(?:\.\d+){0,2}(?:-[0-9A-Za-z.-]+)?)$")
+_TERM = re.compile(r"^(\^|~|>=|<=|>|<|==|!=|=)?\s*(\S+)$")
+_LATEST = ("", "latest", "*")
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One comparison, e.g. (">=", 1.2.0)."""
+
+    op: str
+    version: semver.Version
+
+    def holds(self, candidate: semver.Version) -> bool:
+        return candidate.match(f"{self.op}{self.version}")
 
 
 def parse(version: str, field: str = "version") -> semver.Version:
@@ -22,51 +50,43 @@ def parse(version: str, field: str = "version") -> semver.Version:
         ) from None
 
 
-def _pad(partial: str) -> tuple[semver.Version, int]:
-    """'1.2' -> (1.2.0, 2 parts given)."""
-    core, _, pre = partial.partition("-")
-    parts = core.split(".")
-    padded = ".".join(parts + ["0"] * (3 - len(parts)))
-    return semver.Version.parse(padded + (f"-{pre}" if pre else "")), len(parts)
+def _partial(text: str) -> tuple[semver.Version, int]:
+    """'1.2' -> (1.2.0, 2): the padded version and how many parts were given."""
+    version = semver.Version.parse(text, optional_minor_and_patch=True)
+    core = re.split(r"[-+]", text, maxsplit=1)[0]
+    return version, core.count(".") + 1
 
 
-def _expand(term: str) -> list[str]:
-    """Turn ^X / ~X / bare partial versions into comparison clauses."""
-    term = term.strip()
-    if term.startswith("^"):
-        low, _ = _pad(term[1:])
-        if low.major:
-            high = low.bump_major()
-        elif low.minor:
-            high = low.bump_minor()
-        else:
-            high = low.bump_patch()
-        return [f">={low}", f"<{high}"]
-    if term.startswith("~"):
-        low, given = _pad(term[1:])
-        high = low.bump_major() if given == 1 else low.bump_minor()
-        return [f">={low}", f"<{high}"]
-    match = _CLAUSE.match(term)
+def _caret_ceiling(low: semver.Version, given: int) -> semver.Version:
+    if low.major or given == 1:
+        return low.bump_major()
+    if low.minor or given == 2:
+        return low.bump_minor()
+    return low.bump_patch()
+
+
+def _expand(term: str) -> list[Clause]:
+    """Turn one term into comparison clauses; ValueError if malformed."""
+    match = _TERM.match(term.strip())
     if match is None:
         raise ValueError(term)
-    op, ver = match.group(1) or "", match.group(2)
-    low, given = _pad(ver)
-    if op in ("", "==") and given < 3:
+    op, low_text = match.group(1) or "", match.group(2)
+    low, given = _partial(low_text)
+    if op == "^":
+        return [Clause(">=", low), Clause("<", _caret_ceiling(low, given))]
+    if op == "~" or (op in ("", "=", "==") and given < 3):
         high = low.bump_major() if given == 1 else low.bump_minor()
-        return [f">={low}", f"<{high}"]
-    return [f"{op or '=='}{low}"]
+        return [Clause(">=", low), Clause("<", high)]
+    return [Clause("==" if op in ("", "=") else op, low)]
 
 
-def parse_selector(selector: str, field: str = "version") -> list[str] | None:
+def parse_selector(selector: str, field: str = "version") -> list[Clause] | None:
     """Clauses of a selector; None means latest. InvalidArgument if malformed."""
     selector = selector.strip()
-    if selector in ("", "latest", "*"):
+    if selector in _LATEST:
         return None
     try:
-        clauses: list[str] = []
-        for term in selector.split(","):
-            clauses.extend(_expand(term))
-        return clauses
+        return [clause for term in selector.split(",") for clause in _expand(term)]
     except ValueError:
         raise InvalidArgument.field(
             field,
@@ -74,18 +94,31 @@ def parse_selector(selector: str, field: str = "version") -> list[str] | None:
         ) from None
 
 
+def _admits_prerelease(clauses: list[Clause], candidate: semver.Version) -> bool:
+    core = (candidate.major, candidate.minor, candidate.patch)
+    return any(
+        c.version.prerelease is not None
+        and (c.version.major, c.version.minor, c.version.patch) == core
+        for c in clauses
+    )
+
+
+def matches(clauses: list[Clause] | None, candidate: semver.Version) -> bool:
+    """Whether a version satisfies parsed clauses (None = any stable version)."""
+    if clauses is None:
+        return candidate.prerelease is None
+    if candidate.prerelease is not None and not _admits_prerelease(clauses, candidate):
+        return False
+    return all(c.holds(candidate) for c in clauses)
+
+
 def best_match(selector: str, candidates: Iterable[str], field: str = "version") -> str | None:
-    """The highest candidate matching the selector. Pre-releases are chosen only
-    when the selector names one exactly."""
+    """The highest candidate matching the selector, as it was given, or None."""
     clauses = parse_selector(selector, field)
-    parsed = sorted((semver.Version.parse(c) for c in candidates), reverse=True)
-    for version in parsed:
-        if clauses is None:
-            if version.prerelease is None:
-                return str(version)
-            continue
-        if version.prerelease is not None and not any(str(version) in c for c in clauses):
-            continue
-        if all(version.match(clause) for clause in clauses):
-            return str(version)
-    return None
+    parsed = sorted(((semver.Version.parse(c), c) for c in candidates), reverse=True)
+    return next((text for version, text in parsed if matches(clauses, version)), None)
+
+
+def sort_key(version: str) -> semver.Version:
+    """Key ordering version strings by semantic precedence."""
+    return semver.Version.parse(version)

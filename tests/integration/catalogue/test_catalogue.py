@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -15,61 +14,19 @@ from google.protobuf import struct_pb2
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
-from services.catalogue.config import CatalogueSettings
-from services.catalogue.server import build
 from shared.clients import open_channel
 from shared.errors import InvalidArgument
-from shared.runtime import Running, build_runtime, launch
+from shared.runtime import Running
 from shared.status import from_rpc_error
-from tests.integration.helpers import settings_for
+from tests.integration.catalogue.support import PY, publish
 
-PY = common_pb2.EXECUTION_TYPE_PYTHON
 PT = catalogue_pb2.ParameterType
-
-
-@pytest.fixture
-async def catalogue(tmp_path: Path, nats_server, tokens) -> AsyncIterator[Running]:  # type: ignore[no-untyped-def]
-    settings = settings_for(
-        CatalogueSettings,
-        tmp_path,
-        "catalogue",
-        nats_url=nats_server.url,
-        principals_file=tokens.principals_file,
-        blob_dir=str(tmp_path / "blobs"),
-    )
-    running = await launch(build_runtime("catalogue", settings), build)
-    yield running
-    await running.stop()
-
-
-@pytest.fixture
-async def stub(
-    catalogue: Running, tokens
-) -> AsyncIterator[catalogue_pb2_grpc.CatalogueServiceStub]:  # type: ignore[no-untyped-def]
-    async with open_channel(catalogue.address, token=tokens.admin) as channel:
-        yield catalogue_pb2_grpc.CatalogueServiceStub(channel)
-
-
-async def _publish(stub, name: str, version: str, content: bytes = b"print('hi')\n", params=()):  # type: ignore[no-untyped-def]
-    try:
-        await stub.CreateScript(
-            catalogue_pb2.CreateScriptRequest(
-                script=catalogue_pb2.Script(name=name, execution_type=PY)
-            )
-        )
-    except grpc.aio.AioRpcError as exc:
-        assert exc.code() == grpc.StatusCode.ALREADY_EXISTS
-    return await stub.PublishVersion(
-        catalogue_pb2.PublishVersionRequest(
-            script_name=name, version=version, content=content, parameters=list(params)
-        )
-    )
 
 
 async def test_publish_and_resolve_exact_latest_and_ranges(stub) -> None:  # type: ignore[no-untyped-def]
     """Versions resolve by exact version, latest, caret, tilde and comparison ranges."""
     for v in ("1.0.0", "1.2.0", "1.2.7", "1.3.0", "2.0.0", "2.1.0-rc.1"):
-        await _publish(stub, "job", v, content=f"print('{v}')".encode())
+        await publish(stub, "job", v, content=f"print('{v}')".encode())
     cases = {
         "1.2.0": "1.2.0",
         "": "2.0.0",
@@ -96,7 +53,7 @@ async def test_publish_and_resolve_exact_latest_and_ranges(stub) -> None:  # typ
 async def test_get_content_round_trips_in_chunks(stub) -> None:  # type: ignore[no-untyped-def]
     """GetContent streams the exact bytes with their digest."""
     content = bytes(range(256)) * 1000  # 256 KB: several chunks
-    published = await _publish(stub, "big", "1.0.0", content=content)
+    published = await publish(stub, "big", "1.0.0", content=content)
     assert published.sha256 == hashlib.sha256(content).hexdigest()
     chunks = [
         m
@@ -111,7 +68,7 @@ async def test_get_content_round_trips_in_chunks(stub) -> None:  # type: ignore[
 
 async def test_corrupt_blob_is_data_loss(stub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A blob altered on disk is reported as DATA_LOSS, never served."""
-    published = await _publish(stub, "fragile", "1.0.0", content=b"print('original')")
+    published = await publish(stub, "fragile", "1.0.0", content=b"print('original')")
     blob = tmp_path / "blobs" / published.sha256[:2] / published.sha256[2:4] / published.sha256
     blob.write_bytes(b"print('tampered')")
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -126,9 +83,9 @@ async def test_corrupt_blob_is_data_loss(stub, tmp_path: Path) -> None:  # type:
 
 async def test_duplicate_version_is_already_exists(stub) -> None:  # type: ignore[no-untyped-def]
     """Versions are immutable: publishing one twice is ALREADY_EXISTS and keeps the first."""
-    first = await _publish(stub, "imm", "1.0.0", content=b"print(1)")
+    first = await publish(stub, "imm", "1.0.0", content=b"print(1)")
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await _publish(stub, "imm", "1.0.0", content=b"print(2)")
+        await publish(stub, "imm", "1.0.0", content=b"print(2)")
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     again = await stub.GetVersion(
         catalogue_pb2.GetVersionRequest(script_name="imm", version="1.0.0")
@@ -145,7 +102,7 @@ async def test_bad_input_is_invalid_argument_with_fields(stub) -> None:  # type:
     error = from_rpc_error(err.value)
     assert isinstance(error, InvalidArgument)
     assert {v.field for v in error.violations} == {"script.name", "script.execution_type"}
-    await _publish(stub, "ok", "1.0.0")
+    await publish(stub, "ok", "1.0.0")
     bad = [
         (
             catalogue_pb2.PublishVersionRequest(script_name="ok", version="1.0", content=b"x"),
@@ -200,7 +157,7 @@ async def test_validate_parameters_fills_defaults_and_reports_all(stub) -> None:
             default_value=struct_pb2.Value(string_value="s3cr3t-default"),
         ),
     ]
-    version = await _publish(stub, "params", "1.0.0", params=params)
+    version = await publish(stub, "params", "1.0.0", params=params)
     assert not any(p.HasField("default_value") for p in version.parameters if p.name == "api_key")
     values = struct_pb2.Struct()
     values.update({"count": "7"})
@@ -258,7 +215,7 @@ async def test_publish_emits_script_event_on_jetstream(stub, nats_server) -> Non
     nc = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream()
-        await _publish(stub, "evented", "3.1.4")
+        await publish(stub, "evented", "3.1.4")
         sub = await js.subscribe("runbox.events.script.evented", ordered_consumer=True)
         seen = []
 
@@ -278,11 +235,11 @@ async def test_publish_emits_script_event_on_jetstream(stub, nats_server) -> Non
 async def test_script_names_page_with_stable_cursor(stub) -> None:  # type: ignore[no-untyped-def]
     """ListScripts pages through every script exactly once, even with inserts between pages."""
     for i in range(5):
-        await _publish(stub, f"page-{i}", "1.0.0")
+        await publish(stub, f"page-{i}", "1.0.0")
     first = await stub.ListScripts(
         catalogue_pb2.ListScriptsRequest(name_prefix="page-", page_size=2)
     )
-    await _publish(stub, "page-0a", "1.0.0")  # sorts before the cursor: must not shift pages
+    await publish(stub, "page-0a", "1.0.0")  # sorts before the cursor: must not shift pages
     names = [s.name for s in first.scripts]
     token = first.next_page_token
     while token:
