@@ -5,8 +5,11 @@ import os
 import platform
 import sys
 
+params = {}
 params_file = os.environ.get("RUNBOX_PARAMS_FILE")
-params = json.load(open(params_file)) if params_file and os.path.exists(params_file) else {}
+if params_file and os.path.exists(params_file):
+    with open(params_file) as f:
+        params = json.load(f)
 name = params.get("name") or os.environ.get("RUNBOX_PARAM_NAME") or "world"
 
 print(f"Hello, {name}!")

@@ -71,7 +71,7 @@ class ExecutorHarness:
             limits=limits,
         )
 
-    async def events(self, run_id: str, timeout: float = 60) -> list[events_pb2.RunEvent]:
+    async def events(self, run_id: str, wait_s: float = 60) -> list[events_pb2.RunEvent]:
         """Every event of the run up to and including FINISHED."""
         sub = await self.js.subscribe(f"runbox.events.run.{run_id}", ordered_consumer=True)
         seen: list[events_pb2.RunEvent] = []
@@ -79,10 +79,10 @@ class ExecutorHarness:
 
             async def collect() -> None:
                 while not seen or seen[-1].type != events_pb2.RUN_EVENT_TYPE_FINISHED:
-                    msg = await sub.next_msg(timeout=timeout)
+                    msg = await sub.next_msg(timeout=wait_s)
                     seen.append(events_pb2.RunEvent.FromString(msg.data))
 
-            await asyncio.wait_for(collect(), timeout)
+            await asyncio.wait_for(collect(), wait_s)
         finally:
             await sub.unsubscribe()
         return seen

@@ -88,7 +88,7 @@ print(checks)
 """
     finished, _ = await executor.run(executor.request(script))
     assert finished.state == RS.RUN_STATE_SUCCEEDED, finished.output.stderr
-    checks = eval(finished.output.stdout.decode())  # noqa: S307 - our own script's repr output
+    checks = eval(finished.output.stdout.decode())
     assert checks["net"] == "blocked"
     assert checks["dns"] == "blocked"
     assert checks["rootfs"] == "read-only"

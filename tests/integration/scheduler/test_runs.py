@@ -34,7 +34,7 @@ async def path(tmp_path: Path, nats_server, tokens) -> AsyncIterator[RunPath]:  
     await stack.close()
 
 
-async def wait_terminal(stub, run_id: str, timeout: float = 30) -> scheduler_pb2.Run:  # type: ignore[no-untyped-def]
+async def wait_terminal(stub, run_id: str, wait_s: float = 30) -> scheduler_pb2.Run:  # type: ignore[no-untyped-def]
     async def poll() -> scheduler_pb2.Run:
         while True:
             run = await stub.GetRun(scheduler_pb2.GetRunRequest(id=run_id))
@@ -42,7 +42,7 @@ async def wait_terminal(stub, run_id: str, timeout: float = 30) -> scheduler_pb2
                 return run
             await asyncio.sleep(0.1)
 
-    return await asyncio.wait_for(poll(), timeout)
+    return await asyncio.wait_for(poll(), wait_s)
 
 
 def submit_request(name: str, **params: object) -> scheduler_pb2.SubmitRunRequest:
@@ -198,7 +198,7 @@ async def test_full_executor_holds_runs_pending_then_runs_them(
         await stack.publish("busy", "import time\ntime.sleep(0.5)\nprint('done')\n")
         stub = stack.scheduler_stub()
         runs = [await stub.SubmitRun(submit_request("busy")) for _ in range(3)]
-        finals = [await wait_terminal(stub, r.id, timeout=60) for r in runs]
+        finals = [await wait_terminal(stub, r.id, wait_s=60) for r in runs]
         assert [f.state for f in finals] == [RS.RUN_STATE_SUCCEEDED] * 3
         starts = sorted(f.start_time.ToDatetime() for f in finals)
         ends = sorted(f.finish_time.ToDatetime() for f in finals)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import urllib.parse
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.executor.capture import StreamCapture
 from services.executor.output import OutputBuffer, Redactor
