@@ -26,7 +26,7 @@ docker: ## install and start a Docker engine if none is reachable
 sandbox-image: ## build the Python sandbox image offline (mmdebstrap + docker import)
 	bash deploy/sandbox/build-image.sh
 
-run: $(STAMP) ## start the whole stack on embedded defaults, run examples/hello.py, keep serving
+run: protos ## start the whole stack on embedded defaults, run examples/hello.py, keep serving
 	bash deploy/dev/run.sh
 
 test: $(STAMP) ## run the whole test suite
@@ -51,7 +51,7 @@ protos-check: $(STAMP) ## fail if regenerating the protos changes anything
 	@test -z "$$(git status --porcelain -- runbox)" || { echo "untracked generated files: run make protos and commit" >&2; exit 1; }
 
 bench: $(STAMP) ## run the benchmarks
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@shopt -s nullglob; for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean: ## remove .venv and local state under ./var
 	rm -rf $(VENV) var
