@@ -4,6 +4,7 @@ mapping, metrics and log context, applied to every RPC of a service."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -121,14 +122,42 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
         require(principal, needed)
         return principal
 
+    @contextlib.asynccontextmanager
+    async def _guard(
+        self, method: str, metadata: Mapping[str, Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[None]:
+        """Authenticate and authorize, then turn whatever the handler raises into
+        a precise status (domain errors), UNIMPLEMENTED, or a bare INTERNAL."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            _principal.set(self._authorize(method, metadata))
+            yield
+        except DomainError as exc:
+            code = grpc_code(exc)
+            await _abort(context, exc)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except NotImplementedError:
+            code = grpc.StatusCode.UNIMPLEMENTED
+            await context.abort(code, f"{method} is not implemented yet")
+        except Exception as exc:
+            passthrough = _passthrough_code(exc)
+            if passthrough is not None:
+                code = passthrough
+                raise
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unhandled error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            self._observe(method, code, started)
+
     def _wrap_unary(
         self, method: str, metadata: Mapping[str, Any], behaviour: Callable[..., Any]
     ) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                _principal.set(self._authorize(method, metadata))
+            async with self._guard(method, metadata, context):
                 timeout = context.time_remaining()
                 if timeout is None:
                     timeout = self._default_deadline
@@ -138,25 +167,6 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
                     raise DeadlineExceeded(
                         f"server-side deadline of {timeout:.1f}s exceeded"
                     ) from None
-            except DomainError as exc:
-                code = grpc_code(exc)
-                await _abort(context, exc)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except NotImplementedError:
-                code = grpc.StatusCode.UNIMPLEMENTED
-                await context.abort(code, f"{method} is not implemented yet")
-            except Exception as exc:
-                passthrough = _passthrough_code(exc)
-                if passthrough is not None:
-                    code = passthrough
-                    raise
-                code = grpc.StatusCode.INTERNAL
-                log.exception("unhandled error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            finally:
-                self._observe(method, code, started)
 
         return wrapped
 
@@ -168,31 +178,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
         async def wrapped(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                _principal.set(self._authorize(method, metadata))
+            async with self._guard(method, metadata, context):
                 async for item in behaviour(request, context):
                     yield item
-            except DomainError as exc:
-                code = grpc_code(exc)
-                await _abort(context, exc)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except NotImplementedError:
-                code = grpc.StatusCode.UNIMPLEMENTED
-                await context.abort(code, f"{method} is not implemented yet")
-            except Exception as exc:
-                passthrough = _passthrough_code(exc)
-                if passthrough is not None:
-                    code = passthrough
-                    raise
-                code = grpc.StatusCode.INTERNAL
-                log.exception("unhandled error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            finally:
-                self._observe(method, code, started)
 
         return wrapped
 

@@ -18,6 +18,7 @@ from nats.js.errors import NotFoundError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared.settings import NatsSettings
+from shared.tasks import stop_gracefully
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,7 @@ class DurableConsumer:
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Let the current batch finish, then unsubscribe (so a drain never waits)."""
         self._stopping.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except TimeoutError:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+        await stop_gracefully(self._task, timeout_s)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.tasks import stop_gracefully
 from shared.telemetry import inject_context
 
 log = logging.getLogger(__name__)
@@ -103,12 +104,7 @@ class Outbox:
         """Finish the batch in flight (so no connection is cut mid-query), then stop."""
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except TimeoutError:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+        await stop_gracefully(self._task, timeout_s)
 
     async def _relay(self, js: JetStreamContext) -> None:
         while not self._stopping:

@@ -20,6 +20,7 @@ from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import RunRow
 from services.scheduler.runs import Runs
+from shared.tasks import stop_gracefully
 
 log = logging.getLogger(__name__)
 _BUSY = {
@@ -73,12 +74,7 @@ class Dispatcher:
         """Finish the round in flight, then stop."""
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except TimeoutError:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+        await stop_gracefully(self._task, timeout_s)
 
     async def _loop(self) -> None:
         while not self._stopping:
