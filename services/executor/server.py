@@ -93,7 +93,7 @@ async def build(runtime: Runtime) -> Service:
         for runner in registry.runners():
             await runner.close()  # type: ignore[attr-defined]
         if channel is not None:
-            await channel.close()
+            await channel.close(None)
 
     async def drain_runs() -> None:
         await runs.shutdown(settings.grpc.shutdown_grace_s)

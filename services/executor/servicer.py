@@ -7,6 +7,7 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf import timestamp_pb2
 
+from runbox.common.v1 import common_pb2
 from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.runs import RunManager
 
@@ -48,8 +49,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             executor_id=self._runs.executor_id,
             runs=[
                 executor_pb2.ActiveRun(
-                    run_id=r.request.run_id, state=r.state, since=_ts(r.accepted_at)
-                )  # type: ignore[arg-type]
+                    run_id=r.request.run_id,
+                    state=common_pb2.RunState.ValueType(r.state),  # type: ignore[arg-type]
+                    since=_ts(r.accepted_at),
+                )
                 for r in self._runs.active()
             ],
         )

@@ -33,7 +33,7 @@ _BUSY = {
 @dataclass
 class Executor:
     address: str
-    stub: executor_pb2_grpc.ExecutorServiceStub
+    stub: executor_pb2_grpc.ExecutorServiceAsyncStub
     backoff_s: float = 0.0
     busy_until: float = 0.0
 
@@ -157,8 +157,8 @@ class Dispatcher:
             parameters=parameters,
             secret_parameters=self._runs.secrets.get(row.id, {}),
             limits=limits,
-            isolation=row.isolation,
-            runtime=row.runtime,  # type: ignore[arg-type]
+            isolation=common_pb2.Isolation.ValueType(row.isolation),  # type: ignore[arg-type]
+            runtime=common_pb2.Runtime.ValueType(row.runtime),  # type: ignore[arg-type]
             labels=row.labels,
             schedule_id=row.schedule_id or "",
             parent_run_id=row.parent_run_id or "",

@@ -230,13 +230,13 @@ class Runs:
             run_id=row.id,
             attempt=row.attempt,
             type=kind,  # type: ignore[arg-type]
-            state=row.state,
+            state=RS.ValueType(row.state),  # type: ignore[arg-type]
             occurred_at=now,
-            trace_context=row.trace_context,  # type: ignore[arg-type]
+            trace_context=row.trace_context,
             script_name=row.script_name,
             script_version=row.script_version,
-            execution_type=row.execution_type,
-            schedule_id=row.schedule_id or "",  # type: ignore[arg-type]
+            execution_type=common_pb2.ExecutionType.ValueType(row.execution_type),  # type: ignore[arg-type]
+            schedule_id=row.schedule_id or "",
             labels=row.labels,
             parent_run_id=row.parent_run_id or "",
             exit=common_pb2.ExitInfo(reason=row.failure_reason, message=row.exit_message),  # type: ignore[arg-type]

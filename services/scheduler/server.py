@@ -88,12 +88,13 @@ async def build(runtime: Runtime) -> Service:
 
     async def close_channels() -> None:
         for channel in [catalogue_channel, *executor_channels.values()]:
-            await channel.close()
+            await channel.close(None)
 
     runtime.on_shutdown.extend(
         [engine.dispose, close_channels, outbox.stop, consumer.stop, dispatcher.stop]
     )
-    servicer = SchedulerServicer(
+    # Schedule RPCs are a later issue; the generated base answers UNIMPLEMENTED.
+    servicer = SchedulerServicer(  # type: ignore[abstract]
         runs, watchers, dispatcher, stubs, watch_poll_s=settings.watch_poll_s
     )
     return Service(

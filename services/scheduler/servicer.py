@@ -41,8 +41,8 @@ def run_to_proto(row: RunRow) -> scheduler_pb2.Run:
         script=common_pb2.ScriptRef(name=row.script_name, version=row.version_selector),
         script_version=row.script_version,
         sha256=row.sha256,
-        execution_type=row.execution_type,
-        state=row.state,
+        execution_type=common_pb2.ExecutionType.ValueType(row.execution_type),  # type: ignore[arg-type]
+        state=common_pb2.RunState.ValueType(row.state),  # type: ignore[arg-type]
         parameters=params,  # type: ignore[arg-type]
         priority=row.priority,
         labels=row.labels,

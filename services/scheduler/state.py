@@ -15,7 +15,7 @@ TERMINAL = frozenset(
         RS.RUN_STATE_LOST,
     }
 )
-_RANK = {RS.RUN_STATE_PENDING: 1, RS.RUN_STATE_QUEUED: 2, RS.RUN_STATE_RUNNING: 3}
+_RANK: dict[int, int] = {RS.RUN_STATE_PENDING: 1, RS.RUN_STATE_QUEUED: 2, RS.RUN_STATE_RUNNING: 3}
 
 
 def rank(state: int) -> int:
