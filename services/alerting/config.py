@@ -13,4 +13,7 @@ class AlertingSettings(ServiceSettings):
     database: DatabaseSettings = Field(
         default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/alerting.db")
     )
-    consumer_batch: int = 64
+    # Messages fetched per pull (at most 4x this many unacknowledged at once).
+    consumer_batch: int = Field(default=64, ge=1, le=1024)
+    # How often the consumer lag gauge is refreshed from the server.
+    lag_poll_s: float = Field(default=5.0, gt=0)
