@@ -117,6 +117,7 @@ def service_env(
         RUNBOX_AUTH__PRINCIPALS_FILE=str(var / "principals.json"),
         RUNBOX_AUTH__SERVICE_TOKEN=token,
         RUNBOX_CATALOGUE__ADDRESS=addr["catalogue"],
+        RUNBOX_SCHEDULER__ADDRESS=addr["scheduler"],
         RUNBOX_EXECUTORS=json.dumps([addr["executor"]]),
         RUNBOX_BLOB_DIR=str(var / "blobs"),
         RUNBOX_WORK_DIR=str(var / "executor"),

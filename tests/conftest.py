@@ -79,14 +79,15 @@ def docker_engine() -> None:
 
 
 class Tokens:
-    """An admin token, a read-only token and a no-permission token, plus the
-    principals file that configures them."""
+    """Admin, service, read-only, editor (read/write/delete, no manage) and
+    no-permission tokens, plus the principals file that configures them."""
 
     def __init__(self, directory: Path) -> None:
         self.admin = new_token()
         self.service = new_token()
         self.reader = new_token()
         self.nobody = new_token()
+        self.editor = new_token()
         self.principals_file = directory / "principals.json"
         principals = [
             {"name": "admin", "token_sha256": hash_token(self.admin), "permissions": ["*"]},
@@ -97,6 +98,11 @@ class Tokens:
                 "permissions": ["script:read", "script_execution:read"],
             },
             {"name": "nobody", "token_sha256": hash_token(self.nobody), "permissions": []},
+            {
+                "name": "editor",
+                "token_sha256": hash_token(self.editor),
+                "permissions": ["script:read", "script:write", "script:delete"],
+            },
         ]
         self.principals_file.write_text(json.dumps({"principals": principals}))
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from shared.settings import DatabaseSettings, ServiceSettings
+
+
+class SchedulerClient(BaseModel):
+    """Where the scheduler listens; empty: no scheduler in this deployment, so
+    no schedule can reference a script and deletes are not checked."""
+
+    address: str = ""
+    timeout_s: float = 5.0
 
 
 class CatalogueSettings(ServiceSettings):
@@ -16,3 +24,4 @@ class CatalogueSettings(ServiceSettings):
     blob_dir: str = "var/blobs"
     max_content_bytes: int = 1024 * 1024
     content_chunk_bytes: int = 64 * 1024
+    scheduler: SchedulerClient = Field(default_factory=SchedulerClient)

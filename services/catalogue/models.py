@@ -1,11 +1,21 @@
-"""Catalogue tables: scripts, script_versions and the event outbox."""
+"""Catalogue tables: scripts, their tags, versions, the audit log and the event outbox."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.outbox import outbox_table
@@ -26,6 +36,11 @@ class ScriptRow(Base):
     """A registered script (metadata; content lives in versions)."""
 
     __tablename__ = "scripts"
+    __table_args__ = (
+        # ListScripts orders: by name (unique index), newest first (id), recently updated.
+        Index("ix_scripts_updated_at_id", "updated_at", "id"),
+        Index("ix_scripts_deleted_at", "deleted_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
@@ -64,8 +79,38 @@ class VersionRow(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     parameters: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     state: Mapped[int] = mapped_column(Integer, default=1)
+    # Why the version was deprecated or yanked.
+    state_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     changelog: Mapped[str] = mapped_column(Text, default="")
     created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ScriptTagRow(Base):
+    """One tag of a script: the search index behind ListScripts tag filters."""
+
+    __tablename__ = "script_tags"
+    __table_args__ = (Index("ix_script_tags_tag_script_id", "tag", "script_id"),)
+
+    script_id: Mapped[int] = mapped_column(
+        ForeignKey("scripts.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(63), primary_key=True)
+
+
+class AuditRow(Base):
+    """One change to the catalogue: who, what, when, and digests of before/after."""
+
+    __tablename__ = "audit_records"
+    __table_args__ = (Index("ix_audit_records_script_name_id", "script_name", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(40))
+    script_name: Mapped[str] = mapped_column(String(63))
+    version: Mapped[str] = mapped_column(String(100), default="")
+    before_digest: Mapped[str] = mapped_column(String(64), default="")
+    after_digest: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
-from collections.abc import AsyncIterator
+import unicodedata
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
-from sqlalchemy import select
+from sqlalchemy import Select, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -20,7 +22,7 @@ from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from services.catalogue import parameters, versions
 from services.catalogue.blobs import BlobStore
-from services.catalogue.models import ScriptRow, VersionRow
+from services.catalogue.models import AuditRow, ScriptRow, ScriptTagRow, VersionRow
 from shared.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -31,7 +33,24 @@ from shared.errors import (
 from shared.outbox import Outbox
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+TAG = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,62}$")
+MAX_TAGS = 32
 VS = catalogue_pb2.VersionState
+ORDER = catalogue_pb2.ScriptOrder
+# Script fields UpdateScript may change; the rest are fixed at creation.
+MUTABLE = (
+    "description",
+    "tags",
+    "owner",
+    "config",
+    "default_limits",
+    "default_retry",
+    "isolation",
+    "runtime",
+)
+IMMUTABLE = ("name", "execution_type", "is_template")
+# Returns the names of active schedules that reference a script.
+ScheduleLookup = Callable[[str], Awaitable[list[str]]]
 
 
 @dataclass
@@ -53,7 +72,9 @@ class Catalogue:
         *,
         subjects_prefix: str,
         max_content_bytes: int,
+        schedules: ScheduleLookup | None = None,
     ) -> None:
+        self._schedules = schedules
         self._sessions = sessions
         self._blobs = blobs
         self._outbox = outbox
@@ -89,6 +110,10 @@ class Catalogue:
             async with self._sessions() as session, session.begin():
                 session.add(row)
                 await session.flush()
+                session.add_all(ScriptTagRow(script_id=row.id, tag=t) for t in row.tags)
+                await self._record(
+                    session, actor, "script.create", row.name, before="", after=_digest_script(row)
+                )
                 await self._event(
                     session,
                     events_pb2.SCRIPT_EVENT_TYPE_CREATED,
@@ -136,21 +161,257 @@ class Catalogue:
     async def list_scripts(
         self, request: catalogue_pb2.ListScriptsRequest
     ) -> tuple[list[ScriptRow], str]:
-        """Scripts by name, with a cursor that is stable under inserts."""
+        """Search scripts; the page token is a keyset cursor, stable under inserts."""
         size = _page_size(request.page_size)
-        query = select(ScriptRow).where(ScriptRow.deleted_at.is_(None)).order_by(ScriptRow.name)
-        if request.name_prefix:
-            query = query.where(ScriptRow.name.startswith(request.name_prefix, autoescape=True))
-        if request.execution_type:
-            query = query.where(ScriptRow.execution_type == request.execution_type)
-        if request.owner:
-            query = query.where(ScriptRow.owner == request.owner)
-        if request.page_token:
-            query = query.where(ScriptRow.name > _decode_token(request.page_token))
+        order = request.order_by or ORDER.SCRIPT_ORDER_NAME
+        if order not in ORDER.values():
+            raise InvalidArgument.field("order_by", f"unknown order {order}")
+        if (
+            request.execution_type
+            and request.execution_type not in common_pb2.ExecutionType.values()
+        ):
+            raise InvalidArgument.field(
+                "execution_type", f"unknown execution type {request.execution_type}"
+            )
+        fingerprint = _filter_fingerprint(request, order)
+        query = _filtered(select(ScriptRow).where(ScriptRow.deleted_at.is_(None)), request)
+        key = _decode_cursor(request.page_token, fingerprint) if request.page_token else None
+        if order == ORDER.SCRIPT_ORDER_NAME:
+            query = query.order_by(ScriptRow.name)
+            if key is not None:
+                query = query.where(ScriptRow.name > str(key))
+        elif order == ORDER.SCRIPT_ORDER_CREATE_TIME_DESC:
+            # Ids grow with creation, so newest first is id descending.
+            query = query.order_by(ScriptRow.id.desc())
+            if key is not None:
+                query = query.where(ScriptRow.id < int(key))
+        else:
+            query = query.order_by(ScriptRow.updated_at.desc(), ScriptRow.id.desc())
+            if key is not None:
+                when, last_id = _cursor_time_id(key)
+                query = query.where(
+                    or_(
+                        ScriptRow.updated_at < when,
+                        (ScriptRow.updated_at == when) & (ScriptRow.id < last_id),
+                    )
+                )
         async with self._sessions() as session:
             rows = list((await session.scalars(query.limit(size + 1))).all())
-        token = _encode_token(rows[size - 1].name) if len(rows) > size else ""
+        token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            cursor: Any
+            if order == ORDER.SCRIPT_ORDER_NAME:
+                cursor = last.name
+            elif order == ORDER.SCRIPT_ORDER_CREATE_TIME_DESC:
+                cursor = last.id
+            else:
+                cursor = [_aware(last.updated_at).isoformat(), last.id]
+            token = _encode_cursor(cursor, fingerprint)
         return rows[:size], token
+
+    async def update_script(
+        self, script: catalogue_pb2.Script, paths: list[str], *, actor: str
+    ) -> ScriptRow:
+        """Change mutable metadata; an empty mask means every mutable field."""
+        unknown = [p for p in paths if p not in MUTABLE and p not in IMMUTABLE]
+        fixed = [p for p in paths if p in IMMUTABLE]
+        problems = [
+            FieldViolation(f"update_mask.paths[{paths.index(p)}]", f"unknown field {p!r}")
+            for p in unknown
+        ] + [
+            FieldViolation(
+                f"update_mask.paths[{paths.index(p)}]",
+                f"{p} cannot be changed after creation",
+            )
+            for p in fixed
+        ]
+        if problems:
+            raise InvalidArgument("invalid update mask", problems)
+        fields = paths or list(MUTABLE)
+        if "tags" in fields and (tag_problems := _tag_problems(script.tags, "script.tags")):
+            raise InvalidArgument("invalid tags", tag_problems)
+        async with self._sessions() as session, session.begin():
+            row = await _script(session, script.name)
+            before = _digest_script(row)
+            for f in fields:
+                if f == "tags":
+                    row.tags = sorted(set(script.tags))
+                    await session.execute(
+                        delete(ScriptTagRow).where(ScriptTagRow.script_id == row.id)
+                    )
+                    session.add_all(ScriptTagRow(script_id=row.id, tag=t) for t in row.tags)
+                elif f in ("config", "default_limits", "default_retry"):
+                    setattr(row, f, _to_dict(getattr(script, f)))
+                elif f == "owner":
+                    row.owner = script.owner or row.owner
+                else:
+                    setattr(row, f, getattr(script, f))
+            after = _digest_script(row)
+            if after == before:
+                return row
+            row.updated_at = datetime.now(UTC)
+            audit = await self._record(
+                session, actor, "script.update", row.name, before=before, after=after
+            )
+            await self._event(
+                session,
+                events_pb2.SCRIPT_EVENT_TYPE_UPDATED,
+                row.name,
+                "",
+                "",
+                actor,
+                f"{row.name}:updated:{audit.id}",
+            )
+        self._outbox.notify()
+        return row
+
+    async def delete_script(self, name: str, *, force: bool, actor: str) -> ScriptRow:
+        """Soft delete: hidden from listing and resolution until restored.
+
+        Refused while active schedules reference the script, unless forced."""
+        async with self._sessions() as session:
+            row = await _script(session, name)
+        if not force and self._schedules is not None:
+            referencing = await self._schedules(name)
+            if referencing:
+                raise FailedPrecondition(
+                    f"script {name!r} is used by {len(referencing)} active schedule(s): "
+                    f"{', '.join(referencing[:20])}; delete or pause them, or force",
+                    [FieldViolation(f"schedule:{s}", "references the script") for s in referencing],
+                )
+        async with self._sessions() as session, session.begin():
+            row = await _script(session, name)
+            before = _digest_script(row)
+            row.deleted_at = row.updated_at = datetime.now(UTC)
+            audit = await self._record(
+                session,
+                actor,
+                "script.delete.forced" if force else "script.delete",
+                name,
+                before=before,
+                after=_digest_script(row),
+            )
+            await self._event(
+                session,
+                events_pb2.SCRIPT_EVENT_TYPE_DELETED,
+                name,
+                "",
+                "",
+                actor,
+                f"{name}:deleted:{audit.id}",
+            )
+        self._outbox.notify()
+        return row
+
+    async def restore_script(self, name: str, *, actor: str) -> ScriptRow:
+        """Undo a soft delete."""
+        async with self._sessions() as session, session.begin():
+            row = await _script(session, name, include_deleted=True)
+            if row.deleted_at is None:
+                raise FailedPrecondition(f"script {name!r} is not deleted")
+            before = _digest_script(row)
+            row.deleted_at = None
+            row.updated_at = datetime.now(UTC)
+            audit = await self._record(
+                session, actor, "script.restore", name, before=before, after=_digest_script(row)
+            )
+            await self._event(
+                session,
+                events_pb2.SCRIPT_EVENT_TYPE_RESTORED,
+                name,
+                "",
+                "",
+                actor,
+                f"{name}:restored:{audit.id}",
+            )
+        self._outbox.notify()
+        return row
+
+    async def set_version_state(
+        self, name: str, version: str, state: int, reason: str, *, actor: str
+    ) -> Resolved:
+        """Deprecate or yank a version. Yanked is final; repeating a change is a no-op."""
+        versions.parse(version)
+        if len(reason) > 1000:
+            raise InvalidArgument.field("reason", "at most 1000 characters")
+        if state == VS.VERSION_STATE_DEPRECATED:
+            action, kind = "version.deprecate", events_pb2.SCRIPT_EVENT_TYPE_VERSION_DEPRECATED
+        else:
+            action, kind = "version.yank", events_pb2.SCRIPT_EVENT_TYPE_VERSION_YANKED
+        async with self._sessions() as session, session.begin():
+            script = await _script(session, name)
+            row = await _version(session, script.id, version)
+            if row is None:
+                raise NotFound("version", f"{name}@{version}")
+            if row.state == state:
+                return Resolved(script, row)
+            if row.state == VS.VERSION_STATE_YANKED:
+                raise FailedPrecondition(f"{name}@{version} is yanked; yanking is final")
+            before = _digest_version(row)
+            row.state = state
+            row.state_reason = reason
+            await self._record(
+                session,
+                actor,
+                action,
+                name,
+                version=version,
+                before=before,
+                after=_digest_version(row),
+            )
+            await self._event(
+                session,
+                kind,
+                name,
+                version,
+                row.sha256,
+                actor,
+                f"{name}:{version}:{action.split('.')[1]}",
+            )
+        self._outbox.notify()
+        return Resolved(script, row)
+
+    async def list_audit(
+        self, script_name: str, page_size: int, page_token: str
+    ) -> tuple[list[AuditRow], str]:
+        """Audit records, newest first, optionally of one script (deleted ones too)."""
+        size = _page_size(page_size)
+        fingerprint = hashlib.sha256(f"audit:{script_name}".encode()).hexdigest()[:12]
+        query = select(AuditRow).order_by(AuditRow.id.desc())
+        if script_name:
+            query = query.where(AuditRow.script_name == script_name)
+        if page_token:
+            query = query.where(AuditRow.id < int(_decode_cursor(page_token, fingerprint)))
+        async with self._sessions() as session:
+            rows = list((await session.scalars(query.limit(size + 1))).all())
+        token = _encode_cursor(rows[size - 1].id, fingerprint) if len(rows) > size else ""
+        return rows[:size], token
+
+    async def _record(
+        self,
+        session: AsyncSession,
+        actor: str,
+        action: str,
+        script_name: str,
+        *,
+        before: str,
+        after: str,
+        version: str = "",
+    ) -> AuditRow:
+        """Write an audit record in the caller's transaction."""
+        row = AuditRow(
+            actor=actor,
+            action=action,
+            script_name=script_name,
+            version=version,
+            before_digest=before,
+            after_digest=after,
+            created_at=datetime.now(UTC),
+        )
+        session.add(row)
+        await session.flush()
+        return row
 
     async def publish_version(
         self, request: catalogue_pb2.PublishVersionRequest, *, actor: str
@@ -196,6 +457,15 @@ class Catalogue:
             async with self._sessions() as session, session.begin():
                 session.add(row)
                 await session.flush()
+                await self._record(
+                    session,
+                    actor,
+                    "version.publish",
+                    script.name,
+                    version=row.version,
+                    before="",
+                    after=_digest_version(row),
+                )
                 await self._event(
                     session,
                     events_pb2.SCRIPT_EVENT_TYPE_VERSION_PUBLISHED,
@@ -299,18 +569,176 @@ class Catalogue:
         )
 
 
+def name_problem(name: str) -> str | None:
+    """Why a script name is unacceptable, precisely, or None."""
+    if not name:
+        return "a name is required"
+    if "\x00" in name:
+        return "must not contain NUL bytes"
+    if "/" in name or "\\" in name:
+        return "must not contain path separators"
+    if name in (".", "..") or name.startswith("."):
+        return "must not start with a dot"
+    odd = [c for c in name if unicodedata.category(c) in ("Cf", "Cc", "Zl", "Zp")]
+    if odd:
+        return (
+            "must not contain invisible or direction-changing characters "
+            f"(found {', '.join(f'U+{ord(c):04X}' for c in odd[:5])})"
+        )
+    if not name.isascii():
+        return "must be ASCII: lowercase letters, digits, '.', '_' and '-'"
+    if len(name) > 63:
+        return f"is {len(name)} characters; at most 63"
+    if not NAME.match(name):
+        return f"must match {NAME.pattern}"
+    return None
+
+
+def _tag_problems(tags: Any, field: str) -> list[FieldViolation]:
+    problems = [
+        FieldViolation(f"{field}[{i}]", f"{t!r} must match {TAG.pattern}")
+        for i, t in enumerate(tags)
+        if not TAG.match(t)
+    ]
+    if len(tags) > MAX_TAGS:
+        problems.append(FieldViolation(field, f"{len(tags)} tags; at most {MAX_TAGS}"))
+    return problems
+
+
 def _check_script(script: catalogue_pb2.Script) -> None:
     problems = []
-    if not NAME.match(script.name):
-        problems.append(("script.name", f"{script.name!r} must match {NAME.pattern}"))
+    why = name_problem(script.name)
+    if why:
+        problems.append(FieldViolation("script.name", why))
     if script.execution_type == common_pb2.EXECUTION_TYPE_UNSPECIFIED:
-        problems.append(("script.execution_type", "execution type is required"))
+        problems.append(FieldViolation("script.execution_type", "execution type is required"))
     elif script.execution_type not in common_pb2.ExecutionType.values():
         problems.append(
-            ("script.execution_type", f"unknown execution type {script.execution_type}")
+            FieldViolation(
+                "script.execution_type", f"unknown execution type {script.execution_type}"
+            )
         )
+    problems += _tag_problems(script.tags, "script.tags")
+    if len(script.description) > 10_000:
+        problems.append(FieldViolation("script.description", "at most 10000 characters"))
     if problems:
-        raise InvalidArgument("invalid script", [FieldViolation(f, d) for f, d in problems])
+        raise InvalidArgument("invalid script", problems)
+
+
+def _filtered(
+    query: Select[ScriptRow], request: catalogue_pb2.ListScriptsRequest
+) -> Select[ScriptRow]:
+    if request.name_prefix:
+        query = query.where(ScriptRow.name.startswith(request.name_prefix, autoescape=True))
+    if request.execution_type:
+        query = query.where(ScriptRow.execution_type == request.execution_type)
+    if request.owner:
+        query = query.where(ScriptRow.owner == request.owner)
+    if request.templates_only:
+        query = query.where(ScriptRow.is_template.is_(True))
+    for tag in sorted(set(request.tags_all)):
+        query = query.where(
+            ScriptRow.id.in_(select(ScriptTagRow.script_id).where(ScriptTagRow.tag == tag))
+        )
+    if request.tags_any:
+        query = query.where(
+            ScriptRow.id.in_(
+                select(ScriptTagRow.script_id).where(ScriptTagRow.tag.in_(set(request.tags_any)))
+            )
+        )
+    if request.text:
+        needle = request.text.lower()
+        query = query.where(
+            or_(
+                func.lower(ScriptRow.name).contains(needle, autoescape=True),
+                func.lower(ScriptRow.description).contains(needle, autoescape=True),
+            )
+        )
+    return query
+
+
+def _filter_fingerprint(request: catalogue_pb2.ListScriptsRequest, order: int) -> str:
+    """Ties a page token to the query that made it."""
+    shape = [
+        request.name_prefix,
+        sorted(set(request.tags_all)),
+        sorted(set(request.tags_any)),
+        request.execution_type,
+        request.owner,
+        request.text,
+        order,
+        request.templates_only,
+    ]
+    return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:12]
+
+
+def _encode_cursor(key: Any, fingerprint: str) -> str:
+    raw = json.dumps({"k": key, "f": fingerprint}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _decode_cursor(token: str, fingerprint: str) -> Any:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        key, made_for = data["k"], data["f"]
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise InvalidArgument.field("page_token", "malformed page token") from None
+    if made_for != fingerprint:
+        raise InvalidArgument.field(
+            "page_token", "the page token belongs to a different query (filters or order changed)"
+        )
+    if not isinstance(key, str | int | list):
+        raise InvalidArgument.field("page_token", "malformed page token")
+    return key
+
+
+def _cursor_time_id(key: Any) -> tuple[datetime, int]:
+    try:
+        when, last_id = key
+        return datetime.fromisoformat(when), int(last_id)
+    except (ValueError, TypeError):
+        raise InvalidArgument.field("page_token", "malformed page token") from None
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _digest(state: dict[str, Any]) -> str:
+    canonical = json.dumps(state, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _digest_script(row: ScriptRow) -> str:
+    """Digest of a script's canonical state (what audit before/after compare)."""
+    return _digest(
+        {
+            "name": row.name,
+            "description": row.description,
+            "tags": row.tags,
+            "owner": row.owner,
+            "execution_type": row.execution_type,
+            "config": row.config,
+            "default_limits": row.default_limits,
+            "default_retry": row.default_retry,
+            "isolation": row.isolation,
+            "runtime": row.runtime,
+            "is_template": row.is_template,
+            "deleted": row.deleted_at is not None,
+        }
+    )
+
+
+def _digest_version(row: VersionRow) -> str:
+    return _digest(
+        {
+            "version": row.version,
+            "sha256": row.sha256,
+            "parameters": row.parameters,
+            "state": row.state,
+            "state_reason": row.state_reason,
+        }
+    )
 
 
 async def _script(session: AsyncSession, name: str, *, include_deleted: bool = False) -> ScriptRow:

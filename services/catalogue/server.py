@@ -8,9 +8,11 @@ from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from services.catalogue.blobs import FilesystemBlobStore
 from services.catalogue.config import CatalogueSettings
 from services.catalogue.models import OUTBOX
+from services.catalogue.schedules import ScheduleLookup
 from services.catalogue.scripts import Catalogue
 from services.catalogue.servicer import CatalogueServicer
 from shared import db
+from shared.clients import open_channel
 from shared.outbox import Outbox
 from shared.runtime import Runtime, Service
 
@@ -54,12 +56,26 @@ async def build(runtime: Runtime) -> Service:
     sessions = db.sessionmaker(engine)
     outbox = Outbox(OUTBOX, sessions)
     js = await runtime.connect_nats()
+    lookup = None
+    if settings.scheduler.address:
+        channel = open_channel(
+            settings.scheduler.address,
+            token=settings.auth.service_token.get_secret_value(),
+            default_timeout_s=settings.scheduler.timeout_s,
+        )
+
+        async def close_channel() -> None:
+            await channel.close(None)
+
+        runtime.on_shutdown.append(close_channel)
+        lookup = ScheduleLookup(channel)
     catalogue = Catalogue(
         sessions,
         FilesystemBlobStore(Path(settings.blob_dir)),
         outbox,
         subjects_prefix=settings.nats.subjects_prefix,
         max_content_bytes=settings.max_content_bytes,
+        schedules=lookup,
     )
 
     async def start_relay() -> None:

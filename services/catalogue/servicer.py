@@ -12,6 +12,7 @@ from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from services.catalogue import parameters
 from services.catalogue.models import ScriptRow, VersionRow
 from services.catalogue.scripts import Catalogue
+from shared.auth import require
 from shared.interceptors import current_principal
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -84,6 +85,8 @@ class CatalogueServicer(catalogue_pb2_grpc.CatalogueServiceServicer):
     async def GetScript(
         self, request: catalogue_pb2.GetScriptRequest, context: Ctx
     ) -> catalogue_pb2.Script:
+        if request.include_deleted:
+            require(current_principal(), "script:manage")
         row = await self._catalogue.get_script(
             request.name, include_deleted=request.include_deleted
         )
@@ -123,6 +126,78 @@ class CatalogueServicer(catalogue_pb2_grpc.CatalogueServiceServicer):
     ) -> catalogue_pb2.ScriptVersion:
         resolved = await self._catalogue.resolve(request.ref)
         return version_to_proto(resolved.script, resolved.version)
+
+    async def UpdateScript(
+        self, request: catalogue_pb2.UpdateScriptRequest, context: Ctx
+    ) -> catalogue_pb2.Script:
+        row = await self._catalogue.update_script(
+            request.script, list(request.update_mask.paths), actor=current_principal().name
+        )
+        return script_to_proto(row, await self._catalogue.latest_version(row))
+
+    async def DeleteScript(
+        self, request: catalogue_pb2.DeleteScriptRequest, context: Ctx
+    ) -> catalogue_pb2.Script:
+        principal = current_principal()
+        if request.force:
+            require(principal, "script:manage")
+        row = await self._catalogue.delete_script(
+            request.name, force=request.force, actor=principal.name
+        )
+        return script_to_proto(row, await self._catalogue.latest_version(row))
+
+    async def RestoreScript(
+        self, request: catalogue_pb2.RestoreScriptRequest, context: Ctx
+    ) -> catalogue_pb2.Script:
+        row = await self._catalogue.restore_script(request.name, actor=current_principal().name)
+        return script_to_proto(row, await self._catalogue.latest_version(row))
+
+    async def DeprecateVersion(
+        self, request: catalogue_pb2.DeprecateVersionRequest, context: Ctx
+    ) -> catalogue_pb2.ScriptVersion:
+        return await self._set_state(request, catalogue_pb2.VERSION_STATE_DEPRECATED)
+
+    async def YankVersion(
+        self, request: catalogue_pb2.YankVersionRequest, context: Ctx
+    ) -> catalogue_pb2.ScriptVersion:
+        return await self._set_state(request, catalogue_pb2.VERSION_STATE_YANKED)
+
+    async def _set_state(
+        self,
+        request: catalogue_pb2.DeprecateVersionRequest | catalogue_pb2.YankVersionRequest,
+        state: catalogue_pb2.VersionState.ValueType,
+    ) -> catalogue_pb2.ScriptVersion:
+        resolved = await self._catalogue.set_version_state(
+            request.script_name,
+            request.version,
+            state,
+            request.reason,
+            actor=current_principal().name,
+        )
+        return version_to_proto(resolved.script, resolved.version)
+
+    async def ListAuditRecords(
+        self, request: catalogue_pb2.ListAuditRecordsRequest, context: Ctx
+    ) -> catalogue_pb2.ListAuditRecordsResponse:
+        rows, token = await self._catalogue.list_audit(
+            request.script_name, request.page_size, request.page_token
+        )
+        return catalogue_pb2.ListAuditRecordsResponse(
+            records=[
+                catalogue_pb2.AuditRecord(
+                    id=str(r.id),
+                    actor=r.actor,
+                    action=r.action,
+                    script_name=r.script_name,
+                    version=r.version,
+                    before_digest=r.before_digest,
+                    after_digest=r.after_digest,
+                    time=_ts(r.created_at),
+                )
+                for r in rows
+            ],
+            next_page_token=token,
+        )
 
     async def GetContent(
         self, request: catalogue_pb2.GetContentRequest, context: Ctx

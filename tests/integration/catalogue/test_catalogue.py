@@ -203,13 +203,6 @@ async def test_permissions_enforced(catalogue: Running, tokens) -> None:  # type
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_unimplemented_rpc_answers_unimplemented(stub) -> None:  # type: ignore[no-untyped-def]
-    """RPCs of later issues answer UNIMPLEMENTED, not INTERNAL."""
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.YankVersion(catalogue_pb2.YankVersionRequest(script_name="x", version="1.0.0"))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 async def test_publish_emits_script_event_on_jetstream(stub, nats_server) -> None:  # type: ignore[no-untyped-def]
     """Publishing a version puts a ScriptEvent on runbox.events.script.<name>."""
     nc = await nats.connect(nats_server.url)
