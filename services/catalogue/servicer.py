@@ -165,7 +165,7 @@ class CatalogueServicer(catalogue_pb2_grpc.CatalogueServiceServicer):
     async def _set_state(
         self,
         request: catalogue_pb2.DeprecateVersionRequest | catalogue_pb2.YankVersionRequest,
-        state: catalogue_pb2.VersionState.ValueType,
+        state: catalogue_pb2.VersionState,
     ) -> catalogue_pb2.ScriptVersion:
         resolved = await self._catalogue.set_version_state(
             request.script_name,
