@@ -25,3 +25,6 @@ class CatalogueSettings(ServiceSettings):
     max_content_bytes: int = 1024 * 1024
     content_chunk_bytes: int = 64 * 1024
     scheduler: SchedulerClient = Field(default_factory=SchedulerClient)
+    # Resolution cache per replica (0 disables); dropped on writes and ScriptEvents.
+    resolve_cache_ttl_s: float = 30.0
+    resolve_cache_entries: int = 10_000

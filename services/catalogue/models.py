@@ -54,6 +54,8 @@ class ScriptRow(Base):
     isolation: Mapped[int] = mapped_column(Integer, default=0)
     runtime: Mapped[int] = mapped_column(Integer, default=0)
     is_template: Mapped[bool] = mapped_column(default=False)
+    # Highest stable non-yanked version ("" if none), maintained on publish and yank.
+    latest_version: Mapped[str] = mapped_column(String(100), default="", server_default="")
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cachetools import TTLCache
 from google.protobuf import json_format, timestamp_pb2
 from sqlalchemy import Select, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -73,8 +74,18 @@ class Catalogue:
         subjects_prefix: str,
         max_content_bytes: int,
         schedules: ScheduleLookup | None = None,
+        cache_ttl_s: float = 30.0,
+        cache_entries: int = 10_000,
     ) -> None:
         self._schedules = schedules
+        # Resolution cache: script name -> (script, its non-yanked versions). Dropped
+        # on this replica's own writes at once and on other replicas' ScriptEvents
+        # (see invalidate); the TTL bounds staleness if an event is missed.
+        self._cache: TTLCache[str, tuple[ScriptRow, list[VersionRow]]] | None = (
+            TTLCache(maxsize=cache_entries, ttl=cache_ttl_s) if cache_ttl_s > 0 else None
+        )
+        # Bumped by every invalidation: a read that raced with one is not cached.
+        self._generation = 0
         self._sessions = sessions
         self._blobs = blobs
         self._outbox = outbox
@@ -128,7 +139,7 @@ class Catalogue:
             if winner is not None:
                 return winner
             raise AlreadyExists(f"script {script.name!r} already exists") from None
-        self._outbox.notify()
+        self._changed(row.name)
         return row
 
     async def _by_idempotency_key(self, key: str) -> ScriptRow | None:
@@ -143,20 +154,11 @@ class Catalogue:
 
     async def latest_version(self, script: ScriptRow) -> str:
         """Highest stable non-yanked version of a script, or ""."""
-        return (await self.latest_versions([script]))[script.id]
+        return script.latest_version
 
     async def latest_versions(self, scripts: list[ScriptRow]) -> dict[int, str]:
-        """Latest version of each script (by id), in one query."""
-        found: dict[int, list[str]] = {s.id: [] for s in scripts}
-        if not found:
-            return {}
-        query = select(VersionRow.script_id, VersionRow.version).where(
-            VersionRow.script_id.in_(found), VersionRow.state != VS.VERSION_STATE_YANKED
-        )
-        async with self._sessions() as session:
-            for script_id, version in (await session.execute(query)).all():
-                found[script_id].append(version)
-        return {sid: versions.best_match("latest", vs) or "" for sid, vs in found.items()}
+        """Latest version of each script (by id); kept on the script row at write time."""
+        return {s.id: s.latest_version for s in scripts}
 
     async def list_scripts(
         self, request: catalogue_pb2.ListScriptsRequest
@@ -263,7 +265,7 @@ class Catalogue:
                 actor,
                 f"{row.name}:updated:{audit.id}",
             )
-        self._outbox.notify()
+        self._changed(row.name)
         return row
 
     async def delete_script(self, name: str, *, force: bool, actor: str) -> ScriptRow:
@@ -301,7 +303,7 @@ class Catalogue:
                 actor,
                 f"{name}:deleted:{audit.id}",
             )
-        self._outbox.notify()
+        self._changed(name)
         return row
 
     async def restore_script(self, name: str, *, actor: str) -> ScriptRow:
@@ -325,7 +327,7 @@ class Catalogue:
                 actor,
                 f"{name}:restored:{audit.id}",
             )
-        self._outbox.notify()
+        self._changed(name)
         return row
 
     async def set_version_state(
@@ -340,7 +342,7 @@ class Catalogue:
         else:
             action, kind = "version.yank", events_pb2.SCRIPT_EVENT_TYPE_VERSION_YANKED
         async with self._sessions() as session, session.begin():
-            script = await _script(session, name)
+            script = await _script(session, name, for_update=True)
             row = await _version(session, script.id, version)
             if row is None:
                 raise NotFound("version", f"{name}@{version}")
@@ -351,6 +353,8 @@ class Catalogue:
             before = _digest_version(row)
             row.state = state
             row.state_reason = reason
+            await session.flush()
+            await _refresh_latest(session, script)
             await self._record(
                 session,
                 actor,
@@ -369,7 +373,7 @@ class Catalogue:
                 actor,
                 f"{name}:{version}:{action.split('.')[1]}",
             )
-        self._outbox.notify()
+        self._changed(name)
         return Resolved(script, row)
 
     async def list_audit(
@@ -387,6 +391,21 @@ class Catalogue:
             rows = list((await session.scalars(query.limit(size + 1))).all())
         token = _encode_cursor(rows[size - 1].id, fingerprint) if len(rows) > size else ""
         return rows[:size], token
+
+    def invalidate(self, name: str | None = None) -> None:
+        """Forget cached resolution of one script (or of all)."""
+        if self._cache is None:
+            return
+        self._generation += 1
+        if name is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(name, None)
+
+    def _changed(self, name: str) -> None:
+        """After a committed change: drop the cache entry, wake the outbox relay."""
+        self.invalidate(name)
+        self._outbox.notify()
 
     async def _record(
         self,
@@ -455,8 +474,11 @@ class Catalogue:
         )
         try:
             async with self._sessions() as session, session.begin():
+                # Serialise publishes of one script (row lock where the dialect has them).
+                script = await _script(session, request.script_name, for_update=True)
                 session.add(row)
                 await session.flush()
+                await _refresh_latest(session, script)
                 await self._record(
                     session,
                     actor,
@@ -477,7 +499,7 @@ class Catalogue:
                 )
         except IntegrityError:
             raise AlreadyExists(f"version {parsed} of {script.name!r} already exists") from None
-        self._outbox.notify()
+        self._changed(script.name)
         return script, row
 
     async def get_version(self, name: str, version: str) -> Resolved:
@@ -514,11 +536,29 @@ class Catalogue:
         if not ref.name:
             raise InvalidArgument.field("ref.name", "script name is required")
         versions.parse_selector(ref.version, "ref.version")
-        async with self._sessions() as session:
-            script = await _script(session, ref.name)
-            rows = [
-                r for r in await _versions(session, script.id) if r.state != VS.VERSION_STATE_YANKED
-            ]
+        cached = self._cache.get(ref.name) if self._cache is not None else None
+        if cached is None:
+            generation = self._generation
+            # One round trip: the script with its resolvable versions (outer join).
+            query = (
+                select(ScriptRow, VersionRow)
+                .outerjoin(
+                    VersionRow,
+                    (VersionRow.script_id == ScriptRow.id)
+                    & (VersionRow.state != VS.VERSION_STATE_YANKED),
+                )
+                .where(ScriptRow.name == ref.name, ScriptRow.deleted_at.is_(None))
+            )
+            async with self._sessions() as session:
+                pairs = (await session.execute(query)).all()
+            if not pairs:
+                raise NotFound("script", ref.name)
+            script = pairs[0][0]
+            rows = [v for _, v in pairs if v is not None]
+            if self._cache is not None and generation == self._generation:
+                self._cache[ref.name] = (script, rows)
+        else:
+            script, rows = cached
         chosen = versions.best_match(ref.version, [r.version for r in rows], "ref.version")
         if chosen is None:
             raise NotFound("version", f"{ref.name}@{ref.version or 'latest'}")
@@ -741,13 +781,32 @@ def _digest_version(row: VersionRow) -> str:
     )
 
 
-async def _script(session: AsyncSession, name: str, *, include_deleted: bool = False) -> ScriptRow:
+async def _script(
+    session: AsyncSession, name: str, *, include_deleted: bool = False, for_update: bool = False
+) -> ScriptRow:
     if not name:
         raise InvalidArgument.field("name", "script name is required")
-    row = await session.scalar(select(ScriptRow).where(ScriptRow.name == name))
+    query = select(ScriptRow).where(ScriptRow.name == name)
+    if for_update:
+        query = query.with_for_update()
+    row = await session.scalar(query)
     if row is None or (row.deleted_at is not None and not include_deleted):
         raise NotFound("script", name)
     return row
+
+
+async def _refresh_latest(session: AsyncSession, script: ScriptRow) -> None:
+    """Recompute the script's latest version (highest stable, not yanked) in this transaction."""
+    candidates = (
+        await session.scalars(
+            select(VersionRow.version).where(
+                VersionRow.script_id == script.id,
+                VersionRow.state != VS.VERSION_STATE_YANKED,
+                VersionRow.prerelease == "",
+            )
+        )
+    ).all()
+    script.latest_version = versions.best_match("latest", candidates) or ""
 
 
 async def _versions(session: AsyncSession, script_id: int) -> list[VersionRow]:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
+from runbox.events.v1 import events_pb2
 from services.catalogue.blobs import FilesystemBlobStore
 from services.catalogue.config import CatalogueSettings
 from services.catalogue.models import OUTBOX
@@ -76,10 +80,25 @@ async def build(runtime: Runtime) -> Service:
         subjects_prefix=settings.nats.subjects_prefix,
         max_content_bytes=settings.max_content_bytes,
         schedules=lookup,
+        cache_ttl_s=settings.resolve_cache_ttl_s,
+        cache_entries=settings.resolve_cache_entries,
     )
+
+    async def follow_other_replicas() -> None:
+        # Every replica's ScriptEvents (its own included) drop resolution cache entries.
+        assert runtime.nats is not None
+
+        async def on_event(msg: Msg) -> None:
+            try:
+                catalogue.invalidate(events_pb2.ScriptEvent.FromString(msg.data).script_name)
+            except DecodeError:
+                catalogue.invalidate()
+
+        await runtime.nats.subscribe(f"{settings.nats.subjects_prefix}.script.>", cb=on_event)
 
     async def start_relay() -> None:
         outbox.start(js)
+        await follow_other_replicas()
 
     runtime.on_shutdown.append(engine.dispose)
     runtime.on_shutdown.append(outbox.stop)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
+from cachetools import LRUCache
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
@@ -25,7 +26,40 @@ def _ts(value: Any) -> timestamp_pb2.Timestamp:
     return ts
 
 
+# Serialized Script messages by everything they are built from: listing pages
+# then skip the JSON -> message conversions of unchanged scripts.
+_SCRIPT_PROTOS: LRUCache[tuple[Any, ...], bytes] = LRUCache(maxsize=20_000)
+
+
 def script_to_proto(row: ScriptRow, latest: str = "") -> catalogue_pb2.Script:
+    # Every input is in the key (timestamps alone may be too coarse on some dialects).
+    key = (
+        row.id,
+        row.name,
+        row.updated_at,
+        row.deleted_at,
+        latest,
+        row.description,
+        tuple(row.tags),
+        row.owner,
+        row.execution_type,
+        row.isolation,
+        row.runtime,
+        row.is_template,
+        repr(row.config),
+        repr(row.default_limits),
+        repr(row.default_retry),
+        row.created_at,
+    )
+    cached = _SCRIPT_PROTOS.get(key)
+    if cached is not None:
+        return catalogue_pb2.Script.FromString(cached)
+    script = _build_script(row, latest)
+    _SCRIPT_PROTOS[key] = script.SerializeToString()
+    return script
+
+
+def _build_script(row: ScriptRow, latest: str) -> catalogue_pb2.Script:
     script = catalogue_pb2.Script(
         name=row.name,
         description=row.description,

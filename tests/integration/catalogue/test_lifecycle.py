@@ -15,9 +15,12 @@ from google.rpc import error_details_pb2, status_pb2
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
+from services.catalogue.config import CatalogueSettings
+from services.catalogue.server import build
 from shared.clients import open_channel
-from shared.runtime import Running
+from shared.runtime import Running, build_runtime, launch
 from tests.integration.catalogue.support import PY, publish
+from tests.integration.helpers import settings_for
 
 Stub = catalogue_pb2_grpc.CatalogueServiceStub
 SHELL = common_pb2.EXECUTION_TYPE_SHELL
@@ -328,3 +331,36 @@ async def test_bad_tags_and_duplicate_version_are_refused(stub: Stub) -> None:
         await publish(stub, "dup", "1.0")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "version" in _violations(err.value)
+
+
+async def test_a_yank_on_one_replica_stops_resolution_on_another(
+    stub: Stub, tmp_path, nats_server, tokens
+) -> None:  # type: ignore[no-untyped-def]
+    """Replicas share the database; each caches resolutions and drops them on
+    the ScriptEvents other replicas publish."""
+    await publish(stub, "shared", "1.0.0")
+    await publish(stub, "shared", "1.1.0")
+    settings = settings_for(
+        CatalogueSettings,
+        tmp_path,
+        "catalogue",
+        nats_url=nats_server.url,
+        principals_file=tokens.principals_file,
+        blob_dir=str(tmp_path / "blobs"),
+    )
+    other = await launch(build_runtime("catalogue", settings), build)
+    latest = catalogue_pb2.ResolveVersionRequest(ref=common_pb2.ScriptRef(name="shared"))
+    try:
+        async with open_channel(other.address, token=tokens.admin) as channel:
+            replica = catalogue_pb2_grpc.CatalogueServiceStub(channel)
+            assert (await replica.ResolveVersion(latest)).version == "1.1.0"  # now cached there
+            await stub.YankVersion(
+                catalogue_pb2.YankVersionRequest(script_name="shared", version="1.1.0")
+            )
+            for _ in range(100):
+                if (await replica.ResolveVersion(latest)).version == "1.0.0":
+                    break
+                await asyncio.sleep(0.1)
+            assert (await replica.ResolveVersion(latest)).version == "1.0.0"
+    finally:
+        await other.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import grpc
@@ -17,16 +16,6 @@ from tests.integration.catalogue.support import publish
 Stub = catalogue_pb2_grpc.CatalogueServiceStub
 
 
-def _yank(db_file: Path, script: str, version: str) -> None:
-    """Yank a version in the database (YankVersion comes in a later issue)."""
-    with sqlite3.connect(db_file) as conn:
-        conn.execute(
-            "UPDATE script_versions SET state = ? WHERE version = ? AND script_id ="
-            " (SELECT id FROM scripts WHERE name = ?)",
-            (catalogue_pb2.VERSION_STATE_YANKED, version, script),
-        )
-
-
 async def _resolve(stub: Stub, name: str, selector: str) -> str:
     ref = common_pb2.ScriptRef(name=name, version=selector)
     return (await stub.ResolveVersion(catalogue_pb2.ResolveVersionRequest(ref=ref))).version
@@ -36,7 +25,7 @@ async def test_resolve_skips_yanked_versions(stub: Stub, tmp_path: Path) -> None
     """A yanked version is never resolved, even when named exactly, yet stays readable."""
     for v in ("1.0.0", "1.1.0", "1.2.0"):
         await publish(stub, "yanky", v)
-    _yank(tmp_path / "catalogue.db", "yanky", "1.2.0")
+    await stub.YankVersion(catalogue_pb2.YankVersionRequest(script_name="yanky", version="1.2.0"))
     assert await _resolve(stub, "yanky", "latest") == "1.1.0"
     assert await _resolve(stub, "yanky", "^1") == "1.1.0"
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -65,7 +54,7 @@ async def test_list_versions_pages_newest_first(stub: Stub, tmp_path: Path) -> N
     """Versions list in semver order, newest first, across pages; yanked only on request."""
     for v in ("1.9.0", "1.10.0", "2.0.0-rc.1", "2.0.0", "0.1.0"):
         await publish(stub, "many", v)
-    _yank(tmp_path / "catalogue.db", "many", "1.9.0")
+    await stub.YankVersion(catalogue_pb2.YankVersionRequest(script_name="many", version="1.9.0"))
     seen: list[str] = []
     token = ""
     while True:

@@ -1,4 +1,4 @@
-"""tags, audit records, version state reason
+"""tags, audit records, version state reason, latest version
 
 Revision ID: 0002
 Revises: 0001
@@ -53,6 +53,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("state_reason", sa.Text(), nullable=False, server_default=""))
 
     with op.batch_alter_table("scripts", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("latest_version", sa.String(length=100), nullable=False, server_default="")
+        )
         batch_op.create_index("ix_scripts_deleted_at", ["deleted_at"], unique=False)
         batch_op.create_index("ix_scripts_updated_at_id", ["updated_at", "id"], unique=False)
 
@@ -68,6 +71,36 @@ def upgrade() -> None:
     ]
     if rows:
         op.bulk_insert(tags, rows)
+    # Latest version (highest stable, not yanked: state 3) of existing scripts.
+    versions = sa.table(
+        "script_versions",
+        sa.column("script_id", sa.Integer),
+        sa.column("major", sa.Integer),
+        sa.column("minor", sa.Integer),
+        sa.column("patch", sa.Integer),
+        sa.column("prerelease", sa.String),
+        sa.column("version", sa.String),
+        sa.column("state", sa.Integer),
+    )
+    best: dict[int, tuple[tuple[int, int, int], str]] = {}
+    query = sa.select(
+        versions.c.script_id,
+        versions.c.major,
+        versions.c.minor,
+        versions.c.patch,
+        versions.c.version,
+    ).where(versions.c.state != 3, versions.c.prerelease == "")
+    for script_id, major, minor, patch, version in bind.execute(query):
+        key = (major, minor, patch)
+        if script_id not in best or key > best[script_id][0]:
+            best[script_id] = (key, version)
+    latest = sa.table(
+        "scripts", sa.column("id", sa.Integer), sa.column("latest_version", sa.String)
+    )
+    for script_id, (_, version) in best.items():
+        bind.execute(
+            sa.update(latest).where(latest.c.id == script_id).values(latest_version=version)
+        )
 
 
 def downgrade() -> None:
@@ -75,6 +108,7 @@ def downgrade() -> None:
     with op.batch_alter_table("scripts", schema=None) as batch_op:
         batch_op.drop_index("ix_scripts_updated_at_id")
         batch_op.drop_index("ix_scripts_deleted_at")
+        batch_op.drop_column("latest_version")
 
     with op.batch_alter_table("script_versions", schema=None) as batch_op:
         batch_op.drop_column("state_reason")
