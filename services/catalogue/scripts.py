@@ -36,6 +36,9 @@ from shared.outbox import Outbox
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 TAG = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,62}$")
 MAX_TAGS = 32
+# Tag filters matching fewer scripts than this read the matches and sort them;
+# more common tags walk scripts in page order (see _filtered).
+TAG_SHAPE_THRESHOLD = 2000
 VS = catalogue_pb2.VersionState
 ORDER = catalogue_pb2.ScriptOrder
 # Script fields UpdateScript may change; the rest are fixed at creation.
@@ -84,6 +87,7 @@ class Catalogue:
         self._cache: TTLCache[str, tuple[ScriptRow, list[VersionRow]]] | None = (
             TTLCache(maxsize=cache_entries, ttl=cache_ttl_s) if cache_ttl_s > 0 else None
         )
+        self._tag_counts: TTLCache[tuple[str, ...], int] = TTLCache(maxsize=1000, ttl=60)
         # Bumped by every invalidation: a read that raced with one is not cached.
         self._generation = 0
         self._sessions = sessions
@@ -176,7 +180,12 @@ class Catalogue:
                 "execution_type", f"unknown execution type {request.execution_type}"
             )
         fingerprint = _filter_fingerprint(request, order)
-        query = _filtered(select(ScriptRow).where(ScriptRow.deleted_at.is_(None)), request)
+        common_tags = await self._tags_are_common(request)
+        query = _filtered(
+            select(ScriptRow).where(ScriptRow.deleted_at.is_(None)),
+            request,
+            common_tags=common_tags,
+        )
         key = _decode_cursor(request.page_token, fingerprint) if request.page_token else None
         if order == ORDER.SCRIPT_ORDER_NAME:
             query = query.order_by(ScriptRow.name)
@@ -391,6 +400,24 @@ class Catalogue:
             rows = list((await session.scalars(query.limit(size + 1))).all())
         token = _encode_cursor(rows[size - 1].id, fingerprint) if len(rows) > size else ""
         return rows[:size], token
+
+    async def _tags_are_common(self, request: catalogue_pb2.ListScriptsRequest) -> bool:
+        """Whether every tag filter matches at least TAG_SHAPE_THRESHOLD scripts.
+
+        Counts are cached for a minute: they only choose a query shape, and
+        both shapes return the same rows."""
+        groups: list[tuple[str, ...]] = [(t,) for t in sorted(set(request.tags_all))]
+        if request.tags_any:
+            groups.append(tuple(sorted(set(request.tags_any))))
+        for tags in groups:
+            matches = self._tag_counts.get(tags)
+            if matches is None:
+                async with self._sessions() as session:
+                    matches = await _tag_matches(session, list(tags))
+                self._tag_counts[tags] = matches
+            if matches < TAG_SHAPE_THRESHOLD:
+                return False
+        return bool(groups)
 
     def invalidate(self, name: str | None = None) -> None:
         """Forget cached resolution of one script (or of all)."""
@@ -666,8 +693,12 @@ def _check_script(script: catalogue_pb2.Script) -> None:
 
 
 def _filtered(
-    query: Select[ScriptRow], request: catalogue_pb2.ListScriptsRequest
+    query: Select[ScriptRow], request: catalogue_pb2.ListScriptsRequest, *, common_tags: bool
 ) -> Select[ScriptRow]:
+    """Apply the filters. Tag filters take one of two shapes: for common tags a
+    correlated EXISTS, so the database walks scripts in page order and stops at
+    the page end; for rare tags an IN over the tag index, so it reads only the
+    few matches and sorts them. Either shape is bounded (see TAG_SHAPE_THRESHOLD)."""
     if request.name_prefix:
         query = query.where(ScriptRow.name.startswith(request.name_prefix, autoescape=True))
     if request.execution_type:
@@ -676,16 +707,20 @@ def _filtered(
         query = query.where(ScriptRow.owner == request.owner)
     if request.templates_only:
         query = query.where(ScriptRow.is_template.is_(True))
-    for tag in sorted(set(request.tags_all)):
-        query = query.where(
-            ScriptRow.id.in_(select(ScriptTagRow.script_id).where(ScriptTagRow.tag == tag))
-        )
+    groups = [[t] for t in sorted(set(request.tags_all))]
     if request.tags_any:
-        query = query.where(
-            ScriptRow.id.in_(
-                select(ScriptTagRow.script_id).where(ScriptTagRow.tag.in_(set(request.tags_any)))
+        groups.append(sorted(set(request.tags_any)))
+    for tags in groups:
+        if common_tags:
+            query = query.where(
+                select(ScriptTagRow.script_id)
+                .where(ScriptTagRow.script_id == ScriptRow.id, ScriptTagRow.tag.in_(tags))
+                .exists()
             )
-        )
+        else:
+            query = query.where(
+                ScriptRow.id.in_(select(ScriptTagRow.script_id).where(ScriptTagRow.tag.in_(tags)))
+            )
     if request.text:
         needle = request.text.lower()
         query = query.where(
@@ -695,6 +730,18 @@ def _filtered(
             )
         )
     return query
+
+
+async def _tag_matches(session: AsyncSession, tags: list[str]) -> int:
+    """How many scripts carry any of the tags, counted up to TAG_SHAPE_THRESHOLD
+    (a bounded index scan, so it stays cheap for common tags)."""
+    bounded = (
+        select(ScriptTagRow.script_id)
+        .where(ScriptTagRow.tag.in_(tags))
+        .limit(TAG_SHAPE_THRESHOLD)
+        .subquery()
+    )
+    return (await session.scalar(select(func.count()).select_from(bounded))) or 0
 
 
 def _filter_fingerprint(request: catalogue_pb2.ListScriptsRequest, order: int) -> str:

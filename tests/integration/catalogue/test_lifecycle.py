@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
+from services.catalogue import scripts
 from services.catalogue.config import CatalogueSettings
 from services.catalogue.server import build
 from shared.clients import open_channel
@@ -85,7 +86,12 @@ async def test_update_script_applies_the_mask_and_refuses_immutable_fields(stub:
     assert got.description == "new" and got.execution_type == PY
 
 
-async def test_list_scripts_filters_by_tags_type_owner_text_and_templates(stub: Stub) -> None:
+@pytest.mark.parametrize("threshold", [2000, 1], ids=["rare-tag-shape", "common-tag-shape"])
+async def test_list_scripts_filters_by_tags_type_owner_text_and_templates(
+    stub: Stub, threshold: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both query shapes for tag filters (see scripts._filtered) give the same pages."""
+    monkeypatch.setattr(scripts, "TAG_SHAPE_THRESHOLD", threshold)
     await _create(stub, "net-scan", tags=["net", "ops"], description="Scan the LAN", owner="ops")
     await _create(stub, "net-backup", tags=["net", "backup"], kind=SHELL, owner="ops")
     await _create(stub, "report", tags=["ops"], description="weekly numbers", owner="bi")
