@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Self
+
+from pydantic import BaseModel, Field, model_validator
 
 from shared.settings import DatabaseSettings, ServiceSettings
 
@@ -28,3 +30,18 @@ class CatalogueSettings(ServiceSettings):
     # Resolution cache per replica (0 disables); dropped on writes and ScriptEvents.
     resolve_cache_ttl_s: float = 30.0
     resolve_cache_entries: int = 10_000
+
+    @model_validator(mode="after")
+    def _content_fits_in_a_message(self) -> Self:
+        # PublishVersion carries the content in one message: a limit above what
+        # gRPC accepts would answer RESOURCE_EXHAUSTED instead of a precise error.
+        headroom = 64 * 1024
+        if self.max_content_bytes + headroom > self.grpc.max_message_bytes:
+            raise ValueError(
+                f"max_content_bytes ({self.max_content_bytes}) plus {headroom} bytes of "
+                f"request overhead must fit in grpc.max_message_bytes "
+                f"({self.grpc.max_message_bytes}); raise RUNBOX_GRPC__MAX_MESSAGE_BYTES"
+            )
+        if not 1024 <= self.content_chunk_bytes <= self.grpc.max_message_bytes - headroom:
+            raise ValueError("content_chunk_bytes must be between 1 KiB and the message limit")
+        return self

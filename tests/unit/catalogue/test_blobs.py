@@ -60,3 +60,19 @@ async def test_put_repairs_a_corrupt_blob(tmp_path: Path) -> None:
     _path(tmp_path, digest).write_bytes(b"rot")
     await store.put(b"heal me")
     assert await store.get(digest) == b"heal me"
+
+
+def test_content_limit_must_fit_in_a_grpc_message() -> None:
+    """A content limit gRPC would refuse first is a configuration error at start."""
+    import pytest
+    from pydantic import ValidationError
+
+    from services.catalogue.config import CatalogueSettings
+
+    with pytest.raises(ValidationError, match="RUNBOX_GRPC__MAX_MESSAGE_BYTES"):
+        CatalogueSettings(max_content_bytes=8 * 1024 * 1024)
+    ok = CatalogueSettings(
+        max_content_bytes=8 * 1024 * 1024,
+        grpc={"max_message_bytes": 9 * 1024 * 1024},  # type: ignore[arg-type]
+    )
+    assert ok.max_content_bytes == 8 * 1024 * 1024
