@@ -12,8 +12,9 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from services.catalogue import parameters
 from services.catalogue.models import ScriptRow, VersionRow
-from services.catalogue.scripts import Catalogue
+from services.catalogue.scripts import Catalogue, Resolved
 from shared.auth import require
+from shared.errors import FailedPrecondition, InvalidArgument
 from shared.interceptors import current_principal
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -99,6 +100,29 @@ def version_to_proto(script: ScriptRow, row: VersionRow) -> catalogue_pb2.Script
         created_by=row.created_by,
         execution_type=script.execution_type,  # type: ignore[arg-type]
     )
+
+
+# Compiled parameter sets by version: versions are immutable, so an entry never goes stale
+# (the content digest in the key guards against a name+version reused after a purge).
+_PARAMETER_SETS: LRUCache[tuple[str, str, str], parameters.ParameterSet] = LRUCache(maxsize=4_096)
+
+
+def parameter_set(resolved: Resolved) -> parameters.ParameterSet:
+    """The compiled validator of a resolved version, compiled once per replica."""
+    key = (resolved.script.name, resolved.version.version, resolved.version.sha256)
+    compiled = _PARAMETER_SETS.get(key)
+    if compiled is None:
+        definitions = parameters.load_definitions(resolved.version.parameters)
+        try:
+            compiled = parameters.compile_definitions(definitions)
+        except InvalidArgument as exc:
+            # Accepted at publish under older rules: the caller's values are not at fault.
+            raise FailedPrecondition(
+                f"{key[0]}@{key[1]} has parameter definitions this catalogue no longer accepts "
+                f"({exc.message}); publish a corrected version"
+            ) from None
+        _PARAMETER_SETS[key] = compiled
+    return compiled
 
 
 class CatalogueServicer(catalogue_pb2_grpc.CatalogueServiceServicer):
@@ -253,9 +277,7 @@ class CatalogueServicer(catalogue_pb2_grpc.CatalogueServiceServicer):
         self, request: catalogue_pb2.ValidateParametersRequest, context: Ctx
     ) -> catalogue_pb2.ValidateParametersResponse:
         resolved = await self._catalogue.resolve(request.ref)
-        definitions = parameters.load_definitions(resolved.version.parameters)
-        raw = json_format.MessageToDict(request.values)
-        validated = parameters.validate(definitions, raw)
+        validated = parameter_set(resolved).validate(json_format.MessageToDict(request.values))
         values = struct_pb2.Struct()
         values.update(validated.values)
         return catalogue_pb2.ValidateParametersResponse(
@@ -263,3 +285,16 @@ class CatalogueServicer(catalogue_pb2_grpc.CatalogueServiceServicer):
             values=values,
             secret_names=sorted(validated.secrets),
         )
+
+    async def GetParameterSchema(
+        self, request: catalogue_pb2.GetParameterSchemaRequest, context: Ctx
+    ) -> catalogue_pb2.GetParameterSchemaResponse:
+        resolved = await self._catalogue.resolve(request.ref)
+        name, version = resolved.script.name, resolved.version.version
+        schema = struct_pb2.Struct()
+        schema.update(
+            parameter_set(resolved).json_schema(
+                title=f"{name}@{version}", schema_id=f"urn:runbox:script:{name}:{version}"
+            )
+        )
+        return catalogue_pb2.GetParameterSchemaResponse(schema=schema, version=version)
