@@ -103,41 +103,10 @@ class Catalogue:
         existing = await self._by_idempotency_key(idempotency_key)
         if existing is not None:
             return existing
-        _check_script(script)
-        now = datetime.now(UTC)
-        row = ScriptRow(
-            name=script.name,
-            description=script.description,
-            tags=sorted(set(script.tags)),
-            owner=script.owner or actor,
-            execution_type=script.execution_type,
-            config=_to_dict(script.config),
-            default_limits=_to_dict(script.default_limits),
-            default_retry=_to_dict(script.default_retry),
-            isolation=script.isolation,
-            runtime=script.runtime,
-            is_template=script.is_template,
-            idempotency_key=idempotency_key or None,
-            created_at=now,
-            updated_at=now,
-        )
+        row = _new_script_row(script, actor, idempotency_key)
         try:
             async with self._sessions() as session, session.begin():
-                session.add(row)
-                await session.flush()
-                session.add_all(ScriptTagRow(script_id=row.id, tag=t) for t in row.tags)
-                await self._record(
-                    session, actor, "script.create", row.name, before="", after=_digest_script(row)
-                )
-                await self._event(
-                    session,
-                    events_pb2.SCRIPT_EVENT_TYPE_CREATED,
-                    row.name,
-                    "",
-                    "",
-                    actor,
-                    f"{row.name}:created",
-                )
+                await self._insert_script(session, row, actor)
         except IntegrityError:
             winner = await self._by_idempotency_key(idempotency_key)
             if winner is not None:
@@ -145,6 +114,54 @@ class Catalogue:
             raise AlreadyExists(f"script {script.name!r} already exists") from None
         self._changed(row.name)
         return row
+
+    async def _insert_script(self, session: AsyncSession, row: ScriptRow, actor: str) -> None:
+        """Add a new script with its tags, audit record and event, in the caller's transaction."""
+        session.add(row)
+        await session.flush()
+        session.add_all(ScriptTagRow(script_id=row.id, tag=t) for t in row.tags)
+        await self._record(
+            session, actor, "script.create", row.name, before="", after=_digest_script(row)
+        )
+        await self._event(
+            session,
+            events_pb2.SCRIPT_EVENT_TYPE_CREATED,
+            row.name,
+            "",
+            "",
+            actor,
+            f"{row.name}:created",
+        )
+
+    async def create_with_version(
+        self,
+        script: catalogue_pb2.Script,
+        request: catalogue_pb2.PublishVersionRequest,
+        *,
+        actor: str,
+        idempotency_key: str = "",
+    ) -> tuple[ScriptRow, VersionRow]:
+        """A new script and its first version in one transaction: both or neither."""
+        existing = await self._by_idempotency_key(idempotency_key)
+        if existing is not None:
+            async with self._sessions() as session:
+                first = await session.scalar(
+                    select(VersionRow).where(VersionRow.script_id == existing.id).limit(1)
+                )
+            if first is not None:
+                return existing, first
+        row = _new_script_row(script, actor, idempotency_key)
+        version = self._new_version_row(request, actor)
+        await self._blobs.put(request.content)
+        try:
+            async with self._sessions() as session, session.begin():
+                await self._insert_script(session, row, actor)
+                version.script_id = row.id
+                await self._insert_version(session, row, version, actor)
+        except IntegrityError:
+            raise AlreadyExists(f"script {script.name!r} already exists") from None
+        self._changed(row.name)
+        return row, version
 
     async def _by_idempotency_key(self, key: str) -> ScriptRow | None:
         if not key:
@@ -463,6 +480,32 @@ class Catalogue:
         self, request: catalogue_pb2.PublishVersionRequest, *, actor: str
     ) -> tuple[ScriptRow, VersionRow]:
         """Store content by digest and record an immutable version."""
+        row = self._new_version_row(request, actor)
+        async with self._sessions() as session:
+            script = await _script(session, request.script_name)
+            if await _version(session, script.id, row.version) is not None:
+                raise AlreadyExists(
+                    f"version {row.version} of {script.name!r} already exists; "
+                    "versions are immutable"
+                )
+        row.script_id = script.id
+        await self._blobs.put(request.content)
+        try:
+            async with self._sessions() as session, session.begin():
+                # Serialise publishes of one script (row lock where the dialect has them).
+                script = await _script(session, request.script_name, for_update=True)
+                await self._insert_version(session, script, row, actor)
+        except IntegrityError:
+            raise AlreadyExists(
+                f"version {row.version} of {script.name!r} already exists"
+            ) from None
+        self._changed(script.name)
+        return script, row
+
+    def _new_version_row(
+        self, request: catalogue_pb2.PublishVersionRequest, actor: str
+    ) -> VersionRow:
+        """A checked, not yet stored version: semver, size limit, digest, parameter definitions."""
         parsed = versions.parse(request.version)
         if not request.content:
             raise InvalidArgument.field("content", "content is empty")
@@ -476,16 +519,7 @@ class Catalogue:
             raise InvalidArgument.field(
                 "sha256", f"does not match the content (content digest is {digest})"
             )
-        stored_params = parameters.check_definitions(list(request.parameters))
-        async with self._sessions() as session:
-            script = await _script(session, request.script_name)
-            if await _version(session, script.id, str(parsed)) is not None:
-                raise AlreadyExists(
-                    f"version {parsed} of {script.name!r} already exists; versions are immutable"
-                )
-        await self._blobs.put(request.content)
-        row = VersionRow(
-            script_id=script.id,
+        return VersionRow(
             version=str(parsed),
             major=parsed.major,
             minor=parsed.minor,
@@ -493,41 +527,38 @@ class Catalogue:
             prerelease=parsed.prerelease or "",
             sha256=digest,
             size_bytes=len(request.content),
-            parameters=stored_params,
+            parameters=parameters.check_definitions(list(request.parameters)),
             state=VS.VERSION_STATE_ACTIVE,
             changelog=request.changelog,
             created_by=actor,
             created_at=datetime.now(UTC),
         )
-        try:
-            async with self._sessions() as session, session.begin():
-                # Serialise publishes of one script (row lock where the dialect has them).
-                script = await _script(session, request.script_name, for_update=True)
-                session.add(row)
-                await session.flush()
-                await _refresh_latest(session, script)
-                await self._record(
-                    session,
-                    actor,
-                    "version.publish",
-                    script.name,
-                    version=row.version,
-                    before="",
-                    after=_digest_version(row),
-                )
-                await self._event(
-                    session,
-                    events_pb2.SCRIPT_EVENT_TYPE_VERSION_PUBLISHED,
-                    script.name,
-                    row.version,
-                    digest,
-                    actor,
-                    f"{script.name}:{row.version}:published",
-                )
-        except IntegrityError:
-            raise AlreadyExists(f"version {parsed} of {script.name!r} already exists") from None
-        self._changed(script.name)
-        return script, row
+
+    async def _insert_version(
+        self, session: AsyncSession, script: ScriptRow, row: VersionRow, actor: str
+    ) -> None:
+        """Add a version, refresh the script's latest, audit and publish, in one transaction."""
+        session.add(row)
+        await session.flush()
+        await _refresh_latest(session, script)
+        await self._record(
+            session,
+            actor,
+            "version.publish",
+            script.name,
+            version=row.version,
+            before="",
+            after=_digest_version(row),
+        )
+        await self._event(
+            session,
+            events_pb2.SCRIPT_EVENT_TYPE_VERSION_PUBLISHED,
+            script.name,
+            row.version,
+            row.sha256,
+            actor,
+            f"{script.name}:{row.version}:published",
+        )
 
     async def get_version(self, name: str, version: str) -> Resolved:
         """One exact version (yanked ones included: existing runs keep them)."""
@@ -670,6 +701,28 @@ def _tag_problems(tags: Any, field: str) -> list[FieldViolation]:
     if len(tags) > MAX_TAGS:
         problems.append(FieldViolation(field, f"{len(tags)} tags; at most {MAX_TAGS}"))
     return problems
+
+
+def _new_script_row(script: catalogue_pb2.Script, actor: str, idempotency_key: str) -> ScriptRow:
+    """A checked, not yet stored script row."""
+    _check_script(script)
+    now = datetime.now(UTC)
+    return ScriptRow(
+        name=script.name,
+        description=script.description,
+        tags=sorted(set(script.tags)),
+        owner=script.owner or actor,
+        execution_type=script.execution_type,
+        config=_to_dict(script.config),
+        default_limits=_to_dict(script.default_limits),
+        default_retry=_to_dict(script.default_retry),
+        isolation=script.isolation,
+        runtime=script.runtime,
+        is_template=script.is_template,
+        idempotency_key=idempotency_key or None,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def _check_script(script: catalogue_pb2.Script) -> None:
