@@ -30,6 +30,8 @@ class CatalogueSettings(ServiceSettings):
     # Resolution cache per replica (0 disables); dropped on writes and ScriptEvents.
     resolve_cache_ttl_s: float = 30.0
     resolve_cache_entries: int = 10_000
+    # Publish the built-in templates (network-discovery, config-backup) at start-up when missing.
+    builtin_templates: bool = True
 
     @model_validator(mode="after")
     def _content_fits_in_a_message(self) -> Self:

@@ -13,6 +13,7 @@ from services.catalogue.blobs import FilesystemBlobStore
 from services.catalogue.config import CatalogueSettings
 from services.catalogue.models import OUTBOX
 from services.catalogue.schedules import ScheduleLookup
+from services.catalogue import templates
 from services.catalogue.scripts import Catalogue
 from services.catalogue.servicer import CatalogueServicer
 from shared import db
@@ -99,13 +100,12 @@ async def build(runtime: Runtime) -> Service:
     async def start_relay() -> None:
         outbox.start(js)
         await follow_other_replicas()
+        if settings.builtin_templates:
+            await templates.publish_builtins(catalogue)
 
     runtime.on_shutdown.append(engine.dispose)
     runtime.on_shutdown.append(outbox.stop)
-    # RPCs of later issues keep the generated base (UNIMPLEMENTED); the stubs call them abstract.
-    servicer = CatalogueServicer(  # type: ignore[abstract]
-        catalogue, chunk_bytes=settings.content_chunk_bytes
-    )
+    servicer = CatalogueServicer(catalogue, chunk_bytes=settings.content_chunk_bytes)
     return Service(
         registrations=[
             (catalogue_pb2_grpc.add_CatalogueServiceServicer_to_server, servicer, SERVICE)

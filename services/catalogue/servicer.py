@@ -10,7 +10,8 @@ from cachetools import LRUCache
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
-from services.catalogue import parameters
+from runbox.common.v1 import common_pb2
+from services.catalogue import parameters, templates
 from services.catalogue.models import ScriptRow, VersionRow
 from services.catalogue.scripts import Catalogue, Resolved
 from shared.auth import require
@@ -126,7 +127,7 @@ def parameter_set(resolved: Resolved) -> parameters.ParameterSet:
 
 
 class CatalogueServicer(catalogue_pb2_grpc.CatalogueServiceServicer):
-    """The walking-skeleton subset; other RPCs answer UNIMPLEMENTED."""
+    """Every catalogue RPC: translation between protos and the domain layer only."""
 
     def __init__(self, catalogue: Catalogue, *, chunk_bytes: int) -> None:
         self._catalogue = catalogue
@@ -162,6 +163,9 @@ class CatalogueServicer(catalogue_pb2_grpc.CatalogueServiceServicer):
     async def PublishVersion(
         self, request: catalogue_pb2.PublishVersionRequest, context: Ctx
     ) -> catalogue_pb2.ScriptVersion:
+        current = await self._catalogue.get_script(request.script_name)
+        if current.is_template and request.content:
+            templates.check(request.content)
         script, row = await self._catalogue.publish_version(request, actor=current_principal().name)
         return version_to_proto(script, row)
 
@@ -298,3 +302,49 @@ class CatalogueServicer(catalogue_pb2_grpc.CatalogueServiceServicer):
             )
         )
         return catalogue_pb2.GetParameterSchemaResponse(schema=schema, version=version)
+
+    async def ListTemplates(
+        self, request: catalogue_pb2.ListTemplatesRequest, context: Ctx
+    ) -> catalogue_pb2.ListTemplatesResponse:
+        rows, token = await self._catalogue.list_scripts(
+            catalogue_pb2.ListScriptsRequest(
+                templates_only=True, page_size=request.page_size, page_token=request.page_token
+            )
+        )
+        out = catalogue_pb2.ListTemplatesResponse(next_page_token=token)
+        for row in rows:
+            script = script_to_proto(row, row.latest_version)
+            if row.latest_version:
+                version, content = await self._catalogue.content(row.name, row.latest_version)
+                script.placeholders.extend(templates.placeholders(version.sha256, content))
+            out.templates.append(script)
+        return out
+
+    async def InstantiateTemplate(
+        self, request: catalogue_pb2.InstantiateTemplateRequest, context: Ctx
+    ) -> catalogue_pb2.Script:
+        if not request.template_name:
+            raise InvalidArgument.field("template_name", "required")
+        template = await self._catalogue.get_script(request.template_name)
+        if not template.is_template:
+            raise InvalidArgument.field(
+                "template_name", f"{template.name!r} is a script, not a template"
+            )
+        resolved = await self._catalogue.resolve(common_pb2.ScriptRef(name=template.name))
+        source = resolved.version
+        label = f"template {template.name}@{source.version}"
+        _, content = await self._catalogue.content(template.name, source.version, source.sha256)
+        rendered = templates.render(label, source.sha256, content, dict(request.placeholders))
+        script = templates.instance_script(script_to_proto(template), request)
+        publish = catalogue_pb2.PublishVersionRequest(
+            script_name=request.name,
+            version="1.0.0",
+            content=rendered,
+            # Definitions as stored: secret defaults travel to the new script, never to callers.
+            parameters=parameters.load_definitions(source.parameters),
+            changelog=f"created from {label}",
+        )
+        row, _ = await self._catalogue.create_with_version(
+            script, publish, actor=current_principal().name, idempotency_key=request.idempotency_key
+        )
+        return script_to_proto(row, row.latest_version)

@@ -31,6 +31,12 @@ class SandboxSettings(BaseModel):
     output_bytes: int = 1024 * 1024
     cancel_grace_s: float = 5.0
     local_allowed_commands: list[str] = Field(default_factory=list)
+    # Docker network for runs whose script asks for NETWORK_POLICY_EGRESS_ALLOWLIST. "" (the
+    # default) refuses such runs: every sandbox gets network "none". An operator names a network
+    # whose egress they control (a user-defined network behind their firewall rules); "host"
+    # shares the executor host's network namespace and is meant for tests and trusted ops
+    # scripts only, since it also exposes every loopback service of the host.
+    egress_network: str = ""
 
 
 class ExecutorSettings(ServiceSettings):

@@ -256,6 +256,7 @@ class RunManager:
             work_bytes=req.disk_bytes or sandbox.work_bytes,
             timeout_s=timeout or sandbox.timeout_s,
             output_bytes=req.output_bytes or sandbox.output_bytes,
+            network=req.network or common_pb2.NETWORK_POLICY_NONE,
         )
         return Job(
             run_id=request.run_id,
@@ -288,7 +289,15 @@ def _number(value: Any) -> Any:
 
 
 def _job_stub(request: executor_pb2.ExecuteRequest) -> Job:
-    limits = Limits(cpus=0, memory_bytes=0, pids=0, work_bytes=0, timeout_s=0, output_bytes=0)
+    limits = Limits(
+        cpus=0,
+        memory_bytes=0,
+        pids=0,
+        work_bytes=0,
+        timeout_s=0,
+        output_bytes=0,
+        network=request.limits.network or common_pb2.NETWORK_POLICY_NONE,
+    )
     return Job(
         run_id=request.run_id,
         attempt=request.attempt,

@@ -17,7 +17,12 @@ def settings_for(
     principals_file: Path,
     **extra: Any,
 ) -> Any:
-    """Settings of one service bound to loopback port 0 with its own SQLite file."""
+    """Settings of one service bound to loopback port 0 with its own SQLite file.
+
+    A catalogue starts without the built-in templates unless a test asks for them, so that
+    tests counting scripts, events or audit records see only their own."""
+    if name == "catalogue":
+        extra.setdefault("builtin_templates", False)
     return cls(
         instance_id=f"{name}-test",
         grpc={"host": "127.0.0.1", "port": 0},

@@ -128,27 +128,31 @@ async def start_run_path(
     *,
     with_executor: bool = True,
     executor: dict[str, Any] | None = None,
+    catalogue: dict[str, Any] | None = None,
 ) -> RunPath:
     auth = {"principals_file": str(tokens.principals_file), "service_token": tokens.service}
-    catalogue = await launch(
-        build_runtime(
-            "catalogue",
-            _common(
-                tmp, "catalogue", nats_url, tokens, CatalogueSettings, blob_dir=str(tmp / "blobs")
-            ),
-        ),
-        build_catalogue,
+    catalogue_settings = _common(
+        tmp,
+        "catalogue",
+        nats_url,
+        tokens,
+        CatalogueSettings,
+        blob_dir=str(tmp / "blobs"),
+        **(catalogue or {}),
+    )
+    running_catalogue = await launch(
+        build_runtime("catalogue", catalogue_settings), build_catalogue
     )
     running_executor = None
     if with_executor:
         extra = {
             "sandbox": {"backend": "local", "timeout_s": 30},
             "work_dir": str(tmp / "work"),
-            "catalogue": {"address": catalogue.address},
+            "catalogue": {"address": running_catalogue.address},
             **(executor or {}),
         }
         settings = _common(tmp, "executor", nats_url, tokens, ExecutorSettings, **extra)
         settings = ExecutorSettings.model_validate(settings.model_dump() | {"auth": auth})
         running_executor = await launch(build_runtime("executor", settings), build_executor)
-    scheduler = await start_scheduler(tmp, nats_url, tokens, catalogue, running_executor)
-    return RunPath(tmp, nats_url, tokens, catalogue, running_executor, scheduler, [])
+    scheduler = await start_scheduler(tmp, nats_url, tokens, running_catalogue, running_executor)
+    return RunPath(tmp, nats_url, tokens, running_catalogue, running_executor, scheduler, [])

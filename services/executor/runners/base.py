@@ -24,6 +24,7 @@ class Limits:
     work_bytes: int
     timeout_s: float
     output_bytes: int
+    network: int = common_pb2.NETWORK_POLICY_NONE
 
 
 @dataclass

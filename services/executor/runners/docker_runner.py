@@ -20,13 +20,16 @@ from docker.errors import DockerException
 from docker.models.containers import Container
 from docker.utils.socket import frames_iter
 
+from runbox.common.v1 import common_pb2
 from services.executor.agent import AGENT_SOURCE
 from services.executor.config import SandboxSettings
 from services.executor.metrics import ExecutorMetrics
 from services.executor.runners.base import Job, Outcome, OutputSink, StartedHook
 from services.executor.runners.protocol import TrailerSplitter, job_line, outcome_from
+from shared.errors import FailedPrecondition, FieldViolation
 
 log = logging.getLogger(__name__)
+EGRESS = common_pb2.NETWORK_POLICY_EGRESS_ALLOWLIST
 STREAMS = {1: "stdout", 2: "stderr"}
 
 
@@ -46,7 +49,13 @@ class DockerRunner:
         self._cleanup: set[asyncio.Task[None]] = set()
 
     def validate_config(self, job: Job) -> None:
-        """Python and shell scripts need no type-specific config yet."""
+        """Refuse, before accepting, a run asking for network this executor does not offer."""
+        if job.limits.network == EGRESS and not self._settings.egress_network:
+            raise FailedPrecondition(
+                f"{job.script_name} asks for network egress, and this executor runs every "
+                "sandbox without network (set sandbox.egress_network to allow it)",
+                [FieldViolation("limits.network", "NETWORK_POLICY_EGRESS_ALLOWLIST not offered")],
+            )
 
     def _create_options(self, job: Job) -> dict[str, Any]:
         s, limits = self._settings, job.limits
@@ -54,7 +63,7 @@ class DockerRunner:
             image=s.image,
             command=["python3", "-u", "-c", AGENT_SOURCE],
             stdin_open=True,
-            network_mode="none",
+            network_mode=s.egress_network if limits.network == EGRESS else "none",
             read_only=True,
             tmpfs={
                 "/work": f"rw,nosuid,nodev,size={limits.work_bytes},uid=10001,gid=10001,mode=0700",

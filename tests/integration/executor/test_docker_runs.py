@@ -165,3 +165,17 @@ async def test_unsupported_type_is_invalid_argument(executor: ExecutorHarness) -
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await executor.stub.Execute(executor.request("x", kind=RS.EXECUTION_TYPE_SERVERLESS))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_egress_is_refused_unless_the_executor_offers_a_network(
+    executor: ExecutorHarness,
+) -> None:
+    """A script asking for egress is refused before it starts when no egress network is set."""
+    request = executor.request("print('never runs')\n")
+    request.limits.network = common_pb2.NETWORK_POLICY_EGRESS_ALLOWLIST
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await executor.stub.Execute(request)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "sandbox.egress_network" in (err.value.details() or "")
+    listed = await executor.stub.ListActiveRuns(executor_pb2.ListActiveRunsRequest())
+    assert request.run_id not in [r.run_id for r in listed.runs]
