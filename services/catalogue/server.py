@@ -9,11 +9,11 @@ from nats.aio.msg import Msg
 
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from runbox.events.v1 import events_pb2
+from services.catalogue import templates
 from services.catalogue.blobs import FilesystemBlobStore
 from services.catalogue.config import CatalogueSettings
 from services.catalogue.models import OUTBOX
 from services.catalogue.schedules import ScheduleLookup
-from services.catalogue import templates
 from services.catalogue.scripts import Catalogue
 from services.catalogue.servicer import CatalogueServicer
 from shared import db
@@ -57,7 +57,9 @@ async def build(runtime: Runtime) -> Service:
     settings = runtime.settings
     assert isinstance(settings, CatalogueSettings)
     await db.upgrade(MIGRATIONS, settings.database.url)
-    engine = db.create_engine(settings.database)
+    engine = db.create_engine(
+        settings.database, metrics=db.DatabaseMetrics(runtime.registry, runtime.service)
+    )
     sessions = db.sessionmaker(engine)
     outbox = Outbox(OUTBOX, sessions)
     js = await runtime.connect_nats()

@@ -83,8 +83,23 @@ def _build_script(row: ScriptRow, latest: str) -> catalogue_pb2.Script:
     return script
 
 
+# Serialized ScriptVersion messages: a version is immutable but for its state, which is in the
+# key; parsing stored definitions back into messages is most of what building one costs.
+_VERSION_PROTOS: LRUCache[tuple[Any, ...], bytes] = LRUCache(maxsize=20_000)
+
+
 def version_to_proto(script: ScriptRow, row: VersionRow) -> catalogue_pb2.ScriptVersion:
     """A version; defaults of secret parameters are never returned."""
+    key = (script.name, script.execution_type, row.id, row.version, row.sha256, row.state)
+    cached = _VERSION_PROTOS.get(key)
+    if cached is not None:
+        return catalogue_pb2.ScriptVersion.FromString(cached)
+    message = _build_version(script, row)
+    _VERSION_PROTOS[key] = message.SerializeToString()
+    return message
+
+
+def _build_version(script: ScriptRow, row: VersionRow) -> catalogue_pb2.ScriptVersion:
     definitions = parameters.load_definitions(row.parameters)
     for d in definitions:
         if parameters.is_secret(d):
