@@ -131,9 +131,7 @@ def render(label: str, sha256: str, content: bytes, values: dict[str, str]) -> b
     except jinja2.TemplateError as exc:
         raise FailedPrecondition(f"{label} does not render: {exc}") from None
     except Exception as exc:  # template code can raise anything (1/0, bad filter arguments)
-        raise FailedPrecondition(
-            f"{label} does not render: {type(exc).__name__}: {exc}"
-        ) from None
+        raise FailedPrecondition(f"{label} does not render: {type(exc).__name__}: {exc}") from None
 
 
 def instance_script(
