@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import grpc
 import typer
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from cli import config as cli_config
-from cli import render
-from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
+from cli import publish, render, rpc, scripts, templates
 from runbox.common.v1 import common_pb2
 from runbox.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from shared.clients import open_channel
-from shared.status import from_rpc_error
 
 app = typer.Typer(help="Runbox: register scripts, run them in sandboxes.", no_args_is_help=True)
-script_app = typer.Typer(help="Manage scripts.", no_args_is_help=True)
 runs_app = typer.Typer(help="Inspect runs.", no_args_is_help=True)
-app.add_typer(script_app, name="script")
+app.add_typer(scripts.app, name="script")
+app.add_typer(templates.app, name="template")
 app.add_typer(runs_app, name="runs")
 
 T = TypeVar("T")
@@ -41,19 +35,7 @@ TERMINAL = {
 
 def _call(fn: Callable[[cli_config.ClientConfig], Coroutine[Any, Any, T]]) -> T:
     """Run one async client action with config loading and error reporting."""
-    try:
-        cfg = cli_config.load()
-    except cli_config.ConfigError as exc:
-        render.err_console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    try:
-        return asyncio.run(fn(cfg))
-    except grpc.aio.AioRpcError as exc:
-        error = from_rpc_error(exc)
-        render.err_console.print(f"[red]error:[/] {exc.code().name}: {error.message}")
-        for violation in getattr(error, "violations", []):
-            render.err_console.print(f"  - {violation.field}: {violation.description}")
-        raise typer.Exit(2) from None
+    return rpc.call(fn)
 
 
 def _parse_ref(ref: str) -> common_pb2.ScriptRef:
@@ -110,89 +92,12 @@ def up(
 def _demo() -> None:
     hello = Path("examples/hello.py")
     render.console.print("\n[bold]demo:[/] pushing examples/hello.py as hello@1.0.0 and running it")
-    _push(hello, "hello", "1.0.0", params_file=hello.with_suffix(".params.json"), exist_ok=True)
+    plan = publish.plan_push(
+        hello, name="hello", version="1.0.0", params_file=hello.with_suffix(".params.json")
+    )
+    publish.push_version(plan, exist_ok=True)
     code = _run_and_follow("hello@1.0.0", ["name=Runbox"], as_json=False)
     render.console.print(f"[bold]demo run exit status {code}[/]")
-
-
-def _load_parameters(path: Path | None) -> list[catalogue_pb2.ParameterDefinition]:
-    """Parameter definitions from a JSON list (proto JSON of ParameterDefinition)."""
-    if path is None:
-        return []
-    try:
-        items = json.loads(path.read_text())
-        return [json_format.ParseDict(item, catalogue_pb2.ParameterDefinition()) for item in items]
-    except (ValueError, TypeError, json_format.ParseError) as exc:
-        render.err_console.print(f"[red]error:[/] {path}: {exc}")
-        raise typer.Exit(2) from None
-
-
-def _push(
-    file: Path,
-    name: str,
-    version: str,
-    *,
-    params_file: Path | None = None,
-    exist_ok: bool = False,
-) -> catalogue_pb2.ScriptVersion:
-    content = file.read_bytes()
-    parameters = _load_parameters(params_file)
-    kind = (
-        common_pb2.EXECUTION_TYPE_SHELL
-        if file.suffix == ".sh"
-        else common_pb2.EXECUTION_TYPE_PYTHON
-    )
-
-    async def push(cfg: cli_config.ClientConfig) -> catalogue_pb2.ScriptVersion:
-        async with open_channel(cfg.catalogue, token=cfg.token) as channel:
-            stub = catalogue_pb2_grpc.CatalogueServiceStub(channel)
-            try:
-                await stub.CreateScript(
-                    catalogue_pb2.CreateScriptRequest(
-                        script=catalogue_pb2.Script(name=name, execution_type=kind)
-                    )
-                )
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
-                    raise
-            request = catalogue_pb2.PublishVersionRequest(
-                script_name=name,
-                version=version,
-                content=content,
-                sha256=hashlib.sha256(content).hexdigest(),
-                parameters=parameters,
-            )
-            try:
-                return await stub.PublishVersion(request)
-            except grpc.aio.AioRpcError as exc:
-                if exist_ok and exc.code() == grpc.StatusCode.ALREADY_EXISTS:
-                    return await stub.GetVersion(
-                        catalogue_pb2.GetVersionRequest(script_name=name, version=version)
-                    )
-                raise
-
-    return _call(push)
-
-
-@script_app.command("push")
-def script_push(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
-    name: Annotated[str, typer.Option("--name", "-n", help="Script name.")],
-    version: Annotated[str, typer.Option("--version", "-v", help="Semantic version.")],
-    params: Annotated[
-        Path | None,
-        typer.Option("--params", help="JSON list of parameter definitions.", exists=True),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Register FILE as version VERSION of script NAME (.py python, .sh shell)."""
-    published = _push(file, name, version, params_file=params)
-    if as_json:
-        render.print_json(render.to_dict(published))
-    else:
-        render.console.print(
-            f"published {published.script_name}@{published.version} sha256 {published.sha256}"
-        )
 
 
 def _exit_status(run: scheduler_pb2.Run) -> int:
