@@ -1,4 +1,4 @@
-"""Scheduler tables: runs (history and queue) and the event outbox."""
+"""Scheduler tables: runs (history and queue), schedules, and the event outbox."""
 
 from __future__ import annotations
 
@@ -74,6 +74,31 @@ class RunRow(Base):
     next_dispatch_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+
+
+class ScheduleRow(Base):
+    """One schedule definition. `definition` holds the user-set fields of the
+    proto Schedule as proto JSON (defaults filled in); the columns beside it are
+    what queries filter on and what the server sets."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (Index("ix_schedules_due", "state", "next_fire_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    script_name: Mapped[str] = mapped_column(String(63), index=True)
+    state: Mapped[int] = mapped_column(Integer)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    next_fire_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_fire_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    pause_reason: Mapped[str] = mapped_column(Text, default="")
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    # SHA-256 of the create request, to tell a retry from a reused key.
+    request_sha256: Mapped[str] = mapped_column(String(64), default="")
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 OUTBOX = outbox_table(Base.metadata)

@@ -14,6 +14,7 @@ from services.scheduler.dispatch import Dispatcher, Executor
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import OUTBOX
 from services.scheduler.runs import Runs
+from services.scheduler.schedules import Schedules
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.watch import Watchers
 from shared import db
@@ -55,10 +56,11 @@ async def build(runtime: Runtime) -> Service:
     stubs = {a: executor_pb2_grpc.ExecutorServiceStub(c) for a, c in executor_channels.items()}
     metrics = SchedulerMetrics(runtime.registry)
     watchers = Watchers()
+    catalogue = CatalogueClient(catalogue_channel)
     runs = Runs(
         sessions,
         outbox,
-        CatalogueClient(catalogue_channel),
+        catalogue,
         watchers,
         metrics,
         subjects_prefix=settings.nats.subjects_prefix,
@@ -93,9 +95,14 @@ async def build(runtime: Runtime) -> Service:
     runtime.on_shutdown.extend(
         [engine.dispose, close_channels, outbox.stop, consumer.stop, dispatcher.stop]
     )
-    # Schedule RPCs are a later issue; the generated base answers UNIMPLEMENTED.
+    # Firing, fires and statistics are a later issue; the generated base answers UNIMPLEMENTED.
     servicer = SchedulerServicer(  # type: ignore[abstract]
-        runs, watchers, dispatcher, stubs, watch_poll_s=settings.watch_poll_s
+        runs,
+        watchers,
+        dispatcher,
+        stubs,
+        watch_poll_s=settings.watch_poll_s,
+        schedules=Schedules(sessions, catalogue),
     )
     return Service(
         registrations=[

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
+from zoneinfo import ZoneInfo
 
 import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
@@ -15,8 +16,9 @@ from runbox.executor.v1 import executor_pb2
 from runbox.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler import state as sm
 from services.scheduler.dispatch import Dispatcher
-from services.scheduler.models import RunRow
+from services.scheduler.models import RunRow, ScheduleRow
 from services.scheduler.runs import Runs
+from services.scheduler.schedules import Schedules, definition
 from services.scheduler.watch import Watchers
 from shared.errors import FailedPrecondition
 from shared.interceptors import current_principal
@@ -82,8 +84,27 @@ def run_to_proto(row: RunRow) -> scheduler_pb2.Run:
     return run
 
 
+def schedule_to_proto(row: ScheduleRow) -> scheduler_pb2.Schedule:
+    """A stored schedule: its definition plus the fields the server keeps."""
+    schedule = definition(row)
+    schedule.id, schedule.created_by = row.id, row.created_by
+    schedule.state = row.state  # type: ignore[assignment]
+    schedule.consecutive_failures = row.consecutive_failures
+    for field, value in (
+        ("next_fire_time", row.next_fire_at),
+        ("last_fire_time", row.last_fire_at),
+        ("create_time", row.created_at),
+        ("update_time", row.updated_at),
+    ):
+        ts = _ts(value)
+        if ts is not None:
+            getattr(schedule, field).CopyFrom(ts)
+    return schedule
+
+
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
-    """Runs (this issue); schedules, retries and dead letters answer UNIMPLEMENTED."""
+    """Runs and schedule definitions; firing, fires, statistics, retries and
+    dead letters answer UNIMPLEMENTED."""
 
     def __init__(
         self,
@@ -93,8 +114,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         executor_stubs: dict[str, Any],
         *,
         watch_poll_s: float,
+        schedules: Schedules,
     ) -> None:
         self._runs = runs
+        self._schedules = schedules
         self._watchers = watchers
         self._dispatcher = dispatcher
         self._executors = executor_stubs
@@ -159,3 +182,54 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                     yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row))
         finally:
             self._watchers.unsubscribe(request.id, queue)
+
+    async def CreateSchedule(
+        self, request: scheduler_pb2.CreateScheduleRequest, context: Ctx
+    ) -> scheduler_pb2.Schedule:
+        row = await self._schedules.create(request, actor=current_principal().name)
+        return schedule_to_proto(row)
+
+    async def GetSchedule(
+        self, request: scheduler_pb2.GetScheduleRequest, context: Ctx
+    ) -> scheduler_pb2.Schedule:
+        return schedule_to_proto(await self._schedules.get(request.id))
+
+    async def ListSchedules(
+        self, request: scheduler_pb2.ListSchedulesRequest, context: Ctx
+    ) -> scheduler_pb2.ListSchedulesResponse:
+        rows, token = await self._schedules.list(request)
+        return scheduler_pb2.ListSchedulesResponse(
+            schedules=[schedule_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def UpdateSchedule(
+        self, request: scheduler_pb2.UpdateScheduleRequest, context: Ctx
+    ) -> scheduler_pb2.Schedule:
+        return schedule_to_proto(await self._schedules.update(request))
+
+    async def DeleteSchedule(
+        self, request: scheduler_pb2.DeleteScheduleRequest, context: Ctx
+    ) -> scheduler_pb2.DeleteScheduleResponse:
+        return scheduler_pb2.DeleteScheduleResponse(id=await self._schedules.delete(request.id))
+
+    async def PauseSchedule(
+        self, request: scheduler_pb2.PauseScheduleRequest, context: Ctx
+    ) -> scheduler_pb2.Schedule:
+        return schedule_to_proto(await self._schedules.pause(request.id, request.reason))
+
+    async def ResumeSchedule(
+        self, request: scheduler_pb2.ResumeScheduleRequest, context: Ctx
+    ) -> scheduler_pb2.Schedule:
+        return schedule_to_proto(await self._schedules.resume(request.id))
+
+    async def PreviewSchedule(
+        self, request: scheduler_pb2.PreviewScheduleRequest, context: Ctx
+    ) -> scheduler_pb2.PreviewScheduleResponse:
+        fires, zone_name = await self._schedules.preview(request)
+        zone = ZoneInfo(zone_name)
+        return scheduler_pb2.PreviewScheduleResponse(
+            fire_times=[
+                scheduler_pb2.FireTime(utc=_ts(f), local=f.astimezone(zone).isoformat())
+                for f in fires
+            ]
+        )

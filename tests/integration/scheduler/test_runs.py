@@ -282,8 +282,8 @@ async def test_permissions_enforced(path: RunPath, tokens) -> None:  # type: ign
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_schedules_answer_unimplemented(path: RunPath) -> None:
-    """Schedule RPCs (a later issue) answer UNIMPLEMENTED, never INTERNAL."""
+async def test_schedule_fires_answer_unimplemented(path: RunPath) -> None:
+    """Fire history (a later issue) answers UNIMPLEMENTED, never INTERNAL."""
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await path.scheduler_stub().ListSchedules(scheduler_pb2.ListSchedulesRequest())
+        await path.scheduler_stub().ListFires(scheduler_pb2.ListFiresRequest(schedule_id="x"))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
