@@ -1,43 +1,260 @@
-"""Async SQLAlchemy engines and Alembic migrations for a service's own database."""
+"""Async SQLAlchemy engines, their Prometheus metrics, column types that behave
+the same on SQLite, PostgreSQL and MariaDB, and Alembic migrations for a
+service's own database."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from sqlalchemy import DateTime, Dialect, String, TypeDecorator, event
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool, QueuePool
+from sqlalchemy.types import TypeEngine
 
 from shared.settings import DatabaseSettings
 
+# Statement latencies: a primary-key read on loopback is ~0.2 ms, a slow scan seconds.
+QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Checkout waits: zero while the pool has idle connections, up to pool_timeout_s when full.
+WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30)
+STATEMENT_KINDS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
 
-def create_engine(settings: DatabaseSettings) -> AsyncEngine:
-    """An engine for the URL; SQLite gets WAL, foreign keys and a busy timeout,
-    and its parent directory is created."""
-    url = make_url(settings.url)
+
+def key_string(length: int) -> String:
+    """VARCHAR for names, tags, versions, owners and keys, compared byte for byte
+    on every dialect as SQLite's BINARY collation does. MariaDB's default
+    collations fold case and pad spaces ('Foo ' = 'foo': lookups and unique
+    indexes would merge distinct values); PostgreSQL's follow the server locale,
+    whose order varies per deployment and whose btree indexes cannot serve
+    LIKE 'prefix%'. utf8mb4_nopad_bin and "C" compare bytes."""
+    return (
+        String(length)
+        .with_variant(
+            mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_nopad_bin"),
+            "mysql",
+            "mariadb",
+        )
+        .with_variant(postgresql.VARCHAR(length, collation="C"), "postgresql")
+    )
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A point in time stored as UTC and read back timezone-aware on every dialect.
+
+    PostgreSQL keeps the zone (TIMESTAMPTZ). SQLite and MariaDB store naive
+    values, so they are converted to UTC on the way in and marked UTC on the
+    way out (a naive value passed in is taken as UTC). MariaDB's DATETIME keeps microseconds only with fsp=6, which page
+    cursors over update times and the API's timestamps need."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        # Naive values are taken as UTC (what SQLite and MariaDB hand back).
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return utc if dialect.name == "postgresql" else utc.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def statement_kind(statement: str) -> str:
+    """SELECT/INSERT/UPDATE/DELETE or OTHER: a label, never the SQL text."""
+    words = statement.lstrip(" \t\r\n(").split(None, 1)
+    kind = words[0].upper() if words else ""
+    return kind if kind in STATEMENT_KINDS else "OTHER"
+
+
+class DatabaseMetrics:
+    """Pool and statement metrics of one process's engines, on its explicit registry.
+
+    Build one per registry and pass it to every create_engine call."""
+
+    def __init__(self, registry: CollectorRegistry, service: str) -> None:
+        self.service = service
+        pool_labels = ["service", "pool"]
+        self.pool_size = Gauge(
+            "runbox_db_pool_size_connections",
+            "Connections the pool keeps open (pool_size).",
+            pool_labels,
+            registry=registry,
+        )
+        self.checked_out = Gauge(
+            "runbox_db_pool_checked_out_connections",
+            "Connections lent out of the pool right now.",
+            pool_labels,
+            registry=registry,
+        )
+        self.overflow = Gauge(
+            "runbox_db_pool_overflow_connections",
+            "Connections open beyond pool_size right now (at most max_overflow).",
+            pool_labels,
+            registry=registry,
+        )
+        self.checkouts = Counter(
+            "runbox_db_pool_checkouts_total",
+            "Connections taken from the pool.",
+            pool_labels,
+            registry=registry,
+        )
+        self.checkout_wait = Histogram(
+            "runbox_db_pool_checkout_wait_seconds",
+            "Time spent waiting for a pooled connection (opening one included).",
+            pool_labels,
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.checkout_timeouts = Counter(
+            "runbox_db_pool_checkout_timeouts_total",
+            "Checkouts that gave up after pool_timeout_s: the pool was exhausted.",
+            pool_labels,
+            registry=registry,
+        )
+        self.query_duration = Histogram(
+            "runbox_db_query_duration_seconds",
+            "Statement execution time on the driver, by statement kind.",
+            ["service", "statement"],
+            buckets=QUERY_BUCKETS,
+            registry=registry,
+        )
+        self.query_errors = Counter(
+            "runbox_db_query_errors_total",
+            "Statements the database or driver refused, by statement kind.",
+            ["service", "statement"],
+            registry=registry,
+        )
+
+    def pool_class(self, pool: str) -> type[AsyncAdaptedQueuePool]:
+        """The async queue pool class for one engine, timing its checkouts."""
+        labels = (self.service, pool)
+        return _metered_pool(
+            self.checkout_wait.labels(*labels).observe,
+            self.checkout_timeouts.labels(*labels).inc,
+        )
+
+    def instrument(self, engine: AsyncEngine, pool: str) -> None:
+        """Pool gauges read at scrape time, checkout and statement events."""
+        sync_engine = engine.sync_engine
+
+        def state() -> tuple[int, int, int]:
+            current = sync_engine.pool  # replaced by dispose(), so looked up each time
+            if isinstance(current, QueuePool):
+                return current.size(), current.checkedout(), max(current.overflow(), 0)
+            return 0, 0, 0  # NullPool: no connection outlives its checkout
+
+        labels = (self.service, pool)
+        self.pool_size.labels(*labels).set_function(lambda: state()[0])
+        self.checked_out.labels(*labels).set_function(lambda: state()[1])
+        self.overflow.labels(*labels).set_function(lambda: state()[2])
+        checkouts = self.checkouts.labels(*labels)
+        event.listen(sync_engine.pool, "checkout", lambda *_: checkouts.inc())
+        event.listen(sync_engine, "before_cursor_execute", _start_clock)
+        event.listen(sync_engine, "after_cursor_execute", self._stop_clock)
+        event.listen(sync_engine, "handle_error", self._count_error)
+
+    def _stop_clock(
+        self, _conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, _many: bool
+    ) -> None:
+        started = getattr(context, "_runbox_started", None)
+        if started is not None:
+            kind = statement_kind(statement)
+            self.query_duration.labels(self.service, kind).observe(time.perf_counter() - started)
+
+    def _count_error(self, exception_context: Any) -> None:
+        kind = statement_kind(exception_context.statement or "")
+        self.query_errors.labels(self.service, kind).inc()
+
+
+def _start_clock(
+    _conn: Any, _cursor: Any, _statement: str, _params: Any, context: Any, _many: bool
+) -> None:
+    if context is not None:
+        context._runbox_started = time.perf_counter()
+
+
+def _metered_pool(
+    observe: Callable[[float], None], timed_out: Callable[[], None]
+) -> type[AsyncAdaptedQueuePool]:
+    """The async queue pool, timing each checkout. SQLAlchemy has no event
+    before a checkout, so the wait is measured around the pool's own get; a
+    subclass (not a patched instance) survives the pool's recreate() on dispose."""
+
+    class MeteredPool(AsyncAdaptedQueuePool):
+        def _do_get(self) -> ConnectionPoolEntry:
+            started = time.perf_counter()
+            try:
+                return super()._do_get()
+            except PoolTimeout:
+                timed_out()
+                raise
+            finally:
+                observe(time.perf_counter() - started)
+
+    return MeteredPool
+
+
+def engine_url(url: str | URL) -> URL:
+    """The URL with what every dialect needs: MariaDB/MySQL talk utf8mb4
+    (drivers otherwise take the server's default, often latin1 or 3-byte utf8)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() in ("mysql", "mariadb") and "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    return parsed
+
+
+def create_engine(
+    settings: DatabaseSettings, *, metrics: DatabaseMetrics | None = None, pool: str = "main"
+) -> AsyncEngine:
+    """An engine for the URL with the configured pool, metered when metrics are
+    given (`pool` labels this engine's pool metrics: one name per engine).
+
+    SQLite gets WAL, foreign keys and a busy timeout, and its parent directory
+    is created; an in-memory SQLite database has no pool."""
+    url = engine_url(settings.url)
     kwargs: dict[str, Any] = {"echo": settings.echo}
+    in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
+        if not in_memory and url.database:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["poolclass"] = NullPool if url.database == ":memory:" else None
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
         kwargs["connect_args"] = {"timeout": 30}
+    if in_memory:
+        kwargs["poolclass"] = NullPool
     else:
         kwargs.update(
             pool_size=settings.pool_size,
             max_overflow=settings.max_overflow,
             pool_timeout=settings.pool_timeout_s,
-            pool_pre_ping=True,
+            pool_recycle=settings.pool_recycle_s,
+            pool_pre_ping=settings.pool_pre_ping,
         )
+        if metrics is not None:
+            kwargs["poolclass"] = metrics.pool_class(pool)
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    if metrics is not None:
+        metrics.instrument(engine, pool)
     return engine
 
 
@@ -58,7 +275,8 @@ def alembic_config(migrations_dir: Path, url: str) -> Config:
     """Alembic config for a service's migrations folder (env.py is async)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    rendered = engine_url(url).render_as_string(hide_password=False)
+    cfg.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
     return cfg
 
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.db import key_string
 from shared.tasks import stop_gracefully
 from shared.telemetry import inject_context
 
@@ -44,7 +45,8 @@ def outbox_table(metadata: MetaData) -> Table:
         Column(
             "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
         ),
-        Column("msg_id", String(200), nullable=False, unique=True),
+        # Byte-compared: ids differing only in case are distinct events (MariaDB folds case).
+        Column("msg_id", key_string(200), nullable=False, unique=True),
         Column("subject", String(255), nullable=False),
         Column("payload", LargeBinary, nullable=False),
         Column("headers", Text, nullable=False, default="{}"),

@@ -22,12 +22,19 @@ class GrpcSettings(BaseModel):
 
 
 class DatabaseSettings(BaseModel):
-    """SQLAlchemy async URL and pool options."""
+    """SQLAlchemy async URL and pool options (RUNBOX_DATABASE__POOL_SIZE, ...)."""
 
     url: str = "sqlite+aiosqlite:///var/runbox.db"
-    pool_size: int = 5
-    max_overflow: int = 10
-    pool_timeout_s: float = 10.0
+    # Connections kept open, and how many more may open under load.
+    pool_size: int = Field(default=5, ge=1)
+    max_overflow: int = Field(default=10, ge=0)
+    # How long a request waits for a connection before failing.
+    pool_timeout_s: float = Field(default=10.0, gt=0)
+    # Connections older than this are replaced (servers and proxies close idle
+    # ones: MariaDB's wait_timeout); -1 never.
+    pool_recycle_s: float = -1
+    # Test each connection with a round trip when it leaves the pool.
+    pool_pre_ping: bool = True
     echo: bool = False
 
 

@@ -496,8 +496,9 @@ class Catalogue:
                 script = await _script(session, request.script_name, for_update=True)
                 await self._insert_version(session, script, row, actor)
         except IntegrityError:
+            # The rollback expired `script`: name it from the request.
             raise AlreadyExists(
-                f"version {row.version} of {script.name!r} already exists"
+                f"version {row.version} of {request.script_name!r} already exists"
             ) from None
         self._changed(script.name)
         return script, row
@@ -753,7 +754,13 @@ def _filtered(
     the page end; for rare tags an IN over the tag index, so it reads only the
     few matches and sorts them. Either shape is bounded (see TAG_SHAPE_THRESHOLD)."""
     if request.name_prefix:
-        query = query.where(ScriptRow.name.startswith(request.name_prefix, autoescape=True))
+        prefix = request.name_prefix
+        # LIKE lets the name index narrow the scan; SQLite's LIKE ignores ASCII
+        # case, so comparing the leading characters keeps the match exact everywhere.
+        query = query.where(
+            ScriptRow.name.startswith(prefix, autoescape=True),
+            func.substr(ScriptRow.name, 1, len(prefix)) == prefix,
+        )
     if request.execution_type:
         query = query.where(ScriptRow.execution_type == request.execution_type)
     if request.owner:

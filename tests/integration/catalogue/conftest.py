@@ -1,4 +1,6 @@
-"""A catalogue on a real grpc.aio server (port 0), a SQLite file and the session's nats-server."""
+"""A catalogue on a real grpc.aio server (port 0) and the session's nats-server,
+once per SQL dialect: SQLite always, PostgreSQL and MariaDB when configured
+(database_url in tests/integration/conftest.py), each test on a fresh database."""
 
 from __future__ import annotations
 
@@ -8,24 +10,18 @@ from pathlib import Path
 import pytest
 
 from runbox.catalogue.v1 import catalogue_pb2_grpc
-from services.catalogue.config import CatalogueSettings
 from services.catalogue.server import build
 from shared.clients import open_channel
 from shared.runtime import Running, build_runtime, launch
-from tests.integration.helpers import settings_for
+from tests.integration.catalogue.support import catalogue_settings
 
 
 @pytest.fixture
-async def catalogue(tmp_path: Path, nats_server, tokens) -> AsyncIterator[Running]:  # type: ignore[no-untyped-def]
-    """A running catalogue with its database at tmp_path/catalogue.db and blobs in tmp_path/blobs."""
-    settings = settings_for(
-        CatalogueSettings,
-        tmp_path,
-        "catalogue",
-        nats_url=nats_server.url,
-        principals_file=tokens.principals_file,
-        blob_dir=str(tmp_path / "blobs"),
-    )
+async def catalogue(
+    tmp_path: Path, database_url: str, nats_server, tokens
+) -> AsyncIterator[Running]:  # type: ignore[no-untyped-def]
+    """A running catalogue on database_url with its blobs in tmp_path/blobs."""
+    settings = catalogue_settings(tmp_path, database_url, nats_server.url, tokens.principals_file)
     running = await launch(build_runtime("catalogue", settings), build)
     yield running
     await running.stop()

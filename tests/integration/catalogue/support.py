@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import grpc
 
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from runbox.common.v1 import common_pb2
+from services.catalogue.config import CatalogueSettings
+from tests.integration.helpers import settings_for
 
 PY = common_pb2.EXECUTION_TYPE_PYTHON
 
@@ -33,3 +36,19 @@ async def publish(
             script_name=name, version=version, content=content, parameters=list(params)
         )
     )
+
+
+def catalogue_settings(
+    tmp_path: Path, database_url: str, nats_url: str, principals_file: Path
+) -> CatalogueSettings:
+    """Settings of a test catalogue: blobs in tmp_path/blobs, the given database."""
+    settings: CatalogueSettings = settings_for(
+        CatalogueSettings,
+        tmp_path,
+        "catalogue",
+        nats_url=nats_url,
+        principals_file=principals_file,
+        blob_dir=str(tmp_path / "blobs"),
+    )
+    settings.database.url = database_url
+    return settings

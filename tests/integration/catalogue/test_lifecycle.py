@@ -16,12 +16,10 @@ from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from services.catalogue import scripts
-from services.catalogue.config import CatalogueSettings
 from services.catalogue.server import build
 from shared.clients import open_channel
 from shared.runtime import Running, build_runtime, launch
-from tests.integration.catalogue.support import PY, publish
-from tests.integration.helpers import settings_for
+from tests.integration.catalogue.support import PY, catalogue_settings, publish
 
 Stub = catalogue_pb2_grpc.CatalogueServiceStub
 SHELL = common_pb2.EXECUTION_TYPE_SHELL
@@ -340,20 +338,13 @@ async def test_bad_tags_and_duplicate_version_are_refused(stub: Stub) -> None:
 
 
 async def test_a_yank_on_one_replica_stops_resolution_on_another(
-    stub: Stub, tmp_path, nats_server, tokens
+    stub: Stub, tmp_path, database_url: str, nats_server, tokens
 ) -> None:  # type: ignore[no-untyped-def]
     """Replicas share the database; each caches resolutions and drops them on
     the ScriptEvents other replicas publish."""
     await publish(stub, "shared", "1.0.0")
     await publish(stub, "shared", "1.1.0")
-    settings = settings_for(
-        CatalogueSettings,
-        tmp_path,
-        "catalogue",
-        nats_url=nats_server.url,
-        principals_file=tokens.principals_file,
-        blob_dir=str(tmp_path / "blobs"),
-    )
+    settings = catalogue_settings(tmp_path, database_url, nats_server.url, tokens.principals_file)
     other = await launch(build_runtime("catalogue", settings), build)
     latest = catalogue_pb2.ResolveVersionRequest(ref=common_pb2.ScriptRef(name="shared"))
     try:

@@ -6,11 +6,29 @@ Revises:
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql, postgresql
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+
+def _key(length: int) -> sa.String:
+    """Byte-compared VARCHAR (services/catalogue/models.py key_string)."""
+    return (
+        sa.String(length)
+        .with_variant(
+            mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_nopad_bin"),
+            "mysql",
+            "mariadb",
+        )
+        .with_variant(postgresql.VARCHAR(length, collation="C"), "postgresql")
+    )
+
+
+# UTC timestamps with microseconds on MariaDB (models.py UTCDateTime).
+TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def upgrade() -> None:
@@ -23,7 +41,7 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
-        sa.Column("msg_id", sa.String(length=200), nullable=False),
+        sa.Column("msg_id", _key(200), nullable=False),
         sa.Column("subject", sa.String(length=255), nullable=False),
         sa.Column("payload", sa.LargeBinary(), nullable=False),
         sa.Column("headers", sa.Text(), nullable=False),
@@ -31,6 +49,7 @@ def upgrade() -> None:
         sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
         sa.UniqueConstraint("msg_id", name=op.f("uq_outbox_msg_id")),
+        mysql_charset="utf8mb4",
     )
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_outbox_published_at"), ["published_at"], unique=False)
@@ -38,10 +57,10 @@ def upgrade() -> None:
     op.create_table(
         "scripts",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("name", sa.String(length=63), nullable=False),
+        sa.Column("name", _key(63), nullable=False),
         sa.Column("description", sa.Text(), nullable=False),
         sa.Column("tags", sa.JSON(), nullable=False),
-        sa.Column("owner", sa.String(length=200), nullable=False),
+        sa.Column("owner", _key(200), nullable=False),
         sa.Column("execution_type", sa.Integer(), nullable=False),
         sa.Column("config", sa.JSON(), nullable=False),
         sa.Column("default_limits", sa.JSON(), nullable=False),
@@ -49,12 +68,13 @@ def upgrade() -> None:
         sa.Column("isolation", sa.Integer(), nullable=False),
         sa.Column("runtime", sa.Integer(), nullable=False),
         sa.Column("is_template", sa.Boolean(), nullable=False),
-        sa.Column("idempotency_key", sa.String(length=200), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("idempotency_key", _key(200), nullable=True),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.Column("updated_at", TIMESTAMP, nullable=False),
+        sa.Column("deleted_at", TIMESTAMP, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_scripts")),
         sa.UniqueConstraint("idempotency_key", name=op.f("uq_scripts_idempotency_key")),
+        mysql_charset="utf8mb4",
     )
     with op.batch_alter_table("scripts", schema=None) as batch_op:
         batch_op.create_index(
@@ -67,7 +87,7 @@ def upgrade() -> None:
         "script_versions",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("script_id", sa.Integer(), nullable=False),
-        sa.Column("version", sa.String(length=100), nullable=False),
+        sa.Column("version", _key(100), nullable=False),
         sa.Column("major", sa.Integer(), nullable=False),
         sa.Column("minor", sa.Integer(), nullable=False),
         sa.Column("patch", sa.Integer(), nullable=False),
@@ -78,12 +98,13 @@ def upgrade() -> None:
         sa.Column("state", sa.Integer(), nullable=False),
         sa.Column("changelog", sa.Text(), nullable=False),
         sa.Column("created_by", sa.String(length=200), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.ForeignKeyConstraint(
             ["script_id"], ["scripts.id"], name=op.f("fk_script_versions_script_id_scripts")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_script_versions")),
         sa.UniqueConstraint("script_id", "version", name="uq_script_versions_script_version"),
+        mysql_charset="utf8mb4",
     )
     with op.batch_alter_table("script_versions", schema=None) as batch_op:
         batch_op.create_index(

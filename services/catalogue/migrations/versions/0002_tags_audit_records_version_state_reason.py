@@ -8,11 +8,29 @@ import json
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql, postgresql
 
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
+
+
+def _key(length: int) -> sa.String:
+    """Byte-compared VARCHAR (services/catalogue/models.py key_string)."""
+    return (
+        sa.String(length)
+        .with_variant(
+            mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_nopad_bin"),
+            "mysql",
+            "mariadb",
+        )
+        .with_variant(postgresql.VARCHAR(length, collation="C"), "postgresql")
+    )
+
+
+# UTC timestamps with microseconds on MariaDB (models.py UTCDateTime).
+TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def upgrade() -> None:
@@ -22,12 +40,13 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("actor", sa.String(length=200), nullable=False),
         sa.Column("action", sa.String(length=40), nullable=False),
-        sa.Column("script_name", sa.String(length=63), nullable=False),
+        sa.Column("script_name", _key(63), nullable=False),
         sa.Column("version", sa.String(length=100), nullable=False),
         sa.Column("before_digest", sa.String(length=64), nullable=False),
         sa.Column("after_digest", sa.String(length=64), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_records")),
+        mysql_charset="utf8mb4",
     )
     with op.batch_alter_table("audit_records", schema=None) as batch_op:
         batch_op.create_index(
@@ -37,7 +56,7 @@ def upgrade() -> None:
     op.create_table(
         "script_tags",
         sa.Column("script_id", sa.Integer(), nullable=False),
-        sa.Column("tag", sa.String(length=63), nullable=False),
+        sa.Column("tag", _key(63), nullable=False),
         sa.ForeignKeyConstraint(
             ["script_id"],
             ["scripts.id"],
@@ -45,6 +64,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("script_id", "tag", name=op.f("pk_script_tags")),
+        mysql_charset="utf8mb4",
     )
     with op.batch_alter_table("script_tags", schema=None) as batch_op:
         batch_op.create_index("ix_script_tags_tag_script_id", ["tag", "script_id"], unique=False)
