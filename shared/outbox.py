@@ -131,16 +131,21 @@ class Outbox:
                     .limit(self._batch)
                 )
             ).all()
-        sent = 0
-        for row in rows:
-            headers: dict[str, Any] = json.loads(row.headers)
-            headers["Nats-Msg-Id"] = row.msg_id
-            await js.publish(row.subject, row.payload, headers=headers, timeout=5.0)
-            async with self._sessions() as session, session.begin():
-                await session.execute(
-                    update(self._table)
-                    .where(self._table.c.id == row.id)
-                    .values(published_at=datetime.now(UTC))
-                )
-            sent += 1
-        return sent
+        published: list[int] = []
+        try:
+            for row in rows:  # in order: one subject's events reach the stream in outbox order
+                headers: dict[str, Any] = json.loads(row.headers)
+                headers["Nats-Msg-Id"] = row.msg_id
+                await js.publish(row.subject, row.payload, headers=headers, timeout=5.0)
+                published.append(row.id)
+        finally:
+            # One write for the whole batch. A crash before it re-publishes these rows, which
+            # JetStream drops as duplicates of their Nats-Msg-Id within the dedup window.
+            if published:
+                async with self._sessions() as session, session.begin():
+                    await session.execute(
+                        update(self._table)
+                        .where(self._table.c.id.in_(published))
+                        .values(published_at=datetime.now(UTC))
+                    )
+        return len(published)

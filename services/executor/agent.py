@@ -1,9 +1,20 @@
-"""The in-sandbox agent. Its source (AGENT_SOURCE) runs as PID 1 of a sandbox
-container via `python3 -u -c`: it waits for exactly one job (one JSON line on
-stdin), writes the script and parameters into the tmpfs work dir, runs the
-interpreter on it as a child process, then kills anything left behind, reads
-the container's cgroup counters and prints them as a trailer line tagged with
-the job's nonce, and exits with the child's status.
+"""The in-sandbox agent. Its source (AGENT_SOURCE) runs as PID 1 of a warm sandbox
+container via `python3 -u -c`, started ahead of demand: it waits on stdin for a job
+(one JSON line), writes the script, parameters and secrets into the work dir, prints
+a start marker tagged with the job's nonce (the first bytes of stdout), and forks:
+
+- python jobs with `inprocess` run in the forked child of this already running
+  interpreter (runpy, fresh globals, argv, environment and stdio): no interpreter
+  start-up on the run's path;
+- other jobs fork and exec their interpreter (`/bin/sh`, or python3 elsewhere).
+
+The child gets its own session (process group), /dev/null as stdin and the job's
+rlimits. When it exits the agent, as PID 1, kills every other process in the
+container (daemons included) and reaps them, measures (container cgroup counters
+for a fresh container, wait4 rusage for a reused one), prints a nonce-tagged usage
+trailer and then either exits with the child's status (mode "once": one container,
+one run) or clears /work, /tmp and /artifacts and waits for the next job of the
+same script (mode "reuse").
 
 Secrets reach the script only through a 0600 file and environment variables,
 never argv. Kept dependency-free: it runs on any image with python3.
@@ -53,10 +64,100 @@ def cgroup_usage():
     )
     return usage
 
-def main():
-    job = json.loads(sys.stdin.readline())
+def oom_kills():
+    events = read_first(["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"])
+    for line in events.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "oom_kill" and parts[1].isdigit():
+            return int(parts[1])
+    return 0
+
+def reap(deadline_s=2.0):
+    # Wait until every process killed with kill(-1) is gone: orphans are re-parented to
+    # PID 1, so they are all our children; a zombie left unreaped would outlive the run.
+    until = time.monotonic() + deadline_s
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            if time.monotonic() > until:
+                return
+            time.sleep(0.001)
+
+def clear_dir(path):
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    for name in names:
+        full = os.path.join(path, name)
+        try:
+            if os.path.isdir(full) and not os.path.islink(full):
+                clear_dir(full)
+                os.rmdir(full)
+            else:
+                os.unlink(full)
+        except OSError:
+            pass
+
+def child(job, script, work, env):
+    # In the forked child: become the user process (never returns).
+    code = 1
+    try:
+        if job.get("own_group"):
+            os.setpgid(0, 0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.chdir(work)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        import resource
+        for name, value in (job.get("rlimits") or {}).items():
+            resource.setrlimit(getattr(resource, name), (value, value))
+        if not job.get("inprocess"):
+            os.execvpe(job["argv"][0], job["argv"] + [script], env)
+        # Python in this already running interpreter: no interpreter start-up on the run's path.
+        import io, runpy, traceback
+        os.environ.clear()
+        os.environ.update(env)
+        sys.stdin = open(0, "r")
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True, line_buffering=True)
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True, line_buffering=True)
+        sys.argv = [script]
+        sys.path[:] = [work] + [p for p in sys.path if p not in ("", ".")]
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as exc:
+            if exc.code is None:
+                code = 0
+            elif isinstance(exc.code, int):
+                code = exc.code & 0xFF
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+    except BaseException as exc:
+        try:
+            os.write(2, ("runbox agent: cannot start the script: %s\n" % exc).encode())
+        except OSError:
+            pass
+        code = 127
+    os._exit(code)
+
+def run(job):
     work = job.get("work_dir", "/work")
     os.makedirs(work, exist_ok=True)
+    artifacts = job.get("artifacts_dir", "/artifacts")
     script = os.path.join(work, job["filename"])
     with open(script, "w") as f:
         f.write(job["content"])
@@ -70,42 +171,83 @@ def main():
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "LANG": "C.UTF-8",
            "PYTHONUNBUFFERED": "1", "RUNBOX_PARAMS_FILE": params_file,
            "RUNBOX_SECRETS_FILE": secrets_file, "RUNBOX_RUN_ID": job["run_id"],
-           "RUNBOX_ARTIFACTS_DIR": "/artifacts"}
+           "RUNBOX_ARTIFACTS_DIR": artifacts}
     for name, value in {**job["parameters"], **job["secrets"]}.items():
         env["RUNBOX_PARAM_" + name.upper()] = value if isinstance(value, str) else json.dumps(value)
+    # The start marker: the first bytes on stdout, before any of the script's.
+    os.write(1, ("%sS%.6f\n" % (job["nonce"], time.time())).encode())
+    oom_before = oom_kills()
     started = time.monotonic()
-    limits = job.get("rlimits") or {}
-
-    def apply_limits():
-        import resource
-        for name, value in limits.items():
-            resource.setrlimit(getattr(resource, name), (value, value))
-
-    child = subprocess.Popen(job["argv"] + [script], cwd=work, env=env, stdin=subprocess.DEVNULL,
-                             preexec_fn=apply_limits if limits else None)
-    signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
-    status = child.wait()
-    wall = time.monotonic() - started
-    if os.getpid() == 1:
+    pid = os.fork()
+    if pid == 0:
+        child(job, script, work, env)
+    def forward(signum, frame):
         try:
-            os.kill(-1, signal.SIGKILL)
+            if job.get("own_group"):
+                os.killpg(pid, signal.SIGTERM)
+            else:
+                os.kill(pid, signal.SIGTERM)
         except OSError:
             pass
-    if job.get("measure") == "rusage":
-        import resource
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        usage = {"cpu_seconds": ru.ru_utime + ru.ru_stime, "peak_memory_bytes": ru.ru_maxrss * 1024,
-                 "io_read_bytes": ru.ru_inblock * 512, "io_write_bytes": ru.ru_oublock * 512,
-                 "oom_killed": False}
-    else:
+    signal.signal(signal.SIGTERM, forward)
+    while True:
+        try:
+            _, status, ru = os.wait4(pid, 0)
+            break
+        except ChildProcessError:
+            status, ru = 0, None
+            break
+        except InterruptedError:
+            continue
+    wall = time.monotonic() - started
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if os.getpid() != 1 else signal.SIG_IGN)
+    if os.getpid() == 1:
+        try:
+            os.kill(-1, signal.SIGKILL)  # everything the run left behind, daemons included
+        except OSError:
+            pass
+        reap()
+    elif job.get("own_group"):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if job.get("measure") == "cgroup":
         usage = cgroup_usage()
+    else:
+        usage = {"io_read_bytes": 0, "io_write_bytes": 0, "oom_killed": oom_kills() > oom_before}
+        if ru is not None:
+            usage.update(cpu_seconds=ru.ru_utime + ru.ru_stime, peak_memory_bytes=ru.ru_maxrss * 1024,
+                         io_read_bytes=ru.ru_inblock * 512, io_write_bytes=ru.ru_oublock * 512)
+    code = os.waitstatus_to_exitcode(status) if ru is not None else 0
     usage["wall_seconds"] = wall
-    usage["exit_code"] = status if status >= 0 else 0
-    usage["signal"] = -status if status < 0 else 0
-    sys.stdout.flush()
-    sys.stdout.write("\n" + job["nonce"] + json.dumps(usage) + "\n")
-    sys.stdout.flush()
-    sys.exit(status if status >= 0 else 128 - status)
+    usage["exit_code"] = code if code >= 0 else 0
+    usage["signal"] = -code if code < 0 else 0
+    try:
+        usage["artifact_entries"] = len(os.listdir(artifacts))
+    except OSError:
+        usage["artifact_entries"] = 0
+    usage["result_json"] = os.path.lexists(os.path.join(work, "result.json"))
+    # End markers: everything the run wrote on either stream came before them.
+    if job.get("end_marker"):
+        os.write(2, ("\n" + job["nonce"] + "E\n").encode())
+    os.write(1, ("\n" + job["nonce"] + json.dumps(usage) + "\n").encode())
+    return code
 
-main()
+def main():
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        job = json.loads(line)
+        if job.get("mode") == "reuse":
+            # A fresh work dir, /tmp and /artifacts for every run of a reused sandbox.
+            for path in ("/tmp", job.get("artifacts_dir", "/artifacts"), job.get("work_dir", "/work")):
+                clear_dir(path)
+        code = run(job)
+        if job.get("mode") != "reuse":
+            return code if code >= 0 else 128 - code
+        del job
+
+sys.exit(main())
 """

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from shared.settings import DatabaseSettings, ServiceSettings
 
@@ -12,6 +14,22 @@ class ClientSettings(BaseModel):
 
     address: str = "127.0.0.1:50051"
     timeout_s: float = 10.0
+
+
+class PoolSettings(BaseModel):
+    """The warm pool: containers started ahead of demand, one per run by default."""
+
+    # Warm containers always kept for the default class (the executor's own limits).
+    min_idle: int = Field(default=2, ge=0, le=64)
+    # Upper bound of warm containers per class; a class in use is kept at its recent peak.
+    max_idle: int = Field(default=8, ge=0, le=256)
+    # A class unused this long shrinks back to its minimum (0 for non-default classes).
+    idle_timeout_s: float = Field(default=300.0, gt=0)
+    # Containers created at once (docker create+start is the executor's slowest call).
+    create_concurrency: int = Field(default=2, ge=1, le=16)
+    # Reuse mode: runs per container before it is recycled, and idle life of a kept one.
+    reuse_max_runs: int = Field(default=100, ge=1)
+    reuse_idle_timeout_s: float = Field(default=300.0, gt=0)
 
 
 class SandboxSettings(BaseModel):
@@ -31,12 +49,75 @@ class SandboxSettings(BaseModel):
     output_bytes: int = 1024 * 1024
     cancel_grace_s: float = 5.0
     local_allowed_commands: list[str] = Field(default_factory=list)
+    pool: PoolSettings = Field(default_factory=PoolSettings)
     # Docker network for runs whose script asks for NETWORK_POLICY_EGRESS_ALLOWLIST. "" (the
     # default) refuses such runs: every sandbox gets network "none". An operator names a network
     # whose egress they control (a user-defined network behind their firewall rules); "host"
     # shares the executor host's network namespace and is meant for tests and trusted ops
     # scripts only, since it also exposes every loopback service of the host.
     egress_network: str = ""
+
+
+class ArtifactSettings(BaseModel):
+    """Where collected artifacts go and how much one run may leave behind."""
+
+    # "" = <work_dir>/artifacts; each run's files land in <storage_dir>/<run_id>/.
+    storage_dir: str = ""
+    max_files: int = Field(default=100, ge=0)
+    max_total_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    max_file_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    # A sanitised name (subdirectories included) longer than this is skipped.
+    max_name_bytes: int = Field(default=255, ge=1)
+    # result.json larger than this is ignored (with a warning): it travels in the event.
+    max_result_bytes: int = Field(default=1024 * 1024, ge=0)
+
+
+class HttpSettings(BaseModel):
+    """The http execution type: which URLs runs may call, and how much they bring back."""
+
+    # URL prefixes a run may call, as scheme://host[:port][/path]: a rendered URL must have the
+    # same scheme, host and port and a path under the prefix's path (segment-wise). Empty (the
+    # default) refuses every http run.
+    allowed_urls: list[str] = Field(default_factory=list)
+    # Response bodies are cut to this many bytes in the result.
+    max_response_bytes: int = Field(default=1024 * 1024, ge=0)
+    # Used when the script's HttpConfig has no timeout (the run's own timeout still caps it).
+    default_timeout_s: float = Field(default=30.0, gt=0)
+    verify_tls: bool = True
+
+
+class ServerlessSettings(BaseModel):
+    """The serverless execution type: an AWS Lambda (or Lambda-compatible) endpoint."""
+
+    # "" = AWS's regional endpoint; set it for LocalStack or another Lambda-compatible API.
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+    # Empty: boto3's default credential chain (environment, instance profile, ...).
+    access_key_id: SecretStr = SecretStr("")
+    secret_access_key: SecretStr = SecretStr("")
+    session_token: SecretStr = SecretStr("")
+    # Function names (or ARNs) runs may invoke; an entry ending in "*" is a prefix. Empty (the
+    # default) refuses every serverless run.
+    allowed_functions: list[str] = Field(default_factory=list)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Socket read timeout of one Invoke; the run's own timeout ends the run earlier.
+    read_timeout_s: float = Field(default=900.0, gt=0)
+    max_response_bytes: int = Field(default=1024 * 1024, ge=0)
+    # Secret parameters are NOT sent to functions unless this is on; then the payload carries
+    # them under the key "secrets".
+    send_secrets: bool = False
+    # Threads for the blocking boto3 calls: at most this many invocations wait at once.
+    max_concurrent_invocations: int = Field(default=16, ge=1)
+
+
+class LocalCommandSettings(BaseModel):
+    """The local execution type: allow-listed commands run as child processes (NOT sandboxed)."""
+
+    # Command name (what LocalConfig.command says) -> absolute path of the executable. Entries
+    # of sandbox.local_allowed_commands (absolute paths, or name=path) are added to these.
+    commands: dict[str, str] = Field(default_factory=dict)
+    # PATH of the command's environment.
+    path: str = "/usr/local/bin:/usr/bin:/bin"
 
 
 class ExecutorSettings(ServiceSettings):
@@ -51,3 +132,14 @@ class ExecutorSettings(ServiceSettings):
     max_concurrent_runs: int = 4
     # Runs accepted beyond the running ones, waiting for a slot.
     max_queued_runs: int = 16
+    artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    serverless: ServerlessSettings = Field(default_factory=ServerlessSettings)
+    local: LocalCommandSettings = Field(default_factory=LocalCommandSettings)
+
+    @model_validator(mode="after")
+    def _artifacts_under_work_dir(self) -> ExecutorSettings:
+        """Resolve the artifact storage default once, so every reader sees a path."""
+        if not self.artifacts.storage_dir:
+            self.artifacts.storage_dir = str(Path(self.work_dir) / "artifacts")
+        return self

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
+from services.executor.results import result_struct
 from services.executor.runners.base import Outcome
 from shared.outbox import Outbox
 
@@ -68,16 +69,17 @@ def build_event(ctx: RunContext, kind: int, state: int, **fields: object) -> eve
 def finished_fields(
     outcome: Outcome, stdout: tuple[bytes, int, bool], stderr: tuple[bytes, int, bool]
 ) -> dict[str, object]:
-    """FINISHED-only fields: exit info, usage and the retained output."""
+    """FINISHED-only fields: exit info (with any collection warnings), usage, the
+    retained output, the result and the artifacts."""
     wall = duration_pb2.Duration()
     wall.FromNanoseconds(int(outcome.usage.wall_seconds * 1e9))
-    return {
+    fields: dict[str, object] = {
         "started_at": _ts(outcome.started_at),
         "finished_at": _ts(outcome.finished_at),
         "exit": common_pb2.ExitInfo(
             exit_code=outcome.exit_code,
             reason=outcome.reason,  # type: ignore[arg-type]
-            message=outcome.message,
+            message="; ".join(m for m in (outcome.message, *outcome.warnings) if m),
             signal=outcome.signal,
         ),
         "usage": common_pb2.ResourceUsage(
@@ -94,7 +96,14 @@ def finished_fields(
             stdout_total_bytes=stdout[1],
             stderr_total_bytes=stderr[1],
         ),
+        "artifacts": [
+            common_pb2.Artifact(name=a.name, size_bytes=a.size_bytes, sha256=a.sha256, uri=a.uri)
+            for a in outcome.artifacts
+        ],
     }
+    if outcome.result is not None:
+        fields["result"] = result_struct(outcome.result)
+    return fields
 
 
 class EventPublisher:

@@ -40,6 +40,31 @@ class ExecutorMetrics:
             "Sandbox containers that failed to start.",
             registry=registry,
         )
+        self.handoff = Histogram(
+            "runbox_executor_handoff_seconds",
+            "From a run starting on the executor to its user code running in the sandbox.",
+            ["runner"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.pool_containers = Gauge(
+            "runbox_executor_pool_containers",
+            "Sandbox containers by pool class and state (idle, busy, starting).",
+            ["pool_class", "state"],
+            registry=registry,
+        )
+        self.pool_acquires = Counter(
+            "runbox_executor_pool_acquires_total",
+            "Sandboxes handed to runs, by pool class and whether one was warm (hit) or not.",
+            ["pool_class", "result"],
+            registry=registry,
+        )
+        self.pool_recycles = Counter(
+            "runbox_executor_pool_recycles_total",
+            "Reused sandboxes removed, by reason.",
+            ["reason"],
+            registry=registry,
+        )
         self.cpu_seconds = Counter(
             "runbox_executor_sandbox_cpu_seconds_total",
             "CPU time used by runs.",

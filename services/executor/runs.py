@@ -20,6 +20,7 @@ from services.executor.content import ContentError, ContentSource
 from services.executor.events import EventPublisher, RunContext, build_event, finished_fields
 from services.executor.metrics import ExecutorMetrics
 from services.executor.output import Redactor
+from services.executor.results import redact_result, result_struct
 from services.executor.runners.base import Job, Limits, Outcome, RunnerRegistry
 from shared.errors import InvalidArgument, ResourceExhausted, Unavailable
 from shared.telemetry import run_id_var
@@ -41,6 +42,9 @@ class ActiveRun:
     cancel_requested: bool = False
     shutdown: bool = False
     streams: dict[str, StreamCapture] = field(default_factory=dict)
+    # Set once QUEUED is in the outbox: the run starts without waiting for that write, and
+    # its STARTED event waits for it, so events stay in order.
+    queued: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class RunManager:
@@ -108,10 +112,13 @@ class RunManager:
         while len(self._accepted) > 10_000:  # remember recent run ids only
             self._accepted.pop(next(iter(self._accepted)))
         self._metrics.active_runs.inc()
-        await self._publisher.publish(
-            build_event(run.ctx, events_pb2.RUN_EVENT_TYPE_QUEUED, RS.RUN_STATE_QUEUED)
-        )
         run.task = asyncio.create_task(self._run(run), name=f"run:{request.run_id}")
+        try:
+            await self._publisher.publish(
+                build_event(run.ctx, events_pb2.RUN_EVENT_TYPE_QUEUED, RS.RUN_STATE_QUEUED)
+            )
+        finally:
+            run.queued.set()
         return run.accepted_at, True
 
     def _context(self, request: executor_pb2.ExecuteRequest) -> RunContext:
@@ -186,6 +193,7 @@ class RunManager:
 
         async def on_started(at: datetime) -> None:
             run.state = RS.RUN_STATE_RUNNING
+            await run.queued.wait()
             await self._publisher.publish(
                 build_event(
                     run.ctx,
@@ -205,6 +213,7 @@ class RunManager:
             await asyncio.gather(flusher, return_exceptions=True)
 
     async def _flush_live(self, run: ActiveRun) -> None:
+        await run.queued.wait()
         while True:
             await asyncio.sleep(LIVE_FLUSH_S)
             for name, capture in run.streams.items():
@@ -221,11 +230,13 @@ class RunManager:
                     )
 
     async def _finish(self, run: ActiveRun, outcome: Outcome) -> None:
+        await run.queued.wait()  # events stay in order: QUEUED first
         empty = (b"", 0, False)
         stdout = run.streams["stdout"].summary() if run.streams else empty
         stderr = run.streams["stderr"].summary() if run.streams else empty
-        if outcome.message and run.streams:
-            outcome.message = Redactor(run.request.secret_parameters.values()).text(outcome.message)
+        _redact(outcome, Redactor(run.request.secret_parameters.values()))
+        for warning in outcome.warnings:
+            log.warning("run: %s", warning)
         event = build_event(
             run.ctx,
             events_pb2.RUN_EVENT_TYPE_FINISHED,
@@ -270,7 +281,24 @@ class RunManager:
             secrets=dict(request.secret_parameters),
             limits=limits,
             config=_struct(request.config),
+            isolation=request.isolation or common_pb2.ISOLATION_PER_RUN,
+            runtime=request.runtime,
         )
+
+
+def _redact(outcome: Outcome, redactor: Redactor) -> None:
+    """No secret leaves in the message, a warning or the result (artifact names
+    were redacted when they were stored); a result no event can carry is dropped."""
+    outcome.message = redactor.text(outcome.message)
+    outcome.warnings = [redactor.text(w) for w in outcome.warnings]
+    if outcome.result is None:
+        return
+    outcome.result = redact_result(outcome.result, redactor)
+    try:
+        result_struct(outcome.result)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        outcome.result = None
+        outcome.warnings.append(f"the result was dropped: an event cannot carry it ({exc})")
 
 
 def _struct(value: Any) -> dict[str, Any]:
@@ -306,10 +334,14 @@ def _job_stub(request: executor_pb2.ExecuteRequest) -> Job:
         sha256=request.sha256,
         execution_type=request.execution_type,
         content=b"",
-        parameters={},
-        secrets={},
+        # Runners render templated config (http, local) at acceptance, so that a bad
+        # template or a URL outside the allow-list is refused with a precise status.
+        parameters=_struct(request.parameters),
+        secrets=dict(request.secret_parameters),
         limits=limits,
         config=_struct(request.config),
+        isolation=request.isolation or common_pb2.ISOLATION_PER_RUN,
+        runtime=request.runtime,
     )
 
 

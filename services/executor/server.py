@@ -13,8 +13,11 @@ from services.executor.events import EventPublisher
 from services.executor.metrics import ExecutorMetrics
 from services.executor.models import OUTBOX
 from services.executor.runners.base import RunnerRegistry
+from services.executor.runners.command_runner import CommandRunner
 from services.executor.runners.docker_runner import DockerRunner, docker_client_or_none
+from services.executor.runners.http_runner import HttpRunner
 from services.executor.runners.local_runner import LocalRunner
+from services.executor.runners.serverless_runner import ServerlessRunner
 from services.executor.runs import RunManager
 from services.executor.servicer import ExecutorServicer
 from shared import db
@@ -52,10 +55,14 @@ def build_registry(
             "sandboxed (no network isolation, host filesystem visible). Start Docker "
             "(make docker) for sandboxed runs. !!!"
         )
-        runner = LocalRunner(settings.sandbox, Path(settings.work_dir))
+        runner = LocalRunner(settings.sandbox, Path(settings.work_dir), settings.artifacts)
         chosen = "local"
     for kind in SCRIPT_TYPES:
         registry.register(kind, runner)
+    # These need no Docker: they call out (http, serverless) or run allow-listed host commands.
+    registry.register(common_pb2.EXECUTION_TYPE_HTTP, HttpRunner(settings.http))
+    registry.register(common_pb2.EXECUTION_TYPE_SERVERLESS, ServerlessRunner(settings.serverless))
+    registry.register(common_pb2.EXECUTION_TYPE_LOCAL, CommandRunner(settings))
     return registry, chosen
 
 
@@ -86,8 +93,12 @@ async def build(runtime: Runtime) -> Service:
         publisher=EventPublisher(sessions, outbox, settings.nats.subjects_prefix),
     )
 
+    pool_runner = next((r for r in registry.runners() if isinstance(r, DockerRunner)), None)
+
     async def start_relay() -> None:
         outbox.start(js)
+        if pool_runner is not None:
+            await pool_runner.start()  # warm sandboxes fill in the background
 
     async def close() -> None:
         for runner in registry.runners():
@@ -104,7 +115,7 @@ async def build(runtime: Runtime) -> Service:
         registrations=[
             (
                 executor_pb2_grpc.add_ExecutorServiceServicer_to_server,
-                ExecutorServicer(runs, backend),
+                ExecutorServicer(runs, backend, pool_runner.pool if pool_runner else None),
                 SERVICE,
             )
         ],

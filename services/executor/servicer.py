@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 
 from runbox.common.v1 import common_pb2
 from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
+from services.executor.pool import WarmPool
 from services.executor.runs import RunManager
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -21,9 +22,10 @@ def _ts(value: object) -> timestamp_pb2.Timestamp:
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
-    def __init__(self, runs: RunManager, backend: str) -> None:
+    def __init__(self, runs: RunManager, backend: str, pool: WarmPool | None = None) -> None:
         self._runs = runs
         self._backend = backend
+        self._pool = pool
 
     async def Execute(
         self, request: executor_pb2.ExecuteRequest, context: Ctx
@@ -60,9 +62,23 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def GetPoolStatus(
         self, request: executor_pb2.GetPoolStatusRequest, context: Ctx
     ) -> executor_pb2.GetPoolStatusResponse:
+        classes = [
+            executor_pb2.PoolClass(
+                image=c["class"].image,
+                runtime=c["class"].proto_runtime,
+                resource_class=c["class"].name,
+                idle=c["idle"],
+                busy=c["busy"],
+                starting=c["starting"],
+                min_size=c["min"],
+                max_size=c["max"],
+            )
+            for c in (self._pool.status() if self._pool is not None else [])
+        ]
         return executor_pb2.GetPoolStatusResponse(
             executor_id=self._runs.executor_id,
             backend=self._backend,
             capacity=self._runs.capacity,
             active_runs=len(self._runs.active()),
+            classes=classes,
         )

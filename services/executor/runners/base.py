@@ -43,6 +43,8 @@ class Job:
     secrets: dict[str, str]
     limits: Limits
     config: dict[str, Any] = field(default_factory=dict)
+    isolation: int = common_pb2.ISOLATION_PER_RUN
+    runtime: int = common_pb2.RUNTIME_UNSPECIFIED
 
 
 @dataclass
@@ -52,6 +54,16 @@ class Usage:
     io_read_bytes: int = 0
     io_write_bytes: int = 0
     wall_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """A file a run left behind, stored by the executor under a sanitised name."""
+
+    name: str
+    size_bytes: int
+    sha256: str
+    uri: str
 
 
 @dataclass
@@ -66,6 +78,11 @@ class Outcome:
     usage: Usage = field(default_factory=Usage)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # What the script wrote to result.json (a JSON object), if it did.
+    result: dict[str, Any] | None = None
+    artifacts: list[ArtifactFile] = field(default_factory=list)
+    # Problems worth telling the user that did not fail the run (skipped artifacts...).
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def infrastructure(cls, message: str) -> Outcome:

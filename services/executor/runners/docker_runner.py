@@ -1,8 +1,12 @@
-"""Python and shell runs in a fresh hardened Docker container per run.
+"""Python and shell runs in hardened Docker sandboxes from the warm pool.
 
-The container runs the agent as PID 1 and gets the job over its attached
-stdin; stdout/stderr come back live over the same attach socket. Every
-Docker SDK call is blocking, so each goes through asyncio.to_thread.
+A run takes a started container whose agent (PID 1) waits on the attached stdin,
+writes one job line, and reads stdout/stderr live from the same attach socket
+until the agent's end markers (or EOF). Python scripts start in a fork of the
+agent's already running interpreter. Per-run isolation removes the container
+afterwards (off the run's path); reuse isolation keeps it for the script's next
+run unless anything about the run was abnormal. Every Docker SDK call is blocking,
+so each goes through asyncio.to_thread.
 """
 
 from __future__ import annotations
@@ -12,29 +16,31 @@ import logging
 import secrets
 import signal
 import socket
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import docker
 from docker.errors import DockerException
 from docker.models.containers import Container
-from docker.utils.socket import frames_iter
 
 from runbox.common.v1 import common_pb2
-from services.executor.agent import AGENT_SOURCE
 from services.executor.config import SandboxSettings
 from services.executor.metrics import ExecutorMetrics
-from services.executor.runners.base import Job, Outcome, OutputSink, StartedHook
-from services.executor.runners.protocol import TrailerSplitter, job_line, outcome_from
+from services.executor.pool import PoolClass, Sandbox, WarmPool
+from services.executor.runners.base import FR, RS, Job, Outcome, OutputSink, StartedHook
+from services.executor.runners.protocol import EndMarker, TrailerSplitter, job_line, outcome_from
 from shared.errors import FailedPrecondition, FieldViolation
 
 log = logging.getLogger(__name__)
-EGRESS = common_pb2.NETWORK_POLICY_EGRESS_ALLOWLIST
 STREAMS = {1: "stdout", 2: "stderr"}
+EGRESS = common_pb2.NETWORK_POLICY_EGRESS_ALLOWLIST
+REUSE = common_pb2.ISOLATION_REUSE
+RUNSC = common_pb2.RUNTIME_RUNSC
 
 
 class DockerRunner:
-    """One container per run: created, started, used once, removed."""
+    """Runs python and shell jobs in warm sandboxes."""
 
     name = "docker"
 
@@ -44,155 +50,212 @@ class DockerRunner:
         self._client = client
         self._settings = settings
         self._metrics = metrics
-        self._active: dict[str, Container] = {}
+        self._runtimes = _runtimes(client)
+        self._pool = WarmPool(client, settings, metrics, self.default_class())
+        self._active: dict[str, Sandbox] = {}
         self._cancelled: set[str] = set()
-        self._cleanup: set[asyncio.Task[None]] = set()
+
+    @property
+    def pool(self) -> WarmPool:
+        return self._pool
+
+    async def start(self) -> None:
+        await self._pool.start()
+
+    def default_class(self) -> PoolClass:
+        s = self._settings
+        return PoolClass(
+            image=s.image,
+            runtime=s.runtime,
+            cpus=s.cpus,
+            memory_bytes=s.memory_bytes,
+            pids=s.pids,
+            work_bytes=s.work_bytes,
+            tmp_bytes=s.tmp_bytes,
+            network="none",
+        )
+
+    def class_for(self, job: Job) -> PoolClass:
+        """The pool class a job's limits and runtime select."""
+        s, limits = self._settings, job.limits
+        runtime = "runsc" if job.runtime == RUNSC else s.runtime
+        return PoolClass(
+            image=s.image,
+            runtime=runtime,
+            cpus=limits.cpus,
+            memory_bytes=limits.memory_bytes,
+            pids=limits.pids,
+            work_bytes=limits.work_bytes,
+            tmp_bytes=s.tmp_bytes,
+            network=s.egress_network if limits.network == EGRESS else "none",
+        )
 
     def validate_config(self, job: Job) -> None:
-        """Refuse, before accepting, a run asking for network this executor does not offer."""
+        """Refuse, before accepting, a run asking for what this executor does not offer."""
         if job.limits.network == EGRESS and not self._settings.egress_network:
             raise FailedPrecondition(
                 f"{job.script_name} asks for network egress, and this executor runs every "
                 "sandbox without network (set sandbox.egress_network to allow it)",
                 [FieldViolation("limits.network", "NETWORK_POLICY_EGRESS_ALLOWLIST not offered")],
             )
-
-    def _create_options(self, job: Job) -> dict[str, Any]:
-        s, limits = self._settings, job.limits
-        options: dict[str, Any] = dict(
-            image=s.image,
-            command=["python3", "-u", "-c", AGENT_SOURCE],
-            stdin_open=True,
-            network_mode=s.egress_network if limits.network == EGRESS else "none",
-            read_only=True,
-            tmpfs={
-                "/work": f"rw,nosuid,nodev,size={limits.work_bytes},uid=10001,gid=10001,mode=0700",
-                "/tmp": f"rw,nosuid,nodev,noexec,size={s.tmp_bytes},mode=1777",  # noqa: S108 - in the sandbox
-                "/artifacts": f"rw,nosuid,nodev,noexec,size={limits.work_bytes},uid=10001,gid=10001",
-            },
-            user="10001:10001",
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            pids_limit=limits.pids,
-            mem_limit=limits.memory_bytes,
-            memswap_limit=limits.memory_bytes,
-            nano_cpus=int(limits.cpus * 1e9),
-            environment={},
-            labels={"org.runbox.run_id": job.run_id, "org.runbox.role": "sandbox"},
-            ipc_mode="private",
-            log_config={"type": "none", "config": {}},
-            detach=True,
-        )
-        if s.runtime:
-            options["runtime"] = s.runtime
-        return options
-
-    def _create(self, job: Job) -> tuple[Container, _Attached]:
-        container = self._client.containers.create(**self._create_options(job))
-        # attach_socket() drops the HTTP response that owns the connection, so
-        # it could never be closed cleanly; keep the response and close it.
-        api = self._client.api
-        response = api.post(
-            api._url("/containers/{0}/attach", container.id),
-            None,
-            params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1},
-            stream=True,
-        )
-        sock = api._get_raw_response_socket(response)
-        sock._sock.settimeout(None)  # silent scripts must not time the stream out
-        return container, _Attached(response, sock)
+        if job.runtime == RUNSC and "runsc" not in self._runtimes:
+            raise FailedPrecondition(
+                f"{job.script_name} asks for gVisor, and this Docker engine has no runsc runtime",
+                [FieldViolation("runtime", "RUNTIME_RUNSC not available on this executor")],
+            )
 
     async def execute(self, job: Job, on_output: OutputSink, on_started: StartedHook) -> Outcome:
+        begun = time.time()
+        cls = self.class_for(job)
+        reuse = job.isolation == REUSE
         try:
-            container, sock = await asyncio.to_thread(self._create, job)
-            await asyncio.to_thread(container.start)
+            if reuse:
+                sandbox = await self._pool.acquire_reused(job.script_name, cls)
+            else:
+                sandbox = await self._pool.acquire(cls)
         except DockerException as exc:
-            self._metrics.container_failures.inc()
             return Outcome.infrastructure(f"sandbox could not start: {exc}")
-        self._metrics.container_starts.inc()
-        self._active[job.run_id] = container
-        started = datetime.now(UTC)
+        self._active[job.run_id] = sandbox
+        recycle = "anomaly"
         try:
-            await on_started(started)
-            nonce = secrets.token_hex(16)
-            await asyncio.to_thread(
-                sock.raw.sendall, job_line(job, nonce=nonce, work_dir="/work", measure="cgroup")
-            )
-            splitter = TrailerSplitter(nonce)
-            pump = asyncio.ensure_future(asyncio.to_thread(_pump, sock.stream, splitter, on_output))
-            done, _ = await asyncio.wait({pump}, timeout=job.limits.timeout_s)
-            timed_out = not done
-            if timed_out:
-                await asyncio.to_thread(_kill, container, signal.SIGKILL)
-            await pump
-            rest, trailer = splitter.finish()
-            if rest:
-                on_output("stdout", rest)
-            status, oom = await asyncio.to_thread(_final_state, container)
-            return outcome_from(
-                trailer,
-                status=status,
-                started_at=started,
-                timed_out=timed_out,
-                cancelled=job.run_id in self._cancelled,
-                oom_hint=oom,
-            )
+            outcome, recycle = await self._run(job, sandbox, reuse, begun, on_output, on_started)
+            return outcome
         except DockerException as exc:
             return Outcome.infrastructure(f"sandbox failed: {exc}")
         finally:
             self._active.pop(job.run_id, None)
             self._cancelled.discard(job.run_id)
-            task = asyncio.create_task(self._remove(container, sock))
-            self._cleanup.add(task)
-            task.add_done_callback(self._cleanup.discard)
+            self._pool.release(sandbox, keep_for=job.script_name if reuse else None, reason=recycle)
+
+    async def _run(
+        self,
+        job: Job,
+        sandbox: Sandbox,
+        reuse: bool,
+        begun: float,
+        on_output: OutputSink,
+        on_started: StartedHook,
+    ) -> tuple[Outcome, str]:
+        nonce = secrets.token_hex(16)
+        line = job_line(
+            job,
+            nonce=nonce,
+            work_dir="/work",
+            measure="rusage" if reuse else "cgroup",
+            mode="reuse" if reuse else "once",
+            inprocess=job.execution_type == common_pb2.EXECUTION_TYPE_PYTHON
+            and not job.config.get("script", {}).get("interpreter"),
+            sandboxed=True,
+        )
+        loop = asyncio.get_running_loop()
+        raw = sandbox.attached.raw
+        try:
+            await loop.sock_sendall(raw, line)
+        except OSError as exc:
+            return Outcome.infrastructure(f"sandbox did not take the job: {exc}"), "anomaly"
+        handed = asyncio.Event()
+        splitter, errors = TrailerSplitter(nonce), EndMarker(nonce)
+        pump = asyncio.ensure_future(_pump(loop, raw, splitter, errors, on_output, handed))
+        timeout = job.limits.timeout_s
+        waiter = asyncio.ensure_future(handed.wait())
+        await asyncio.wait({pump, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        started_at = datetime.now(UTC)
+        if splitter.started:
+            self._metrics.handoff.labels(self.name).observe(max(splitter.started - begun, 0.0))
+            started_at = datetime.fromtimestamp(splitter.started, UTC)
+        await on_started(started_at)
+        remaining = max(timeout - (time.time() - (splitter.started or begun)), 0.0)
+        done, _ = await asyncio.wait({pump}, timeout=remaining)
+        timed_out = not done
+        if timed_out:
+            await asyncio.to_thread(_kill, sandbox.container, signal.SIGKILL)
+        await pump
+        rest, trailer = splitter.finish()
+        if rest:
+            on_output("stdout", rest)
+        tail = errors.finish()
+        if tail:
+            on_output("stderr", tail)
+        status, oom = (None, False)
+        if trailer is None:  # the agent itself died (PID 1 OOM-killed, killed from outside)
+            status, oom = await asyncio.to_thread(_final_state, sandbox.container)
+        outcome = outcome_from(
+            trailer,
+            status=status,
+            started_at=started_at,
+            timed_out=timed_out,
+            cancelled=job.run_id in self._cancelled,
+            oom_hint=oom,
+        )
+        return outcome, _recycle_reason(outcome, trailer, timed_out)
 
     async def cancel(self, run_id: str) -> bool:
-        container = self._active.get(run_id)
-        if container is None:
+        sandbox = self._active.get(run_id)
+        if sandbox is None:
             return False
         self._cancelled.add(run_id)
-        await asyncio.to_thread(_kill, container, signal.SIGTERM)
+        await asyncio.to_thread(_kill, sandbox.container, signal.SIGTERM)
         for _ in range(int(self._settings.cancel_grace_s * 10)):
             if run_id not in self._active:
                 return True
             await asyncio.sleep(0.1)
-        await asyncio.to_thread(_kill, container, signal.SIGKILL)
+        await asyncio.to_thread(_kill, sandbox.container, signal.SIGKILL)
         return True
 
-    async def _remove(self, container: Container, sock: Any) -> None:
-        """Off the run's path: close the socket and remove the container."""
-        try:
-            sock.close()
-            await asyncio.to_thread(container.remove, force=True)
-        except DockerException as exc:
-            log.warning("could not remove sandbox %s: %s", container.short_id, exc)
-
     async def close(self) -> None:
-        if self._cleanup:
-            await asyncio.gather(*self._cleanup, return_exceptions=True)
+        await self._pool.close()
         await asyncio.to_thread(self._client.close)
 
 
-class _Attached:
-    """The attach connection: its HTTP response (owner) and the raw stream."""
+def _recycle_reason(outcome: Outcome, trailer: dict[str, Any] | None, timed_out: bool) -> str:
+    """Why a reused sandbox must not serve another run ("" = it may)."""
+    if timed_out:
+        return "timeout"
+    if outcome.state == RS.RUN_STATE_CANCELLED:
+        return "cancelled"
+    if trailer is None:
+        return "anomaly"
+    if outcome.reason == FR.FAILURE_REASON_OOM_KILLED:
+        return "oom"
+    if outcome.signal:
+        return "signal"
+    return ""
 
-    def __init__(self, response: Any, stream: Any) -> None:
-        self.response = response
-        self.stream = stream
-        self.raw: socket.socket = stream._sock
 
-    def close(self) -> None:
-        self.response.close()
-
-
-def _pump(sock: Any, splitter: TrailerSplitter, on_output: OutputSink) -> None:
-    """Read multiplexed frames until the container closes its output."""
-    for stream, data in frames_iter(sock, tty=False):
-        name = STREAMS.get(stream)
-        if name == "stdout":
-            data = splitter.feed(data)
-        if name and data:
-            on_output(name, data)
+async def _pump(
+    loop: asyncio.AbstractEventLoop,
+    raw: socket.socket,
+    splitter: TrailerSplitter,
+    errors: EndMarker,
+    on_output: OutputSink,
+    handed: asyncio.Event,
+) -> None:
+    """Read Docker's multiplexed attach frames (8-byte header: stream, 0, 0, 0, big-endian
+    length) on the event loop until both end markers arrived or the container closed."""
+    buffer = bytearray()
+    while True:
+        chunk = await loop.sock_recv(raw, 256 * 1024)
+        if not chunk:
+            return
+        buffer += chunk
+        while len(buffer) >= 8:
+            size = int.from_bytes(buffer[4:8], "big")
+            if len(buffer) < 8 + size:
+                break
+            name = STREAMS.get(buffer[0])
+            data = bytes(buffer[8 : 8 + size])
+            del buffer[: 8 + size]
+            if name == "stdout":
+                data = splitter.feed(data)
+                if splitter.started is not None and not handed.is_set():
+                    handed.set()
+            elif name == "stderr":
+                data = errors.feed(data)
+            if name and data:
+                on_output(name, data)
+        if splitter.trailer_complete and errors.seen:
+            return
 
 
 def _kill(container: Container, sig: int) -> None:
@@ -207,6 +270,13 @@ def _final_state(container: Container) -> tuple[int | None, bool]:
     container.reload()
     state = container.attrs.get("State", {})
     return int(result.get("StatusCode", -1)), bool(state.get("OOMKilled"))
+
+
+def _runtimes(client: docker.DockerClient) -> set[str]:
+    try:
+        return set((client.info().get("Runtimes") or {}).keys())
+    except DockerException:
+        return set()
 
 
 def docker_client_or_none(timeout: float = 60.0) -> docker.DockerClient | None:

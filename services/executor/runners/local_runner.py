@@ -7,19 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from services.executor.agent import AGENT_SOURCE
-from services.executor.config import SandboxSettings
+from services.executor.artifacts import collect_from_directory
+from services.executor.config import ArtifactSettings, SandboxSettings
 from services.executor.runners.base import Job, Limits, Outcome, OutputSink, StartedHook
 from services.executor.runners.protocol import TrailerSplitter, job_line, outcome_from
+
+log = logging.getLogger(__name__)
+# The run's artifacts directory, inside its work dir (RUNBOX_ARTIFACTS_DIR points at it).
+ARTIFACTS = "artifacts"
 
 
 def rlimits(limits: Limits) -> dict[str, int]:
@@ -41,9 +50,12 @@ class LocalRunner:
 
     name = "local"
 
-    def __init__(self, settings: SandboxSettings, work_dir: Path) -> None:
+    def __init__(
+        self, settings: SandboxSettings, work_dir: Path, artifacts: ArtifactSettings | None = None
+    ) -> None:
         self._settings = settings
         self._work_dir = work_dir
+        self._artifacts = artifacts or ArtifactSettings(storage_dir=str(work_dir / "artifacts"))
         self._active: dict[str, asyncio.subprocess.Process] = {}
         self._cancelled: set[str] = set()
 
@@ -54,9 +66,29 @@ class LocalRunner:
         self._work_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f"run-{job.run_id[:12]}-", dir=self._work_dir))
         try:
-            return await self._run(job, work, on_output, on_started)
+            (work / ARTIFACTS).mkdir()
+            outcome = await self._run(job, work, on_output, on_started)
+            await self._collect(job, work, outcome)
+            return outcome
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    async def _collect(self, job: Job, work: Path, outcome: Outcome) -> None:
+        """Take result.json and the artifacts before the work dir goes, whatever the
+        outcome: a failed run's artifacts are often what explains it."""
+        try:
+            outcome.result, outcome.artifacts, warnings = await asyncio.to_thread(
+                collect_from_directory,
+                work,
+                job.run_id,
+                self._artifacts,
+                artifacts=ARTIFACTS,
+                secrets=job.secrets.values(),
+            )
+        except OSError as exc:  # the executor's own storage, not the script's doing
+            log.warning("artifacts of the run could not be stored: %s", exc)
+            warnings = [f"artifacts could not be stored ({exc.strerror or type(exc).__name__})"]
+        outcome.warnings.extend(warnings)
 
     async def _run(
         self, job: Job, work: Path, on_output: OutputSink, on_started: StartedHook
@@ -86,26 +118,18 @@ class LocalRunner:
             # A quick script may finish before the write completes: its status
             # and trailer say what happened, so a closed pipe is not an error.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                proc.stdin.write(
-                    job_line(
-                        job,
-                        nonce=nonce,
-                        work_dir=str(work),
-                        measure="rusage",
-                        rlimits=rlimits(job.limits),
-                    )
-                )
+                proc.stdin.write(_local_job_line(job, work, nonce))
                 await proc.stdin.drain()
                 proc.stdin.close()
             readers = asyncio.gather(
-                _read(proc.stdout, lambda d: on_output("stdout", splitter.feed(d))),
-                _read(proc.stderr, lambda d: on_output("stderr", d)),
+                read_stream(proc.stdout, lambda d: on_output("stdout", splitter.feed(d))),
+                read_stream(proc.stderr, lambda d: on_output("stderr", d)),
                 proc.wait(),
             )
             done, _ = await asyncio.wait({readers}, timeout=job.limits.timeout_s)
             timed_out = not done
             if timed_out:
-                _kill_group(proc, signal.SIGKILL)
+                kill_group(proc, signal.SIGKILL)
             await readers
             rest, trailer = splitter.finish()
             if rest:
@@ -118,7 +142,7 @@ class LocalRunner:
                 cancelled=job.run_id in self._cancelled,
             )
         finally:
-            _kill_group(proc, signal.SIGKILL)
+            kill_group(proc, signal.SIGKILL)
             self._active.pop(job.run_id, None)
             self._cancelled.discard(job.run_id)
 
@@ -127,24 +151,37 @@ class LocalRunner:
         if proc is None:
             return False
         self._cancelled.add(run_id)
-        _kill_group(proc, signal.SIGTERM)
+        kill_group(proc, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), self._settings.cancel_grace_s)
         except TimeoutError:
-            _kill_group(proc, signal.SIGKILL)
+            kill_group(proc, signal.SIGKILL)
         return True
 
     async def close(self) -> None:
         for proc in list(self._active.values()):
-            _kill_group(proc, signal.SIGKILL)
+            kill_group(proc, signal.SIGKILL)
 
 
-async def _read(stream: asyncio.StreamReader, sink: object) -> None:
+def _local_job_line(job: Job, work: Path, nonce: str) -> bytes:
+    """The agent's job line, with the artifacts directory inside the work dir
+    (the agent's default, /artifacts, is the sandbox's tmpfs)."""
+    payload = json.loads(
+        job_line(
+            job, nonce=nonce, work_dir=str(work), measure="rusage", rlimits=rlimits(job.limits)
+        )
+    )
+    payload["artifacts_dir"] = str(work / ARTIFACTS)
+    return (json.dumps(payload) + "\n").encode()
+
+
+async def read_stream(stream: asyncio.StreamReader, sink: Callable[[bytes], object]) -> None:
+    """Hand every chunk of a stream to `sink` until EOF."""
     while chunk := await stream.read(65536):
-        sink(chunk)  # type: ignore[operator]
+        sink(chunk)
 
 
-def _kill_group(proc: asyncio.subprocess.Process, sig: int) -> None:
+def kill_group(proc: asyncio.subprocess.Process | subprocess.Popen[bytes], sig: int) -> None:
     """Signal the whole process group the run started (it has its own session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)

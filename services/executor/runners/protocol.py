@@ -11,9 +11,20 @@ from services.executor.runners.base import FR, RS, Job, Outcome, Usage, interpre
 
 
 def job_line(
-    job: Job, *, nonce: str, work_dir: str, measure: str, rlimits: dict[str, int] | None = None
+    job: Job,
+    *,
+    nonce: str,
+    work_dir: str,
+    measure: str,
+    rlimits: dict[str, int] | None = None,
+    mode: str = "once",
+    inprocess: bool = False,
+    sandboxed: bool = False,
 ) -> bytes:
-    """The one JSON line the agent reads from stdin."""
+    """The one JSON line the agent reads from stdin.
+
+    `sandboxed`: the agent is PID 1 of a container: the script gets its own process group
+    and the agent marks the end of stderr too (the two streams travel separately)."""
     argv, filename = interpreter(job.execution_type)
     payload = {
         "run_id": job.run_id,
@@ -26,24 +37,52 @@ def job_line(
         "work_dir": work_dir,
         "measure": measure,
         "rlimits": rlimits or {},
+        "mode": mode,
+        "inprocess": inprocess,
+        "own_group": sandboxed,
+        "end_marker": sandboxed,
     }
     return (json.dumps(payload) + "\n").encode()
 
 
 class TrailerSplitter:
     """Passes stdout through live, holding back only what could be the start
-    of the agent's usage trailer (tagged by the nonce), which is cut off."""
+    of the agent's usage trailer (tagged by the nonce), which is cut off.
+
+    The agent's start marker (`<nonce>S<unix time>\\n`, the first bytes of stdout)
+    is cut off too and kept as `started` (the time user code was handed over)."""
 
     def __init__(self, nonce: str) -> None:
         self._tag = ("\n" + nonce).encode()
+        self._start = (nonce + "S").encode()
         self._pending = bytearray()
+        self._head = bytearray()  # bytes before the start marker is complete
+        self.started: float | None = None
+        self.trailer_complete = False
 
     def feed(self, data: bytes) -> bytes:
         """Bytes safe to show now: all but a possible (partial) trailer tag."""
+        if self.started is None and self._start:
+            self._head += data
+            if len(self._head) < len(self._start) and self._start.startswith(bytes(self._head)):
+                return b""
+            if not self._head.startswith(self._start):
+                self._start = b""  # an agent without a marker: pass everything through
+                data, self._head = bytes(self._head), bytearray()
+            else:
+                end = self._head.find(b"\n")
+                if end < 0:
+                    return b""
+                try:
+                    self.started = float(self._head[len(self._start) : end].decode())
+                except ValueError:
+                    self.started = 0.0
+                data, self._head = bytes(self._head[end + 1 :]), bytearray()
         self._pending += data
         at = self._pending.find(self._tag)
         if at >= 0:
             keep = len(self._pending) - at
+            self.trailer_complete = self._pending.endswith(b"\n") and keep > len(self._tag) + 1
         else:
             keep = 0
             for size in range(min(len(self._tag) - 1, len(self._pending)), 0, -1):
@@ -56,7 +95,7 @@ class TrailerSplitter:
         return out
 
     def finish(self) -> tuple[bytes, dict[str, Any] | None]:
-        data = bytes(self._pending)
+        data = bytes(self._head) + bytes(self._pending)
         at = data.rfind(self._tag)
         if at < 0:
             return data, None
@@ -65,6 +104,39 @@ class TrailerSplitter:
         except (ValueError, UnicodeDecodeError):
             return data, None
         return data[:at], trailer
+
+
+class EndMarker:
+    """Stderr of a sandboxed run: passed through live, minus the agent's end marker
+    (`\\n<nonce>E\\n`), whose arrival says the run's stderr is complete."""
+
+    def __init__(self, nonce: str) -> None:
+        self._tag = ("\n" + nonce + "E\n").encode()
+        self._pending = bytearray()
+        self.seen = False
+
+    def feed(self, data: bytes) -> bytes:
+        self._pending += data
+        at = self._pending.find(self._tag)
+        if at >= 0:
+            self.seen = True
+            out = bytes(self._pending[:at])
+            self._pending.clear()
+            return out
+        keep = 0
+        for size in range(min(len(self._tag) - 1, len(self._pending)), 0, -1):
+            if self._pending.endswith(self._tag[:size]):
+                keep = size
+                break
+        cut = len(self._pending) - keep
+        out = bytes(self._pending[:cut])
+        del self._pending[:cut]
+        return out
+
+    def finish(self) -> bytes:
+        out = bytes(self._pending)
+        self._pending.clear()
+        return out
 
 
 def outcome_from(

@@ -4,6 +4,7 @@ execute a script and collect its RunEvents from JetStream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -51,10 +52,13 @@ class ExecutorHarness:
         params: dict[str, Any] | None = None,
         secrets: dict[str, str] | None = None,
         sha256: str | None = None,
+        config: dict[str, Any] | None = None,
     ) -> executor_pb2.ExecuteRequest:
         content = script.encode() if isinstance(script, str) else script
         parameters = struct_pb2.Struct()
         parameters.update(params or {})
+        execution_config = struct_pb2.Struct()
+        execution_config.update(config or {})
         limits = common_pb2.ResourceLimits(
             memory_bytes=memory, timeout=duration_pb2.Duration(seconds=int(timeout_s))
         )
@@ -69,6 +73,7 @@ class ExecutorHarness:
             parameters=parameters,
             secret_parameters=secrets or {},
             limits=limits,
+            config=execution_config,
         )
 
     async def events(self, run_id: str, wait_s: float = 60) -> list[events_pb2.RunEvent]:
@@ -95,7 +100,9 @@ class ExecutorHarness:
         return events[-1], events
 
 
-async def start_executor(tmp_path: Path, nats_url: str, tokens: Any, backend: str) -> Running:
+async def start_executor(
+    tmp_path: Path, nats_url: str, tokens: Any, backend: str, **extra: Any
+) -> Running:
     settings = settings_for(
         ExecutorSettings,
         tmp_path,
@@ -104,15 +111,19 @@ async def start_executor(tmp_path: Path, nats_url: str, tokens: Any, backend: st
         principals_file=tokens.principals_file,
         sandbox={"backend": backend, "timeout_s": 30},
         work_dir=str(tmp_path / "work"),
+        **extra,
     )
     return await launch(build_runtime("executor", settings), build)
 
 
-def harness_fixture(backend: str) -> Callable[..., Any]:
-    @pytest.fixture
-    async def fixture(tmp_path: Path, nats_server, tokens) -> AsyncIterator[ExecutorHarness]:  # type: ignore[no-untyped-def]
-        running = await start_executor(tmp_path, nats_server.url, tokens, backend)
-        nc = await nats.connect(nats_server.url)
+@contextlib.asynccontextmanager
+async def open_harness(
+    tmp_path: Path, nats_url: str, tokens: Any, backend: str, **extra: Any
+) -> AsyncIterator[ExecutorHarness]:
+    """An executor (extra: more of its settings) with a client and a JetStream reader."""
+    running = await start_executor(tmp_path, nats_url, tokens, backend, **extra)
+    try:
+        nc = await nats.connect(nats_url)
         try:
             async with open_channel(running.address, token=tokens.service) as channel:
                 yield ExecutorHarness(
@@ -120,6 +131,14 @@ def harness_fixture(backend: str) -> Callable[..., Any]:
                 )
         finally:
             await nc.close()
-            await running.stop()
+    finally:
+        await running.stop()
+
+
+def harness_fixture(backend: str) -> Callable[..., Any]:
+    @pytest.fixture
+    async def fixture(tmp_path: Path, nats_server, tokens) -> AsyncIterator[ExecutorHarness]:  # type: ignore[no-untyped-def]
+        async with open_harness(tmp_path, nats_server.url, tokens, backend) as harness:
+            yield harness
 
     return fixture
