@@ -117,7 +117,17 @@ wait_for_docker() {
 # --- gVisor package ----------------------------------------------------------
 if [ "$WITH_GVISOR" = 1 ] && ! command -v runsc >/dev/null 2>&1; then
   say "installing gVisor (Debian package runsc)"
-  apt_install runsc
+  codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+  if [ -n "$codename" ] && ! apt-cache policy runsc 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    # Debian 12 ships runsc in bookworm-backports only; enable it for this package.
+    say "enabling ${codename}-backports for runsc"
+    echo "deb http://deb.debian.org/debian ${codename}-backports main" |
+      $SUDO tee /etc/apt/sources.list.d/runbox-backports.list >/dev/null
+    APT_UPDATED=0
+    apt_install -t "${codename}-backports" runsc
+  else
+    apt_install runsc
+  fi
 fi
 
 # --- engine already reachable ------------------------------------------------
