@@ -72,6 +72,36 @@ def oom_kills():
             return int(parts[1])
     return 0
 
+def pack(work, artifacts, max_bytes):
+    # result.json and the artifacts tree as an uncompressed tar, links recorded as links (never
+    # followed; the executor keeps regular files only), cut off before max_bytes of content.
+    import io, stat, tarfile
+    buffer = io.BytesIO()
+    total = 0
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        entries = []
+        result = os.path.join(work, "result.json")
+        if os.path.lexists(result):
+            entries.append((result, "result.json"))
+        for root, dirs, files in os.walk(artifacts):
+            for name in sorted(dirs) + sorted(files):
+                full = os.path.join(root, name)
+                entries.append((full, "artifacts/" + os.path.relpath(full, artifacts)))
+        for full, arcname in entries:
+            try:
+                info = os.lstat(full)
+            except OSError:
+                continue
+            size = info.st_size if stat.S_ISREG(info.st_mode) else 0
+            if max_bytes and total + size > max_bytes:
+                continue
+            total += size
+            try:
+                tar.add(full, arcname=arcname, recursive=False)
+            except OSError:
+                pass
+    return buffer.getvalue()
+
 def reap(deadline_s=2.0):
     # Wait until every process killed with kill(-1) is gone: orphans are re-parented to
     # PID 1, so they are all our children; a zombie left unreaped would outlive the run.
@@ -228,10 +258,18 @@ def run(job):
     except OSError:
         usage["artifact_entries"] = 0
     usage["result_json"] = os.path.lexists(os.path.join(work, "result.json"))
-    # End markers: everything the run wrote on either stream came before them.
+    archive = b""
+    if job.get("archive") and (usage["artifact_entries"] or usage["result_json"]):
+        archive = pack(work, artifacts, int(job.get("archive_max_bytes") or 0))
+    usage["archive_bytes"] = len(archive)
+    # End markers: everything the run wrote on either stream came before them. The archive
+    # of result.json and /artifacts follows the trailer on stdout, exactly archive_bytes long.
     if job.get("end_marker"):
         os.write(2, ("\n" + job["nonce"] + "E\n").encode())
     os.write(1, ("\n" + job["nonce"] + json.dumps(usage) + "\n").encode())
+    view = memoryview(archive)
+    while view:
+        view = view[os.write(1, view):]
     return code
 
 def main():

@@ -47,7 +47,9 @@ def build_registry(
     if backend == "docker" and client is None:
         raise RuntimeError("RUNBOX_SANDBOX__BACKEND=docker but no Docker engine is reachable")
     if client is not None:
-        runner: DockerRunner | LocalRunner = DockerRunner(client, settings.sandbox, metrics)
+        runner: DockerRunner | LocalRunner = DockerRunner(
+            client, settings.sandbox, metrics, settings.artifacts
+        )
         chosen = "docker"
     else:
         log.warning(

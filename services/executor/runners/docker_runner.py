@@ -12,6 +12,7 @@ so each goes through asyncio.to_thread.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import secrets
 import signal
@@ -25,7 +26,8 @@ from docker.errors import DockerException
 from docker.models.containers import Container
 
 from runbox.common.v1 import common_pb2
-from services.executor.config import SandboxSettings
+from services.executor.artifacts import collect_from_tar
+from services.executor.config import ArtifactSettings, SandboxSettings
 from services.executor.metrics import ExecutorMetrics
 from services.executor.pool import PoolClass, Sandbox, WarmPool
 from services.executor.runners.base import FR, RS, Job, Outcome, OutputSink, StartedHook
@@ -37,6 +39,7 @@ STREAMS = {1: "stdout", 2: "stderr"}
 EGRESS = common_pb2.NETWORK_POLICY_EGRESS_ALLOWLIST
 REUSE = common_pb2.ISOLATION_REUSE
 RUNSC = common_pb2.RUNTIME_RUNSC
+ARCHIVE_OVERHEAD = 1024 * 1024  # tar headers around the capped content
 
 
 class DockerRunner:
@@ -45,10 +48,15 @@ class DockerRunner:
     name = "docker"
 
     def __init__(
-        self, client: docker.DockerClient, settings: SandboxSettings, metrics: ExecutorMetrics
+        self,
+        client: docker.DockerClient,
+        settings: SandboxSettings,
+        metrics: ExecutorMetrics,
+        artifacts: ArtifactSettings | None = None,
     ) -> None:
         self._client = client
         self._settings = settings
+        self._artifacts = artifacts or ArtifactSettings()
         self._metrics = metrics
         self._runtimes = _runtimes(client)
         self._pool = WarmPool(client, settings, metrics, self.default_class())
@@ -146,6 +154,7 @@ class DockerRunner:
             inprocess=job.execution_type == common_pb2.EXECUTION_TYPE_PYTHON
             and not job.config.get("script", {}).get("interpreter"),
             sandboxed=True,
+            archive_max_bytes=self._artifacts.max_total_bytes,
         )
         loop = asyncio.get_running_loop()
         raw = sandbox.attached.raw
@@ -155,7 +164,8 @@ class DockerRunner:
             return Outcome.infrastructure(f"sandbox did not take the job: {exc}"), "anomaly"
         handed = asyncio.Event()
         splitter, errors = TrailerSplitter(nonce), EndMarker(nonce)
-        pump = asyncio.ensure_future(_pump(loop, raw, splitter, errors, on_output, handed))
+        cap = self._artifacts.max_total_bytes + ARCHIVE_OVERHEAD
+        pump = asyncio.ensure_future(_pump(loop, raw, splitter, errors, on_output, handed, cap))
         timeout = job.limits.timeout_s
         waiter = asyncio.ensure_future(handed.wait())
         await asyncio.wait({pump, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -188,7 +198,30 @@ class DockerRunner:
             cancelled=job.run_id in self._cancelled,
             oom_hint=oom,
         )
-        return outcome, _recycle_reason(outcome, trailer, timed_out)
+        reason = _recycle_reason(outcome, trailer, timed_out)
+        need = splitter.archive_bytes() if trailer is not None else 0
+        if need > cap or len(splitter.extra) < need:
+            outcome.warnings.append("the sandbox's artifacts archive was cut off or oversized")
+            return outcome, reason or "anomaly"
+        if need:
+            await self._collect(job, bytes(splitter.extra[:need]), outcome)
+        return outcome, reason
+
+    async def _collect(self, job: Job, archive: bytes, outcome: Outcome) -> None:
+        """result.json and the artifacts the agent packed, kept by the same rules as every
+        runner's: regular files only, names sanitised, caps enforced."""
+        try:
+            outcome.result, outcome.artifacts, warnings = await asyncio.to_thread(
+                collect_from_tar,
+                io.BytesIO(archive),
+                job.run_id,
+                self._artifacts,
+                secrets=job.secrets.values(),
+            )
+        except OSError as exc:  # the executor's own storage, not the script's doing
+            log.warning("artifacts of the run could not be stored: %s", exc)
+            warnings = [f"artifacts could not be stored ({exc.strerror or type(exc).__name__})"]
+        outcome.warnings.extend(warnings)
 
     async def cancel(self, run_id: str) -> bool:
         sandbox = self._active.get(run_id)
@@ -230,10 +263,13 @@ async def _pump(
     errors: EndMarker,
     on_output: OutputSink,
     handed: asyncio.Event,
+    cap: int,
 ) -> None:
     """Read Docker's multiplexed attach frames (8-byte header: stream, 0, 0, 0, big-endian
-    length) on the event loop until both end markers arrived or the container closed."""
+    length) on the event loop until both end markers and the archive after the trailer
+    arrived, or the container closed. An archive announced above `cap` is not read."""
     buffer = bytearray()
+    need: int | None = None
     while True:
         chunk = await loop.sock_recv(raw, 256 * 1024)
         if not chunk:
@@ -255,7 +291,10 @@ async def _pump(
             if name and data:
                 on_output(name, data)
         if splitter.trailer_complete and errors.seen:
-            return
+            if need is None:
+                need = splitter.archive_bytes()
+            if need > cap or len(splitter.extra) >= need:
+                return
 
 
 def _kill(container: Container, sig: int) -> None:

@@ -20,6 +20,7 @@ def job_line(
     mode: str = "once",
     inprocess: bool = False,
     sandboxed: bool = False,
+    archive_max_bytes: int = 0,
 ) -> bytes:
     """The one JSON line the agent reads from stdin.
 
@@ -41,6 +42,9 @@ def job_line(
         "inprocess": inprocess,
         "own_group": sandboxed,
         "end_marker": sandboxed,
+        # Sandboxed runs send result.json and /artifacts back as a tar after the trailer.
+        "archive": sandboxed,
+        "archive_max_bytes": archive_max_bytes,
     }
     return (json.dumps(payload) + "\n").encode()
 
@@ -59,6 +63,7 @@ class TrailerSplitter:
         self._head = bytearray()  # bytes before the start marker is complete
         self.started: float | None = None
         self.trailer_complete = False
+        self.extra = bytearray()  # stdout after the trailer line (the artifacts archive)
 
     def feed(self, data: bytes) -> bytes:
         """Bytes safe to show now: all but a possible (partial) trailer tag."""
@@ -78,11 +83,18 @@ class TrailerSplitter:
                 except ValueError:
                     self.started = 0.0
                 data, self._head = bytes(self._head[end + 1 :]), bytearray()
+        if self.trailer_complete:
+            self.extra += data
+            return b""
         self._pending += data
         at = self._pending.find(self._tag)
         if at >= 0:
+            end = self._pending.find(b"\n", at + len(self._tag))
+            if end >= 0:  # the trailer line is whole: what follows is the archive
+                self.trailer_complete = True
+                self.extra += self._pending[end + 1 :]
+                del self._pending[end + 1 :]
             keep = len(self._pending) - at
-            self.trailer_complete = self._pending.endswith(b"\n") and keep > len(self._tag) + 1
         else:
             keep = 0
             for size in range(min(len(self._tag) - 1, len(self._pending)), 0, -1):
@@ -103,7 +115,18 @@ class TrailerSplitter:
             trailer = json.loads(data[at + len(self._tag) :].decode())
         except (ValueError, UnicodeDecodeError):
             return data, None
-        return data[:at], trailer
+        return data[:at], trailer if isinstance(trailer, dict) else None
+
+    def archive_bytes(self) -> int:
+        """How many archive bytes follow the trailer (once the trailer is complete)."""
+        at = self._pending.rfind(self._tag)
+        if not self.trailer_complete or at < 0:
+            return 0
+        try:
+            trailer = json.loads(bytes(self._pending[at + len(self._tag) :]).decode())
+            return max(int(trailer.get("archive_bytes", 0)), 0)
+        except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
+            return 0
 
 
 class EndMarker:
