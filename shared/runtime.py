@@ -3,6 +3,7 @@ metrics registry and endpoint, auth, NATS, then the gRPC server until SIGTERM.""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -134,6 +135,10 @@ async def launch(runtime: Runtime, builder: Callable[[Runtime], Awaitable[Servic
 async def run_service(runtime: Runtime, builder: Callable[[Runtime], Awaitable[Service]]) -> None:
     """Serve until SIGTERM/SIGINT, exposing /metrics, then shut down gracefully."""
     running = await launch(runtime, builder)
+    # Everything built at start-up lives as long as the process: keep it out of the cyclic
+    # collector's generations so collections stay short (tail latency of every RPC).
+    gc.collect()
+    gc.freeze()
     metrics = None
     if runtime.settings.metrics.port >= 0:
         metrics = MetricsEndpoint(
