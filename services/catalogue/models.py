@@ -47,6 +47,8 @@ class ScriptRow(Base):
         # ListScripts orders: by name (unique index), newest first (id), recently updated.
         Index("ix_scripts_updated_at_id", "updated_at", "id"),
         Index("ix_scripts_deleted_at", "deleted_at"),
+        # ListTemplates and templates_only listings: the few templates, in name order.
+        Index("ix_scripts_is_template_name", "is_template", "name"),
         MYSQL_TABLE,
     )
 
