@@ -162,7 +162,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
                 if timeout is None:
                     timeout = self._default_deadline
                 try:
-                    return await asyncio.wait_for(behaviour(request, context), timeout)
+                    # asyncio.timeout, not wait_for: no extra task per call on the hot path.
+                    async with asyncio.timeout(timeout):
+                        return await behaviour(request, context)
                 except TimeoutError:
                     raise DeadlineExceeded(
                         f"server-side deadline of {timeout:.1f}s exceeded"
