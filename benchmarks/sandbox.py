@@ -111,7 +111,6 @@ class Events:
             future = self.expect(event.run_id)
             if not future.done():
                 future.set_result(time.perf_counter())
-        await msg.ack()
 
 
 def spawn_executor(tmp: Path, nats_url: str, args: argparse.Namespace) -> tuple[Any, str, str]:
@@ -282,9 +281,8 @@ async def main() -> None:
         try:
             js = nc.jetstream()
             events = Events()
-            await js.subscribe(
-                "runbox.events.run.>", cb=events.on_message, manual_ack=True, ordered_consumer=False
-            )
+            # An ordered consumer: no acknowledgements for the client to send back.
+            await js.subscribe("runbox.events.run.>", cb=events.on_message, ordered_consumer=True)
             async with open_channel(address, token=token) as channel:
                 stub = executor_pb2_grpc.ExecutorServiceStub(channel)
                 await wait_warm(stub, args.warm)

@@ -72,8 +72,29 @@ class Unavailable(DomainError):
     code = "UNAVAILABLE"
 
 
+@dataclass(frozen=True)
+class QuotaViolation:
+    """One limit that was hit: what it applies to, and which limit it is."""
+
+    subject: str
+    description: str
+
+
 class ResourceExhausted(DomainError):
+    """A limit was hit; retry_after_s tells callers when trying again makes sense."""
+
     code = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        violations: list[QuotaViolation] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.violations: list[QuotaViolation] = list(violations or [])
 
 
 class DataLoss(DomainError):

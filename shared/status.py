@@ -1,5 +1,5 @@
 """Translate between domain errors and rich gRPC status (google.rpc.Status
-with BadRequest / PreconditionFailure details), both directions."""
+with BadRequest / PreconditionFailure / QuotaFailure + RetryInfo details), both directions."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from shared.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    QuotaViolation,
+    ResourceExhausted,
 )
 
 DETAILS_KEY = "grpc-status-details-bin"
@@ -51,7 +53,27 @@ def to_status(error: DomainError) -> status_pb2.Status:
             status,
             error_details_pb2.ResourceInfo(resource_type=error.kind, resource_name=error.name),
         )
+    elif isinstance(error, ResourceExhausted):
+        _pack_exhausted(status, error)
     return status
+
+
+def _pack_exhausted(status: status_pb2.Status, error: ResourceExhausted) -> None:
+    """Which limit was hit (QuotaFailure) and when to come back (RetryInfo)."""
+    if error.violations:
+        quota = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=v.subject, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+        _pack(status, quota)
+    if error.retry_after_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(error.retry_after_s * 1e9))
+        _pack(status, retry)
 
 
 def _pack(status: status_pb2.Status, message: object) -> None:
@@ -68,27 +90,44 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> DomainError:
     """Map a failed call back to the domain error it carried."""
     name = exc.code().name
     message = exc.details() or name
-    violations: list[FieldViolation] = []
+    details: list[any_pb2.Any] = []
     trailing: Any = exc.trailing_metadata() or ()
     for key, value in trailing:
         if key == DETAILS_KEY and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)
             message = status.message or message
-            for detail in status.details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    br = error_details_pb2.BadRequest()
-                    detail.Unpack(br)
-                    violations.extend(
-                        FieldViolation(v.field, v.description) for v in br.field_violations
-                    )
+            details.extend(status.details)
     cls = ERRORS_BY_CODE.get(name)
     if cls is None:
         return DomainError(message)
     if cls is InvalidArgument:
-        return InvalidArgument(message, violations)
+        return InvalidArgument(message, _field_violations(details))
+    if cls is ResourceExhausted:
+        return _exhausted(message, details)
     if cls is NotFound:
         err = NotFound("resource", message)
         err.message = message
         err.args = (message,)
         return err
     return cls(message)
+
+
+def _field_violations(details: list[any_pb2.Any]) -> list[FieldViolation]:
+    violations: list[FieldViolation] = []
+    for detail in details:
+        br = error_details_pb2.BadRequest()
+        if detail.Unpack(br):
+            violations.extend(FieldViolation(v.field, v.description) for v in br.field_violations)
+    return violations
+
+
+def _exhausted(message: str, details: list[any_pb2.Any]) -> ResourceExhausted:
+    retry_after_s: float | None = None
+    violations: list[QuotaViolation] = []
+    for detail in details:
+        quota, retry = error_details_pb2.QuotaFailure(), error_details_pb2.RetryInfo()
+        if detail.Unpack(quota):
+            violations.extend(QuotaViolation(v.subject, v.description) for v in quota.violations)
+        elif detail.Unpack(retry):
+            retry_after_s = retry.retry_delay.ToNanoseconds() / 1e9
+    return ResourceExhausted(message, retry_after_s=retry_after_s, violations=violations)

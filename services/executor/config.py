@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from shared.settings import DatabaseSettings, ServiceSettings
 
@@ -120,6 +122,63 @@ class LocalCommandSettings(BaseModel):
     path: str = "/usr/local/bin:/usr/bin:/bin"
 
 
+# A container's user: numeric uid[:gid] (names need a passwd entry the image may lack).
+CONTAINER_USER = re.compile(r"^\d{1,10}(:\d{1,10})?$")
+
+
+class AllowedImage(BaseModel):
+    """One allow-list entry of the container execution type."""
+
+    # An exact reference ("repo:tag", "repo@sha256:...", "repo" = "repo:latest") or
+    # "repo:*" for every tag and digest of one repository.
+    image: str
+    # "" = container.user. Only the operator sets this: a run cannot choose its user.
+    user: str = ""
+
+    @field_validator("image")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        base = value.removesuffix(":*")
+        if not base or "*" in base or any(c.isspace() for c in value):
+            raise ValueError(f"{value!r}: an exact image reference or 'repo:*'")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if value and not CONTAINER_USER.match(value):
+            raise ValueError(f"{value!r}: a numeric uid or uid:gid")
+        return value
+
+
+class ContainerSettings(BaseModel):
+    """The container execution type: allow-listed images run with their own command."""
+
+    # Images runs may use: exact references or "repo:*" patterns, as strings or as
+    # {"image": ..., "user": "uid:gid"} objects. Empty (the default) refuses every run.
+    allowed_images: list[AllowedImage] = Field(default_factory=list)
+    # Images are built or loaded offline; a missing image is refused at Execute.
+    pull: Literal["never"] = "never"
+    # uid:gid of every container unless its allow-list entry says otherwise.
+    user: str = "10001:10001"
+    # How long a present image is remembered (the check at Execute asks the engine).
+    image_check_ttl_s: float = Field(default=60.0, ge=0)
+
+    @field_validator("allowed_images", mode="before")
+    @classmethod
+    def _strings_are_images(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"image": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not CONTAINER_USER.match(value):
+            raise ValueError(f"{value!r}: a numeric uid or uid:gid")
+        return value
+
+
 class ExecutorSettings(ServiceSettings):
     """Settings of the executor service."""
 
@@ -132,10 +191,17 @@ class ExecutorSettings(ServiceSettings):
     max_concurrent_runs: int = 4
     # Runs accepted beyond the running ones, waiting for a slot.
     max_queued_runs: int = 16
+    # Every active run gets a HEARTBEAT event this often; consumers may treat a run whose
+    # executor has been silent for 3 intervals (its lease) as lost.
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, le=300)
+    # Bounds of the retry hint (google.rpc.RetryInfo) sent with RESOURCE_EXHAUSTED when full.
+    retry_after_min_s: float = Field(default=1.0, gt=0)
+    retry_after_max_s: float = Field(default=60.0, gt=0)
     artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     serverless: ServerlessSettings = Field(default_factory=ServerlessSettings)
     local: LocalCommandSettings = Field(default_factory=LocalCommandSettings)
+    container: ContainerSettings = Field(default_factory=ContainerSettings)
 
     @model_validator(mode="after")
     def _artifacts_under_work_dir(self) -> ExecutorSettings:

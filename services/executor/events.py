@@ -3,6 +3,8 @@ secret values: output is redacted before it gets here."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -115,14 +117,44 @@ class EventPublisher:
         self._sessions = sessions
         self._outbox = outbox
         self._prefix = prefix
+        self._pending: list[tuple[events_pb2.RunEvent, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def publish(self, event: events_pb2.RunEvent) -> None:
+        """Stage one event, durably, before returning. Events published while a write is in
+        flight share the next transaction (group commit): one commit for many concurrent
+        runs' events, in the order they were published."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((event, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending())
+        await future
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self.publish_many([event for event, _ in batch])
+            except Exception as exc:  # every waiter sees the failure of its transaction
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    async def publish_many(self, events: Sequence[events_pb2.RunEvent]) -> None:
+        """Stage several events in one transaction (a heartbeat tick covers every run)."""
+        if not events:
+            return
         async with self._sessions() as session, session.begin():
-            await self._outbox.add(
-                session,
-                subject=f"{self._prefix}.run.{event.run_id}",
-                msg_id=event.event_id,
-                payload=event.SerializeToString(),
-                headers=dict(event.trace_context),
-            )
+            for event in events:
+                await self._outbox.add(
+                    session,
+                    subject=f"{self._prefix}.run.{event.run_id}",
+                    msg_id=event.event_id,
+                    payload=event.SerializeToString(),
+                    headers=dict(event.trace_context),
+                )
         self._outbox.notify()

@@ -1,5 +1,6 @@
-"""Accepted runs: idempotent acceptance, bounded concurrency, execution in a
-runner, live output, and the QUEUED / STARTED / LOG / FINISHED events."""
+"""Accepted runs: idempotent acceptance, bounded concurrency with backpressure
+(RESOURCE_EXHAUSTED + a retry hint), execution in a runner, live output, the
+QUEUED / STARTED / LOG / FINISHED events, and the drain on shutdown."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format
-
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from runbox.executor.v1 import executor_pb2
@@ -18,16 +17,20 @@ from services.executor.capture import StreamCapture
 from services.executor.config import ExecutorSettings
 from services.executor.content import ContentError, ContentSource
 from services.executor.events import EventPublisher, RunContext, build_event, finished_fields
+from services.executor.heartbeats import Heartbeats
+from services.executor.jobs import job_for, job_stub
 from services.executor.metrics import ExecutorMetrics
 from services.executor.output import Redactor
 from services.executor.results import redact_result, result_struct
-from services.executor.runners.base import Job, Limits, Outcome, RunnerRegistry
-from shared.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services.executor.runners.base import Outcome, RunnerRegistry
+from shared.errors import InvalidArgument, QuotaViolation, ResourceExhausted, Unavailable
 from shared.telemetry import run_id_var
 
 log = logging.getLogger(__name__)
 RS = common_pb2.RunState
 LIVE_FLUSH_S = 0.25
+NOT_STARTED = "executor shutting down; not started"
+SHUT_DOWN_DURING_RUN = "executor shut down during the run"
 
 
 @dataclass
@@ -40,11 +43,22 @@ class ActiveRun:
     state: int = RS.RUN_STATE_QUEUED
     task: asyncio.Task[None] | None = None
     cancel_requested: bool = False
+    # Set with cancel_requested: a run waiting for a slot stops waiting.
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     shutdown: bool = False
     streams: dict[str, StreamCapture] = field(default_factory=dict)
     # Set once QUEUED is in the outbox: the run starts without waiting for that write, and
     # its STARTED event waits for it, so events stay in order.
     queued: asyncio.Event = field(default_factory=asyncio.Event)
+    # Held while one of the run's events is built and staged, so that sequence numbers
+    # are in outbox order (the live flusher, STARTED, heartbeats and FINISHED race).
+    publishing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The state the last lifecycle event told consumers; heartbeats repeat it.
+    reported: int = RS.RUN_STATE_QUEUED
+    # Holds a slot: it started (or is fetching its content) and is no longer handed back.
+    in_slot: bool = False
+    # FINISHED was built: no event of this run follows it.
+    finished: bool = False
 
 
 class RunManager:
@@ -69,7 +83,11 @@ class RunManager:
         self._slots = asyncio.BoundedSemaphore(settings.max_concurrent_runs)
         self._runs: dict[str, ActiveRun] = {}
         self._accepted: dict[str, datetime] = {}  # recently finished, for idempotency
-        self._draining = False
+        self._draining = asyncio.Event()
+        self._avg_run_s: float | None = None  # moving average, for the retry hint
+        self._heartbeats = Heartbeats(
+            interval_s=settings.heartbeat_interval_s, runs=self.active, publisher=publisher
+        )
 
     @property
     def capacity(self) -> int:
@@ -79,22 +97,24 @@ class RunManager:
         return list(self._runs.values())
 
     async def shutdown(self, grace_s: float) -> None:
-        """Stop accepting; let runs finish within the grace period, then stop the
-        rest, which end FAILED with reason INFRASTRUCTURE so they can be retried."""
-        self._draining = True
+        """Stop accepting and hand back the runs still waiting for a slot at once;
+        let started runs finish within the grace period, then stop the rest. Both
+        end FAILED with reason INFRASTRUCTURE, so the scheduler can retry them."""
+        self._draining.set()  # waiting runs wake up and finish as not started
         tasks = [r.task for r in self._runs.values() if r.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)
             for run in list(self._runs.values()):
-                run.shutdown = True
-                await self.cancel(run.request.run_id)
+                if run.in_slot:
+                    run.shutdown = True
+                    await self.cancel(run.request.run_id)
             if pending:
                 await asyncio.wait(pending, timeout=30)
+        await self._heartbeats.stop()
 
     async def accept(self, request: executor_pb2.ExecuteRequest) -> tuple[datetime, bool]:
-        """Accept a run once; a repeated run id returns the first acceptance."""
-        if self._draining:
-            raise Unavailable(f"executor {self.executor_id} is shutting down")
+        """Accept a run once; a repeated run id returns the first acceptance (even
+        while draining or full: the run is already held, nothing new starts)."""
         if not request.run_id:
             raise InvalidArgument.field("run_id", "required")
         previous = self._runs.get(request.run_id)
@@ -102,24 +122,58 @@ class RunManager:
             return previous.accepted_at, False
         if request.run_id in self._accepted:
             return self._accepted[request.run_id], False
-        self._registry.get(request.execution_type).validate_config(_job_stub(request))
-        if len(self._runs) >= self._settings.max_concurrent_runs + self._settings.max_queued_runs:
-            self._metrics.rejected.inc()
-            raise ResourceExhausted(f"executor {self.executor_id} is full ({len(self._runs)} runs)")
+        if self._draining.is_set():
+            raise Unavailable(f"executor {self.executor_id} is shutting down")
+        self._registry.get(request.execution_type).validate_config(job_stub(request))
+        self._check_capacity()
+        # No await from the lookups above to here: concurrent duplicates see this run.
         run = ActiveRun(request=request, ctx=self._context(request), accepted_at=datetime.now(UTC))
         self._runs[request.run_id] = run
         self._accepted[request.run_id] = run.accepted_at
         while len(self._accepted) > 10_000:  # remember recent run ids only
             self._accepted.pop(next(iter(self._accepted)))
         self._metrics.active_runs.inc()
+        self._heartbeats.ensure_started()
         run.task = asyncio.create_task(self._run(run), name=f"run:{request.run_id}")
         try:
-            await self._publisher.publish(
-                build_event(run.ctx, events_pb2.RUN_EVENT_TYPE_QUEUED, RS.RUN_STATE_QUEUED)
-            )
+            await self._emit(run, events_pb2.RUN_EVENT_TYPE_QUEUED, RS.RUN_STATE_QUEUED)
         finally:
             run.queued.set()
         return run.accepted_at, True
+
+    def _check_capacity(self) -> None:
+        """RESOURCE_EXHAUSTED when running + waiting runs fill every slot and queue
+        place, with the limit hit and a hint of when a place may free up."""
+        running = sum(1 for r in self._runs.values() if r.in_slot)
+        waiting = len(self._runs) - running
+        slots, queue = self._settings.max_concurrent_runs, self._settings.max_queued_runs
+        if len(self._runs) < slots + queue:
+            return
+        self._metrics.rejected.inc()
+        retry_after_s = self._retry_after_s(waiting)
+        raise ResourceExhausted(
+            f"executor {self.executor_id} is full ({running} running, {waiting} waiting); "
+            f"retry in {retry_after_s:.1f}s",
+            retry_after_s=retry_after_s,
+            violations=[
+                QuotaViolation(
+                    subject=f"executor:{self.executor_id}",
+                    description=(
+                        f"runs held ({len(self._runs)}) reached max_concurrent_runs ({slots}) "
+                        f"+ max_queued_runs ({queue})"
+                    ),
+                )
+            ],
+        )
+
+    def _retry_after_s(self, waiting: int) -> float:
+        """Roughly when a place frees: the average run time, scaled by how many runs
+        wait per slot, within the configured bounds (the minimum before any run ended)."""
+        low, high = self._settings.retry_after_min_s, self._settings.retry_after_max_s
+        if self._avg_run_s is None:
+            return low
+        estimate = self._avg_run_s * (waiting + 1) / self._settings.max_concurrent_runs
+        return round(min(max(estimate, low), max(high, low)), 3)
 
     def _context(self, request: executor_pb2.ExecuteRequest) -> RunContext:
         return RunContext(
@@ -140,36 +194,67 @@ class RunManager:
         if run is None:
             return False
         run.cancel_requested = True
+        run.cancelled.set()
         if run.state == RS.RUN_STATE_RUNNING:
             return await self._registry.get(run.request.execution_type).cancel(run_id)
-        return True  # still waiting for a slot: _run sees the flag and finishes it CANCELLED
+        # Waiting for a slot: it stops waiting and ends CANCELLED. Being set up in its
+        # slot: it ends before its runner starts, or is cancelled once STARTED is out.
+        return True
 
     async def _run(self, run: ActiveRun) -> None:
         run_id_var.set(run.request.run_id)
         try:
-            async with self._slots:
-                outcome = await self._execute(run)
+            outcome = await self._start_or_hand_back(run)
         except Exception as exc:  # a bug must still end the run visibly
             log.exception("run failed inside the executor")
             outcome = Outcome.infrastructure(f"executor error: {type(exc).__name__}")
         if run.shutdown:
             outcome.state = RS.RUN_STATE_FAILED
             outcome.reason = common_pb2.FAILURE_REASON_INFRASTRUCTURE
-            outcome.message = "executor shut down during the run"
+            outcome.message = SHUT_DOWN_DURING_RUN
         try:
             await asyncio.shield(self._finish(run, outcome))
         finally:
             self._runs.pop(run.request.run_id, None)
             self._metrics.active_runs.dec()
 
+    async def _start_or_hand_back(self, run: ActiveRun) -> Outcome:
+        """Run in a slot; a run cancelled while waiting ends CANCELLED, and one still
+        waiting when the executor starts draining is handed back (not started)."""
+        if not await self._take_slot(run):
+            return _cancelled_before_start() if run.cancel_requested else _not_started()
+        run.in_slot = True
+        try:
+            return await self._execute(run)
+        finally:
+            self._slots.release()
+
+    async def _take_slot(self, run: ActiveRun) -> bool:
+        """Wait for a slot; False (holding none) once draining or the run is cancelled."""
+        if self._draining.is_set() or run.cancel_requested:
+            return False
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        stops = [asyncio.ensure_future(e.wait()) for e in (self._draining, run.cancelled)]
+        try:
+            await asyncio.wait((acquire, *stops), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for stop in stops:
+                stop.cancel()
+            if not acquire.done():
+                # A slot granted meanwhile is given back by the semaphore on cancel.
+                acquire.cancel()
+                await asyncio.gather(acquire, return_exceptions=True)
+        if acquire.cancelled() or acquire.exception() is not None:
+            return False
+        if self._draining.is_set() or run.cancel_requested:  # at once: it does not start
+            self._slots.release()
+            return False
+        return True
+
     async def _execute(self, run: ActiveRun) -> Outcome:
         request = run.request
         if run.cancel_requested:
-            return Outcome(
-                state=RS.RUN_STATE_CANCELLED,
-                reason=common_pb2.FAILURE_REASON_CANCELLED,
-                message="cancelled before start",
-            )
+            return _cancelled_before_start()
         try:
             content = await self._content.get(
                 name=request.script_name,
@@ -179,13 +264,16 @@ class RunManager:
             )
         except ContentError as exc:
             return Outcome.infrastructure(str(exc))
-        job = self._job(request, content)
+        if run.cancel_requested:  # while the content was fetched
+            return _cancelled_before_start()
+        job = job_for(request, content, self._settings.sandbox)
         redactor = Redactor(job.secrets.values())
         run.streams = {
             s: StreamCapture(redactor, job.limits.output_bytes // 2) for s in ("stdout", "stderr")
         }
         runner = self._registry.get(request.execution_type)
         flusher = asyncio.create_task(self._flush_live(run))
+        cancels: list[asyncio.Task[bool]] = []
         loop = asyncio.get_running_loop()
 
         def on_output(stream: str, data: bytes) -> None:
@@ -194,14 +282,11 @@ class RunManager:
         async def on_started(at: datetime) -> None:
             run.state = RS.RUN_STATE_RUNNING
             await run.queued.wait()
-            await self._publisher.publish(
-                build_event(
-                    run.ctx,
-                    events_pb2.RUN_EVENT_TYPE_STARTED,
-                    RS.RUN_STATE_RUNNING,
-                    started_at=_ts(at),
-                )
+            await self._emit(
+                run, events_pb2.RUN_EVENT_TYPE_STARTED, RS.RUN_STATE_RUNNING, started_at=_ts(at)
             )
+            if run.cancel_requested:  # cancelled (or shut down) while it was being set up
+                cancels.append(asyncio.create_task(runner.cancel(request.run_id)))
 
         try:
             return await runner.execute(job, on_output, on_started)
@@ -210,7 +295,7 @@ class RunManager:
             for capture in run.streams.values():
                 capture.close()
             flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
+            await asyncio.gather(flusher, *cancels, return_exceptions=True)
 
     async def _flush_live(self, run: ActiveRun) -> None:
         await run.queued.wait()
@@ -225,9 +310,17 @@ class RunManager:
                         else events_pb2.LOG_STREAM_STDERR
                     )
                     chunk = events_pb2.LogChunk(stream=stream, data=data, offset=offset)
-                    await self._publisher.publish(
-                        build_event(run.ctx, events_pb2.RUN_EVENT_TYPE_LOG, run.state, log=chunk)
-                    )
+                    await self._emit(run, events_pb2.RUN_EVENT_TYPE_LOG, None, log=chunk)
+
+    async def _emit(self, run: ActiveRun, kind: int, state: int | None, **fields: object) -> None:
+        """Build and stage one event of the run (state None: the last reported one)."""
+        async with run.publishing:
+            if run.finished:
+                return
+            event = build_event(run.ctx, kind, run.reported if state is None else state, **fields)
+            run.finished = kind == events_pb2.RUN_EVENT_TYPE_FINISHED
+            await self._publisher.publish(event)
+            run.reported = event.state
 
     async def _finish(self, run: ActiveRun, outcome: Outcome) -> None:
         await run.queued.wait()  # events stay in order: QUEUED first
@@ -237,13 +330,17 @@ class RunManager:
         _redact(outcome, Redactor(run.request.secret_parameters.values()))
         for warning in outcome.warnings:
             log.warning("run: %s", warning)
-        event = build_event(
-            run.ctx,
+        await self._emit(
+            run,
             events_pb2.RUN_EVENT_TYPE_FINISHED,
             outcome.state,
             **finished_fields(outcome, stdout, stderr),
         )
-        await self._publisher.publish(event)
+        if run.in_slot:
+            wall = outcome.usage.wall_seconds
+            self._avg_run_s = (
+                wall if self._avg_run_s is None else 0.8 * self._avg_run_s + 0.2 * wall
+            )
         kind = (
             common_pb2.ExecutionType.Name(run.request.execution_type)
             .removeprefix("EXECUTION_TYPE_")
@@ -257,33 +354,18 @@ class RunManager:
             self._metrics.peak_memory.labels(kind).observe(outcome.usage.peak_memory_bytes)
         log.info("run finished", extra={"state": label, "exit_code": outcome.exit_code})
 
-    def _job(self, request: executor_pb2.ExecuteRequest, content: bytes) -> Job:
-        sandbox, req = self._settings.sandbox, request.limits
-        timeout = req.timeout.ToTimedelta().total_seconds() if req.HasField("timeout") else 0
-        limits = Limits(
-            cpus=req.cpu or sandbox.cpus,
-            memory_bytes=req.memory_bytes or sandbox.memory_bytes,
-            pids=req.pids or sandbox.pids,
-            work_bytes=req.disk_bytes or sandbox.work_bytes,
-            timeout_s=timeout or sandbox.timeout_s,
-            output_bytes=req.output_bytes or sandbox.output_bytes,
-            network=req.network or common_pb2.NETWORK_POLICY_NONE,
-        )
-        return Job(
-            run_id=request.run_id,
-            attempt=request.attempt or 1,
-            script_name=request.script_name,
-            script_version=request.script_version,
-            sha256=request.sha256,
-            execution_type=request.execution_type,
-            content=content,
-            parameters=_struct(request.parameters),
-            secrets=dict(request.secret_parameters),
-            limits=limits,
-            config=_struct(request.config),
-            isolation=request.isolation or common_pb2.ISOLATION_PER_RUN,
-            runtime=request.runtime,
-        )
+
+def _cancelled_before_start() -> Outcome:
+    return Outcome(
+        state=RS.RUN_STATE_CANCELLED,
+        reason=common_pb2.FAILURE_REASON_CANCELLED,
+        message="cancelled before start",
+    )
+
+
+def _not_started() -> Outcome:
+    """Handed back: FAILED/INFRASTRUCTURE, which the scheduler may retry elsewhere."""
+    return Outcome.infrastructure(NOT_STARTED)
 
 
 def _redact(outcome: Outcome, redactor: Redactor) -> None:
@@ -299,50 +381,6 @@ def _redact(outcome: Outcome, redactor: Redactor) -> None:
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         outcome.result = None
         outcome.warnings.append(f"the result was dropped: an event cannot carry it ({exc})")
-
-
-def _struct(value: Any) -> dict[str, Any]:
-    """Struct -> dict; integral numbers become ints (Struct only has doubles)."""
-    return {k: _number(v) for k, v in json_format.MessageToDict(value).items()}
-
-
-def _number(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, list):
-        return [_number(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _number(v) for k, v in value.items()}
-    return value
-
-
-def _job_stub(request: executor_pb2.ExecuteRequest) -> Job:
-    limits = Limits(
-        cpus=0,
-        memory_bytes=0,
-        pids=0,
-        work_bytes=0,
-        timeout_s=0,
-        output_bytes=0,
-        network=request.limits.network or common_pb2.NETWORK_POLICY_NONE,
-    )
-    return Job(
-        run_id=request.run_id,
-        attempt=request.attempt,
-        script_name=request.script_name,
-        script_version=request.script_version,
-        sha256=request.sha256,
-        execution_type=request.execution_type,
-        content=b"",
-        # Runners render templated config (http, local) at acceptance, so that a bad
-        # template or a URL outside the allow-list is refused with a precise status.
-        parameters=_struct(request.parameters),
-        secrets=dict(request.secret_parameters),
-        limits=limits,
-        config=_struct(request.config),
-        isolation=request.isolation or common_pb2.ISOLATION_PER_RUN,
-        runtime=request.runtime,
-    )
 
 
 def _ts(value: datetime) -> Any:

@@ -14,6 +14,7 @@ from services.executor.metrics import ExecutorMetrics
 from services.executor.models import OUTBOX
 from services.executor.runners.base import RunnerRegistry
 from services.executor.runners.command_runner import CommandRunner
+from services.executor.runners.container_runner import ContainerRunner
 from services.executor.runners.docker_runner import DockerRunner, docker_client_or_none
 from services.executor.runners.http_runner import HttpRunner
 from services.executor.runners.local_runner import LocalRunner
@@ -61,6 +62,14 @@ def build_registry(
         chosen = "local"
     for kind in SCRIPT_TYPES:
         registry.register(kind, runner)
+    if client is not None:
+        # Its own client: the docker runner closes its one, and attach streams hold connections.
+        container_client = docker_client_or_none()
+        if container_client is not None:
+            registry.register(
+                common_pb2.EXECUTION_TYPE_CONTAINER,
+                ContainerRunner(container_client, settings, metrics),
+            )
     # These need no Docker: they call out (http, serverless) or run allow-listed host commands.
     registry.register(common_pb2.EXECUTION_TYPE_HTTP, HttpRunner(settings.http))
     registry.register(common_pb2.EXECUTION_TYPE_SERVERLESS, ServerlessRunner(settings.serverless))

@@ -27,6 +27,12 @@ json.dump({"rows": 3, "token": os.environ["RUNBOX_PARAM_API_KEY"]}, open("result
 """
 
 
+def _stored_digest(uri: str) -> str:
+    data = Path(uri.removeprefix("file://")).read_bytes()
+    assert data
+    return hashlib.sha256(data).hexdigest()
+
+
 @pytest.mark.parametrize("reuse", [False, True], ids=["per-run", "reuse"])
 async def test_result_and_regular_artifacts_come_back_links_never(
     executor: ExecutorHarness, reuse: bool
@@ -42,11 +48,7 @@ async def test_result_and_regular_artifacts_come_back_links_never(
     assert "passwd" not in names and "pipe" not in names
     assert "logs/run.log" in names and ("report.txt" in names or "hard.txt" in names)
     for artifact in finished.artifacts:
-        stored = Path(artifact.uri.removeprefix("file://"))
-        assert (
-            stored.read_bytes()
-            and hashlib.sha256(stored.read_bytes()).hexdigest() == artifact.sha256
-        )
+        assert _stored_digest(artifact.uri) == artifact.sha256
     assert "sekrit-value-123" not in str(events)
 
 

@@ -1,0 +1,87 @@
+"""From an ExecuteRequest to the Job a runner executes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+
+from runbox.common.v1 import common_pb2
+from runbox.executor.v1 import executor_pb2
+from services.executor.config import SandboxSettings
+from services.executor.runners.base import Job, Limits
+
+
+def job_for(request: executor_pb2.ExecuteRequest, content: bytes, sandbox: SandboxSettings) -> Job:
+    """The job a runner executes: the request's limits, the executor's defaults for the rest."""
+    req = request.limits
+    timeout = req.timeout.ToTimedelta().total_seconds() if req.HasField("timeout") else 0
+    limits = Limits(
+        cpus=req.cpu or sandbox.cpus,
+        memory_bytes=req.memory_bytes or sandbox.memory_bytes,
+        pids=req.pids or sandbox.pids,
+        work_bytes=req.disk_bytes or sandbox.work_bytes,
+        timeout_s=timeout or sandbox.timeout_s,
+        output_bytes=req.output_bytes or sandbox.output_bytes,
+        network=req.network or common_pb2.NETWORK_POLICY_NONE,
+    )
+    return Job(
+        run_id=request.run_id,
+        attempt=request.attempt or 1,
+        script_name=request.script_name,
+        script_version=request.script_version,
+        sha256=request.sha256,
+        execution_type=request.execution_type,
+        content=content,
+        parameters=_struct(request.parameters),
+        secrets=dict(request.secret_parameters),
+        limits=limits,
+        config=_struct(request.config),
+        isolation=request.isolation or common_pb2.ISOLATION_PER_RUN,
+        runtime=request.runtime,
+    )
+
+
+def _struct(value: Any) -> dict[str, Any]:
+    """Struct -> dict; integral numbers become ints (Struct only has doubles)."""
+    return {k: _number(v) for k, v in json_format.MessageToDict(value).items()}
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_number(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _number(v) for k, v in value.items()}
+    return value
+
+
+def job_stub(request: executor_pb2.ExecuteRequest) -> Job:
+    """The job as far as it is known at acceptance (no content, no limits), to validate it."""
+    limits = Limits(
+        cpus=0,
+        memory_bytes=0,
+        pids=0,
+        work_bytes=0,
+        timeout_s=0,
+        output_bytes=0,
+        network=request.limits.network or common_pb2.NETWORK_POLICY_NONE,
+    )
+    return Job(
+        run_id=request.run_id,
+        attempt=request.attempt,
+        script_name=request.script_name,
+        script_version=request.script_version,
+        sha256=request.sha256,
+        execution_type=request.execution_type,
+        content=b"",
+        # Runners render templated config (http, local) at acceptance, so that a bad
+        # template or a URL outside the allow-list is refused with a precise status.
+        parameters=_struct(request.parameters),
+        secrets=dict(request.secret_parameters),
+        limits=limits,
+        config=_struct(request.config),
+        isolation=request.isolation or common_pb2.ISOLATION_PER_RUN,
+        runtime=request.runtime,
+    )
