@@ -119,6 +119,13 @@ class Outbox:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll)
                 self._wake.clear()
+        # Events staged just before stop (a drain's last FINISHED events) go out now rather
+        # than at the next start; stop() bounds this by its timeout.
+        try:
+            while await self.flush(js) >= self._batch:
+                pass
+        except Exception:
+            log.warning("outbox: final flush failed; the rest goes out on the next start")
 
     async def flush(self, js: JetStreamContext) -> int:
         """Publish up to one batch of unsent events; returns how many were sent."""
