@@ -81,11 +81,14 @@ if os.path.exists(path):
             sys.exit("install-docker: ERROR: %s is not valid JSON (%s); not touching it" % (path, e))
     if not isinstance(data, dict):
         sys.exit("install-docker: ERROR: %s is not a JSON object; not touching it" % path)
-want = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
+# --oci-seccomp: apply the container's seccomp profile (Docker's default) inside gVisor too,
+# so what runc denies (unshare of a user namespace, ...) gVisor denies as well.
+want = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", "--oci-seccomp"]}
 runtimes = data.setdefault("runtimes", {})
 if runtimes.get("runsc") == want:
     print("install-docker: runsc already registered in " + path, file=sys.stderr)
     sys.exit(0)
+changed = "runsc" in runtimes
 runtimes["runsc"] = want
 tmp = path + ".runbox.tmp"
 with open(tmp, "w") as f:
@@ -93,7 +96,17 @@ with open(tmp, "w") as f:
     f.write("\n")
 os.replace(tmp, path)
 print("install-docker: registered runsc in " + path, file=sys.stderr)
+sys.exit(10 if changed else 0)
 PY
+}
+
+# 0: runsc was already registered as wanted; 1: daemon.json changed (the engine must reload).
+runsc_config_changed() {
+  local rc=0
+  register_runsc || rc=$?
+  [ "$rc" = 10 ] && return 0
+  [ "$rc" = 0 ] || exit "$rc"
+  ! runsc_registered
 }
 
 # PID of a running dockerd that this script started (from our pidfile), if any.
@@ -132,8 +145,7 @@ fi
 
 # --- engine already reachable ------------------------------------------------
 if docker_ok; then
-  if command -v runsc >/dev/null 2>&1 && ! runsc_registered; then
-    register_runsc
+  if command -v runsc >/dev/null 2>&1 && runsc_config_changed; then
     if pid="$(our_dockerd_pid)"; then
       say "reloading dockerd (pid $pid, started by this script) to pick up runsc"
       $SUDO kill -HUP "$pid"
@@ -158,7 +170,7 @@ command -v dockerd >/dev/null 2>&1 || die "dockerd still missing after installin
 command -v docker >/dev/null 2>&1 || die "docker CLI missing (package docker.io / docker-cli)"
 
 if command -v runsc >/dev/null 2>&1; then
-  register_runsc
+  register_runsc || [ "$?" = 10 ]
 fi
 
 # --- start -------------------------------------------------------------------

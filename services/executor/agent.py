@@ -117,25 +117,42 @@ def reap(deadline_s=2.0):
             time.sleep(0.001)
 
 def clear_dir(path):
+    # Empty a directory the run could write to; False if anything is left (then the
+    # sandbox is not reused). Directories the script made unreadable are opened up first.
     try:
         names = os.listdir(path)
     except OSError:
-        return
+        return not os.path.exists(path)
     for name in names:
         full = os.path.join(path, name)
         try:
             if os.path.isdir(full) and not os.path.islink(full):
+                os.chmod(full, 0o700)
                 clear_dir(full)
                 os.rmdir(full)
             else:
                 os.unlink(full)
         except OSError:
             pass
+    try:
+        return not os.listdir(path)
+    except OSError:
+        return False
+
+def dumpable(flag):
+    # PR_SET_DUMPABLE: 0 keeps same-uid processes (the scripts) out of this process's memory
+    # (/proc/<pid>/mem, ptrace), where jobs and their secrets were parsed.
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(4, flag, 0, 0, 0)
+    except Exception:
+        pass
 
 def child(job, script, work, env):
     # In the forked child: become the user process (never returns).
     code = 1
     try:
+        dumpable(1)  # the run's own process: normal /proc/self; the agent stays closed
         if job.get("own_group"):
             os.setpgid(0, 0)
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -262,6 +279,10 @@ def run(job):
     if job.get("archive") and (usage["artifact_entries"] or usage["result_json"]):
         archive = pack(work, artifacts, int(job.get("archive_max_bytes") or 0))
     usage["archive_bytes"] = len(archive)
+    if job.get("mode") == "reuse":
+        # Nothing of this run may reach the next one: every writable place is emptied now
+        # (and again before the next job); a place that will not empty retires the sandbox.
+        usage["clean"] = all([clear_dir(path) for path in scratch_dirs(job)])
     # End markers: everything the run wrote on either stream came before them. The archive
     # of result.json and /artifacts follows the trailer on stdout, exactly archive_bytes long.
     if job.get("end_marker"):
@@ -272,15 +293,19 @@ def run(job):
         view = view[os.write(1, view):]
     return code
 
+def scratch_dirs(job):
+    return ("/tmp", "/dev/shm", job.get("artifacts_dir", "/artifacts"), job.get("work_dir", "/work"))
+
 def main():
+    if os.getpid() == 1:
+        dumpable(0)
     while True:
         line = sys.stdin.readline()
         if not line:
             return 0
         job = json.loads(line)
         if job.get("mode") == "reuse":
-            # A fresh work dir, /tmp and /artifacts for every run of a reused sandbox.
-            for path in ("/tmp", job.get("artifacts_dir", "/artifacts"), job.get("work_dir", "/work")):
+            for path in scratch_dirs(job):
                 clear_dir(path)
         code = run(job)
         if job.get("mode") != "reuse":

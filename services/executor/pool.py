@@ -37,6 +37,7 @@ from services.executor.metrics import ExecutorMetrics
 
 log = logging.getLogger(__name__)
 UID = "10001:10001"
+RUNSC_PIDS = 16384
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,9 @@ def hardened_options(cls: PoolClass) -> dict[str, Any]:
         user=UID,
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
-        pids_limit=cls.pids,
+        # gVisor's own threads count against the host's pids limit (a low one crashes the
+        # sandbox kernel); it gets headroom, and memory bounds a fork bomb inside it.
+        pids_limit=max(cls.pids, RUNSC_PIDS) if cls.runtime == "runsc" else cls.pids,
         mem_limit=cls.memory_bytes,
         memswap_limit=cls.memory_bytes,
         nano_cpus=int(cls.cpus * 1e9),

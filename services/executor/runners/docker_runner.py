@@ -151,7 +151,10 @@ class DockerRunner:
             work_dir="/work",
             measure="rusage" if reuse else "cgroup",
             mode="reuse" if reuse else "once",
+            # In the warm interpreter only when the container serves this one run: a reused
+            # sandbox's agent has parsed earlier runs' jobs, so reused runs exec a fresh one.
             inprocess=job.execution_type == common_pb2.EXECUTION_TYPE_PYTHON
+            and not reuse
             and not job.config.get("script", {}).get("interpreter"),
             sandboxed=True,
             archive_max_bytes=self._artifacts.max_total_bytes,
@@ -253,6 +256,8 @@ def _recycle_reason(outcome: Outcome, trailer: dict[str, Any] | None, timed_out:
         return "oom"
     if outcome.signal:
         return "signal"
+    if trailer.get("clean") is False:
+        return "dirty"
     return ""
 
 
