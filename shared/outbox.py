@@ -13,6 +13,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from sqlalchemy import (
     BigInteger,
@@ -143,7 +144,15 @@ class Outbox:
             for row in rows:  # in order: one subject's events reach the stream in outbox order
                 headers: dict[str, Any] = json.loads(row.headers)
                 headers["Nats-Msg-Id"] = row.msg_id
-                await js.publish(row.subject, row.payload, headers=headers, timeout=5.0)
+                try:
+                    await js.publish(row.subject, row.payload, headers=headers, timeout=5.0)
+                except MaxPayloadError:
+                    # Can never be published: retrying would block every later event.
+                    log.error(
+                        "outbox: event %s (%d bytes) exceeds the NATS payload limit; dropped",
+                        row.msg_id,
+                        len(row.payload),
+                    )
                 published.append(row.id)
         finally:
             # One write for the whole batch. A crash before it re-publishes these rows, which

@@ -193,6 +193,9 @@ class ExecutorSettings(ServiceSettings):
     max_queued_runs: int = 16
     # Every active run gets a HEARTBEAT event this often; consumers may treat a run whose
     # executor has been silent for 3 intervals (its lease) as lost.
+    # Bytes of each output stream of a run published live as LOG events (the rest is kept only
+    # as the head and tail of the run's output).
+    live_output_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=300)
     # Bounds of the retry hint (google.rpc.RetryInfo) sent with RESOURCE_EXHAUSTED when full.
     retry_after_min_s: float = Field(default=1.0, gt=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -269,15 +270,27 @@ class RunManager:
         job = job_for(request, content, self._settings.sandbox)
         redactor = Redactor(job.secrets.values())
         run.streams = {
-            s: StreamCapture(redactor, job.limits.output_bytes // 2) for s in ("stdout", "stderr")
+            s: StreamCapture(
+                redactor,
+                job.limits.output_bytes // 2,
+                live_budget=self._settings.live_output_bytes,
+            )
+            for s in ("stdout", "stderr")
         }
         runner = self._registry.get(request.execution_type)
         flusher = asyncio.create_task(self._flush_live(run))
         cancels: list[asyncio.Task[bool]] = []
         loop = asyncio.get_running_loop()
 
+        loop_thread = threading.get_ident()
+
         def on_output(stream: str, data: bytes) -> None:
-            loop.call_soon_threadsafe(run.streams[stream].feed, data)
+            # On the loop (most runners): feed now, so output never queues up unbounded
+            # behind a fast reader; from a runner's thread: hand it to the loop.
+            if threading.get_ident() == loop_thread:
+                run.streams[stream].feed(data)
+            else:
+                loop.call_soon_threadsafe(run.streams[stream].feed, data)
 
         async def on_started(at: datetime) -> None:
             run.state = RS.RUN_STATE_RUNNING

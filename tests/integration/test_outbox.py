@@ -89,3 +89,17 @@ async def test_a_failure_mid_batch_keeps_the_rest_and_never_duplicates(setup: An
     assert await outbox.flush(js) == 4
     info = await js.stream_info(stream)
     assert info.state.messages == 4
+
+
+async def test_an_event_too_large_for_nats_is_dropped_not_retried_forever(setup: Any) -> None:
+    table, sessions, js, stream, subject = setup
+    outbox = Outbox(table, sessions)
+    limit = js._nc.max_payload  # what this server accepts
+    async with sessions() as session, session.begin():
+        await outbox.add(session, subject=f"{subject}.x", msg_id="small-1", payload=b"a")
+        await outbox.add(session, subject=f"{subject}.x", msg_id="huge", payload=b"x" * (limit + 1))
+        await outbox.add(session, subject=f"{subject}.x", msg_id="small-2", payload=b"b")
+    assert await outbox.flush(js) == 3
+    assert await _unsent(table, sessions) == 0
+    info = await js.stream_info(stream)
+    assert info.state.messages == 2  # the events after the oversized one still went out

@@ -38,11 +38,11 @@ from services.executor.pool import Attached
 from services.executor.runners.base import FR, RS, Job, Outcome, OutputSink, StartedHook
 from services.executor.runners.container_spec import IMAGE_FIELD, create_options, prepare
 from services.executor.runners.container_usage import ContainerUsage
+from services.executor.runners.frames import frames
 from services.executor.runners.protocol import outcome_from
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
-STREAMS = {1: "stdout", 2: "stderr"}
 EGRESS = common_pb2.NETWORK_POLICY_EGRESS_ALLOWLIST
 RUNSC = common_pb2.RUNTIME_RUNSC
 
@@ -241,23 +241,9 @@ class ContainerRunner:
 
 
 async def _pump(loop: asyncio.AbstractEventLoop, raw: socket.socket, on_output: OutputSink) -> None:
-    """Read Docker's multiplexed attach frames (8-byte header: stream, 0, 0, 0, big-endian
-    length) on the event loop until the container closes the stream."""
-    buffer = bytearray()
-    while True:
-        chunk = await loop.sock_recv(raw, 256 * 1024)
-        if not chunk:
-            return
-        buffer += chunk
-        while len(buffer) >= 8:
-            size = int.from_bytes(buffer[4:8], "big")
-            if len(buffer) < 8 + size:
-                break
-            name = STREAMS.get(buffer[0])
-            data = bytes(buffer[8 : 8 + size])
-            del buffer[: 8 + size]
-            if name and data:
-                on_output(name, data)
+    """Output until the container closes the stream."""
+    async for name, data in frames(loop, raw):
+        on_output(name, data)
 
 
 def _oom(flagged: bool, oom_kills: int, status: int, signalled: bool) -> bool:

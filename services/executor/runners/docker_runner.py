@@ -31,11 +31,11 @@ from services.executor.config import ArtifactSettings, SandboxSettings
 from services.executor.metrics import ExecutorMetrics
 from services.executor.pool import PoolClass, Sandbox, WarmPool
 from services.executor.runners.base import FR, RS, Job, Outcome, OutputSink, StartedHook
+from services.executor.runners.frames import frames
 from services.executor.runners.protocol import EndMarker, TrailerSplitter, job_line, outcome_from
 from shared.errors import FailedPrecondition, FieldViolation
 
 log = logging.getLogger(__name__)
-STREAMS = {1: "stdout", 2: "stderr"}
 EGRESS = common_pb2.NETWORK_POLICY_EGRESS_ALLOWLIST
 REUSE = common_pb2.ISOLATION_REUSE
 RUNSC = common_pb2.RUNTIME_RUNSC
@@ -273,28 +273,16 @@ async def _pump(
     """Read Docker's multiplexed attach frames (8-byte header: stream, 0, 0, 0, big-endian
     length) on the event loop until both end markers and the archive after the trailer
     arrived, or the container closed. An archive announced above `cap` is not read."""
-    buffer = bytearray()
     need: int | None = None
-    while True:
-        chunk = await loop.sock_recv(raw, 256 * 1024)
-        if not chunk:
-            return
-        buffer += chunk
-        while len(buffer) >= 8:
-            size = int.from_bytes(buffer[4:8], "big")
-            if len(buffer) < 8 + size:
-                break
-            name = STREAMS.get(buffer[0])
-            data = bytes(buffer[8 : 8 + size])
-            del buffer[: 8 + size]
-            if name == "stdout":
-                data = splitter.feed(data)
-                if splitter.started is not None and not handed.is_set():
-                    handed.set()
-            elif name == "stderr":
-                data = errors.feed(data)
-            if name and data:
-                on_output(name, data)
+    async for name, data in frames(loop, raw):
+        if name == "stdout":
+            data = splitter.feed(data)
+            if splitter.started is not None and not handed.is_set():
+                handed.set()
+        else:
+            data = errors.feed(data)
+        if data:
+            on_output(name, data)
         if splitter.trailer_complete and errors.seen:
             if need is None:
                 need = splitter.archive_bytes()
