@@ -38,6 +38,8 @@ from services.executor.metrics import ExecutorMetrics
 log = logging.getLogger(__name__)
 UID = "10001:10001"
 RUNSC_PIDS = 16384
+READY = b"RUNBOX-READY\n"
+READY_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,8 @@ def hardened_options(cls: PoolClass) -> dict[str, Any]:
         mem_limit=cls.memory_bytes,
         memswap_limit=cls.memory_bytes,
         nano_cpus=int(cls.cpus * 1e9),
-        environment={},
+        # The one variable of a sandbox: asks the agent to say when it is ready for a job.
+        environment={"RUNBOX_AGENT_READY": "1"},
         labels={"org.runbox.role": "sandbox", "org.runbox.pool_class": cls.name},
         ipc_mode="private",
         log_config={"type": "none", "config": {}},
@@ -333,8 +336,15 @@ class WarmPool:
             except DockerException:
                 self._metrics.container_failures.inc()
                 raise
+        sandbox = Sandbox(container, attached, cls)
+        try:
+            await asyncio.wait_for(_ready(attached), READY_TIMEOUT_S)
+        except (TimeoutError, OSError, ValueError) as exc:
+            self._metrics.container_failures.inc()
+            self.discard(sandbox)
+            raise DockerException(f"sandbox agent did not get ready: {exc!r}") from None
         self._metrics.container_starts.inc()
-        return Sandbox(container, attached, cls)
+        return sandbox
 
     def _create_blocking(self, cls: PoolClass) -> tuple[Container, Attached]:
         container = self._client.containers.create(**hardened_options(cls))
@@ -373,6 +383,20 @@ class WarmPool:
         gauge.labels(cls.name, "idle").set(len(state.idle) + kept)
         gauge.labels(cls.name, "busy").set(state.busy)
         gauge.labels(cls.name, "starting").set(state.starting)
+
+
+async def _ready(attached: Attached) -> None:
+    """Read exactly the agent's ready line (one stdout frame) and nothing more."""
+    loop = asyncio.get_running_loop()
+    want = 8 + len(READY)
+    frame = b""
+    while len(frame) < want:
+        chunk = await loop.sock_recv(attached.raw, want - len(frame))
+        if not chunk:
+            raise ValueError("the sandbox ended before its agent was ready")
+        frame += chunk
+    if frame[0] != 1 or frame[8:] != READY:
+        raise ValueError(f"unexpected first output {frame[:40]!r}")
 
 
 def _alive(sandbox: Sandbox) -> bool:
