@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
@@ -99,11 +100,30 @@ def version_to_proto(script: ScriptRow, row: VersionRow) -> catalogue_pb2.Script
     return message
 
 
+# Parameter definitions by their stored JSON (canonical form): many versions share one set
+# (every instance of a template, every patch release), so parsing and compiling are shared too.
+_PUBLIC_DEFINITIONS: LRUCache[str, list[catalogue_pb2.ParameterDefinition]] = LRUCache(4_096)
+
+
+def _definitions_key(stored: list[dict[str, Any]]) -> str:
+    return json.dumps(stored, sort_keys=True, separators=(",", ":"))
+
+
+def _public_definitions(stored: list[dict[str, Any]]) -> list[catalogue_pb2.ParameterDefinition]:
+    """Definitions as callers see them: defaults of secret parameters removed."""
+    key = _definitions_key(stored)
+    cached = _PUBLIC_DEFINITIONS.get(key)
+    if cached is None:
+        cached = parameters.load_definitions(stored)
+        for d in cached:
+            if parameters.is_secret(d):
+                d.ClearField("default_value")
+        _PUBLIC_DEFINITIONS[key] = cached
+    return cached
+
+
 def _build_version(script: ScriptRow, row: VersionRow) -> catalogue_pb2.ScriptVersion:
-    definitions = parameters.load_definitions(row.parameters)
-    for d in definitions:
-        if parameters.is_secret(d):
-            d.ClearField("default_value")
+    definitions = _public_definitions(row.parameters)
     return catalogue_pb2.ScriptVersion(
         script_name=script.name,
         version=row.version,
@@ -120,12 +140,13 @@ def _build_version(script: ScriptRow, row: VersionRow) -> catalogue_pb2.ScriptVe
 
 # Compiled parameter sets by version: versions are immutable, so an entry never goes stale
 # (the content digest in the key guards against a name+version reused after a purge).
-_PARAMETER_SETS: LRUCache[tuple[str, str, str], parameters.ParameterSet] = LRUCache(maxsize=4_096)
+_PARAMETER_SETS: LRUCache[str, parameters.ParameterSet] = LRUCache(maxsize=4_096)
 
 
 def parameter_set(resolved: Resolved) -> parameters.ParameterSet:
-    """The compiled validator of a resolved version, compiled once per replica."""
-    key = (resolved.script.name, resolved.version.version, resolved.version.sha256)
+    """The compiled validator of a resolved version's definitions, compiled once per replica
+    for all versions that share them (definitions are immutable with their version)."""
+    key = _definitions_key(resolved.version.parameters)
     compiled = _PARAMETER_SETS.get(key)
     if compiled is None:
         definitions = parameters.load_definitions(resolved.version.parameters)
@@ -133,8 +154,9 @@ def parameter_set(resolved: Resolved) -> parameters.ParameterSet:
             compiled = parameters.compile_definitions(definitions)
         except InvalidArgument as exc:
             # Accepted at publish under older rules: the caller's values are not at fault.
+            name, version = resolved.script.name, resolved.version.version
             raise FailedPrecondition(
-                f"{key[0]}@{key[1]} has parameter definitions this catalogue no longer accepts "
+                f"{name}@{version} has parameter definitions this catalogue no longer accepts "
                 f"({exc.message}); publish a corrected version"
             ) from None
         _PARAMETER_SETS[key] = compiled
