@@ -26,7 +26,7 @@ from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from runbox.catalogue.v1 import catalogue_pb2
-from services.catalogue.scripts import Catalogue
+from services.catalogue.scripts import MUTABLE, Catalogue
 from shared.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -38,16 +38,7 @@ from shared.errors import (
 MAX_PLACEHOLDER_CHARS = 64 * 1024
 BUILTIN_ACTOR = "runbox"
 # Script fields an instantiation may override (name is the request's own field).
-OVERRIDABLE = {
-    "description",
-    "tags",
-    "owner",
-    "config",
-    "default_limits",
-    "default_retry",
-    "isolation",
-    "runtime",
-}
+OVERRIDABLE = set(MUTABLE)  # the same fields UpdateScript may change
 
 
 def _environment() -> ImmutableSandboxedEnvironment:

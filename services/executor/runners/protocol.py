@@ -49,6 +49,20 @@ def job_line(
     return (json.dumps(payload) + "\n").encode()
 
 
+def _tag_start(pending: bytearray, tag: bytes) -> int:
+    """How many trailing bytes could be the start of `tag` (held back until more arrives)."""
+    for size in range(min(len(tag) - 1, len(pending)), 0, -1):
+        if pending.endswith(tag[:size]):
+            return size
+    return 0
+
+
+def _take(pending: bytearray, cut: int) -> bytes:
+    out = bytes(pending[:cut])
+    del pending[:cut]
+    return out
+
+
 class TrailerSplitter:
     """Passes stdout through live, holding back only what could be the start
     of the agent's usage trailer (tagged by the nonce), which is cut off.
@@ -96,15 +110,8 @@ class TrailerSplitter:
                 del self._pending[end + 1 :]
             keep = len(self._pending) - at
         else:
-            keep = 0
-            for size in range(min(len(self._tag) - 1, len(self._pending)), 0, -1):
-                if self._pending.endswith(self._tag[:size]):
-                    keep = size
-                    break
-        cut = len(self._pending) - keep
-        out = bytes(self._pending[:cut])
-        del self._pending[:cut]
-        return out
+            keep = _tag_start(self._pending, self._tag)
+        return _take(self._pending, len(self._pending) - keep)
 
     def finish(self) -> tuple[bytes, dict[str, Any] | None]:
         data = bytes(self._head) + bytes(self._pending)
@@ -146,15 +153,7 @@ class EndMarker:
             out = bytes(self._pending[:at])
             self._pending.clear()
             return out
-        keep = 0
-        for size in range(min(len(self._tag) - 1, len(self._pending)), 0, -1):
-            if self._pending.endswith(self._tag[:size]):
-                keep = size
-                break
-        cut = len(self._pending) - keep
-        out = bytes(self._pending[:cut])
-        del self._pending[:cut]
-        return out
+        return _take(self._pending, len(self._pending) - _tag_start(self._pending, self._tag))
 
     def finish(self) -> bytes:
         out = bytes(self._pending)
