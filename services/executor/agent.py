@@ -104,8 +104,11 @@ def pack(work, artifacts, max_bytes):
                 pass
     return buffer.getvalue()
 
-def reap(deadline_s=2.0):
-    # Wait until every process killed with kill(-1) is gone: orphans are re-parented to
+def others(keep):
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in keep]
+
+def reap(deadline_s=2.0, keep=(1,)):
+    # Wait until every process killed after a run is gone: orphans are re-parented to
     # PID 1, so they are all our children; a zombie left unreaped would outlive the run.
     until = time.monotonic() + deadline_s
     while True:
@@ -114,9 +117,24 @@ def reap(deadline_s=2.0):
         except ChildProcessError:
             return
         if pid == 0:
-            if time.monotonic() > until:
+            if time.monotonic() > until or not others(keep):
                 return
             time.sleep(0.001)
+
+def kill_all_but(keep):
+    # kill(-1) would take the zygote too: kill the rest by pid until none is left (a
+    # process forking meanwhile is caught on the next pass).
+    for _ in range(200):
+        pids = others(keep)
+        if not pids:
+            return True
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        reap(0.05, keep)
+    return not others(keep)
 
 def clear_dir(path):
     # Empty a directory the run could write to; False if anything is left (then the
@@ -203,6 +221,89 @@ def child(job, script, work, env):
         code = 127
     os._exit(code)
 
+def read_exact(fd, n):
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            raise EOFError("pipe closed")
+        data += chunk
+    return data
+
+class Zygote:
+    # A process forked before the agent reads any job, so its memory holds no run's data
+    # (secrets included). Reused sandboxes start each run as a fresh fork of it: the speed of
+    # the warm interpreter without inheriting what earlier runs left in the agent's memory.
+    # It reads only a one-byte "go"; the child it forks reads its own job from the pipe.
+
+    def __init__(self):
+        ctl_r, self.ctl_w = os.pipe()
+        self.res_r, res_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self.ctl_w)
+            os.close(self.res_r)
+            self.loop(ctl_r, res_w)
+        os.close(ctl_r)
+        os.close(res_w)
+        self.buffer = b""
+
+    def loop(self, ctl_r, res_w):
+        while True:
+            if not os.read(ctl_r, 1):
+                os._exit(0)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.close(res_w)
+                    size = int.from_bytes(read_exact(ctl_r, 4), "big")
+                    spec = json.loads(read_exact(ctl_r, size))
+                    os.close(ctl_r)
+                except BaseException:
+                    os._exit(127)
+                child(spec["job"], spec["script"], spec["work"], spec["env"])
+            os.write(res_w, ("P%d\n" % pid).encode())
+            while True:
+                try:
+                    _, status, ru = os.wait4(pid, 0)
+                    break
+                except InterruptedError:
+                    continue
+            report = {"status": status, "ru_utime": ru.ru_utime, "ru_stime": ru.ru_stime,
+                      "ru_maxrss": ru.ru_maxrss, "ru_inblock": ru.ru_inblock, "ru_oublock": ru.ru_oublock}
+            os.write(res_w, ("R" + json.dumps(report) + "\n").encode())
+
+    def line(self):
+        while b"\n" not in self.buffer:
+            chunk = os.read(self.res_r, 4096)
+            if not chunk:
+                raise EOFError("zygote gone")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()
+
+    def spawn(self, job, script, work, env):
+        os.write(self.ctl_w, b"g")
+        pid = int(self.line()[1:])
+        spec = json.dumps({"job": {k: job.get(k) for k in ("own_group", "rlimits", "inprocess", "argv")},
+                           "script": script, "work": work, "env": env}).encode()
+        os.write(self.ctl_w, len(spec).to_bytes(4, "big") + spec)
+        return pid
+
+    def wait(self):
+        import types
+        report = json.loads(self.line()[1:])
+        return report.pop("status"), types.SimpleNamespace(**report)
+
+    def alive(self):
+        try:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return pid == 0
+
+ZYGOTE = None
+
 def run(job):
     work = job.get("work_dir", "/work")
     os.makedirs(work, exist_ok=True)
@@ -227,9 +328,19 @@ def run(job):
     os.write(1, ("%sS%.6f\n" % (job["nonce"], time.time())).encode())
     oom_before = oom_kills()
     started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        child(job, script, work, env)
+    zygote = ZYGOTE if job.get("mode") == "reuse" and ZYGOTE is not None else None
+    pid = 0
+    if zygote is not None:
+        try:
+            pid = zygote.spawn(job, script, work, env)
+        except (OSError, EOFError, ValueError):
+            zygote, pid = None, 0
+    if not pid:
+        if job.get("mode") == "reuse":
+            job["inprocess"] = False  # this interpreter has parsed earlier jobs: exec afresh
+        pid = os.fork()
+        if pid == 0:
+            child(job, script, work, env)
     def forward(signum, frame):
         try:
             if job.get("own_group"):
@@ -239,7 +350,21 @@ def run(job):
         except OSError:
             pass
     signal.signal(signal.SIGTERM, forward)
-    while True:
+    status, ru = 0, None
+    while zygote is not None:
+        try:
+            status, ru = zygote.wait()
+            break
+        except InterruptedError:
+            continue
+        except (OSError, EOFError, ValueError):
+            # The zygote died under the run (killed by it?): report the run killed; the
+            # sandbox retires (zygote_ok is false below).
+            import types
+            status = signal.SIGKILL
+            ru = types.SimpleNamespace(ru_utime=0.0, ru_stime=0.0, ru_maxrss=0, ru_inblock=0, ru_oublock=0)
+            break
+    while ru is None:
         try:
             _, status, ru = os.wait4(pid, 0)
             break
@@ -250,7 +375,10 @@ def run(job):
             continue
     wall = time.monotonic() - started
     signal.signal(signal.SIGTERM, signal.SIG_DFL if os.getpid() != 1 else signal.SIG_IGN)
-    if os.getpid() == 1:
+    if os.getpid() == 1 and ZYGOTE is not None and ZYGOTE.alive():
+        job["zygote_ok"] = kill_all_but((1, ZYGOTE.pid))  # everything the run left behind
+    elif os.getpid() == 1:
+        job["zygote_ok"] = False
         try:
             os.kill(-1, signal.SIGKILL)  # everything the run left behind, daemons included
         except OSError:
@@ -284,7 +412,8 @@ def run(job):
     if job.get("mode") == "reuse":
         # Nothing of this run may reach the next one: every writable place is emptied now
         # (and again before the next job); a place that will not empty retires the sandbox.
-        usage["clean"] = all([clear_dir(path) for path in scratch_dirs(job)])
+        cleared = all([clear_dir(path) for path in scratch_dirs(job)])
+        usage["clean"] = cleared and bool(job.get("zygote_ok"))
     # End markers: everything the run wrote on either stream came before them. The archive
     # of result.json and /artifacts follows the trailer on stdout, exactly archive_bytes long.
     if job.get("end_marker"):
@@ -311,9 +440,12 @@ def warm_up():
         pass
 
 def main():
+    global ZYGOTE
     if os.getpid() == 1:
         dumpable(0)
         warm_up()
+        # Before stdin is read at all (a buffered read could already hold a job).
+        ZYGOTE = Zygote()
     if os.environ.get("RUNBOX_AGENT_READY"):
         os.write(1, b"RUNBOX-READY\n")  # the pool counts this sandbox as warm from here
     while True:

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 EGRESS = common_pb2.NETWORK_POLICY_EGRESS_ALLOWLIST
 REUSE = common_pb2.ISOLATION_REUSE
 RUNSC = common_pb2.RUNTIME_RUNSC
-ARCHIVE_OVERHEAD = 1024 * 1024  # tar headers around the capped content
+ARCHIVE_OVERHEAD = 1024 * 1024
+ZYGOTE_LINE = b"ZYGOTE\n"  # tar headers around the capped content
 
 
 class DockerRunner:
@@ -151,10 +152,9 @@ class DockerRunner:
             work_dir="/work",
             measure="rusage" if reuse else "cgroup",
             mode="reuse" if reuse else "once",
-            # In the warm interpreter only when the container serves this one run: a reused
-            # sandbox's agent has parsed earlier runs' jobs, so reused runs exec a fresh one.
+            # In a warm interpreter: forked from the agent for a one-run sandbox, from the
+            # agent's clean zygote (forked before any job) for a reused one.
             inprocess=job.execution_type == common_pb2.EXECUTION_TYPE_PYTHON
-            and not reuse
             and not job.config.get("script", {}).get("interpreter"),
             sandboxed=True,
             archive_max_bytes=self._artifacts.max_total_bytes,

@@ -43,11 +43,17 @@ def ls(path):
     except OSError as exc:
         return ["error:%d" % exc.errno]
 own = str(os.getpid())
+def agent(pid):
+    try:
+        return open("/proc/%s/cmdline" % pid, "rb").read() == open("/proc/1/cmdline", "rb").read()
+    except OSError:
+        return False
 status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
 print(json.dumps({
     "host": socket.gethostname(),
     "work": ls("/work"), "tmp": ls("/tmp"), "artifacts": ls("/artifacts"), "shm": ls("/dev/shm"),
-    "procs": sorted(p for p in os.listdir("/proc") if p.isdigit() and p not in ("1", own)),
+    # Besides this script: only the agent (PID 1) and its zygote, which run the agent's code.
+    "procs": sorted(p for p in os.listdir("/proc") if p.isdigit() and p != own and not agent(p)),
     "uid": os.getuid(), "gid": os.getgid(), "capeff": status["CapEff"].strip(),
     "env": sorted(k for k in os.environ if not k.startswith("RUNBOX_")),
 }))

@@ -26,7 +26,12 @@ OWN_FILES = [".secrets.json", "main.py", "params.json"]  # what every run starts
 PROBE = """
 import json, os, socket, subprocess
 left = sorted(os.listdir("/work") + os.listdir("/tmp") + os.listdir("/artifacts"))
-procs = sorted(p for p in os.listdir("/proc") if p.isdigit() and p not in ("1", str(os.getpid())))
+def agent(pid):  # the agent (PID 1) and its zygote run the agent's own code
+    try:
+        return open("/proc/%s/cmdline" % pid, "rb").read() == open("/proc/1/cmdline", "rb").read()
+    except OSError:
+        return False
+procs = sorted(p for p in os.listdir("/proc") if p.isdigit() and p != str(os.getpid()) and not agent(p))
 open("/tmp/junk", "w").write("x")
 open("/artifacts/junk", "w").write("x")
 subprocess.Popen(["sleep", "300"], start_new_session=True)  # a daemon left behind
