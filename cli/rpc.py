@@ -55,3 +55,14 @@ def call(
                 soft_wrap=True,
             )
         raise typer.Exit(USAGE_ERROR) from None
+
+
+async def every_page(method: Callable[[Any], Any], request: Any, items: str) -> list[Any]:
+    """Call a List RPC page after page (following next_page_token); all items, in order."""
+    found: list[Any] = []
+    while True:
+        reply = await method(request)
+        found.extend(getattr(reply, items))
+        request.page_token = reply.next_page_token
+        if not request.page_token:
+            return found

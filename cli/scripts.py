@@ -15,7 +15,7 @@ from rich.table import Table
 
 from cli import config as cli_config
 from cli import publish, render
-from cli.rpc import call, fail
+from cli.rpc import call, every_page, fail
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from runbox.common.v1 import common_pb2
 from shared.clients import open_channel
@@ -317,18 +317,11 @@ def versions_cmd(
     """List every version of a script, newest first, yanked ones included."""
 
     async def go(cfg: cli_config.ClientConfig) -> list[catalogue_pb2.ScriptVersion]:
-        found: list[catalogue_pb2.ScriptVersion] = []
         request = catalogue_pb2.ListVersionsRequest(
             script_name=name, page_size=MAX_PAGE, include_yanked=True
         )
         async with open_channel(cfg.catalogue, token=cfg.token) as channel:
-            stub = Stub(channel)
-            while True:
-                reply = await stub.ListVersions(request)
-                found.extend(reply.versions)
-                request.page_token = reply.next_page_token
-                if not request.page_token:
-                    return found
+            return await every_page(Stub(channel).ListVersions, request, "versions")
 
     versions = call(go)
     if as_json:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cli import config as cli_config
 from cli import render
-from cli.rpc import call, fail
+from cli.rpc import call, every_page, fail
 from cli.scripts import MAX_PAGE, JsonFlag, render_kind
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from shared.clients import open_channel
@@ -24,16 +24,10 @@ def list_cmd(as_json: JsonFlag = False) -> None:
     """List every template, following page tokens."""
 
     async def go(cfg: cli_config.ClientConfig) -> list[catalogue_pb2.Script]:
-        found: list[catalogue_pb2.Script] = []
         request = catalogue_pb2.ListTemplatesRequest(page_size=MAX_PAGE)
         async with open_channel(cfg.catalogue, token=cfg.token) as channel:
             stub = catalogue_pb2_grpc.CatalogueServiceStub(channel)
-            while True:
-                reply = await stub.ListTemplates(request)
-                found.extend(reply.templates)
-                request.page_token = reply.next_page_token
-                if not request.page_token:
-                    return found
+            return await every_page(stub.ListTemplates, request, "templates")
 
     templates = call(go)
     if as_json:

@@ -352,10 +352,19 @@ class CatalogueServicer(catalogue_pb2_grpc.CatalogueServiceServicer):
         for row in rows:
             script = script_to_proto(row, row.latest_version)
             if row.latest_version:
-                version, content = await self._catalogue.content(row.name, row.latest_version)
-                script.placeholders.extend(templates.placeholders(version.sha256, content))
+                script.placeholders.extend(await self._placeholders(row.name, row.latest_version))
             out.templates.append(script)
         return out
+
+    async def _placeholders(self, name: str, version: str) -> list[str]:
+        """A template version's placeholders; its content is read (and verified) only the
+        first time a digest is seen."""
+        sha256 = (await self._catalogue.get_version(name, version)).version.sha256
+        known = templates.known_placeholders(sha256)
+        if known is not None:
+            return known
+        _, content = await self._catalogue.content(name, version, sha256)
+        return templates.placeholders(sha256, content)
 
     async def InstantiateTemplate(
         self, request: catalogue_pb2.InstantiateTemplateRequest, context: Ctx

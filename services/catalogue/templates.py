@@ -84,6 +84,11 @@ def check(content: bytes) -> None:
         ) from None
 
 
+def known_placeholders(sha256: str) -> list[str] | None:
+    """The placeholders of content already parsed, without needing the content again."""
+    return _PLACEHOLDERS.get(sha256)
+
+
 def placeholders(sha256: str, content: bytes) -> list[str]:
     """Names the template reads (cached by content digest: content is immutable)."""
     found = _PLACEHOLDERS.get(sha256)

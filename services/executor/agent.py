@@ -23,7 +23,7 @@ never argv. Kept dependency-free: it runs on any image with python3.
 AGENT_SOURCE = r"""
 import json, os, signal, subprocess, sys, time
 # Imported once, while the sandbox waits, not on a run's path.
-import ctypes, io, resource, runpy, stat, tarfile, traceback
+import ctypes, io, resource, runpy, stat, tarfile, traceback, types
 
 def read_first(paths):
     for path in paths:
@@ -77,7 +77,6 @@ def oom_kills():
 def pack(work, artifacts, max_bytes):
     # result.json and the artifacts tree as an uncompressed tar, links recorded as links (never
     # followed; the executor keeps regular files only), cut off before max_bytes of content.
-    import io, stat, tarfile
     buffer = io.BytesIO()
     total = 0
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -163,7 +162,6 @@ def dumpable(flag):
     # PR_SET_DUMPABLE: 0 keeps same-uid processes (the scripts) out of this process's memory
     # (/proc/<pid>/mem, ptrace), where jobs and their secrets were parsed.
     try:
-        import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(4, flag, 0, 0, 0)
     except Exception:
         pass
@@ -180,13 +178,11 @@ def child(job, script, work, env):
         os.chdir(work)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        import resource
         for name, value in (job.get("rlimits") or {}).items():
             resource.setrlimit(getattr(resource, name), (value, value))
         if not job.get("inprocess"):
             os.execvpe(job["argv"][0], job["argv"] + [script], env)
         # Python in this already running interpreter: no interpreter start-up on the run's path.
-        import io, runpy, traceback
         os.environ.clear()
         os.environ.update(env)
         sys.stdin = open(0, "r")
@@ -291,7 +287,6 @@ class Zygote:
         return pid
 
     def wait(self):
-        import types
         report = json.loads(self.line()[1:])
         return report.pop("status"), types.SimpleNamespace(**report)
 
@@ -360,7 +355,6 @@ def run(job):
         except (OSError, EOFError, ValueError):
             # The zygote died under the run (killed by it?): report the run killed; the
             # sandbox retires (zygote_ok is false below).
-            import types
             status = signal.SIGKILL
             ru = types.SimpleNamespace(ru_utime=0.0, ru_stime=0.0, ru_maxrss=0, ru_inblock=0, ru_oublock=0)
             break

@@ -163,11 +163,7 @@ class Runs:
             query = query.where(RunRow.created_at >= request.created_after.ToDatetime(UTC))
         if request.HasField("created_before"):
             query = query.where(RunRow.created_at < request.created_before.ToDatetime(UTC))
-        if request.page_token:
-            at, run_id = decode_cursor(request.page_token)
-            query = query.where(
-                (RunRow.created_at < at) | ((RunRow.created_at == at) & (RunRow.id < run_id))
-            )
+        query = after_cursor(query, RunRow.created_at, RunRow.id, request.page_token)
         wanted = dict(request.labels)
         async with self._sessions() as session:
             rows: list[RunRow] = []
@@ -333,6 +329,14 @@ def _secret_text(value: Any) -> str:
 
 def encode_cursor(row: RunRow) -> str:
     return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
+
+
+def after_cursor(query: Any, created_at: Any, ident: Any, token: str) -> Any:
+    """Rows after a newest-first (created_at, id) keyset cursor; the query unchanged if none."""
+    if not token:
+        return query
+    at, last_id = decode_cursor(token)
+    return query.where((created_at < at) | ((created_at == at) & (ident < last_id)))
 
 
 def decode_cursor(token: str) -> tuple[datetime, str]:

@@ -10,7 +10,6 @@ keep them at rest, and secrets belong to the runtime.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from services.scheduler import schedule_spec
 from services.scheduler import triggers as tr
 from services.scheduler.catalogue import CatalogueClient
 from services.scheduler.models import ScheduleRow
-from services.scheduler.runs import decode_cursor
+from services.scheduler.runs import after_cursor, encode_cursor
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 
 SS = pb.ScheduleState
@@ -183,15 +182,10 @@ class Schedules:
             query = query.where(ScheduleRow.script_name == request.script_name)
         if request.states:
             query = query.where(ScheduleRow.state.in_(list(request.states)))
-        if request.page_token:
-            at, last_id = decode_cursor(request.page_token)
-            query = query.where(
-                (ScheduleRow.created_at < at)
-                | ((ScheduleRow.created_at == at) & (ScheduleRow.id < last_id))
-            )
+        query = after_cursor(query, ScheduleRow.created_at, ScheduleRow.id, request.page_token)
         async with self._sessions() as session:
             rows = list((await session.scalars(query.limit(size + 1))).all())
-        token = _cursor(rows[size - 1]) if len(rows) > size else ""
+        token = encode_cursor(rows[size - 1]) if len(rows) > size else ""
         return rows[:size], token
 
     async def update(self, request: pb.UpdateScheduleRequest) -> ScheduleRow:
@@ -301,9 +295,3 @@ def _mask_paths(mask: field_mask_pb2.FieldMask) -> list[str]:
     if bad:
         raise InvalidArgument("update_mask is invalid", bad)
     return list(mask.paths)
-
-
-def _cursor(row: ScheduleRow) -> str:
-    # The same token format as runs (services.scheduler.runs.decode_cursor reads it).
-    at = _aware(row.created_at).isoformat()
-    return base64.urlsafe_b64encode(f"{at}|{row.id}".encode()).decode()
