@@ -34,6 +34,8 @@ from runbox.common.v1 import common_pb2
 from services.executor.agent import AGENT_SOURCE
 from services.executor.config import SandboxSettings
 from services.executor.metrics import ExecutorMetrics
+from services.executor.runners.base import Job
+from shared.errors import FailedPrecondition, FieldViolation
 
 log = logging.getLogger(__name__)
 UID = "10001:10001"
@@ -89,7 +91,6 @@ class Sandbox:
     container: Container
     attached: Attached
     cls: PoolClass
-    created: float = field(default_factory=time.monotonic)
     runs: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
@@ -254,7 +255,7 @@ class WarmPool:
     def status(self) -> list[dict[str, Any]]:
         out = []
         for cls, state in self._classes.items():
-            kept = sum(len(v) for (_, c), v in self._reused.items() if c == cls)
+            kept = self._kept(cls)
             out.append(
                 {
                     "class": cls,
@@ -267,10 +268,11 @@ class WarmPool:
             )
         return out
 
-    def idle_count(self, cls: PoolClass) -> int:
-        return len(self._state(cls).idle)
-
     # --- internals ------------------------------------------------------------------------------
+
+    def _kept(self, cls: PoolClass) -> int:
+        """Idle sandboxes of the class kept for scripts in reuse mode."""
+        return sum(len(kept) for (_, c), kept in self._reused.items() if c == cls)
 
     def _state(self, cls: PoolClass) -> _ClassState:
         state = self._classes.get(cls)
@@ -316,7 +318,7 @@ class WarmPool:
 
     async def _fill(self, cls: PoolClass, state: _ClassState) -> None:
         try:
-            sandbox = await self._create(cls, counted=True)
+            sandbox = await self._create(cls)
         except DockerException as exc:
             log.warning("could not start a warm sandbox of %s: %s", cls.name, exc)
             await asyncio.sleep(1.0)  # back off; the loop tries again
@@ -329,7 +331,7 @@ class WarmPool:
         state.idle.append(sandbox)
         self._gauges(cls)
 
-    async def _create(self, cls: PoolClass, counted: bool = False) -> Sandbox:
+    async def _create(self, cls: PoolClass) -> Sandbox:
         async with self._create_slots:
             try:
                 container, attached = await asyncio.to_thread(self._create_blocking, cls)
@@ -378,7 +380,7 @@ class WarmPool:
         state = self._classes.get(cls)
         if state is None:
             return
-        kept = sum(len(v) for (_, c), v in self._reused.items() if c == cls)
+        kept = self._kept(cls)
         gauge = self._metrics.pool_containers
         gauge.labels(cls.name, "idle").set(len(state.idle) + kept)
         gauge.labels(cls.name, "busy").set(state.busy)
@@ -409,3 +411,29 @@ def _alive(sandbox: Sandbox) -> bool:
     except OSError:
         return False
     return bool(data)  # b"" = EOF: the agent is gone
+
+
+def engine_runtimes(client: docker.DockerClient) -> set[str]:
+    """Container runtimes the engine offers (runc, and runsc when gVisor is registered)."""
+    try:
+        return set((client.info().get("Runtimes") or {}).keys())
+    except DockerException:
+        return set()
+
+
+def refuse_unoffered(job: Job, settings: SandboxSettings, runtimes: set[str]) -> None:
+    """FAILED_PRECONDITION, before a run is accepted, for network egress or gVisor when this
+    executor does not offer them (every Docker runner checks the same way)."""
+    if job.limits.network == common_pb2.NETWORK_POLICY_EGRESS_ALLOWLIST and not (
+        settings.egress_network
+    ):
+        raise FailedPrecondition(
+            f"{job.script_name} asks for network egress, and this executor runs every "
+            "sandbox without network (set sandbox.egress_network to allow it)",
+            [FieldViolation("limits.network", "NETWORK_POLICY_EGRESS_ALLOWLIST not offered")],
+        )
+    if job.runtime == common_pb2.RUNTIME_RUNSC and "runsc" not in runtimes:
+        raise FailedPrecondition(
+            f"{job.script_name} asks for gVisor, and this Docker engine has no runsc runtime",
+            [FieldViolation("runtime", "RUNTIME_RUNSC not available on this executor")],
+        )

@@ -34,7 +34,7 @@ from docker.models.containers import Container
 from runbox.common.v1 import common_pb2
 from services.executor.config import ExecutorSettings
 from services.executor.metrics import ExecutorMetrics
-from services.executor.pool import Attached
+from services.executor.pool import Attached, engine_runtimes, refuse_unoffered
 from services.executor.runners.base import FR, RS, Job, Outcome, OutputSink, StartedHook
 from services.executor.runners.container_spec import IMAGE_FIELD, create_options, prepare
 from services.executor.runners.container_usage import ContainerUsage
@@ -68,7 +68,7 @@ class ContainerRunner:
         self._settings = settings.container
         self._sandbox = settings.sandbox
         self._metrics = metrics
-        self._runtimes = _runtimes(client)
+        self._runtimes = engine_runtimes(client)
         self._present: dict[str, float] = {}  # image -> monotonic time it was last seen
         self._active: dict[str, _Active] = {}
         self._cancelled: set[str] = set()
@@ -78,17 +78,7 @@ class ContainerRunner:
         """Refuse at Execute what cannot run: config, allow-list, network, runtime, and an
         image this engine does not have (it is never pulled)."""
         spec = prepare(job, self._settings)
-        if job.limits.network == EGRESS and not self._sandbox.egress_network:
-            raise FailedPrecondition(
-                f"{job.script_name} asks for network egress, and this executor runs every "
-                "container without network (set sandbox.egress_network to allow it)",
-                [FieldViolation("limits.network", "NETWORK_POLICY_EGRESS_ALLOWLIST not offered")],
-            )
-        if job.runtime == RUNSC and "runsc" not in self._runtimes:
-            raise FailedPrecondition(
-                f"{job.script_name} asks for gVisor, and this Docker engine has no runsc runtime",
-                [FieldViolation("runtime", "RUNTIME_RUNSC not available on this executor")],
-            )
+        refuse_unoffered(job, self._sandbox, self._runtimes)
         self._check_present(spec.image)
 
     def _check_present(self, image: str) -> None:
@@ -277,13 +267,6 @@ def _remove(container: Container) -> None:
         pass
     except DockerException as exc:
         log.warning("could not remove container %s: %s", container.short_id, exc)
-
-
-def _runtimes(client: docker.DockerClient) -> set[str]:
-    try:
-        return set((client.info().get("Runtimes") or {}).keys())
-    except DockerException:
-        return set()
 
 
 def _explain(exc: DockerException) -> str:

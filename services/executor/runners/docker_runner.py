@@ -29,11 +29,16 @@ from runbox.common.v1 import common_pb2
 from services.executor.artifacts import collect_from_tar
 from services.executor.config import ArtifactSettings, SandboxSettings
 from services.executor.metrics import ExecutorMetrics
-from services.executor.pool import PoolClass, Sandbox, WarmPool
+from services.executor.pool import (
+    PoolClass,
+    Sandbox,
+    WarmPool,
+    engine_runtimes,
+    refuse_unoffered,
+)
 from services.executor.runners.base import FR, RS, Job, Outcome, OutputSink, StartedHook
 from services.executor.runners.frames import frames
 from services.executor.runners.protocol import EndMarker, TrailerSplitter, job_line, outcome_from
-from shared.errors import FailedPrecondition, FieldViolation
 
 log = logging.getLogger(__name__)
 EGRESS = common_pb2.NETWORK_POLICY_EGRESS_ALLOWLIST
@@ -59,7 +64,7 @@ class DockerRunner:
         self._settings = settings
         self._artifacts = artifacts or ArtifactSettings()
         self._metrics = metrics
-        self._runtimes = _runtimes(client)
+        self._runtimes = engine_runtimes(client)
         self._pool = WarmPool(client, settings, metrics, self.default_class())
         self._active: dict[str, Sandbox] = {}
         self._cancelled: set[str] = set()
@@ -101,17 +106,7 @@ class DockerRunner:
 
     def validate_config(self, job: Job) -> None:
         """Refuse, before accepting, a run asking for what this executor does not offer."""
-        if job.limits.network == EGRESS and not self._settings.egress_network:
-            raise FailedPrecondition(
-                f"{job.script_name} asks for network egress, and this executor runs every "
-                "sandbox without network (set sandbox.egress_network to allow it)",
-                [FieldViolation("limits.network", "NETWORK_POLICY_EGRESS_ALLOWLIST not offered")],
-            )
-        if job.runtime == RUNSC and "runsc" not in self._runtimes:
-            raise FailedPrecondition(
-                f"{job.script_name} asks for gVisor, and this Docker engine has no runsc runtime",
-                [FieldViolation("runtime", "RUNTIME_RUNSC not available on this executor")],
-            )
+        refuse_unoffered(job, self._settings, self._runtimes)
 
     async def execute(self, job: Job, on_output: OutputSink, on_started: StartedHook) -> Outcome:
         begun = time.time()
@@ -302,13 +297,6 @@ def _final_state(container: Container) -> tuple[int | None, bool]:
     container.reload()
     state = container.attrs.get("State", {})
     return int(result.get("StatusCode", -1)), bool(state.get("OOMKilled"))
-
-
-def _runtimes(client: docker.DockerClient) -> set[str]:
-    try:
-        return set((client.info().get("Runtimes") or {}).keys())
-    except DockerException:
-        return set()
 
 
 def docker_client_or_none(timeout: float = 60.0) -> docker.DockerClient | None:
