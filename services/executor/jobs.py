@@ -25,6 +25,10 @@ def job_for(request: executor_pb2.ExecuteRequest, content: bytes, sandbox: Sandb
         output_bytes=req.output_bytes or sandbox.output_bytes,
         network=req.network or common_pb2.NETWORK_POLICY_NONE,
     )
+    return _job(request, content, limits)
+
+
+def _job(request: executor_pb2.ExecuteRequest, content: bytes, limits: Limits) -> Job:
     return Job(
         run_id=request.run_id,
         attempt=request.attempt or 1,
@@ -33,6 +37,9 @@ def job_for(request: executor_pb2.ExecuteRequest, content: bytes, sandbox: Sandb
         sha256=request.sha256,
         execution_type=request.execution_type,
         content=content,
+        # Parameters and secrets are known at acceptance too: runners render templated config
+        # (http, local) then, so a bad template or a URL outside the allow-list is refused
+        # with a precise status.
         parameters=_struct(request.parameters),
         secrets=dict(request.secret_parameters),
         limits=limits,
@@ -68,20 +75,4 @@ def job_stub(request: executor_pb2.ExecuteRequest) -> Job:
         output_bytes=0,
         network=request.limits.network or common_pb2.NETWORK_POLICY_NONE,
     )
-    return Job(
-        run_id=request.run_id,
-        attempt=request.attempt,
-        script_name=request.script_name,
-        script_version=request.script_version,
-        sha256=request.sha256,
-        execution_type=request.execution_type,
-        content=b"",
-        # Runners render templated config (http, local) at acceptance, so that a bad
-        # template or a URL outside the allow-list is refused with a precise status.
-        parameters=_struct(request.parameters),
-        secrets=dict(request.secret_parameters),
-        limits=limits,
-        config=_struct(request.config),
-        isolation=request.isolation or common_pb2.ISOLATION_PER_RUN,
-        runtime=request.runtime,
-    )
+    return _job(request, b"", limits)
