@@ -246,7 +246,8 @@ def create_engine(
             max_overflow=settings.max_overflow,
             pool_timeout=settings.pool_timeout_s,
             pool_recycle=settings.pool_recycle_s,
-            pool_pre_ping=settings.pool_pre_ping,
+            # A SQLite file does not drop connections: no round trip to test one.
+            pool_pre_ping=settings.pool_pre_ping and url.get_backend_name() != "sqlite",
         )
         if metrics is not None:
             kwargs["poolclass"] = metrics.pool_class(pool)

@@ -7,9 +7,12 @@ republishes with the same id, which JetStream's duplicate window drops."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,8 +59,24 @@ def outbox_table(metadata: MetaData) -> Table:
     )
 
 
+@dataclass(frozen=True)
+class OutboxMessage:
+    """One event to stage; its headers are sent as they are."""
+
+    subject: str
+    msg_id: str
+    payload: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 class Outbox:
-    """Adds events inside a caller's transaction and relays them afterwards."""
+    """Adds events inside a caller's transaction and relays them afterwards.
+
+    Two ways in: `add` inside a caller's transaction then `notify()` after its commit (the
+    relay reads the table), or `committed()` with what a commit just staged (the relay
+    publishes those from memory, no read back). Either way the table is the truth: the relay
+    reads it at start, on every poll, after `notify()` and after any failure, so whatever
+    memory lost goes out from there."""
 
     def __init__(
         self,
@@ -66,14 +85,22 @@ class Outbox:
         *,
         poll_interval_s: float = 0.5,
         batch: int = 100,
+        ack_timeout_s: float = 5.0,
+        mark_interval_s: float = 0.25,
     ) -> None:
         self._table = table
         self._sessions = sessions
         self._poll = poll_interval_s
         self._batch = batch
+        self._ack_timeout_s = ack_timeout_s
+        self._mark_interval_s = mark_interval_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._ready: deque[OutboxMessage] = deque()  # committed and handed over, not sent
+        self._acked: list[str] = []  # sent and acknowledged, not yet marked in the table
+        self._acked_since = 0.0
+        self._scan = True  # the table may hold unsent rows memory does not know of
 
     async def add(
         self,
@@ -84,20 +111,40 @@ class Outbox:
         payload: bytes,
         headers: dict[str, str] | None = None,
     ) -> None:
-        """Stage an event in the caller's (uncommitted) transaction."""
-        all_headers = inject_context(dict(headers or {}))
+        """Stage an event in the caller's (uncommitted) transaction, carrying the current
+        trace context."""
+        message = OutboxMessage(subject, msg_id, payload, inject_context(dict(headers or {})))
+        await self.add_many(session, [message])
+
+    async def add_many(self, session: AsyncSession, messages: Sequence[OutboxMessage]) -> None:
+        """Stage several events with one statement, in order, each with its own headers
+        (a batch may carry several runs' trace contexts: none is taken from the caller)."""
+        if not messages:
+            return
+        now = datetime.now(UTC)
         await session.execute(
-            insert(self._table).values(
-                msg_id=msg_id,
-                subject=subject,
-                payload=payload,
-                headers=json.dumps(all_headers),
-                created_at=datetime.now(UTC),
-            )
+            insert(self._table),
+            [
+                {
+                    "msg_id": m.msg_id,
+                    "subject": m.subject,
+                    "payload": m.payload,
+                    "headers": json.dumps(m.headers),
+                    "created_at": now,
+                }
+                for m in messages
+            ],
         )
 
     def notify(self) -> None:
         """Wake the relay after a commit so events go out without waiting a poll."""
+        self._scan = True
+        self._wake.set()
+
+    def committed(self, messages: Sequence[OutboxMessage]) -> None:
+        """After the commit that staged `messages` (with add_many): the relay publishes them
+        from memory, in this order, without reading them back."""
+        self._ready.extend(messages)
         self._wake.set()
 
     def start(self, js: JetStreamContext) -> None:
@@ -112,24 +159,69 @@ class Outbox:
     async def _relay(self, js: JetStreamContext) -> None:
         while not self._stopping:
             try:
-                sent = await self.flush(js)
+                more = await self._step(js)
             except Exception:
                 log.exception("outbox relay failed; retrying")
-                sent = 0
-            if sent < self._batch and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll)
-                self._wake.clear()
+                self._ready.clear()  # the table has them all, in order
+                self._scan, more = True, False
+            if more or self._stopping:
+                continue
+            timeout = self._poll
+            if self._acked:
+                timeout = min(timeout, self._acked_since + self._mark_interval_s - _now())
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(timeout, 0.0))
+            except TimeoutError:
+                self._scan = True  # a poll: the table is the safety net
+            self._wake.clear()
         # Events staged just before stop (a drain's last FINISHED events) go out now rather
         # than at the next start; stop() bounds this by its timeout.
         try:
-            while await self.flush(js) >= self._batch:
+            self._scan = True
+            while await self._step(js):
                 pass
+            await self._mark()
         except Exception:
             log.warning("outbox: final flush failed; the rest goes out on the next start")
 
+    async def _step(self, js: JetStreamContext) -> bool:
+        """Publish one batch (from memory first, else from the table when it may hold unsent
+        rows) and mark what is due; True if more is waiting."""
+        more = False
+        if self._ready:
+            batch = [self._ready.popleft() for _ in range(min(self._batch, len(self._ready)))]
+            sent = await self._publish(js, batch)
+            self._acknowledged(sent)
+            if len(sent) < len(batch):  # the rest goes out from the table, in order
+                self._ready.clear()
+                self._scan = True
+                await self._mark()
+                return False  # after a poll interval
+            more = bool(self._ready)
+        elif self._scan:
+            self._scan = False
+            await self._mark()  # so the table no longer shows what was sent
+            sent_count, read = await self._flush_table(js)
+            if sent_count < read:
+                self._scan = True
+                return False  # after a poll interval
+            self._scan = more = read >= self._batch
+        if self._acked and (
+            len(self._acked) >= self._batch or _now() - self._acked_since >= self._mark_interval_s
+        ):
+            await self._mark()
+        return more
+
     async def flush(self, js: JetStreamContext) -> int:
-        """Publish up to one batch of unsent events; returns how many were sent."""
+        """Publish up to one batch of unsent rows from the table and mark them; how many
+        were sent (or dropped as too large for NATS)."""
+        await self._mark()
+        sent, _ = await self._flush_table(js)
+        await self._mark()
+        return sent
+
+    async def _flush_table(self, js: JetStreamContext) -> tuple[int, int]:
+        """Publish one batch of unsent rows; (sent, read)."""
         async with self._sessions() as session:
             rows = (
                 await session.execute(
@@ -139,29 +231,80 @@ class Outbox:
                     .limit(self._batch)
                 )
             ).all()
-        published: list[int] = []
+        messages = [
+            OutboxMessage(row.subject, row.msg_id, row.payload, json.loads(row.headers))
+            for row in rows
+        ]
+        sent = await self._publish(js, messages)
+        self._acknowledged(sent)
+        return len(sent), len(rows)
+
+    def _acknowledged(self, msg_ids: list[str]) -> None:
+        if msg_ids and not self._acked:
+            self._acked_since = _now()
+        self._acked.extend(msg_ids)
+
+    async def _mark(self) -> None:
+        """Mark what was sent, in one write. A crash before it re-publishes those events,
+        which JetStream drops as duplicates of their Nats-Msg-Id within the dedup window."""
+        while self._acked:
+            ids, self._acked = self._acked[:1000], self._acked[1000:]
+            try:
+                async with self._sessions() as session, session.begin():
+                    await session.execute(
+                        update(self._table)
+                        .where(self._table.c.msg_id.in_(ids))
+                        .values(published_at=datetime.now(UTC))
+                    )
+            except BaseException:
+                self._acked[:0] = ids  # marked later (or re-sent and dropped as duplicates)
+                raise
+        self._acked_since = _now()
+
+    async def _publish(self, js: JetStreamContext, messages: Sequence[OutboxMessage]) -> list[str]:
+        """Publish in order without waiting for each acknowledgement (one round trip for the
+        batch); the ids of the leading messages JetStream acknowledged (or that can never be
+        sent). One after a failure stays unsent even if acknowledged: it goes out again after
+        the failed one (its duplicate dropped by Nats-Msg-Id), so a subject keeps its order."""
+        acks: list[tuple[str, asyncio.Future[Any] | None]] = []
         try:
-            for row in rows:  # in order: one subject's events reach the stream in outbox order
-                headers: dict[str, Any] = json.loads(row.headers)
-                headers["Nats-Msg-Id"] = row.msg_id
+            for message in messages:
+                headers: dict[str, Any] = dict(message.headers)
+                headers["Nats-Msg-Id"] = message.msg_id
                 try:
-                    await js.publish(row.subject, row.payload, headers=headers, timeout=5.0)
+                    ack = await js.publish_async(message.subject, message.payload, headers=headers)
                 except MaxPayloadError:
                     # Can never be published: retrying would block every later event.
                     log.error(
                         "outbox: event %s (%d bytes) exceeds the NATS payload limit; dropped",
-                        row.msg_id,
-                        len(row.payload),
+                        message.msg_id,
+                        len(message.payload),
                     )
-                published.append(row.id)
-        finally:
-            # One write for the whole batch. A crash before it re-publishes these rows, which
-            # JetStream drops as duplicates of their Nats-Msg-Id within the dedup window.
-            if published:
-                async with self._sessions() as session, session.begin():
-                    await session.execute(
-                        update(self._table)
-                        .where(self._table.c.id.in_(published))
-                        .values(published_at=datetime.now(UTC))
-                    )
-        return len(published)
+                    ack = None
+                acks.append((message.msg_id, ack))
+        except Exception as exc:  # the connection failed mid-batch: keep what was sent
+            log.warning("outbox: publishing stopped after %d events: %s", len(acks), exc)
+        pending = [ack for _, ack in acks if ack is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=self._ack_timeout_s)
+        published: list[str] = []
+        for msg_id, ack in acks:
+            if ack is not None and not _ok(ack):
+                log.warning(
+                    "outbox: event not acknowledged (%s); it and the %d after it are retried",
+                    ack.exception() if ack.done() and not ack.cancelled() else "timeout",
+                    len(messages) - len(published) - 1,
+                )
+                break
+            published.append(msg_id)
+        for ack in pending:
+            ack.cancel()  # no effect on the done ones
+        return published
+
+
+def _ok(ack: asyncio.Future[Any]) -> bool:
+    return ack.done() and not ack.cancelled() and ack.exception() is None
+
+
+def _now() -> float:
+    return time.monotonic()

@@ -33,7 +33,7 @@ class DatabaseSettings(BaseModel):
     # Connections older than this are replaced (servers and proxies close idle
     # ones: MariaDB's wait_timeout); -1 never.
     pool_recycle_s: float = -1
-    # Test each connection with a round trip when it leaves the pool.
+    # Test each connection with a round trip when it leaves the pool (not SQLite files).
     pool_pre_ping: bool = True
     echo: bool = False
 

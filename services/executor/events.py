@@ -15,7 +15,7 @@ from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from services.executor.results import result_struct
 from services.executor.runners.base import Outcome
-from shared.outbox import Outbox
+from shared.outbox import Outbox, OutboxMessage
 
 
 def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -148,13 +148,15 @@ class EventPublisher:
         """Stage several events in one transaction (a heartbeat tick covers every run)."""
         if not events:
             return
+        messages = [
+            OutboxMessage(
+                subject=f"{self._prefix}.run.{event.run_id}",
+                msg_id=event.event_id,
+                payload=event.SerializeToString(),
+                headers=dict(event.trace_context),  # the run's trace, whoever writes the batch
+            )
+            for event in events
+        ]
         async with self._sessions() as session, session.begin():
-            for event in events:
-                await self._outbox.add(
-                    session,
-                    subject=f"{self._prefix}.run.{event.run_id}",
-                    msg_id=event.event_id,
-                    payload=event.SerializeToString(),
-                    headers=dict(event.trace_context),
-                )
-        self._outbox.notify()
+            await self._outbox.add_many(session, messages)
+        self._outbox.committed(messages)

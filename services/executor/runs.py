@@ -60,6 +60,8 @@ class ActiveRun:
     in_slot: bool = False
     # FINISHED was built: no event of this run follows it.
     finished: bool = False
+    # Staging the STARTED event, once the runner said the run started.
+    announced: asyncio.Task[None] | None = None
 
 
 class RunManager:
@@ -292,12 +294,16 @@ class RunManager:
             else:
                 loop.call_soon_threadsafe(run.streams[stream].feed, data)
 
-        async def on_started(at: datetime) -> None:
-            run.state = RS.RUN_STATE_RUNNING
+        async def announce(at: datetime) -> None:
             await run.queued.wait()
             await self._emit(
                 run, events_pb2.RUN_EVENT_TYPE_STARTED, RS.RUN_STATE_RUNNING, started_at=_ts(at)
             )
+
+        async def on_started(at: datetime) -> None:
+            # STARTED is staged beside the run, not in its way (FINISHED waits for it).
+            run.state = RS.RUN_STATE_RUNNING
+            run.announced = asyncio.create_task(announce(at))
             if run.cancel_requested:  # cancelled (or shut down) while it was being set up
                 cancels.append(asyncio.create_task(runner.cancel(request.run_id)))
 
@@ -336,7 +342,9 @@ class RunManager:
             run.reported = event.state
 
     async def _finish(self, run: ActiveRun, outcome: Outcome) -> None:
-        await run.queued.wait()  # events stay in order: QUEUED first
+        await run.queued.wait()  # events stay in order: QUEUED, STARTED, then FINISHED
+        if run.announced is not None:
+            await asyncio.gather(run.announced, return_exceptions=True)
         empty = (b"", 0, False)
         stdout = run.streams["stdout"].summary() if run.streams else empty
         stderr = run.streams["stderr"].summary() if run.streams else empty

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import MetaData, func, select
 
 from shared import db
-from shared.outbox import Outbox, outbox_table
+from shared.outbox import Outbox, OutboxMessage, outbox_table
 from shared.settings import DatabaseSettings
 
 
@@ -61,28 +62,42 @@ async def test_relay_publishes_in_order_and_marks_the_batch(setup: Any) -> None:
 
 
 class FailingAfter:
-    """A JetStream context whose publish fails after n successes (a NATS outage mid-batch)."""
+    """A JetStream context whose publishing fails after n successes: the connection breaks
+    (raise) or the server does not acknowledge one message (nack) mid-batch."""
 
-    def __init__(self, js: Any, n: int) -> None:
-        self._js, self._left = js, n
+    def __init__(self, js: Any, n: int, how: str = "raise") -> None:
+        self._js, self._left, self._how = js, n, how
 
-    async def publish(self, *args: Any, **kwargs: Any) -> Any:
+    async def publish_async(self, *args: Any, **kwargs: Any) -> Any:
         if self._left == 0:
-            raise TimeoutError("nats unavailable")
+            self._left = -1 if self._how == "nack" else 0
+            if self._how == "raise":
+                raise ConnectionError("nats unavailable")
+            nack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            nack.set_exception(TimeoutError("no ack"))
+            return nack
         self._left -= 1
-        return await self._js.publish(*args, **kwargs)
+        return await self._js.publish_async(*args, **kwargs)
 
 
-async def test_a_failure_mid_batch_keeps_the_rest_and_never_duplicates(setup: Any) -> None:
+@pytest.mark.parametrize("how", ["raise", "nack"])
+async def test_a_failure_mid_batch_keeps_the_rest_and_never_duplicates(
+    setup: Any, how: str
+) -> None:
     table, sessions, js, stream, subject = setup
     outbox = Outbox(table, sessions)
-    await _add(outbox, sessions, subject, [f"m{i}" for i in range(4)])
-    with pytest.raises(TimeoutError):
-        await outbox.flush(FailingAfter(js, 2))  # type: ignore[arg-type]
-    assert await _unsent(table, sessions) == 2  # the two published ones are marked
+    ids = [f"m{i}" for i in range(4)]
+    await _add(outbox, sessions, subject, ids)
+    assert await outbox.flush(FailingAfter(js, 2, how)) == 2  # type: ignore[arg-type]
+    # Only the two before the failure are marked; with a nack the one after it reached the
+    # stream, but stays unsent so that it follows the failed one.
+    assert await _unsent(table, sessions) == 2
     assert await outbox.flush(js) == 2
     info = await js.stream_info(stream)
     assert info.state.messages == 4
+    sub = await js.pull_subscribe(f"{subject}.>", durable=None, stream=stream)
+    received = [m.data.decode() for m in await sub.fetch(4, timeout=5)]
+    assert received == (ids if how == "raise" else ["m0", "m1", "m3", "m2"])
     # A crash after publishing but before marking re-publishes: the stream drops duplicates.
     async with sessions() as session, session.begin():
         await session.execute(table.update().values(published_at=None))
@@ -103,3 +118,53 @@ async def test_an_event_too_large_for_nats_is_dropped_not_retried_forever(setup:
     assert await _unsent(table, sessions) == 0
     info = await js.stream_info(stream)
     assert info.state.messages == 2  # the events after the oversized one still went out
+
+
+async def test_committed_events_go_out_from_memory_in_order_and_are_marked(setup: Any) -> None:
+    """The relay publishes what a commit handed over without reading it back, marks it
+    within the mark interval, and publishes it exactly once."""
+    table, sessions, js, stream, subject = setup
+    outbox = Outbox(table, sessions, poll_interval_s=30, mark_interval_s=0.05)
+    outbox.start(js)
+    try:
+        await outbox.flush(js)  # nothing yet; the relay's start-up scan is done meanwhile
+        ids = [f"c{i}" for i in range(250)]  # more than one batch
+        messages = [OutboxMessage(f"{subject}.x", i, i.encode()) for i in ids]
+        for chunk in (messages[:120], messages[120:]):
+            async with sessions() as session, session.begin():
+                await outbox.add_many(session, chunk)
+            outbox.committed(chunk)
+        for _ in range(200):
+            if await _unsent(table, sessions) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert await _unsent(table, sessions) == 0
+    finally:
+        await outbox.stop()
+    sub = await js.pull_subscribe(f"{subject}.>", durable=None, stream=stream)
+    received = [m.data.decode() for m in await sub.fetch(250, timeout=5)]
+    assert received == ids
+    assert (await js.stream_info(stream)).state.messages == 250
+
+
+async def test_a_failure_in_the_memory_path_falls_back_to_the_table(setup: Any) -> None:
+    """Handed-over events the relay could not publish go out from the table, in order."""
+    table, sessions, js, stream, subject = setup
+    outbox = Outbox(table, sessions, poll_interval_s=0.05, mark_interval_s=0.05)
+    outbox.start(FailingAfter(js, 3))  # type: ignore[arg-type]
+    try:
+        ids = [f"f{i}" for i in range(6)]
+        messages = [OutboxMessage(f"{subject}.x", i, i.encode()) for i in ids]
+        async with sessions() as session, session.begin():
+            await outbox.add_many(session, messages)
+        outbox.committed(messages)
+        for _ in range(200):
+            if await _unsent(table, sessions) == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert await _unsent(table, sessions) == 3  # f3.. wait for NATS to come back
+    finally:
+        await outbox.stop()
+    assert await outbox.flush(js) == 3
+    sub = await js.pull_subscribe(f"{subject}.>", durable=None, stream=stream)
+    assert [m.data.decode() for m in await sub.fetch(6, timeout=5)] == ids
