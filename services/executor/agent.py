@@ -1,6 +1,6 @@
 """The in-sandbox agent. Its source (AGENT_SOURCE) runs as PID 1 of a warm sandbox
-container via `python3 -u -c`, started ahead of demand: it waits on stdin for a job
-(one JSON line), writes the script, parameters and secrets into the work dir, prints
+container via `python3 -I -u -c` (isolated: no writable directory on sys.path),
+started ahead of demand: it waits on stdin for a job (one JSON line), writes the script, parameters and secrets into the work dir, prints
 a start marker tagged with the job's nonce (the first bytes of stdout), and forks:
 
 - python jobs with `inprocess` run in the forked child of this already running
@@ -21,9 +21,10 @@ never argv. Kept dependency-free: it runs on any image with python3.
 """
 
 AGENT_SOURCE = r"""
-import json, os, signal, subprocess, sys, time
-# Imported once, while the sandbox waits, not on a run's path.
-import ctypes, io, resource, runpy, stat, tarfile, traceback, types
+import json, os, signal, sys, time
+# Imported once, while the sandbox waits, not on a run's path. tarfile is imported when a run
+# left artifacts (safe: `python3 -I` puts no writable directory on sys.path).
+import ctypes, io, resource, runpy, stat, types
 
 def read_first(paths):
     for path in paths:
@@ -77,6 +78,7 @@ def oom_kills():
 def pack(work, artifacts, max_bytes):
     # result.json and the artifacts tree as an uncompressed tar, links recorded as links (never
     # followed; the executor keeps regular files only), cut off before max_bytes of content.
+    import tarfile
     buffer = io.BytesIO()
     total = 0
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -202,7 +204,7 @@ def child(job, script, work, env):
                 print(exc.code, file=sys.stderr)
                 code = 1
         except BaseException:
-            traceback.print_exc()
+            sys.__excepthook__(*sys.exc_info())  # the interpreter's own report: no import here
             code = 1
         try:
             sys.stdout.flush()
