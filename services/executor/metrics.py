@@ -40,6 +40,11 @@ class ExecutorMetrics:
             "Sandbox containers that failed to start.",
             registry=registry,
         )
+        self.orphans_removed = Counter(
+            "runbox_executor_orphans_removed_total",
+            "Containers an earlier process of this executor left behind, removed at start-up.",
+            registry=registry,
+        )
         self.handoff = Histogram(
             "runbox_executor_handoff_seconds",
             "From a run starting on the executor to its user code running in the sandbox.",

@@ -22,12 +22,14 @@ import contextlib
 import logging
 import socket
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import docker
-from docker.errors import DockerException
+from docker.errors import DockerException, NotFound
 from docker.models.containers import Container, _create_container_args
 
 from runbox.common.v1 import common_pb2
@@ -42,6 +44,8 @@ UID = "10001:10001"
 RUNSC_PIDS = 16384
 READY = b"RUNBOX-READY\n"
 READY_TIMEOUT_S = 60.0
+OWNER_LABEL = "org.runbox.owner"
+OWNER_FILE = "sandbox-owner"
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,10 @@ class _ClassState:
     minimum: int = 0
 
 
-def hardened_options(cls: PoolClass) -> dict[str, Any]:
-    """`docker create` options of a sandbox: hardened by default, nothing of the host inside."""
+def hardened_options(cls: PoolClass, owner: str = "") -> dict[str, Any]:
+    """`docker create` options of a sandbox: hardened by default, nothing of the host inside.
+    `owner` labels it as this executor's, so that a later start of the executor can remove it
+    if this one dies (reap_orphans)."""
     options: dict[str, Any] = dict(
         image=cls.image,
         command=["python3", "-I", "-u", "-c", AGENT_SOURCE],
@@ -136,7 +142,42 @@ def hardened_options(cls: PoolClass) -> dict[str, Any]:
     )
     if cls.runtime:
         options["runtime"] = cls.runtime
+    if owner:
+        options["labels"][OWNER_LABEL] = owner
     return options
+
+
+def sandbox_owner(work_dir: Path) -> str:
+    """This executor's owner label value: made once and kept in its work dir, so the same
+    executor restarted (new process, same work dir) knows its earlier containers; executors
+    sharing one engine have their own work dirs and never touch each other's."""
+    path = work_dir / OWNER_FILE
+    try:
+        owner = path.read_text().strip()
+    except FileNotFoundError:
+        owner = ""
+    if not owner:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        owner = f"executor-{uuid.uuid4().hex}"
+        path.write_text(owner + "\n")
+    return owner
+
+
+def reap_orphans(client: docker.DockerClient, owner: str) -> int:
+    """Remove every container labelled with `owner`: at start-up, what an earlier process of
+    this executor left when it died (warm sandboxes, runs it never finished). Blocking."""
+    removed = 0
+    for container in client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner}"}):
+        try:
+            container.remove(force=True)
+            removed += 1
+        except NotFound:
+            pass  # removed meanwhile
+        except DockerException as exc:
+            log.warning("could not remove orphaned container %s: %s", container.short_id, exc)
+    if removed:
+        log.warning("removed %d containers an earlier run of this executor left behind", removed)
+    return removed
 
 
 class WarmPool:
@@ -148,8 +189,10 @@ class WarmPool:
         settings: SandboxSettings,
         metrics: ExecutorMetrics,
         default_class: PoolClass,
+        owner: str = "",
     ) -> None:
         self._client = client
+        self._owner = owner
         self._settings = settings
         self._pool = settings.pool
         self._metrics = metrics
@@ -349,7 +392,7 @@ class WarmPool:
         return sandbox
 
     def _create_blocking(self, cls: PoolClass) -> tuple[Container, Attached]:
-        options = hardened_options(cls)
+        options = hardened_options(cls, self._owner)
         del options["detach"]
         options["version"] = self._client.api._version
         # ContainerCollection.create() minus its inspect of the new container (one API call

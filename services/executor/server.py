@@ -12,6 +12,7 @@ from services.executor.content import ContentSource
 from services.executor.events import EventPublisher
 from services.executor.metrics import ExecutorMetrics
 from services.executor.models import OUTBOX
+from services.executor.pool import sandbox_owner
 from services.executor.runners.base import RunnerRegistry
 from services.executor.runners.command_runner import CommandRunner
 from services.executor.runners.container_runner import ContainerRunner
@@ -47,9 +48,11 @@ def build_registry(
     client = docker_client_or_none() if backend in ("auto", "docker") else None
     if backend == "docker" and client is None:
         raise RuntimeError("RUNBOX_SANDBOX__BACKEND=docker but no Docker engine is reachable")
+    # Labels every container this executor makes; its next start removes what is left.
+    owner = sandbox_owner(Path(settings.work_dir)) if client is not None else ""
     if client is not None:
         runner: DockerRunner | LocalRunner = DockerRunner(
-            client, settings.sandbox, metrics, settings.artifacts
+            client, settings.sandbox, metrics, settings.artifacts, owner
         )
         chosen = "docker"
     else:
@@ -68,7 +71,7 @@ def build_registry(
         if container_client is not None:
             registry.register(
                 common_pb2.EXECUTION_TYPE_CONTAINER,
-                ContainerRunner(container_client, settings, metrics),
+                ContainerRunner(container_client, settings, metrics, owner),
             )
     # These need no Docker: they call out (http, serverless) or run allow-listed host commands.
     registry.register(common_pb2.EXECUTION_TYPE_HTTP, HttpRunner(settings.http))

@@ -62,9 +62,14 @@ class ContainerRunner:
     name = "container"
 
     def __init__(
-        self, client: docker.DockerClient, settings: ExecutorSettings, metrics: ExecutorMetrics
+        self,
+        client: docker.DockerClient,
+        settings: ExecutorSettings,
+        metrics: ExecutorMetrics,
+        owner: str = "",
     ) -> None:
         self._client = client
+        self._owner = owner
         self._settings = settings.container
         self._sandbox = settings.sandbox
         self._metrics = metrics
@@ -110,7 +115,12 @@ class ContainerRunner:
         network = self._sandbox.egress_network if job.limits.network == EGRESS else "none"
         runtime = "runsc" if job.runtime == RUNSC else self._sandbox.runtime
         options = create_options(
-            spec, job, network=network, runtime=runtime, tmp_bytes=self._sandbox.tmp_bytes
+            spec,
+            job,
+            network=network,
+            runtime=runtime,
+            tmp_bytes=self._sandbox.tmp_bytes,
+            owner=self._owner,
         )
         try:
             container, attached = await asyncio.to_thread(self._create, options)

@@ -138,7 +138,7 @@ def environment(job: Job, config_env: Mapping[str, str]) -> dict[str, str]:
 
 
 def create_options(
-    spec: ContainerSpec, job: Job, *, network: str, runtime: str, tmp_bytes: int
+    spec: ContainerSpec, job: Job, *, network: str, runtime: str, tmp_bytes: int, owner: str = ""
 ) -> dict[str, Any]:
     """`docker create` options: the sandbox's hardened ones, with this image and command."""
     limits = job.limits
@@ -152,7 +152,7 @@ def create_options(
         tmp_bytes=tmp_bytes,
         network=network,
     )
-    options = hardened_options(cls)
+    options = hardened_options(cls, owner)
     uid, _, gid = spec.user.partition(":")
     options.update(
         entrypoint=spec.entrypoint,
@@ -166,8 +166,9 @@ def create_options(
             "mode=0700",
             "/tmp": f"rw,nosuid,nodev,noexec,size={tmp_bytes},mode=1777",  # noqa: S108 - in the container
         },
-        labels={ROLE_LABEL: ROLE, RUN_LABEL: job.run_id},
+        labels={**options["labels"], ROLE_LABEL: ROLE, RUN_LABEL: job.run_id},
     )
+    del options["labels"]["org.runbox.pool_class"]
     if options["entrypoint"] is None:
         del options["entrypoint"]
     if options["command"] is None:

@@ -34,6 +34,7 @@ from services.executor.pool import (
     Sandbox,
     WarmPool,
     engine_runtimes,
+    reap_orphans,
     refuse_unoffered,
 )
 from services.executor.runners.base import FR, RS, Job, Outcome, OutputSink, StartedHook
@@ -59,13 +60,15 @@ class DockerRunner:
         settings: SandboxSettings,
         metrics: ExecutorMetrics,
         artifacts: ArtifactSettings | None = None,
+        owner: str = "",
     ) -> None:
         self._client = client
+        self._owner = owner
         self._settings = settings
         self._artifacts = artifacts or ArtifactSettings()
         self._metrics = metrics
         self._runtimes = engine_runtimes(client)
-        self._pool = WarmPool(client, settings, metrics, self.default_class())
+        self._pool = WarmPool(client, settings, metrics, self.default_class(), owner)
         self._active: dict[str, Sandbox] = {}
         self._cancelled: set[str] = set()
 
@@ -74,6 +77,15 @@ class DockerRunner:
         return self._pool
 
     async def start(self) -> None:
+        """Remove what an earlier process of this executor left (its warm sandboxes and
+        unfinished container runs), then fill the pool."""
+        if self._owner:
+            try:
+                reaped = await asyncio.to_thread(reap_orphans, self._client, self._owner)
+            except DockerException as exc:
+                log.warning("could not look for orphaned containers: %s", exc)
+            else:
+                self._metrics.orphans_removed.inc(reaped)
         await self._pool.start()
 
     def default_class(self) -> PoolClass:

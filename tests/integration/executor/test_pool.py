@@ -14,10 +14,12 @@ import pytest
 from runbox.common.v1 import common_pb2
 from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.config import ExecutorSettings
+from services.executor.pool import OWNER_LABEL, PoolClass, hardened_options, sandbox_owner
 from services.executor.server import build
 from shared.clients import open_channel
 from shared.runtime import Running, build_runtime, launch
-from tests.integration.executor.conftest import ExecutorHarness
+from tests.conftest import SANDBOX_IMAGE
+from tests.integration.executor.conftest import ExecutorHarness, open_harness
 from tests.integration.helpers import settings_for
 
 pytestmark = pytest.mark.usefixtures("docker_engine")
@@ -182,3 +184,40 @@ async def test_handoff_latency_and_pool_gauges_are_exported(pooled: ExecutorHarn
     assert 'runbox_executor_handoff_seconds_count{runner="docker"} 1.0' in body
     assert 'runbox_executor_pool_acquires_total{pool_class="runc-1cpu-256mib' in body
     assert 'state="idle"' in body and "runbox_executor_pool_containers" in body
+
+
+async def test_start_up_removes_what_an_earlier_process_left(
+    tmp_path: Path, nats_server: Any, tokens: Any
+) -> None:
+    """An executor that died left a warm sandbox and an exited container; its next start (same
+    work dir) removes both, labels its new sandboxes as its own, and leaves another
+    executor's containers alone."""
+    from prometheus_client import generate_latest
+
+    client = docker.from_env()
+    cls = PoolClass(SANDBOX_IMAGE, "", 1.0, 256 << 20, 128, 64 << 20, 64 << 20, "none")
+    mine = sandbox_owner(tmp_path / "work")  # the work dir the harness's executor uses
+    other = sandbox_owner(tmp_path / "other")
+    assert mine != other and sandbox_owner(tmp_path / "work") == mine  # kept, not remade
+
+    def leftover(owner: str) -> str:
+        options = hardened_options(cls, owner)
+        options.update(command=["sleep", "300"], stdin_open=False)
+        return str(client.containers.run(**options).id)
+
+    left = [leftover(mine), leftover(mine)]
+    client.containers.get(left[1]).kill()  # one exited, one still running
+    foreign = leftover(other)
+    try:
+        async with open_harness(tmp_path, nats_server.url, tokens, "docker") as h:
+            await _wait_idle(h, 1)
+            present = {c.id for c in client.containers.list(all=True)}
+            assert not set(left) & present
+            assert foreign in present
+            body = generate_latest(h.running.runtime.registry).decode()
+            assert "runbox_executor_orphans_removed_total 2.0" in body
+            owned = client.containers.list(filters={"label": f"{OWNER_LABEL}={mine}"})
+            assert owned and {c.labels["org.runbox.role"] for c in owned} == {"sandbox"}
+    finally:
+        client.containers.get(foreign).remove(force=True)
+        client.close()
