@@ -3,35 +3,29 @@ that travels in the FINISHED event) and the files under its artifacts
 directory, which the executor copies into its own storage (artifact_store.py
 says how: only regular files, sanitised names, caps).
 
-Three sources, one store:
+Two sources, one store:
 
 - `collect_from_directory`: a local run's work dir on the host, walked by
   file descriptor without following any link;
 - `collect_from_tar`: one tar stream holding `result.json` and
-  `artifacts/...`, whoever produced it (the in-sandbox agent can write one
-  over its output stream): it is read as hostile input;
-- `collect_from_container`: the Docker archive API. The engine archives the
-  container's own filesystem and its volumes, NOT tmpfs mounts made with
-  HostConfig.Tmpfs (moby/moby#22020: it sees the empty directory below), and a
-  tmpfs volume loses its content once the container stops. Use it only while
-  the container runs, with /artifacts and /work on volumes.
+  `artifacts/...`, whoever produced it (the in-sandbox agent writes one over
+  its output stream): it is read as hostile input.
+
+The Docker engine's archive API is not used: it cannot see tmpfs mounts made
+with HostConfig.Tmpfs, where a sandbox keeps /work and /artifacts
+(moby/moby#22020: it archives the empty directory below).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno
 import io
 import os
-import posixpath
 import stat
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Protocol
-
-from docker.errors import DockerException, NotFound
+from typing import IO, Any
 
 from services.executor.artifact_store import (
     CHUNK,
@@ -50,12 +44,6 @@ RESULT_NAME = "result.json"
 
 # (result, stored artifacts, warnings to log and show the user)
 Collection = tuple[dict[str, Any] | None, list[ArtifactFile], list[str]]
-
-
-class ArchiveSource(Protocol):
-    """The part of a docker Container that collection uses."""
-
-    def get_archive(self, path: str) -> tuple[Iterator[bytes], Any]: ...
 
 
 def collect_from_directory(
@@ -101,73 +89,6 @@ def collect_from_tar(
 
     store.read_tar(_as_stream(stream), artifacts_root, on_other=other)
     return (found[0] if found else None), store.files, store.warnings.items()
-
-
-async def collect_from_container(
-    container: ArchiveSource,
-    run_id: str,
-    settings: ArtifactSettings,
-    *,
-    secrets: Iterable[str] = (),
-    work_dir: str = "/work",
-    artifacts_dir: str = "/artifacts",
-) -> Collection:
-    """A running sandbox's result.json and artifacts through the Docker archive
-    API, before it is stopped (see the module docstring for what the engine sees)."""
-    return await asyncio.to_thread(
-        _collect_container, container, run_id, settings, list(secrets), work_dir, artifacts_dir
-    )
-
-
-def _collect_container(
-    container: ArchiveSource,
-    run_id: str,
-    settings: ArtifactSettings,
-    secrets: list[str],
-    work_dir: str,
-    artifacts_dir: str,
-) -> Collection:
-    store = ArtifactStore(settings, run_id, Redactor(secrets))
-    path = posixpath.join(work_dir, RESULT_NAME)
-    result = _result_from_archive(container, path, settings.max_result_bytes, store.warnings)
-    chunks = _archive(container, artifacts_dir, store.warnings, "artifacts")
-    if chunks is not None:
-        try:
-            store.read_tar(_as_stream(chunks), posixpath.basename(artifacts_dir.rstrip("/")))
-        finally:
-            _close(chunks)
-    return result, store.files, store.warnings.items()
-
-
-def _archive(
-    container: ArchiveSource, path: str, warnings: Warnings, what: str
-) -> Iterator[bytes] | None:
-    """The tar stream of one path, or None when it does not exist."""
-    try:
-        chunks, _ = container.get_archive(path)
-    except NotFound:
-        return None
-    except DockerException as exc:
-        warnings.add(f"{what} could not be read from the sandbox ({_short(exc)})")
-        return None
-    return chunks
-
-
-def _result_from_archive(
-    container: ArchiveSource, path: str, max_bytes: int, warnings: Warnings
-) -> dict[str, Any] | None:
-    chunks = _archive(container, path, warnings, RESULT_NAME)
-    if chunks is None:
-        return None
-    try:
-        with tarfile.open(fileobj=_as_stream(chunks), mode="r|") as tar:
-            member = tar.next()
-            return _result_member(tar, member, max_bytes, warnings) if member else None
-    except tarfile.TarError as exc:
-        warnings.add(f"{RESULT_NAME} could not be read ({exc})")
-        return None
-    finally:
-        _close(chunks)
 
 
 def _result_member(
@@ -216,7 +137,7 @@ def _parse_or_warn(data: bytes, max_bytes: int, warnings: Warnings) -> dict[str,
 
 
 class _ChunkReader(io.RawIOBase):
-    """A readable stream over byte chunks (what the Docker SDK yields)."""
+    """A readable stream over an iterable of byte chunks."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
@@ -243,16 +164,3 @@ def _as_stream(source: IO[bytes] | Iterable[bytes]) -> IO[bytes]:
     if hasattr(source, "read"):
         return source  # type: ignore[return-value]
     return io.BufferedReader(_ChunkReader(iter(source)), buffer_size=CHUNK)
-
-
-def _close(chunks: Any) -> None:
-    """Stop the archive download early: nothing past a cap is read."""
-    close = getattr(chunks, "close", None)
-    if close is not None:
-        with contextlib.suppress(Exception):
-            close()
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

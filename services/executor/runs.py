@@ -120,14 +120,18 @@ class RunManager:
         while draining or full: the run is already held, nothing new starts)."""
         if not request.run_id:
             raise InvalidArgument.field("run_id", "required")
-        previous = self._runs.get(request.run_id)
-        if previous is not None:
-            return previous.accepted_at, False
-        if request.run_id in self._accepted:
-            return self._accepted[request.run_id], False
+        held = self._held(request.run_id)
+        if held is not None:
+            return held, False
         if self._draining.is_set():
             raise Unavailable(f"executor {self.executor_id} is shutting down")
-        self._registry.get(request.execution_type).validate_config(job_stub(request))
+        await self._registry.get(request.execution_type).validate_config(job_stub(request))
+        # The check may have waited (on the engine): a duplicate accepted meanwhile wins.
+        held = self._held(request.run_id)
+        if held is not None:
+            return held, False
+        if self._draining.is_set():
+            raise Unavailable(f"executor {self.executor_id} is shutting down")
         self._check_capacity()
         # No await from the lookups above to here: concurrent duplicates see this run.
         run = ActiveRun(request=request, ctx=self._context(request), accepted_at=datetime.now(UTC))
@@ -143,6 +147,13 @@ class RunManager:
         finally:
             run.queued.set()
         return run.accepted_at, True
+
+    def _held(self, run_id: str) -> datetime | None:
+        """When a run id held now, or recently finished, was accepted."""
+        previous = self._runs.get(run_id)
+        if previous is not None:
+            return previous.accepted_at
+        return self._accepted.get(run_id)
 
     def _check_capacity(self) -> None:
         """RESOURCE_EXHAUSTED when running + waiting runs fill every slot and queue

@@ -102,8 +102,8 @@ class Runner(Protocol):
 
     name: str
 
-    def validate_config(self, job: Job) -> None:
-        """Raise InvalidArgument if the job cannot run here."""
+    async def validate_config(self, job: Job) -> None:
+        """Raise InvalidArgument (or FailedPrecondition) if the job cannot run here."""
 
     async def execute(self, job: Job, on_output: OutputSink, on_started: StartedHook) -> Outcome:
         """Run to completion, timeout or cancellation; never raise for user errors."""

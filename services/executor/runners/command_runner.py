@@ -151,7 +151,7 @@ class CommandRunner:
         self._active: dict[str, _Active] = {}
         self._cancelled: set[str] = set()
 
-    def validate_config(self, job: Job) -> None:
+    async def validate_config(self, job: Job) -> None:
         prepare(job, self._commands)
 
     async def execute(self, job: Job, on_output: OutputSink, on_started: StartedHook) -> Outcome:

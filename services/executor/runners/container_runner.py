@@ -79,21 +79,20 @@ class ContainerRunner:
         self._cancelled: set[str] = set()
         self._removals: set[asyncio.Task[None]] = set()
 
-    def validate_config(self, job: Job) -> None:
+    async def validate_config(self, job: Job) -> None:
         """Refuse at Execute what cannot run: config, allow-list, network, runtime, and an
         image this engine does not have (it is never pulled)."""
         spec = prepare(job, self._settings)
         refuse_unoffered(job, self._sandbox, self._runtimes)
-        self._check_present(spec.image)
+        await self._check_present(spec.image)
 
-    def _check_present(self, image: str) -> None:
-        """One image inspect on the engine's local socket (a few ms, on the caller's thread:
-        validate_config is synchronous), remembered for image_check_ttl_s."""
+    async def _check_present(self, image: str) -> None:
+        """One image inspect (in a thread: the SDK blocks), remembered for image_check_ttl_s."""
         seen = self._present.get(image)
         if seen is not None and time.monotonic() - seen < self._settings.image_check_ttl_s:
             return
         try:
-            self._client.images.get(image)
+            await asyncio.to_thread(self._client.images.get, image)
         except ImageNotFound as exc:
             raise FailedPrecondition(
                 f"{IMAGE_FIELD}: {image!r} is not present on this executor, and images are "

@@ -116,7 +116,7 @@ class DockerRunner:
             network=s.egress_network if limits.network == EGRESS else "none",
         )
 
-    def validate_config(self, job: Job) -> None:
+    async def validate_config(self, job: Job) -> None:
         """Refuse, before accepting, a run asking for what this executor does not offer."""
         refuse_unoffered(job, self._settings, self._runtimes)
 

@@ -209,7 +209,7 @@ class HttpRunner:
         )
         self._tasks: dict[str, asyncio.Task[HttpResponse]] = {}
 
-    def validate_config(self, job: Job) -> None:
+    async def validate_config(self, job: Job) -> None:
         prepare(job, self._settings, self._allow)
 
     async def execute(self, job: Job, on_output: OutputSink, on_started: StartedHook) -> Outcome:

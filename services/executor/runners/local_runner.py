@@ -59,7 +59,7 @@ class LocalRunner:
         self._active: dict[str, asyncio.subprocess.Process] = {}
         self._cancelled: set[str] = set()
 
-    def validate_config(self, job: Job) -> None:
+    async def validate_config(self, job: Job) -> None:
         """Python and shell scripts need no type-specific config yet."""
 
     async def execute(self, job: Job, on_output: OutputSink, on_started: StartedHook) -> Outcome:

@@ -122,7 +122,7 @@ class ServerlessRunner:
         self._tasks: dict[str, asyncio.Future[Reply]] = {}
         self._cancelled: set[str] = set()
 
-    def validate_config(self, job: Job) -> None:
+    async def validate_config(self, job: Job) -> None:
         prepare(job, self._settings)
 
     async def execute(self, job: Job, on_output: OutputSink, on_started: StartedHook) -> Outcome:

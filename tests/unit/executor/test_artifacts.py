@@ -1,5 +1,5 @@
-"""Artifact collection and result.json: real tar streams built in memory (as
-Docker's archive API sends them) and real directories, hostile entries included."""
+"""Artifact collection and result.json: real tar streams built in memory (as the
+in-sandbox agent sends them) and real directories, hostile entries included."""
 
 from __future__ import annotations
 
@@ -15,14 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from docker.errors import APIError, NotFound
 
 from services.executor.artifact_store import sanitize_name
-from services.executor.artifacts import (
-    collect_from_container,
-    collect_from_directory,
-    collect_from_tar,
-)
+from services.executor.artifacts import collect_from_directory, collect_from_tar
 from services.executor.config import ArtifactSettings, ExecutorSettings
 from services.executor.output import Redactor
 from services.executor.results import ResultError, parse_result, redact_result, result_struct
@@ -41,7 +36,7 @@ class Entry:
 
 
 def tar_bytes(entries: list[Entry], root: str | None = "artifacts") -> bytes:
-    """A tar stream laid out like Docker's archive of a directory."""
+    """A tar stream with the artifacts directory's own entry first, as tarfile packs it."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         if root:
@@ -60,46 +55,29 @@ def tar_bytes(entries: list[Entry], root: str | None = "artifacts") -> bytes:
     return buf.getvalue()
 
 
-class FakeSandbox:
-    """An ArchiveSource: paths map to tar streams, sent in small chunks."""
+class Chunks:
+    """A tar stream handed over in small chunks, counting how many were taken."""
 
-    def __init__(self, archives: dict[str, bytes], chunk: int = 4096) -> None:
-        self.archives = archives
-        self.chunk = chunk
-        self.chunks_sent = 0
-        self.closed: list[str] = []
+    def __init__(self, data: bytes, chunk: int = 4096) -> None:
+        self.data, self.chunk, self.taken = data, chunk, 0
 
-    def get_archive(self, path: str) -> tuple[Iterator[bytes], Any]:
-        if path not in self.archives:
-            raise NotFound(f"Could not find the file {path} in container")
-        return self._chunks(path, self.archives[path]), {}
-
-    def _chunks(self, path: str, data: bytes) -> Iterator[bytes]:
-        try:
-            for at in range(0, len(data), self.chunk):
-                self.chunks_sent += 1
-                yield data[at : at + self.chunk]
-        finally:
-            self.closed.append(path)
+    def __iter__(self) -> Iterator[bytes]:
+        for at in range(0, len(self.data), self.chunk):
+            self.taken += 1
+            yield self.data[at : at + self.chunk]
 
 
 def settings(tmp_path: Path, **caps: int) -> ArtifactSettings:
     return ArtifactSettings(storage_dir=str(tmp_path / "store"), **caps)
 
 
-def result_tar(data: bytes, kind: bytes = tarfile.REGTYPE, link: str = "") -> bytes:
-    return tar_bytes([Entry("result.json", data, kind=kind, link=link)], root=None)
-
-
-async def collect(
+def collect(
     tmp_path: Path, entries: list[Entry], result: bytes | None = None, **caps: int
 ) -> tuple[dict[str, Any] | None, list[Any], list[str]]:
-    archives = {"/artifacts": tar_bytes(entries)}
-    if result is not None:
-        archives["/work/result.json"] = result_tar(result)
-    return await collect_from_container(
-        FakeSandbox(archives), RUN, settings(tmp_path, **caps), secrets=[SECRET]
-    )
+    """One stream as the agent packs it: result.json (when given), then artifacts/..."""
+    head = [Entry("result.json", result)] if result is not None else []
+    data = tar_bytes([*head, Entry("artifacts", kind=tarfile.DIRTYPE), *entries], root=None)
+    return collect_from_tar(io.BytesIO(data), RUN, settings(tmp_path, **caps), secrets=[SECRET])
 
 
 def stored(tmp_path: Path) -> list[str]:
@@ -108,9 +86,9 @@ def stored(tmp_path: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
 
 
-async def test_collect_stores_regular_and_nested_files_with_sha256(tmp_path: Path) -> None:
+def test_collect_stores_regular_and_nested_files_with_sha256(tmp_path: Path) -> None:
     """Regular files, nested ones included, are stored under <storage>/<run_id>/ with their digest."""
-    result, files, warnings = await collect(
+    result, files, warnings = collect(
         tmp_path, [Entry("artifacts/report.txt", b"hello"), Entry("artifacts/sub/d.csv", b"1,2\n")]
     )
     assert result is None and warnings == []
@@ -125,9 +103,9 @@ async def test_collect_stores_regular_and_nested_files_with_sha256(tmp_path: Pat
     assert (tmp_path / "store" / RUN / "sub" / "d.csv").read_bytes() == b"1,2\n"
 
 
-async def test_collect_skips_symlink_to_host_file(tmp_path: Path) -> None:
+def test_collect_skips_symlink_to_host_file(tmp_path: Path) -> None:
     """A symlink to /etc/passwd is reported and never followed or stored."""
-    _, files, warnings = await collect(
+    _, files, warnings = collect(
         tmp_path,
         [
             Entry("artifacts/passwd", kind=tarfile.SYMTYPE, link="/etc/passwd"),
@@ -139,9 +117,9 @@ async def test_collect_skips_symlink_to_host_file(tmp_path: Path) -> None:
     assert stored(tmp_path) == [RUN, f"{RUN}/ok"]
 
 
-async def test_collect_skips_hardlink(tmp_path: Path) -> None:
+def test_collect_skips_hardlink(tmp_path: Path) -> None:
     """A hardlink entry is reported and skipped; its target stays the only copy."""
-    _, files, warnings = await collect(
+    _, files, warnings = collect(
         tmp_path,
         [
             Entry("artifacts/a", b"data"),
@@ -152,9 +130,9 @@ async def test_collect_skips_hardlink(tmp_path: Path) -> None:
     assert any("'b'" in w and "hardlink" in w for w in warnings), warnings
 
 
-async def test_collect_skips_device_and_fifo_entries(tmp_path: Path) -> None:
+def test_collect_skips_device_and_fifo_entries(tmp_path: Path) -> None:
     """Device nodes and fifos are never opened."""
-    _, files, warnings = await collect(
+    _, files, warnings = collect(
         tmp_path,
         [
             Entry("artifacts/null", kind=tarfile.CHRTYPE),
@@ -167,27 +145,35 @@ async def test_collect_skips_device_and_fifo_entries(tmp_path: Path) -> None:
     assert stored(tmp_path) == []
 
 
-async def test_collect_refuses_names_escaping_the_run_dir(tmp_path: Path) -> None:
+def test_collect_refuses_names_escaping_the_run_dir(tmp_path: Path) -> None:
     """`..` and absolute names are refused; nothing lands outside the run's directory."""
-    _, files, warnings = await collect(
+    _, files, warnings = collect(
         tmp_path,
         [
             Entry("../escape", b"x"),
-            Entry("artifacts/../../escape2", b"x"),
             Entry("/etc/absolute", b"x"),
+            Entry("artifacts/../../escape2", b"x"),
+            Entry("artifacts/sub/../../../escape3", b"x"),
+            Entry("artifacts//etc/absolute2", b"x"),
             Entry("artifacts/fine", b"x"),
         ],
     )
     assert [f.name for f in files] == ["fine"]
-    assert sum("'..'" in w for w in warnings) == 2
-    assert any("absolute" in w for w in warnings)
+    assert warnings == [
+        "artifact '../escape' skipped: outside the artifacts directory",
+        "artifact '/etc/absolute' skipped: outside the artifacts directory",
+        "artifact '../../escape2' skipped: '..' in the name",
+        "artifact 'sub/../../../escape3' skipped: '..' in the name",
+        "artifact '/etc/absolute2' skipped: absolute name",
+    ]
     assert not (tmp_path / "escape").exists() and not (tmp_path / "store" / "escape2").exists()
+    assert not (tmp_path / "escape3").exists() and not (tmp_path / "store" / "escape3").exists()
     assert stored(tmp_path) == [RUN, f"{RUN}/fine"]
 
 
-async def test_collect_sanitises_control_characters_in_names(tmp_path: Path) -> None:
+def test_collect_sanitises_control_characters_in_names(tmp_path: Path) -> None:
     """NUL (cut by tar), newline and backslash never reach a stored name."""
-    _, files, _ = await collect(
+    _, files, _ = collect(
         tmp_path,
         [Entry("artifacts/new\nline\x07.txt", b"1"), Entry("artifacts/a\x00b", b"2")],
     )
@@ -208,18 +194,18 @@ def test_sanitize_name_normalises_and_refuses() -> None:
         sanitize_name("/".join(["d"] * 20), 255)
 
 
-async def test_collect_stops_at_the_file_count_cap(tmp_path: Path) -> None:
+def test_collect_stops_at_the_file_count_cap(tmp_path: Path) -> None:
     """101 files with a cap of 100: 100 stored, a warning, and the stream is not read on."""
     entries = [Entry(f"artifacts/f{i:03}", b"x" * 10) for i in range(101)]
-    _, files, warnings = await collect(tmp_path, entries, max_files=100)
+    _, files, warnings = collect(tmp_path, entries, max_files=100)
     assert len(files) == 100
     assert any("100 artifact files" in w for w in warnings), warnings
     assert len(list((tmp_path / "store" / RUN).iterdir())) == 100
 
 
-async def test_collect_skips_a_file_over_the_size_cap(tmp_path: Path) -> None:
+def test_collect_skips_a_file_over_the_size_cap(tmp_path: Path) -> None:
     """A file over the per-file cap is skipped (no partial copy); later files still come."""
-    _, files, warnings = await collect(
+    _, files, warnings = collect(
         tmp_path,
         [Entry("artifacts/big", b"b" * 2000), Entry("artifacts/small", b"s" * 10)],
         max_file_bytes=1000,
@@ -229,88 +215,90 @@ async def test_collect_skips_a_file_over_the_size_cap(tmp_path: Path) -> None:
     assert not (tmp_path / "store" / RUN / "big").exists()
 
 
-async def test_collect_stops_reading_past_the_total_cap(tmp_path: Path) -> None:
-    """Once the total byte cap is reached the rest of the archive is not downloaded."""
+def test_collect_stops_reading_past_the_total_cap(tmp_path: Path) -> None:
+    """Once the total byte cap is reached the rest of the stream is not read."""
     entries = [Entry(f"artifacts/f{i}", b"z" * 10_000) for i in range(50)]
-    sandbox = FakeSandbox({"/artifacts": tar_bytes(entries)}, chunk=1024)
-    _, files, warnings = await collect_from_container(
-        sandbox, RUN, settings(tmp_path, max_total_bytes=25_000)
-    )
+    stream = Chunks(tar_bytes(entries), chunk=1024)
+    _, files, warnings = collect_from_tar(stream, RUN, settings(tmp_path, max_total_bytes=25_000))
     assert [f.name for f in files] == ["f0", "f1"]
     assert any("25000 artifact bytes" in w for w in warnings), warnings
-    assert sandbox.chunks_sent < len(tar_bytes(entries)) // 1024 // 2
-    assert "/artifacts" in sandbox.closed
+    assert 0 < stream.taken < len(stream.data) // 1024 // 2
+    assert stored(tmp_path) == [RUN, f"{RUN}/f0", f"{RUN}/f1"]
 
 
-async def test_collect_warnings_are_bounded(tmp_path: Path) -> None:
+def test_collect_warnings_are_bounded(tmp_path: Path) -> None:
     """A thousand symlinks give a bounded list of warnings with a count of the rest."""
     entries = [Entry(f"artifacts/l{i}", kind=tarfile.SYMTYPE, link="/") for i in range(1000)]
-    _, files, warnings = await collect(tmp_path, entries)
+    _, files, warnings = collect(tmp_path, entries)
     assert files == []
     assert len(warnings) == 21
     assert warnings[-1] == "... and 980 more artifact warnings"
 
 
-async def test_collect_redacts_secrets_from_artifact_names(tmp_path: Path) -> None:
+def test_collect_redacts_secrets_from_artifact_names(tmp_path: Path) -> None:
     """A secret in a file name is replaced before the file is stored or reported."""
     secret = "tok-abc123+x"
     b64 = base64.b64encode(secret.encode()).decode()
     url = urllib.parse.quote(secret, safe="")
-    sandbox = FakeSandbox(
-        {
-            "/artifacts": tar_bytes(
-                [
-                    Entry(f"artifacts/key-{secret}.txt", b"x"),
-                    Entry(f"artifacts/{b64}", b"y"),
-                    Entry(f"artifacts/{url}", kind=tarfile.SYMTYPE, link="/"),
-                ]
-            )
-        }
+    data = tar_bytes(
+        [
+            Entry(f"artifacts/key-{secret}.txt", b"x"),
+            Entry(f"artifacts/{b64}", b"y"),
+            Entry(f"artifacts/{url}", kind=tarfile.SYMTYPE, link="/"),
+        ]
     )
-    _, files, warnings = await collect_from_container(
-        sandbox, RUN, settings(tmp_path), secrets=[secret]
+    _, files, warnings = collect_from_tar(
+        io.BytesIO(data), RUN, settings(tmp_path), secrets=[secret]
     )
     assert sorted(f.name for f in files) == ["***", "key-***.txt"]
     assert warnings == ["artifact '***' skipped: a symlink"]
     assert sorted(p.name for p in (tmp_path / "store" / RUN).iterdir()) == ["***", "key-***.txt"]
 
 
-async def test_collect_is_empty_when_the_sandbox_has_nothing(tmp_path: Path) -> None:
-    """No /artifacts and no result.json: nothing stored, no warnings."""
-    result, files, warnings = await collect_from_container(FakeSandbox({}), RUN, settings(tmp_path))
-    assert (result, files, warnings) == (None, [], [])
-    assert stored(tmp_path) == []
+def test_collect_is_empty_when_the_stream_has_nothing(tmp_path: Path) -> None:
+    """An empty artifacts directory and no result.json: nothing stored, no warnings."""
+    for data in (tar_bytes([]), tar_bytes([], root=None)):
+        result, files, warnings = collect_from_tar(io.BytesIO(data), RUN, settings(tmp_path))
+        assert (result, files, warnings) == (None, [], [])
+        assert stored(tmp_path) == []
 
 
-async def test_collect_reports_a_docker_error_as_a_warning(tmp_path: Path) -> None:
-    """An engine error while reading becomes a warning, never an exception."""
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"this is not a tar stream\n" * 100, "invalid header"),
+        (b"\x00" * 100 + b"garbage" * 200, "invalid header"),
+        (b"", "empty file"),
+    ],
+)
+def test_collect_reports_an_unreadable_stream_as_a_warning(
+    tmp_path: Path, data: bytes, why: str
+) -> None:
+    """A stream that is no tar at all becomes a warning, never an exception."""
+    result, files, warnings = collect_from_tar(
+        io.BytesIO(data), RUN, settings(tmp_path), secrets=[SECRET]
+    )
+    assert result is None and files == [] and stored(tmp_path) == []
+    assert warnings == [f"the artifacts archive could not be read to the end ({why})"]
 
-    class Broken:
-        def get_archive(self, path: str) -> tuple[Iterator[bytes], Any]:
-            raise APIError("engine went away")
 
-    result, files, warnings = await collect_from_container(Broken(), RUN, settings(tmp_path))
-    assert result is None and files == []
-    assert len(warnings) == 2 and all("could not be read" in w for w in warnings)
-
-
-async def test_collect_replaces_an_earlier_attempts_files(tmp_path: Path) -> None:
+def test_collect_replaces_an_earlier_attempts_files(tmp_path: Path) -> None:
     """A second collection for the same run id starts from an empty directory."""
-    await collect(tmp_path, [Entry("artifacts/old", b"1")])
-    _, files, _ = await collect(tmp_path, [Entry("artifacts/new", b"2")])
+    collect(tmp_path, [Entry("artifacts/old", b"1")])
+    _, files, _ = collect(tmp_path, [Entry("artifacts/new", b"2")])
     assert [f.name for f in files] == ["new"]
     assert stored(tmp_path) == [RUN, f"{RUN}/new"]
 
 
-async def test_collect_hashes_an_unsafe_run_id(tmp_path: Path) -> None:
+def test_collect_hashes_an_unsafe_run_id(tmp_path: Path) -> None:
     """A run id that is not a plain file name cannot steer the storage path."""
-    sandbox = FakeSandbox({"/artifacts": tar_bytes([Entry("artifacts/a", b"1")])})
-    _, files, _ = await collect_from_container(sandbox, "../../etc", settings(tmp_path))
+    data = tar_bytes([Entry("artifacts/a", b"1")])
+    _, files, _ = collect_from_tar(io.BytesIO(data), "../../etc", settings(tmp_path))
     [run_dir] = (tmp_path / "store").iterdir()
     assert run_dir.name.startswith("run-") and files[0].uri == (run_dir / "a").as_uri()
 
 
-async def test_combined_stream_gives_result_and_artifacts(tmp_path: Path) -> None:
+def test_combined_stream_gives_result_and_artifacts(tmp_path: Path) -> None:
     """One tar stream (as the agent may send it): result.json plus artifacts/..., rest refused."""
     data = tar_bytes(
         [
@@ -362,10 +350,10 @@ def test_truncated_stream_keeps_what_was_complete(tmp_path: Path) -> None:
 # result.json
 
 
-async def test_result_json_object_becomes_the_result(tmp_path: Path) -> None:
+def test_result_json_object_becomes_the_result(tmp_path: Path) -> None:
     """A JSON object is the run's result and fits a Struct."""
     value = {"rows": 3, "ok": True, "nested": {"list": [1, "two", None]}, "ratio": 0.5}
-    result, _, warnings = await collect(tmp_path, [], json.dumps(value).encode())
+    result, _, warnings = collect(tmp_path, [], json.dumps(value).encode())
     assert result == value and warnings == []
     assert result_struct(result)["nested"]["list"][1] == "two"
 
@@ -383,29 +371,26 @@ async def test_result_json_object_becomes_the_result(tmp_path: Path) -> None:
         (b'{"a":' * 40 + b"1" + b"}" * 40, "nested deeper"),
     ],
 )
-async def test_result_json_that_is_no_object_is_ignored(
-    tmp_path: Path, data: bytes, why: str
-) -> None:
+def test_result_json_that_is_no_object_is_ignored(tmp_path: Path, data: bytes, why: str) -> None:
     """Anything but a Struct-compatible JSON object gives no result and a warning saying why."""
-    result, _, warnings = await collect(tmp_path, [], data)
+    result, _, warnings = collect(tmp_path, [], data)
     assert result is None
     assert len(warnings) == 1 and why in warnings[0], warnings
 
 
-async def test_result_json_over_the_cap_is_ignored(tmp_path: Path) -> None:
+def test_result_json_over_the_cap_is_ignored(tmp_path: Path) -> None:
     """result.json larger than max_result_bytes is not read."""
     data = json.dumps({"blob": "x" * 2000}).encode()
-    result, _, warnings = await collect(tmp_path, [], data, max_result_bytes=1000)
+    result, _, warnings = collect(tmp_path, [], data, max_result_bytes=1000)
     assert result is None
     assert warnings == ["result.json ignored: larger than 1000 bytes"]
 
 
-async def test_result_json_symlink_is_ignored(tmp_path: Path) -> None:
+def test_result_json_symlink_is_ignored(tmp_path: Path) -> None:
     """A result.json that is a symlink is not followed."""
-    sandbox = FakeSandbox(
-        {"/work/result.json": result_tar(b"", kind=tarfile.SYMTYPE, link="/etc/passwd")}
+    result, _, warnings = collect(
+        tmp_path, [Entry("result.json", kind=tarfile.SYMTYPE, link="/etc/passwd")]
     )
-    result, _, warnings = await collect_from_container(sandbox, RUN, settings(tmp_path))
     assert result is None and warnings == ["result.json ignored: it is a symlink"]
 
 
