@@ -101,4 +101,19 @@ class ScheduleRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class FireRow(Base):
+    """One fire of a schedule, keyed by its nominal time: written (claimed) before its run is
+    created, so a fire happens at most once whatever crashes or replicas do; a skipped or
+    missed fire is recorded too."""
+
+    __tablename__ = "fires"
+
+    schedule_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    nominal_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    outcome: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 OUTBOX = outbox_table(Base.metadata)
