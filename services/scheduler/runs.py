@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +60,10 @@ class Runs:
         # Secret values live only here, in memory, until the run is dispatched.
         self.secrets: dict[str, dict[str, str]] = {}
         self.on_submitted: list[Any] = []
+        # Called inside the transaction that ends a run, whichever way it ends (an executor's
+        # event, a cancel while pending, a dispatch failure, a lost lease): what follows from
+        # it (a retry, a dead letter, a schedule's failure count) commits with it or not at all.
+        self.on_terminal: list[Callable[[AsyncSession, RunRow], Awaitable[None]]] = []
 
     async def submit(self, request: scheduler_pb2.SubmitRunRequest, *, actor: str) -> RunRow:
         """Validate through the catalogue and commit the run PENDING."""
@@ -192,6 +196,7 @@ class Runs:
                 "cancelled while pending",
             )
             await self._event(session, row, events_pb2.RUN_EVENT_TYPE_FINISHED, "cancelled")
+            await self._ended(session, row)
         self._after_change(row)
         return row
 
@@ -203,12 +208,17 @@ class Runs:
                 return
             self._finish(row, RS.RUN_STATE_FAILED, reason, message)
             await self._event(session, row, events_pb2.RUN_EVENT_TYPE_FINISHED, "failed")
+            await self._ended(session, row)
         self._after_change(row)
 
     def _finish(self, row: RunRow, state: int, reason: int, message: str) -> None:
         row.state, row.failure_reason, row.exit_message = state, reason, message
         row.finished_at = row.updated_at = _now()
         self.secrets.pop(row.id, None)
+
+    async def _ended(self, session: AsyncSession, row: RunRow) -> None:
+        for hook in self.on_terminal:
+            await hook(session, row)
 
     def _after_change(self, row: RunRow) -> None:
         self._outbox.notify()
@@ -289,6 +299,8 @@ class Runs:
             if row is None or not sm.can_move(row.state, event.state):
                 return False
             _apply_fields(row, event)
+            if sm.is_terminal(row.state):
+                await self._ended(session, row)
         self._after_change(row)
         return True
 
