@@ -135,7 +135,7 @@ def spawn_executor(tmp: Path, nats_url: str, args: argparse.Namespace) -> tuple[
         RUNBOX_DATABASE__URL=f"sqlite+aiosqlite:///{tmp / 'executor.db'}",
         RUNBOX_NATS__URL=nats_url,
         RUNBOX_AUTH__PRINCIPALS_FILE=str(principals),
-        RUNBOX_LOG__LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        RUNBOX_LOG__LEVEL="WARNING",
         RUNBOX_SANDBOX__BACKEND="docker",
         RUNBOX_SANDBOX__IMAGE=IMAGE,
         RUNBOX_SANDBOX__POOL__MIN_IDLE=str(args.warm),
