@@ -66,3 +66,18 @@ async def every_page(method: Callable[[Any], Any], request: Any, items: str) -> 
         request.page_token = reply.next_page_token
         if not request.page_token:
             return found
+
+
+async def up_to(
+    method: Callable[[Any], Any], request: Any, items: str, limit: int, page_size: int
+) -> list[Any]:
+    """Like every_page, but stop once `limit` items are in (0: no limit), asking each page
+    only for what is still missing."""
+    found: list[Any] = []
+    while True:
+        request.page_size = min(page_size, limit - len(found)) if limit else page_size
+        reply = await method(request)
+        found.extend(getattr(reply, items))
+        request.page_token = reply.next_page_token
+        if not request.page_token or (limit and len(found) >= limit):
+            return found

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field
 
 from shared.settings import DatabaseSettings, ServiceSettings
@@ -21,11 +23,39 @@ class SchedulerSettings(ServiceSettings):
         default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/scheduler.db")
     )
     catalogue: ClientSettings = Field(default_factory=ClientSettings)
-    # Executor addresses (JSON list in RUNBOX_EXECUTORS).
+    # Executor addresses (JSON list in RUNBOX_EXECUTORS), and/or a DNS name (host:port) whose
+    # addresses are all executors, resolved again every executors_dns_refresh_s.
     executors: list[str] = Field(default_factory=list)
+    executors_dns: str = ""
+    executors_dns_refresh_s: float = Field(default=10.0, gt=0)
+    # Most runs held by executors at once (0 = no limit): in all, per script, and per script
+    # by name (JSON object in RUNBOX_SCRIPT_MAX_ACTIVE_RUNS).
+    max_active_runs: int = Field(default=0, ge=0, le=1_000_000)
+    max_active_runs_per_script: int = Field(default=0, ge=0, le=1_000_000)
+    script_max_active_runs: dict[str, Annotated[int, Field(ge=0, le=1_000_000)]] = Field(
+        default_factory=dict
+    )
     dispatch_interval_s: float = 1.0
     dispatch_batch: int = 20
     # Backoff for an executor that answered RESOURCE_EXHAUSTED / UNAVAILABLE.
     executor_backoff_s: float = 0.5
     executor_backoff_max_s: float = 10.0
     watch_poll_s: float = 1.0
+    # Schedule firing (docs/scheduler.md, "Schedules and fires"): how often due schedules are
+    # looked for (a schedule change wakes the loop at once); how late a fire may be claimed
+    # and still count as on time rather than missed; the catch-up window of schedules without
+    # catch_up_deadline; and the bounds of one tick.
+    fire_tick_s: float = Field(default=0.5, gt=0, le=60)
+    misfire_grace_s: float = Field(default=15.0, ge=0, le=3600)
+    catch_up_default_window_s: float = Field(default=3600.0, ge=0, le=7 * 86400)
+    fire_batch: int = Field(default=200, ge=1, le=100_000)
+    fires_per_schedule_per_tick: int = Field(default=100, ge=1, le=100_000)
+    # A QUEUED or RUNNING run whose executor sent nothing (heartbeat, log, state) for this long
+    # ends LOST: 3 x the executor's default heartbeat interval (5 s) + 5 s for delivery lag.
+    # Keep it above 3 x the executors' RUNBOX_HEARTBEAT_INTERVAL_S.
+    lease_s: float = Field(default=20.0, gt=0, le=86400)
+    lease_sweep_interval_s: float = Field(default=1.0, gt=0, le=300)
+    # A script whose last `quarantine_failures` runs all failed within the window is quarantined
+    # (its PENDING runs wait until ReleaseQuarantine); 0 turns quarantine off.
+    quarantine_failures: int = Field(default=5, ge=0, le=1000)
+    quarantine_window_s: float = Field(default=600.0, gt=0)

@@ -9,33 +9,46 @@ import contextlib
 import itertools
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import grpc
 from google.protobuf import json_format, struct_pb2
 
 from runbox.common.v1 import common_pb2
-from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
+from runbox.executor.v1 import executor_pb2
+from services.scheduler.executors import Executor, ExecutorSet
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import RunRow
 from services.scheduler.runs import Runs
 from shared.tasks import stop_gracefully
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConcurrencyLimits:
+    """Most runs held by executors (QUEUED or RUNNING) at once: in all (`total`), per script
+    (`per_script`, overridden by name in `scripts`); 0 = no limit."""
+
+    total: int = 0
+    per_script: int = 0
+    scripts: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.total or self.per_script or self.scripts)
+
+    def for_script(self, name: str) -> int:
+        return self.scripts.get(name, self.per_script)
+
+
 _BUSY = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-
-
-@dataclass
-class Executor:
-    address: str
-    stub: executor_pb2_grpc.ExecutorServiceAsyncStub
-    backoff_s: float = 0.0
-    busy_until: float = 0.0
 
 
 class Dispatcher:
@@ -44,13 +57,14 @@ class Dispatcher:
     def __init__(
         self,
         runs: Runs,
-        executors: list[Executor],
+        executors: ExecutorSet,
         metrics: SchedulerMetrics,
         *,
         interval_s: float,
         batch: int,
         backoff_s: float,
         backoff_max_s: float,
+        limits: ConcurrencyLimits | None = None,
     ) -> None:
         self._runs = runs
         self._executors = executors
@@ -63,6 +77,7 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._rr = itertools.count()
         self._stopping = False
+        self._limits = limits or ConcurrencyLimits()
 
     def notify(self) -> None:
         self._wake.set()
@@ -89,19 +104,34 @@ class Dispatcher:
             self._wake.clear()
 
     async def dispatch_once(self) -> int:
-        """One round; returns how many runs were handed to an executor."""
+        """One round; returns how many runs were handed to an executor. Runs of a script at
+        its concurrency limit wait (later runs of other scripts still go); at the global limit
+        the round ends."""
         handed = 0
+        limits = self._limits
+        active: dict[str, int] = {}
+        if limits.enabled:
+            active = await self._runs.active_counts()
+        total = sum(active.values())
         for row in await self._runs.pending(self._batch):
+            if limits.total and total >= limits.total:
+                self._metrics.dispatch.labels("limited").inc()
+                break
+            cap = limits.for_script(row.script_name)
+            if cap and active.get(row.script_name, 0) >= cap:
+                self._metrics.dispatch.labels("limited").inc()
+                continue
             outcome = await self._dispatch(row)
             if outcome == "accepted":
                 handed += 1
+                total += 1
+                active[row.script_name] = active.get(row.script_name, 0) + 1
             elif outcome == "no_executor":
                 break
         return handed
 
     def _available(self) -> list[Executor]:
-        now = time.monotonic()
-        ready = [e for e in self._executors if e.busy_until <= now]
+        ready = self._executors.ready()
         start = next(self._rr) % max(len(ready), 1)
         return ready[start:] + ready[:start]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class SchedulerMetrics:
@@ -28,5 +28,47 @@ class SchedulerMetrics:
             "runbox_scheduler_events_applied_total",
             "Run events consumed, by result.",
             ["result"],
+            registry=registry,
+        )
+        self.lost = Counter(
+            "runbox_scheduler_runs_lost_total",
+            "Runs ended LOST because their executor stopped heartbeating past the lease.",
+            registry=registry,
+        )
+        self.retries = Counter(
+            "runbox_scheduler_retries_scheduled_total",
+            "Retries scheduled as new runs, by the failure reason retried.",
+            ["reason"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "runbox_scheduler_dead_letters_total",
+            "Runs dead-lettered, by the failure reason that ended them.",
+            ["reason"],
+            registry=registry,
+        )
+        self.quarantines = Gauge(
+            "runbox_scheduler_quarantines_active",
+            "Scripts quarantined now (as last seen by this replica).",
+            registry=registry,
+        )
+        # Schedule ids are bounded by the schedules stored, so they may be label values.
+        self.fires = Counter(
+            "runbox_scheduler_fires_total",
+            "Nominal fire times recorded, per schedule and outcome (fired, skipped, missed, "
+            "queued).",
+            ["schedule", "outcome"],
+            registry=registry,
+        )
+        self.fire_lateness = Histogram(
+            "runbox_scheduler_fire_lateness_seconds",
+            "Claim time minus nominal time of fires that created a run.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+            registry=registry,
+        )
+        self.failure_actions = Counter(
+            "runbox_scheduler_schedule_failure_actions_total",
+            "Failure actions taken after consecutive failed runs, per schedule and action.",
+            ["schedule", "action"],
             registry=registry,
         )

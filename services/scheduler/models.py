@@ -74,6 +74,16 @@ class RunRow(Base):
     next_dispatch_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+    # Renewed by each event of a QUEUED or RUNNING run; past it the run is LOST. Not indexed,
+    # so PostgreSQL renews it in place (HOT); the sweeper finds active runs by state.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    dead_lettered_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
+    dead_letter_reason: Mapped[str] = mapped_column(Text, default="")
+    replay_run_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class ScheduleRow(Base):
@@ -114,6 +124,20 @@ class FireRow(Base):
     run_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class QuarantineRow(Base):
+    """A script whose runs crash-looped: its PENDING runs are not dispatched while
+    released_at is null. A released row stays, so failures before the release no longer
+    count towards the next quarantine."""
+
+    __tablename__ = "quarantines"
+
+    script_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 OUTBOX = outbox_table(Base.metadata)

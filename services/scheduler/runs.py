@@ -5,29 +5,35 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
+from runbox.executor.v1 import executor_pb2
 from runbox.scheduler.v1 import scheduler_pb2
 from services.scheduler import state as sm
 from services.scheduler.catalogue import CatalogueClient
 from services.scheduler.metrics import SchedulerMetrics
-from services.scheduler.models import RunRow
+from services.scheduler.models import QuarantineRow, RunRow
+from services.scheduler.retries import check_policy
 from services.scheduler.watch import Change, Watchers
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from shared.outbox import Outbox
 from shared.telemetry import inject_context
 
 RS = common_pb2.RunState
+# States in which an executor holds a run and its lease runs.
+LEASED = (RS.RUN_STATE_QUEUED, RS.RUN_STATE_RUNNING)
 
 
 def _now() -> datetime:
@@ -50,6 +56,7 @@ class Runs:
         metrics: SchedulerMetrics,
         *,
         subjects_prefix: str,
+        lease_s: float,
     ) -> None:
         self._sessions = sessions
         self._outbox = outbox
@@ -57,6 +64,9 @@ class Runs:
         self._watchers = watchers
         self._metrics = metrics
         self._prefix = subjects_prefix
+        self._lease = timedelta(seconds=lease_s)
+        # Run id -> monotonic time this replica last renewed its lease (renewals are throttled).
+        self._renewed: dict[str, float] = {}
         # Secret values live only here, in memory, until the run is dispatched.
         self.secrets: dict[str, dict[str, str]] = {}
         self.on_submitted: list[Any] = []
@@ -71,10 +81,32 @@ class Runs:
             existing = await self._by_key(request.idempotency_key)
             if existing is not None:
                 return existing
+        row, secrets = await self.prepare(request, actor=actor)
+        try:
+            async with self._sessions() as session, session.begin():
+                await self.stage(session, row)
+        except IntegrityError:
+            existing = (
+                await self._by_key(request.idempotency_key) if request.idempotency_key else None
+            )
+            if existing is None:
+                raise
+            return existing
+        self.submitted(row, secrets)
+        return row
+
+    async def prepare(
+        self, request: scheduler_pb2.SubmitRunRequest, *, actor: str
+    ) -> tuple[RunRow, dict[str, str]]:
+        """Check a request through the catalogue and build its PENDING run, not yet stored,
+        with the secret values it carries. SubmitRun and schedule fires share it, so a fired
+        run is exactly the run its submission would have been."""
         if not request.script.name:
             raise InvalidArgument.field("script.name", "script name is required")
         if request.priority < -1000 or request.priority > 1000:
             raise InvalidArgument.field("priority", "must be between -1000 and 1000")
+        if request.HasField("retry"):
+            check_policy(request.retry)
         raw = json_format.MessageToDict(request.parameters)
         validated = await self._catalogue.validate(request.script, request.parameters)
         script = await self._catalogue.get_script(request.script.name)
@@ -104,24 +136,21 @@ class Runs:
             created_at=_now(),
             updated_at=_now(),
         )
-        try:
-            async with self._sessions() as session, session.begin():
-                session.add(row)
-                await session.flush()
-                await self._event(session, row, events_pb2.RUN_EVENT_TYPE_SUBMITTED, "submitted")
-        except IntegrityError:
-            existing = (
-                await self._by_key(request.idempotency_key) if request.idempotency_key else None
-            )
-            if existing is None:
-                raise
-            return existing
-        self.secrets[row.id] = {n: _secret_text(raw.get(n)) for n in row.secret_names if n in raw}
+        return row, {n: _secret_text(raw.get(n)) for n in row.secret_names if n in raw}
+
+    async def stage(self, session: AsyncSession, row: RunRow) -> None:
+        """Add a prepared run and its SUBMITTED event to the caller's transaction."""
+        session.add(row)
+        await session.flush()
+        await self._event(session, row, events_pb2.RUN_EVENT_TYPE_SUBMITTED, "submitted")
+
+    def submitted(self, row: RunRow, secrets: dict[str, str]) -> None:
+        """After the commit of a staged run: keep its secrets, relay its event, count it."""
+        self.secrets[row.id] = secrets
         self._outbox.notify()
         self._metrics.submitted.inc()
         for hook in self.on_submitted:
             hook()
-        return row
 
     @staticmethod
     def _limits(script: Any, request: scheduler_pb2.SubmitRunRequest) -> dict[str, Any]:
@@ -264,6 +293,8 @@ class Runs:
             row.executor_id, row.executor_address = executor_id, address
             if sm.can_move(row.state, RS.RUN_STATE_QUEUED):
                 row.state, row.queued_at = RS.RUN_STATE_QUEUED, _now()
+            if row.state in LEASED:
+                row.lease_expires_at = self.lease_expiry()
             row.updated_at = _now()
         self.secrets.pop(run_id, None)
         self._watchers.notify(Change(run_id))
@@ -282,27 +313,226 @@ class Runs:
             select(RunRow)
             .where(RunRow.state == RS.RUN_STATE_PENDING)
             .where((RunRow.next_dispatch_at.is_(None)) | (RunRow.next_dispatch_at <= now))
+            .where(
+                RunRow.script_name.not_in(
+                    select(QuarantineRow.script_name).where(QuarantineRow.released_at.is_(None))
+                )
+            )
             .order_by(RunRow.priority.desc(), RunRow.created_at, RunRow.id)
             .limit(limit)
         )
         async with self._sessions() as session:
             return (await session.scalars(query)).all()
 
+    async def active_counts(self) -> dict[str, int]:
+        """Runs held by executors (QUEUED or RUNNING), per script."""
+        query = (
+            select(RunRow.script_name, func.count())
+            .where(RunRow.state.in_([RS.RUN_STATE_QUEUED, RS.RUN_STATE_RUNNING]))
+            .group_by(RunRow.script_name)
+        )
+        async with self._sessions() as session:
+            return {name: int(count) for name, count in (await session.execute(query)).all()}
+
     async def apply(self, event: events_pb2.RunEvent) -> bool:
-        """Apply one lifecycle event; False when it changes nothing."""
+        """Apply one lifecycle event; False when it changes nothing but the run's lease."""
         if event.type == events_pb2.RUN_EVENT_TYPE_LOG:
+            await self.renew_lease(event.run_id)
             stream = "stdout" if event.log.stream == events_pb2.LOG_STREAM_STDOUT else "stderr"
             self._watchers.notify(Change(event.run_id, stream, event.log.data))
             return False
+        if event.type == events_pb2.RUN_EVENT_TYPE_HEARTBEAT and await self.renew_lease(
+            event.run_id
+        ):
+            return False  # the run is QUEUED or RUNNING already: nothing else to apply
         async with self._sessions() as session, session.begin():
             row = await session.get(RunRow, event.run_id, with_for_update=True)
-            if row is None or not sm.can_move(row.state, event.state):
+            if row is None:
+                return False
+            if not sm.can_move(row.state, event.state):
+                if row.state in LEASED:
+                    row.lease_expires_at = self.lease_expiry()
                 return False
             _apply_fields(row, event)
+            if row.state in LEASED:
+                row.lease_expires_at = self.lease_expiry()
             if sm.is_terminal(row.state):
+                self._renewed.pop(row.id, None)
                 await self._ended(session, row)
         self._after_change(row)
         return True
+
+    # Leases: an executor's events keep a QUEUED or RUNNING run's lease; past it, it is LOST.
+
+    def lease_expiry(self) -> datetime:
+        return _now() + self._lease
+
+    async def renew_lease(self, run_id: str) -> bool:
+        """Extend a QUEUED or RUNNING run's lease; False when the run is in no such state.
+
+        Cheap, for heartbeats and log chunks: one single-column UPDATE by primary key, no
+        row read or lock (and the column is not indexed, so PostgreSQL updates in place),
+        at most once per quarter lease per run on this replica (a skipped renewal shortens
+        the lease by that much at most)."""
+        now = time.monotonic()
+        if now - self._renewed.get(run_id, -math.inf) < self._lease.total_seconds() / 4:
+            return True
+        async with self._sessions() as session, session.begin():
+            result: Any = await session.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id, RunRow.state.in_(LEASED))
+                .values(lease_expires_at=self.lease_expiry())
+                .execution_options(synchronize_session=False)
+            )
+        if not result.rowcount:
+            self._renewed.pop(run_id, None)
+            return False
+        if len(self._renewed) >= 100_000:  # runs that ended elsewhere (another replica)
+            self._renewed.clear()
+        self._renewed[run_id] = now
+        return True
+
+    async def lose_expired(self, now: datetime) -> RunRow | None:
+        """End one run whose lease expired before `now` LOST, with its FINISHED event and
+        the on_terminal hooks, in one transaction; None when there is none left.
+
+        Safe with several replicas and racing events: a row another transaction holds is
+        skipped (PostgreSQL, SKIP LOCKED), and the claim is an UPDATE conditional on the
+        state and the lease, so a run that just ended or reported in is left alone."""
+        async with self._sessions() as session, session.begin():
+            run_id = await session.scalar(
+                select(RunRow.id)
+                .where(RunRow.state.in_(LEASED), RunRow.lease_expires_at < now)
+                .order_by(RunRow.lease_expires_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if run_id is None:
+                return None
+            claimed: Any = await session.execute(
+                update(RunRow)
+                .where(
+                    RunRow.id == run_id,
+                    RunRow.state.in_(LEASED),
+                    RunRow.lease_expires_at < now,
+                )
+                .values(state=RS.RUN_STATE_LOST)
+                .execution_options(synchronize_session=False)
+            )
+            if not claimed.rowcount:
+                return None
+            row = await session.get(RunRow, run_id, populate_existing=True)
+            assert row is not None
+            holder = row.executor_id or row.executor_address or "unknown"
+            expired = row.lease_expires_at.isoformat() if row.lease_expires_at else "?"
+            self._finish(
+                row,
+                RS.RUN_STATE_LOST,
+                common_pb2.FAILURE_REASON_LOST,
+                f"executor {holder} stopped reporting on the run: its lease expired at {expired}",
+            )
+            await self._event(session, row, events_pb2.RUN_EVENT_TYPE_FINISHED, "lost")
+            await self._ended(session, row)
+        self._renewed.pop(row.id, None)
+        self._after_change(row)
+        return row
+
+    async def stage_event(self, session: AsyncSession, row: RunRow, kind: int, tag: str) -> None:
+        """Stage a lifecycle event of `row` (id "<run>:scheduler:<tag>") in the caller's
+        transaction; on_terminal hooks report retries and dead letters with it."""
+        await self._event(session, row, kind, tag)
+
+    # Dead letters: failed runs that were not retried (services/scheduler/retries.py).
+
+    async def dead_letters(
+        self, request: scheduler_pb2.ListDeadLettersRequest
+    ) -> tuple[Sequence[RunRow], str]:
+        """Newest dead letter first; the cursor is (dead_lettered_at, id)."""
+        if request.page_size < 0:
+            raise InvalidArgument.field("page_size", "must not be negative")
+        size = min(request.page_size or 50, 500)
+        query = select(RunRow).where(RunRow.dead_lettered_at.is_not(None))
+        if request.script_name:
+            query = query.where(RunRow.script_name == request.script_name)
+        query = after_cursor(query, RunRow.dead_lettered_at, RunRow.id, request.page_token)
+        query = query.order_by(RunRow.dead_lettered_at.desc(), RunRow.id.desc()).limit(size + 1)
+        async with self._sessions() as session:
+            rows = list((await session.scalars(query)).all())
+        token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            assert last.dead_lettered_at is not None
+            at = last.dead_lettered_at
+            at = at if at.tzinfo else at.replace(tzinfo=UTC)
+            token = base64.urlsafe_b64encode(f"{at.isoformat()}|{last.id}".encode()).decode()
+        return rows[:size], token
+
+    async def replay(self, request: scheduler_pb2.ReplayDeadLetterRequest, *, actor: str) -> RunRow:
+        """Submit a dead-lettered run again as a new run (attempt 1, parent_run_id = it),
+        with its inputs or a new version / parameters checked through the catalogue exactly
+        as SubmitRun checks them; the dead letter records the replay in the same commit.
+
+        A dead letter is replayed once: a replay that fails for good is dead-lettered in
+        turn and replayed from there, so its history stays one chain."""
+        if not request.run_id:
+            raise InvalidArgument.field("run_id", "run id is required")
+        if request.idempotency_key:
+            existing = await self._by_key(request.idempotency_key)
+            if existing is not None:
+                if existing.parent_run_id != request.run_id:
+                    raise FailedPrecondition(
+                        "idempotency_key was already used for another request",
+                        [FieldViolation("idempotency_key", "used for another request")],
+                    )
+                return existing
+        dead = await self.get(request.run_id)
+        self._check_replayable(dead)
+        if dead.secret_names and not request.HasField("parameters"):
+            names = ", ".join(sorted(dead.secret_names))
+            raise FailedPrecondition(
+                f"run {dead.id} had secret parameters ({names}) whose values are not kept: "
+                "pass parameters, secrets included",
+                [FieldViolation("parameters", f"required to supply secret values: {names}")],
+            )
+        submit = scheduler_pb2.SubmitRunRequest(
+            script=common_pb2.ScriptRef(
+                name=dead.script_name, version=request.version or dead.script_version
+            ),
+            priority=dead.priority,
+            labels=dead.labels,
+            idempotency_key=request.idempotency_key,
+            limits=json_format.ParseDict(dead.limits, common_pb2.ResourceLimits()),
+        )
+        if request.HasField("parameters"):
+            submit.parameters.CopyFrom(request.parameters)
+        else:
+            submit.parameters.update(dead.parameters)
+        row, secrets = await self.prepare(submit, actor=actor)
+        # Its policy as it was (a script default the catalogue stored is not re-checked).
+        row.parent_run_id, row.retry = dead.id, dict(dead.retry)
+        try:
+            async with self._sessions() as session, session.begin():
+                held = await session.get(RunRow, dead.id, with_for_update=True)
+                assert held is not None
+                self._check_replayable(held)
+                await self.stage(session, row)
+                held.replay_run_id = row.id
+        except IntegrityError:
+            existing = (
+                await self._by_key(request.idempotency_key) if request.idempotency_key else None
+            )
+            if existing is None:
+                raise
+            return existing
+        self.submitted(row, secrets)
+        return row
+
+    @staticmethod
+    def _check_replayable(row: RunRow) -> None:
+        if not row.dead_lettered:
+            raise FailedPrecondition(f"run {row.id} is not dead-lettered")
+        if row.replay_run_id:
+            raise FailedPrecondition(f"run {row.id} was already replayed as {row.replay_run_id}")
 
 
 def _ts(ts: timestamp_pb2.Timestamp) -> datetime:
@@ -358,3 +588,19 @@ def decode_cursor(token: str) -> tuple[datetime, str]:
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)), run_id
     except (ValueError, UnicodeDecodeError):
         raise InvalidArgument.field("page_token", "malformed page token") from None
+
+
+async def cancel_run(runs: Runs, executors: Mapping[str, Any], run_id: str, reason: str) -> RunRow:
+    """Cancel a run: a PENDING one at once, a dispatched one through the executor holding it
+    (the run ends when its FINISHED event arrives). CancelRun and a REPLACE schedule share it."""
+    cancelled = await runs.cancel_pending(run_id)
+    if cancelled is not None:
+        return cancelled
+    row = await runs.get(run_id)
+    stub = executors.get(row.executor_address)
+    if stub is None:
+        raise FailedPrecondition(
+            f"run {row.id} is held by an unknown executor {row.executor_address!r}"
+        )
+    await stub.Cancel(executor_pb2.CancelRequest(run_id=row.id, reason=reason))
+    return await runs.get(run_id)

@@ -1,6 +1,7 @@
-"""Schedule definitions: create, read, list, update, delete, pause, resume
-and preview. Firing is a later step: it reads `next_fire_at`, which is
-computed here on every change that can move it.
+"""Schedule definitions: create, read, list, update, delete, pause, resume,
+preview, and the read side of firing (fires, statistics). Firing itself is
+`firing.py`: it reads `next_fire_at`, which is computed here on every change
+that can move it, and is woken by `on_change`.
 
 Stored parameters are the values the caller gave (checked against the
 script's current version through the catalogue), so each fire gets the
@@ -10,26 +11,37 @@ keep them at rest, and secrets belong to the runtime.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import math
 import uuid
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import field_mask_pb2, json_format
-from sqlalchemy import select
+from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from runbox.common.v1 import common_pb2
+from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
 from services.scheduler import schedule_spec
+from services.scheduler import state as sm
 from services.scheduler import triggers as tr
 from services.scheduler.catalogue import CatalogueClient
-from services.scheduler.models import ScheduleRow
+from services.scheduler.models import FireRow, RunRow, ScheduleRow
 from services.scheduler.runs import after_cursor, encode_cursor
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from shared.outbox import Outbox
 
 SS = pb.ScheduleState
+RS = common_pb2.RunState
+SE = events_pb2.ScheduleEventType
+STATISTICS_WINDOW = timedelta(days=30)
+STATISTICS_WINDOW_MAX = timedelta(days=366)
 # Set by the server; a request's values for them are ignored.
 OUTPUT_ONLY = (
     "id",
@@ -73,6 +85,59 @@ def _request_digest(schedule: pb.Schedule) -> str:
     return hashlib.sha256(schedule.SerializeToString(deterministic=True)).hexdigest()
 
 
+@dataclass(frozen=True)
+class ScheduleEvents:
+    """Stages ScheduleEvents (subject `<prefix>.schedule.<schedule id>`) in the caller's
+    transaction; `key` makes the Nats-Msg-Id, so a retried transaction publishes once."""
+
+    outbox: Outbox
+    prefix: str
+
+    async def stage(
+        self,
+        session: AsyncSession,
+        kind: events_pb2.ScheduleEventType,
+        row: ScheduleRow,
+        *,
+        key: str,
+        nominal: datetime | None = None,
+        run_id: str = "",
+        reason: str = "",
+    ) -> None:
+        now = timestamp_pb2.Timestamp()
+        now.GetCurrentTime()
+        event = events_pb2.ScheduleEvent(
+            event_id=f"schedule:{row.id}:{key}:{SE.Name(kind).removeprefix('SCHEDULE_EVENT_TYPE_')}",
+            type=kind,
+            schedule_id=row.id,
+            script_name=row.script_name,
+            run_id=run_id,
+            reason=reason,
+            occurred_at=now,
+        )
+        if nominal is not None:
+            event.fire_time.FromDatetime(nominal)
+        await self.outbox.add(
+            session,
+            subject=f"{self.prefix}.schedule.{row.id}",
+            msg_id=event.event_id,
+            payload=event.SerializeToString(),
+        )
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """Run figures of a schedule or script over a window."""
+
+    by_state: dict[str, int]
+    total: int
+    success_rate: float
+    average: timedelta | None
+    p95: timedelta | None
+    last_fire: datetime | None
+    next_fire: datetime | None
+
+
 class Schedules:
     """The schedule table's domain operations."""
 
@@ -80,12 +145,22 @@ class Schedules:
         self,
         sessions: async_sessionmaker[AsyncSession],
         catalogue: CatalogueClient,
+        events: ScheduleEvents,
         *,
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self._sessions = sessions
         self._catalogue = catalogue
+        self._events = events
         self._clock = clock
+        # Called after a commit that may move a next fire (the firing loop wakes early).
+        self.on_change: list[Callable[[], None]] = []
+        # Called after a schedule is deleted, with its id (firing cancels its held runs).
+        self.on_delete: list[Callable[[str], Awaitable[None]]] = []
+
+    def _changed(self) -> None:
+        for hook in self.on_change:
+            hook()
 
     async def create(self, request: pb.CreateScheduleRequest, *, actor: str) -> ScheduleRow:
         """Validate the whole schedule and store it ACTIVE with its next fire."""
@@ -121,6 +196,7 @@ class Schedules:
             if existing is None:
                 raise
             return self._same_request(existing, digest)
+        self._changed()
         return row
 
     @staticmethod
@@ -210,12 +286,15 @@ class Schedules:
             if row.state == SS.SCHEDULE_STATE_ACTIVE:
                 row.next_fire_at = tr.next_fire(spec, now)
             row.updated_at = now
+        self._changed()
         return row
 
     async def delete(self, schedule_id: str) -> str:
         async with self._sessions() as session, session.begin():
             row = await self._locked(session, schedule_id)
             await session.delete(row)
+        for hook in self.on_delete:
+            await hook(schedule_id)
         return schedule_id
 
     async def pause(self, schedule_id: str, reason: str) -> ScheduleRow:
@@ -227,9 +306,19 @@ class Schedules:
                     f"schedule {schedule_id} is {SS.Name(row.state)}; only an active "
                     "schedule can be paused (resume it instead)"
                 )
+            was = row.state
             row.state, row.next_fire_at = SS.SCHEDULE_STATE_PAUSED, None
             row.pause_reason = reason[:1000] or row.pause_reason
             row.updated_at = self._clock()
+            if was == SS.SCHEDULE_STATE_ACTIVE:
+                await self._events.stage(
+                    session,
+                    SE.SCHEDULE_EVENT_TYPE_PAUSED,
+                    row,
+                    key=uuid.uuid4().hex,
+                    reason=row.pause_reason or "paused by a user",
+                )
+        self._events.outbox.notify()
         return row
 
     async def resume(self, schedule_id: str) -> ScheduleRow:
@@ -248,6 +337,11 @@ class Schedules:
             row.state, row.next_fire_at = SS.SCHEDULE_STATE_ACTIVE, following
             row.consecutive_failures, row.pause_reason = 0, ""
             row.updated_at = now
+            await self._events.stage(
+                session, SE.SCHEDULE_EVENT_TYPE_RESUMED, row, key=uuid.uuid4().hex
+            )
+        self._events.outbox.notify()
+        self._changed()
         return row
 
     def spec(self, row: ScheduleRow) -> tr.Spec:
@@ -269,6 +363,87 @@ class Schedules:
             raise InvalidArgument.field("target", "id or schedule is required")
         return list(tr.upcoming(spec, now, count)), spec.zone.key
 
+    async def fires(self, request: pb.ListFiresRequest) -> tuple[Sequence[FireRow], str]:
+        """A schedule's fires, newest nominal time first; the cursor is that time."""
+        if request.page_size < 0:
+            raise InvalidArgument.field("page_size", "must not be negative")
+        await self.get(request.schedule_id)
+        size = min(request.page_size or 50, 500)
+        query = (
+            select(FireRow)
+            .where(FireRow.schedule_id == request.schedule_id)
+            .order_by(FireRow.nominal_at.desc())
+        )
+        if request.page_token:
+            query = query.where(FireRow.nominal_at < _decode_fire_cursor(request.page_token))
+        async with self._sessions() as session:
+            rows = list((await session.scalars(query.limit(size + 1))).all())
+        token = ""
+        if len(rows) > size:
+            last = _aware(rows[size - 1].nominal_at).isoformat()
+            token = base64.urlsafe_b64encode(last.encode()).decode()
+        return rows[:size], token
+
+    async def statistics(self, request: pb.GetStatisticsRequest) -> Statistics:
+        """Runs created within the window by a schedule (or of a script): counts by terminal
+        state, success rate among ended runs, average and p95 (nearest rank) duration of the
+        runs that started and ended, and the last and next fire."""
+        window = STATISTICS_WINDOW
+        if request.HasField("window"):
+            window = request.window.ToTimedelta()
+            if not timedelta(0) < window <= STATISTICS_WINDOW_MAX:
+                raise InvalidArgument.field(
+                    "window", f"must be positive and at most {STATISTICS_WINDOW_MAX.days} days"
+                )
+        target = request.WhichOneof("target")
+        schedules: Sequence[ScheduleRow]
+        if target == "schedule_id":
+            schedules = [await self.get(request.schedule_id)]
+            runs_of: Any = RunRow.schedule_id == request.schedule_id
+        elif target == "script_name" and request.script_name:
+            async with self._sessions() as session:
+                schedules = (
+                    await session.scalars(
+                        select(ScheduleRow).where(ScheduleRow.script_name == request.script_name)
+                    )
+                ).all()
+            runs_of = RunRow.script_name == request.script_name
+        else:
+            raise InvalidArgument.field("target", "schedule_id or script_name is required")
+        since = self._clock() - window
+        async with self._sessions() as session:
+            counts = (
+                await session.execute(
+                    select(RunRow.state, func.count())
+                    .where(runs_of, RunRow.created_at >= since)
+                    .group_by(RunRow.state)
+                )
+            ).all()
+            spans = (
+                await session.execute(
+                    select(RunRow.started_at, RunRow.finished_at).where(
+                        runs_of,
+                        RunRow.created_at >= since,
+                        RunRow.started_at.is_not(None),
+                        RunRow.finished_at.is_not(None),
+                    )
+                )
+            ).all()
+        by_state = {RS.Name(s): int(n) for s, n in counts if sm.is_terminal(s)}
+        ended = sum(by_state.values())
+        durations = sorted(_aware(end) - _aware(start) for start, end in spans if start and end)
+        lasts = [_aware(s.last_fire_at) for s in schedules if s.last_fire_at is not None]
+        nexts = [_aware(s.next_fire_at) for s in schedules if s.next_fire_at is not None]
+        return Statistics(
+            by_state=by_state,
+            total=sum(int(n) for _, n in counts),
+            success_rate=by_state.get(RS.Name(RS.RUN_STATE_SUCCEEDED), 0) / ended if ended else 0.0,
+            average=sum(durations, timedelta(0)) / len(durations) if durations else None,
+            p95=durations[math.ceil(0.95 * len(durations)) - 1] if durations else None,
+            last_fire=max(lasts, default=None),
+            next_fire=min(nexts, default=None),
+        )
+
     @staticmethod
     async def _locked(session: AsyncSession, schedule_id: str) -> ScheduleRow:
         if not schedule_id:
@@ -277,6 +452,14 @@ class Schedules:
         if row is None:
             raise NotFound("schedule", schedule_id)
         return row
+
+
+def _decode_fire_cursor(token: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(base64.urlsafe_b64decode(token.encode()).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument.field("page_token", "malformed page token") from None
+    return _aware(parsed)
 
 
 def _to_dict(schedule: pb.Schedule) -> dict[str, Any]:

@@ -3,18 +3,22 @@ dispatcher, the event consumer, and the gRPC service."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
-from runbox.executor.v1 import executor_pb2_grpc
 from runbox.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.catalogue import CatalogueClient
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.consumer import RunEventHandler
-from services.scheduler.dispatch import Dispatcher, Executor
+from services.scheduler.dispatch import ConcurrencyLimits, Dispatcher
+from services.scheduler.executors import ExecutorSet
+from services.scheduler.firing import Firing, FiringSettings
+from services.scheduler.leases import LeaseSweeper
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import OUTBOX
+from services.scheduler.retries import Quarantines, RetryOrDeadLetter
 from services.scheduler.runs import Runs
-from services.scheduler.schedules import Schedules
+from services.scheduler.schedules import ScheduleEvents, Schedules
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.watch import Watchers
 from shared import db
@@ -52,8 +56,12 @@ async def build(runtime: Runtime) -> Service:
     catalogue_channel = open_channel(
         settings.catalogue.address, token=token, default_timeout_s=settings.catalogue.timeout_s
     )
-    executor_channels = {a: open_channel(a, token=token) for a in settings.executors}
-    stubs = {a: executor_pb2_grpc.ExecutorServiceStub(c) for a, c in executor_channels.items()}
+    executors = ExecutorSet(
+        settings.executors,
+        dns_target=settings.executors_dns,
+        refresh_s=settings.executors_dns_refresh_s,
+        token=token,
+    )
     metrics = SchedulerMetrics(runtime.registry)
     watchers = Watchers()
     catalogue = CatalogueClient(catalogue_channel)
@@ -64,15 +72,36 @@ async def build(runtime: Runtime) -> Service:
         watchers,
         metrics,
         subjects_prefix=settings.nats.subjects_prefix,
+        lease_s=settings.lease_s,
+    )
+    quarantines = Quarantines(
+        sessions,
+        outbox,
+        metrics,
+        subjects_prefix=settings.nats.subjects_prefix,
+        failures=settings.quarantine_failures,
+        window_s=settings.quarantine_window_s,
+    )
+    runs.on_terminal.extend([RetryOrDeadLetter(runs, metrics), quarantines])
+    sweeper = LeaseSweeper(
+        runs,
+        metrics,
+        interval_s=settings.lease_sweep_interval_s,
+        start_delay_s=settings.lease_s,
     )
     dispatcher = Dispatcher(
         runs,
-        [Executor(a, s) for a, s in stubs.items()],
+        executors,
         metrics,
         interval_s=settings.dispatch_interval_s,
         batch=settings.dispatch_batch,
         backoff_s=settings.executor_backoff_s,
         backoff_max_s=settings.executor_backoff_max_s,
+        limits=ConcurrencyLimits(
+            total=settings.max_active_runs,
+            per_script=settings.max_active_runs_per_script,
+            scripts=settings.script_max_active_runs,
+        ),
     )
     runs.on_submitted.append(dispatcher.notify)
     consumer = DurableConsumer(
@@ -83,26 +112,52 @@ async def build(runtime: Runtime) -> Service:
         handler=RunEventHandler(runs, metrics),
     )
 
+    schedule_events = ScheduleEvents(outbox, settings.nats.subjects_prefix)
+    schedules = Schedules(sessions, catalogue, schedule_events)
+    firing = Firing(
+        sessions,
+        runs,
+        schedules,
+        schedule_events,
+        executors,
+        metrics,
+        FiringSettings(
+            tick_s=settings.fire_tick_s,
+            grace=timedelta(seconds=settings.misfire_grace_s),
+            batch=settings.fire_batch,
+            per_schedule=settings.fires_per_schedule_per_tick,
+            default_window=timedelta(seconds=settings.catch_up_default_window_s),
+        ),
+    )
+    schedules.on_change.append(firing.notify)
+    schedules.on_delete.append(firing.schedule_deleted)
+    runs.on_terminal.append(firing.run_ended)
+
     async def start() -> None:
+        await executors.start()
         outbox.start(js)
         await consumer.start()
         dispatcher.start()
+        await quarantines.refresh()
+        sweeper.start()
+        firing.start()
 
     async def close_channels() -> None:
-        for channel in [catalogue_channel, *executor_channels.values()]:
-            await channel.close(None)
+        await catalogue_channel.close(None)
+        await executors.close()
 
     runtime.on_shutdown.extend(
-        [engine.dispose, close_channels, outbox.stop, consumer.stop, dispatcher.stop]
+        [engine.dispose, close_channels, outbox.stop, consumer.stop, dispatcher.stop, firing.stop]
     )
-    # Firing, fires and statistics are a later issue; the generated base answers UNIMPLEMENTED.
+    runtime.on_shutdown.append(sweeper.stop)  # first: it ends runs through the outbox
     servicer = SchedulerServicer(  # type: ignore[abstract]
         runs,
         watchers,
         dispatcher,
-        stubs,
+        executors,
         watch_poll_s=settings.watch_poll_s,
-        schedules=Schedules(sessions, catalogue),
+        schedules=schedules,
+        quarantines=quarantines,
     )
     return Service(
         registrations=[

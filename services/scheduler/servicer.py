@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo
 
@@ -12,15 +12,14 @@ import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from runbox.common.v1 import common_pb2
-from runbox.executor.v1 import executor_pb2
 from runbox.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler import state as sm
 from services.scheduler.dispatch import Dispatcher
-from services.scheduler.models import RunRow, ScheduleRow
-from services.scheduler.runs import Runs
+from services.scheduler.models import FireRow, QuarantineRow, RunRow, ScheduleRow
+from services.scheduler.retries import Quarantines
+from services.scheduler.runs import Runs, cancel_run
 from services.scheduler.schedules import Schedules, definition
 from services.scheduler.watch import Watchers
-from shared.errors import FailedPrecondition
 from shared.interceptors import current_principal
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -84,6 +83,25 @@ def run_to_proto(row: RunRow) -> scheduler_pb2.Run:
     return run
 
 
+def fire_to_proto(row: FireRow) -> scheduler_pb2.Fire:
+    return scheduler_pb2.Fire(
+        schedule_id=row.schedule_id,
+        nominal_time=_ts(row.nominal_at),
+        outcome=row.outcome,  # type: ignore[arg-type]
+        run_id=row.run_id or "",
+        reason=row.reason,
+        record_time=_ts(row.recorded_at),
+    )
+
+
+def _duration(value: timedelta | None) -> duration_pb2.Duration | None:
+    if value is None:
+        return None
+    result = duration_pb2.Duration()
+    result.FromTimedelta(value)
+    return result
+
+
 def schedule_to_proto(row: ScheduleRow) -> scheduler_pb2.Schedule:
     """A stored schedule: its definition plus the fields the server keeps."""
     schedule = definition(row)
@@ -102,21 +120,40 @@ def schedule_to_proto(row: ScheduleRow) -> scheduler_pb2.Schedule:
     return schedule
 
 
+def dead_letter_to_proto(row: RunRow) -> scheduler_pb2.DeadLetter:
+    return scheduler_pb2.DeadLetter(
+        run=run_to_proto(row),
+        dead_lettered_at=_ts(row.dead_lettered_at),
+        reason=row.dead_letter_reason,
+        replay_run_id=row.replay_run_id or "",
+    )
+
+
+def quarantine_to_proto(row: QuarantineRow) -> scheduler_pb2.Quarantine:
+    return scheduler_pb2.Quarantine(
+        script_name=row.script_name,
+        since=_ts(row.since),
+        reason=row.reason,
+        consecutive_failures=row.consecutive_failures,
+    )
+
+
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
-    """Runs and schedule definitions; firing, fires, statistics, retries and
-    dead letters answer UNIMPLEMENTED."""
+    """Runs, dead letters and quarantines, schedules, their fires and statistics."""
 
     def __init__(
         self,
         runs: Runs,
         watchers: Watchers,
         dispatcher: Dispatcher,
-        executor_stubs: dict[str, Any],
+        executor_stubs: Mapping[str, Any],
         *,
         watch_poll_s: float,
         schedules: Schedules,
+        quarantines: Quarantines,
     ) -> None:
         self._runs = runs
+        self._quarantines = quarantines
         self._schedules = schedules
         self._watchers = watchers
         self._dispatcher = dispatcher
@@ -143,17 +180,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def CancelRun(
         self, request: scheduler_pb2.CancelRunRequest, context: Ctx
     ) -> scheduler_pb2.Run:
-        cancelled = await self._runs.cancel_pending(request.id)
-        if cancelled is not None:
-            return run_to_proto(cancelled)
-        row = await self._runs.get(request.id)
-        stub = self._executors.get(row.executor_address)
-        if stub is None:
-            raise FailedPrecondition(
-                f"run {row.id} is held by an unknown executor {row.executor_address!r}"
-            )
-        await stub.Cancel(executor_pb2.CancelRequest(run_id=row.id, reason=request.reason))
-        return run_to_proto(await self._runs.get(request.id))
+        return run_to_proto(
+            await cancel_run(self._runs, self._executors, request.id, request.reason)
+        )
 
     async def WatchRun(
         self, request: scheduler_pb2.WatchRunRequest, context: Ctx
@@ -182,6 +211,35 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                     yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row))
         finally:
             self._watchers.unsubscribe(request.id, queue)
+
+    async def ListDeadLetters(
+        self, request: scheduler_pb2.ListDeadLettersRequest, context: Ctx
+    ) -> scheduler_pb2.ListDeadLettersResponse:
+        rows, token = await self._runs.dead_letters(request)
+        return scheduler_pb2.ListDeadLettersResponse(
+            dead_letters=[dead_letter_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def ReplayDeadLetter(
+        self, request: scheduler_pb2.ReplayDeadLetterRequest, context: Ctx
+    ) -> scheduler_pb2.Run:
+        row = await self._runs.replay(request, actor=current_principal().name)
+        return run_to_proto(row)
+
+    async def ListQuarantines(
+        self, request: scheduler_pb2.ListQuarantinesRequest, context: Ctx
+    ) -> scheduler_pb2.ListQuarantinesResponse:
+        rows, token = await self._quarantines.list(request.page_size, request.page_token)
+        return scheduler_pb2.ListQuarantinesResponse(
+            quarantines=[quarantine_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def ReleaseQuarantine(
+        self, request: scheduler_pb2.ReleaseQuarantineRequest, context: Ctx
+    ) -> scheduler_pb2.ReleaseQuarantineResponse:
+        row = await self._quarantines.release(request.script_name)
+        self._dispatcher.notify()  # its PENDING runs may go now
+        return scheduler_pb2.ReleaseQuarantineResponse(released=quarantine_to_proto(row))
 
     async def CreateSchedule(
         self, request: scheduler_pb2.CreateScheduleRequest, context: Ctx
@@ -232,4 +290,26 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 scheduler_pb2.FireTime(utc=_ts(f), local=f.astimezone(zone).isoformat())
                 for f in fires
             ]
+        )
+
+    async def ListFires(
+        self, request: scheduler_pb2.ListFiresRequest, context: Ctx
+    ) -> scheduler_pb2.ListFiresResponse:
+        rows, token = await self._schedules.fires(request)
+        return scheduler_pb2.ListFiresResponse(
+            fires=[fire_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def GetStatistics(
+        self, request: scheduler_pb2.GetStatisticsRequest, context: Ctx
+    ) -> scheduler_pb2.Statistics:
+        stats = await self._schedules.statistics(request)
+        return scheduler_pb2.Statistics(
+            runs_by_state=stats.by_state,
+            success_rate=stats.success_rate,
+            average_duration=_duration(stats.average),
+            p95_duration=_duration(stats.p95),
+            last_fire_time=_ts(stats.last_fire),
+            next_fire_time=_ts(stats.next_fire),
+            total_runs=stats.total,
         )

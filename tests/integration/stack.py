@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ class RunPath:
     executor: Running | None
     scheduler: Running
     channels: list[grpc.aio.Channel]
+    # Scheduler settings beyond the defaults, kept for restarts.
+    scheduler_settings: dict[str, Any] = field(default_factory=dict)
 
     def scheduler_stub(self, token: str | None = None) -> scheduler_pb2_grpc.SchedulerServiceStub:
         channel = open_channel(self.scheduler.address, token=token or self.tokens.admin)
@@ -76,8 +78,18 @@ class RunPath:
         await self.scheduler.stop()
         await asyncio.sleep(pause_s)
         self.scheduler = await start_scheduler(
-            self.tmp, self.nats_url, self.tokens, self.catalogue, self.executor
+            self.tmp,
+            self.nats_url,
+            self.tokens,
+            self.catalogue,
+            self.executor,
+            **self.scheduler_settings,
         )
+
+    async def restart_scheduler_with(self, **settings: Any) -> None:
+        """Restart the scheduler with these settings changed (kept for later restarts)."""
+        self.scheduler_settings.update(settings)
+        await self.restart_scheduler()
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -95,20 +107,22 @@ def _common(tmp: Path, name: str, nats_url: str, tokens: Any, cls: type, **extra
 
 
 async def start_scheduler(
-    tmp: Path, nats_url: str, tokens: Any, catalogue: Running, executor: Running | None
+    tmp: Path,
+    nats_url: str,
+    tokens: Any,
+    catalogue: Running,
+    executor: Running | None,
+    **extra: Any,
 ) -> Running:
-    settings = _common(
-        tmp,
-        "scheduler",
-        nats_url,
-        tokens,
-        SchedulerSettings,
-        catalogue={"address": catalogue.address},
-        executors=[executor.address] if executor else [],
-        dispatch_interval_s=0.2,
-        watch_poll_s=0.2,
-        executor_backoff_s=0.2,
-    )
+    """A scheduler on the catalogue and executor; `extra`: more of its settings."""
+    defaults: dict[str, Any] = {
+        "catalogue": {"address": catalogue.address},
+        "executors": [executor.address] if executor else [],
+        "dispatch_interval_s": 0.2,
+        "watch_poll_s": 0.2,
+        "executor_backoff_s": 0.2,
+    }
+    settings = _common(tmp, "scheduler", nats_url, tokens, SchedulerSettings, **(defaults | extra))
     settings = SchedulerSettings.model_validate(
         settings.model_dump()
         | {
@@ -129,6 +143,7 @@ async def start_run_path(
     with_executor: bool = True,
     executor: dict[str, Any] | None = None,
     catalogue: dict[str, Any] | None = None,
+    scheduler: dict[str, Any] | None = None,
 ) -> RunPath:
     auth = {"principals_file": str(tokens.principals_file), "service_token": tokens.service}
     catalogue_settings = _common(
@@ -154,5 +169,9 @@ async def start_run_path(
         settings = _common(tmp, "executor", nats_url, tokens, ExecutorSettings, **extra)
         settings = ExecutorSettings.model_validate(settings.model_dump() | {"auth": auth})
         running_executor = await launch(build_runtime("executor", settings), build_executor)
-    scheduler = await start_scheduler(tmp, nats_url, tokens, running_catalogue, running_executor)
-    return RunPath(tmp, nats_url, tokens, running_catalogue, running_executor, scheduler, [])
+    running = await start_scheduler(
+        tmp, nats_url, tokens, running_catalogue, running_executor, **(scheduler or {})
+    )
+    return RunPath(
+        tmp, nats_url, tokens, running_catalogue, running_executor, running, [], scheduler or {}
+    )

@@ -280,10 +280,3 @@ async def test_permissions_enforced(path: RunPath, tokens) -> None:  # type: ign
                 scheduler_pb2.GetRunRequest(id="x"), timeout=5
             )
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-
-
-async def test_schedule_fires_answer_unimplemented(path: RunPath) -> None:
-    """Fire history (a later issue) answers UNIMPLEMENTED, never INTERNAL."""
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await path.scheduler_stub().ListFires(scheduler_pb2.ListFiresRequest(schedule_id="x"))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
