@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 async def stop_gracefully(task: asyncio.Task[Any] | None, timeout_s: float) -> None:
@@ -16,3 +20,59 @@ async def stop_gracefully(task: asyncio.Task[Any] | None, timeout_s: float) -> N
     except TimeoutError:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class WakeableLoop:
+    """A background task that runs `step()` every `interval_s`, or as soon as `notify()` is
+    called. A failing step is logged and the loop goes on (the next step retries from stored
+    state); `stop()` lets the step in flight finish. `start_delay_s` holds the first step back
+    (woken early only by stop)."""
+
+    name = "loop"
+
+    def __init__(self, interval_s: float, *, start_delay_s: float = 0.0) -> None:
+        self._interval = interval_s
+        self._start_delay = start_delay_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def step(self) -> object:
+        raise NotImplementedError
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=self.name)
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the step in flight, then stop."""
+        self._stopping = True
+        self._wake.set()
+        await stop_gracefully(self._task, timeout_s)
+
+    async def _loop(self) -> None:
+        if self._start_delay:
+            deadline = asyncio.get_running_loop().time() + self._start_delay
+            while not self._stopping:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), left)
+                self._wake.clear()
+        while not self._stopping:
+            try:
+                await self.step()
+            except Exception:
+                log.exception("%s: step failed; retrying", self.name)
+            if self._stopping:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()

@@ -4,8 +4,6 @@ twice (e.g. after a crash before it was marked QUEUED) still runs once."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -22,7 +20,7 @@ from services.scheduler.executors import Executor, ExecutorSet
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import RunRow
 from services.scheduler.runs import Runs
-from shared.tasks import stop_gracefully
+from shared.tasks import WakeableLoop
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +49,10 @@ _BUSY = {
 }
 
 
-class Dispatcher:
+class Dispatcher(WakeableLoop):
     """Background loop moving PENDING runs to executors."""
+
+    name = "dispatcher"
 
     def __init__(
         self,
@@ -66,42 +66,18 @@ class Dispatcher:
         backoff_max_s: float,
         limits: ConcurrencyLimits | None = None,
     ) -> None:
+        super().__init__(interval_s)
         self._runs = runs
         self._executors = executors
         self._metrics = metrics
-        self._interval = interval_s
         self._batch = batch
         self._backoff = backoff_s
         self._backoff_max = backoff_max_s
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._rr = itertools.count()
-        self._stopping = False
         self._limits = limits or ConcurrencyLimits()
 
-    def notify(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="dispatcher")
-
-    async def stop(self, timeout_s: float = 10.0) -> None:
-        """Finish the round in flight, then stop."""
-        self._stopping = True
-        self._wake.set()
-        await stop_gracefully(self._task, timeout_s)
-
-    async def _loop(self) -> None:
-        while not self._stopping:
-            try:
-                await self.dispatch_once()
-            except Exception:
-                log.exception("dispatch round failed")
-            if self._stopping:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
-            self._wake.clear()
+    async def step(self) -> int:
+        return await self.dispatch_once()
 
     async def dispatch_once(self) -> int:
         """One round; returns how many runs were handed to an executor. Runs of a script at

@@ -24,7 +24,6 @@ that counts them. Policies are documented in docs/scheduler.md.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import hashlib
@@ -48,7 +47,7 @@ from services.scheduler.models import FireRow, RunRow, ScheduleRow
 from services.scheduler.runs import Runs, cancel_run
 from services.scheduler.schedules import ScheduleEvents, Schedules, definition
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from shared.tasks import stop_gracefully
+from shared.tasks import WakeableLoop
 
 log = logging.getLogger(__name__)
 RS = common_pb2.RunState
@@ -156,9 +155,11 @@ class _Prepared:
     replaced: list[str] = field(default_factory=list)
 
 
-class Firing:
+class Firing(WakeableLoop):
     """Background loop firing due schedules, and the run-end hook for queued fires and
     failure actions."""
+
+    name = "firing"
 
     def __init__(
         self,
@@ -172,6 +173,7 @@ class Firing:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        super().__init__(settings.tick_s)
         self._sessions = sessions
         self._runs = runs
         self._schedules = schedules
@@ -180,33 +182,9 @@ class Firing:
         self._metrics = metrics
         self._settings = settings
         self._clock = clock
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
 
-    def notify(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="firing")
-
-    async def stop(self, timeout_s: float = 10.0) -> None:
-        """Finish the nominal time in flight, then stop."""
-        self._stopping = True
-        self._wake.set()
-        await stop_gracefully(self._task, timeout_s)
-
-    async def _loop(self) -> None:
-        while not self._stopping:
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("firing tick failed")
-            if self._stopping:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.tick_s)
-            self._wake.clear()
+    async def step(self) -> int:
+        return await self.tick()
 
     async def tick(self) -> int:
         """Handle what is due now; returns how many steps moved a schedule on."""

@@ -12,20 +12,20 @@ consumer has caught up and every live executor has heartbeated again."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime
 
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.runs import Runs
-from shared.tasks import stop_gracefully
+from shared.tasks import WakeableLoop
 
 log = logging.getLogger(__name__)
 
 
-class LeaseSweeper:
+class LeaseSweeper(WakeableLoop):
     """Every interval, ends LOST (at most `batch` per round) the runs whose lease expired."""
+
+    name = "lease-sweeper"
 
     def __init__(
         self,
@@ -36,38 +36,19 @@ class LeaseSweeper:
         start_delay_s: float,
         batch: int = 100,
     ) -> None:
+        super().__init__(interval_s, start_delay_s=start_delay_s)
         self._runs = runs
         self._metrics = metrics
-        self._interval = interval_s
-        self._start_delay = start_delay_s
         self._batch = batch
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="lease-sweeper")
-
-    async def stop(self, timeout_s: float = 10.0) -> None:
-        """Finish the run being ended, then stop."""
-        self._stop.set()
-        await stop_gracefully(self._task, timeout_s)
-
-    async def _loop(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), self._start_delay)
-        while not self._stop.is_set():
-            try:
-                await self.sweep_once()
-            except Exception:  # the next round tries again; leases are still in the table
-                log.exception("lease sweep failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._interval)
+    async def step(self) -> int:
+        return await self.sweep_once()
 
     async def sweep_once(self) -> int:
         """One round; returns how many runs were ended LOST."""
         now = datetime.now(UTC)
         lost = 0
-        while lost < self._batch and not self._stop.is_set():
+        while lost < self._batch and not self._stopping:
             row = await self._runs.lose_expired(now)
             if row is None:
                 break

@@ -64,6 +64,13 @@ _MAX_DURATION_S = 10 * 366 * 86400  # what a datetime.timedelta surely holds
 
 def check_policy(retry: common_pb2.RetryPolicy, prefix: str = "retry") -> None:
     """Reject a policy with out-of-range fields, naming every one of them."""
+    bad = policy_violations(retry, prefix)
+    if bad:
+        raise InvalidArgument(f"retry policy is invalid: {', '.join(v.field for v in bad)}", bad)
+
+
+def policy_violations(retry: common_pb2.RetryPolicy, prefix: str) -> list[FieldViolation]:
+    """Every out-of-range field of a policy (SubmitRun's and a schedule's: one set of rules)."""
     bad: list[FieldViolation] = []
 
     def add(field: str, description: str) -> None:
@@ -90,8 +97,7 @@ def check_policy(retry: common_pb2.RetryPolicy, prefix: str = "retry") -> None:
     for i, reason in enumerate(retry.retry_on):
         if reason not in known:
             add(f"retry_on[{i}]", f"unknown failure reason {reason}")
-    if bad:
-        raise InvalidArgument(f"retry policy is invalid: {', '.join(v.field for v in bad)}", bad)
+    return bad
 
 
 def _duration(value: duration_pb2.Duration) -> timedelta | None:

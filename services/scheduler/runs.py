@@ -82,13 +82,26 @@ class Runs:
             if existing is not None:
                 return existing
         row, secrets = await self.prepare(request, actor=actor)
+
+        async def write(session: AsyncSession) -> None:
+            await self.stage(session, row)
+
+        return await self._commit_once(row, secrets, request.idempotency_key, write)
+
+    async def _commit_once(
+        self,
+        row: RunRow,
+        secrets: dict[str, str],
+        key: str,
+        write: Callable[[AsyncSession], Awaitable[None]],
+    ) -> RunRow:
+        """Commit a new run with `write`; when a concurrent call with the same idempotency key
+        committed first, its run (the unique key makes sure only one exists)."""
         try:
             async with self._sessions() as session, session.begin():
-                await self.stage(session, row)
+                await write(session)
         except IntegrityError:
-            existing = (
-                await self._by_key(request.idempotency_key) if request.idempotency_key else None
-            )
+            existing = await self._by_key(key) if key else None
             if existing is None:
                 raise
             return existing
@@ -510,22 +523,15 @@ class Runs:
         row, secrets = await self.prepare(submit, actor=actor)
         # Its policy as it was (a script default the catalogue stored is not re-checked).
         row.parent_run_id, row.retry = dead.id, dict(dead.retry)
-        try:
-            async with self._sessions() as session, session.begin():
-                held = await session.get(RunRow, dead.id, with_for_update=True)
-                assert held is not None
-                self._check_replayable(held)
-                await self.stage(session, row)
-                held.replay_run_id = row.id
-        except IntegrityError:
-            existing = (
-                await self._by_key(request.idempotency_key) if request.idempotency_key else None
-            )
-            if existing is None:
-                raise
-            return existing
-        self.submitted(row, secrets)
-        return row
+
+        async def write(session: AsyncSession) -> None:
+            held = await session.get(RunRow, dead.id, with_for_update=True)
+            assert held is not None
+            self._check_replayable(held)
+            await self.stage(session, row)
+            held.replay_run_id = row.id
+
+        return await self._commit_once(row, secrets, request.idempotency_key, write)
 
     @staticmethod
     def _check_replayable(row: RunRow) -> None:

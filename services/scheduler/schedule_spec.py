@@ -18,6 +18,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from runbox.common.v1 import common_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
 from services.scheduler import triggers as tr
+from services.scheduler.retries import policy_violations
 from shared.errors import FieldViolation, InvalidArgument
 
 MIN_INTERVAL = timedelta(seconds=1)
@@ -25,8 +26,6 @@ MAX_INTERVAL = timedelta(days=366)
 MAX_JITTER = timedelta(hours=1)
 MAX_CATCH_UP_DEADLINE = timedelta(days=7)
 MAX_FAILURE_THRESHOLD = 1000
-MAX_RETRY_ATTEMPTS = 100
-MAX_BACKOFF = timedelta(days=1)
 # Timestamps outside these years are mistakes, and datetime cannot hold all
 # that a Timestamp can.
 _MIN_SECONDS = int(datetime(1970, 1, 1, tzinfo=UTC).timestamp())
@@ -333,25 +332,4 @@ def _check_labels(schedule: pb.Schedule, bad: Violations) -> None:
 
 
 def _check_retry(retry: common_pb2.RetryPolicy, bad: Violations) -> None:
-    if not 1 <= retry.max_attempts <= MAX_RETRY_ATTEMPTS:
-        bad.add("retry.max_attempts", f"must be between 1 and {MAX_RETRY_ATTEMPTS}")
-    initial = _duration(
-        retry.initial_backoff, "retry.initial_backoff", bad, low=timedelta(0), high=MAX_BACKOFF
-    )
-    most = _duration(
-        retry.max_backoff, "retry.max_backoff", bad, low=timedelta(0), high=MAX_BACKOFF
-    )
-    if initial is not None and most is not None and most and most < initial:
-        bad.add("retry.max_backoff", "must not be shorter than retry.initial_backoff")
-    if retry.multiplier and not 1 <= retry.multiplier <= 100:
-        bad.add("retry.multiplier", "must be between 1 and 100 (or 0 for the default)")
-    if not 0 <= retry.jitter <= 1:
-        bad.add("retry.jitter", "must be between 0 and 1")
-    if retry.oom_memory_factor and not 1 <= retry.oom_memory_factor <= 16:
-        bad.add("retry.oom_memory_factor", "must be between 1 and 16 (or 0 for none)")
-    if retry.oom_memory_cap_bytes < 0:
-        bad.add("retry.oom_memory_cap_bytes", "must not be negative")
-    known = set(common_pb2.FailureReason.values())
-    for i, reason in enumerate(retry.retry_on):
-        if reason not in known or reason == 0:
-            bad.add(f"retry.retry_on[{i}]", f"unknown failure reason {reason}")
+    bad.items.extend(policy_violations(retry, f"{bad.prefix}.retry"))
