@@ -50,7 +50,8 @@ protos-check: $(STAMP) ## fail if regenerating the protos changes anything
 	@git diff --exit-code --stat -- runbox || { echo "generated code is stale: run make protos" >&2; exit 1; }
 	@test -z "$$(git status --porcelain -- runbox)" || { echo "untracked generated files: run make protos and commit" >&2; exit 1; }
 
-bench: $(STAMP) ## run the benchmarks
+bench: $(STAMP) ## run the benchmarks (installs the `bench` extra: Celery for the scheduler's baseline)
+	$(BIN)/python -m pip install -q -e '.[bench]' -c deploy/dev/constraints.txt
 	@shopt -s nullglob; for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean: ## remove .venv and local state under ./var

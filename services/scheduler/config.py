@@ -36,6 +36,10 @@ class SchedulerSettings(ServiceSettings):
         default_factory=dict
     )
     dispatch_interval_s: float = 1.0
+    # How long a replica's dispatch round holds the runs it took (longer than an Execute call).
+    dispatch_claim_s: float = Field(default=30.0, gt=0, le=3600)
+    # How long a run with secret parameters waits for the replica holding their values.
+    secret_handoff_grace_s: float = Field(default=30.0, ge=0, le=3600)
     dispatch_batch: int = 20
     # Backoff for an executor that answered RESOURCE_EXHAUSTED / UNAVAILABLE.
     executor_backoff_s: float = 0.5

@@ -65,8 +65,14 @@ class Dispatcher(WakeableLoop):
         backoff_s: float,
         backoff_max_s: float,
         limits: ConcurrencyLimits | None = None,
+        claim_s: float = 30.0,
+        failover_s: float = 20.0,
+        secret_grace_s: float = 30.0,
     ) -> None:
         super().__init__(interval_s)
+        self._claim_s = claim_s
+        self._failover = timedelta(seconds=failover_s)
+        self._secret_grace = timedelta(seconds=secret_grace_s)
         self._runs = runs
         self._executors = executors
         self._metrics = metrics
@@ -89,13 +95,17 @@ class Dispatcher(WakeableLoop):
         if limits.enabled:
             active = await self._runs.active_counts()
         total = sum(active.values())
-        for row in await self._runs.pending(self._batch):
+        rows = list(await self._runs.claim_pending(self._batch, self._claim_s))
+        held_back: list[str] = []
+        for i, row in enumerate(rows):
             if limits.total and total >= limits.total:
                 self._metrics.dispatch.labels("limited").inc()
+                held_back.extend(r.id for r in rows[i:])
                 break
             cap = limits.for_script(row.script_name)
             if cap and active.get(row.script_name, 0) >= cap:
                 self._metrics.dispatch.labels("limited").inc()
+                held_back.append(row.id)
                 continue
             outcome = await self._dispatch(row)
             if outcome == "accepted":
@@ -103,7 +113,9 @@ class Dispatcher(WakeableLoop):
                 total += 1
                 active[row.script_name] = active.get(row.script_name, 0) + 1
             elif outcome == "no_executor":
+                held_back.extend(r.id for r in rows[i + 1 :])
                 break
+        await self._runs.release(held_back)
         return handed
 
     def _available(self) -> list[Executor]:
@@ -111,8 +123,28 @@ class Dispatcher(WakeableLoop):
         start = next(self._rr) % max(len(ready), 1)
         return ready[start:] + ready[:start]
 
+    def _candidates(self, row: RunRow) -> list[Executor]:
+        """Where the run may go now. One handed to an executor without a recorded answer (a
+        crash, a timeout) may be running there: it goes back to that executor only (which
+        knows it by its id and never starts it twice) until that executor had a lease's time
+        to report it; then to any."""
+        attempted = row.dispatch_attempted_at
+        if (
+            row.executor_address
+            and attempted is not None
+            and datetime.now(UTC) - _utc(attempted) < self._failover
+        ):
+            pinned = self._executors.pin(row.executor_address)
+            return [pinned] if pinned.busy_until <= time.monotonic() else []
+        return self._available()
+
     async def _dispatch(self, row: RunRow) -> str:
         if row.secret_names and row.id not in self._runs.secrets:
+            # Secret values live only in the memory of the replica that took the submit: give
+            # that one time to dispatch it; past that they are gone (a restart).
+            if datetime.now(UTC) - _utc(row.created_at) < self._secret_grace:
+                await self._runs.defer(row.id, datetime.now(UTC) + timedelta(seconds=1))
+                return "deferred"
             await self._runs.fail(
                 row.id,
                 common_pb2.FAILURE_REASON_INFRASTRUCTURE,
@@ -120,14 +152,18 @@ class Dispatcher(WakeableLoop):
             )
             return "failed"
         request = self._request(row)
-        for executor in self._available():
+        for executor in self._candidates(row):
+            if executor.address != row.executor_address or row.dispatch_attempted_at is None:
+                await self._runs.record_attempt(row.id, executor.address)
             try:
                 reply = await executor.stub.Execute(request, timeout=10)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in _BUSY:
                     self._metrics.dispatch.labels("busy").inc()
                     self._back_off(executor)
-                    continue
+                    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        continue  # refused: it holds nothing, the next may take it
+                    break  # no answer: it may hold the run, which stays with it for now
                 self._metrics.dispatch.labels("rejected").inc()
                 await self._runs.fail(
                     row.id,
@@ -140,7 +176,8 @@ class Dispatcher(WakeableLoop):
             await self._runs.mark_dispatched(row.id, reply.executor_id, executor.address)
             return "accepted"
         await self._runs.defer(row.id, datetime.now(UTC) + timedelta(seconds=self._backoff))
-        return "no_executor"
+        # The round goes on while another executor may take the next runs.
+        return "deferred" if self._executors.ready() else "no_executor"
 
     def _back_off(self, executor: Executor) -> None:
         executor.backoff_s = min(max(executor.backoff_s * 2, self._backoff), self._backoff_max)
@@ -170,3 +207,7 @@ class Dispatcher(WakeableLoop):
             parent_run_id=row.parent_run_id or "",
             trace_context=row.trace_context,
         )
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -81,6 +81,11 @@ class ExecutorSet(Mapping[str, Any]):
         now = time.monotonic()
         return [e for e in self.active() if e.busy_until <= now]
 
+    def pin(self, address: str) -> Executor:
+        """The executor at `address`, with a channel opened if this process has not met it
+        (a run recorded as handed to it before a restart)."""
+        return self._member(address)
+
     def _member(self, address: str) -> Executor:
         member = self._members.get(address)
         if member is None:

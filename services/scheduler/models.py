@@ -74,6 +74,11 @@ class RunRow(Base):
     next_dispatch_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+    # When the run was handed to `executor_address` without an answer on record (yet): until
+    # a lease has passed it may be running there, so it goes to no other executor.
+    dispatch_attempted_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
     # Renewed by each event of a QUEUED or RUNNING run; past it the run is LOST. Not indexed,
     # so PostgreSQL renews it in place (HOT); the sweeper finds active runs by state.
     lease_expires_at: Mapped[datetime | None] = mapped_column(

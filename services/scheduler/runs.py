@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -298,17 +298,27 @@ class Runs:
         )
 
     async def mark_dispatched(self, run_id: str, executor_id: str, address: str) -> None:
-        """Record the executor; move to QUEUED unless events already moved it on."""
+        """Record the executor; move to QUEUED unless events already moved it on. One UPDATE
+        that decides on the row's state as it is when written: the executor's own events may
+        be applied meanwhile (on SQLite a read-then-write could put QUEUED back over them)."""
+        pending = RunRow.state == RS.RUN_STATE_PENDING
+        now = _now()
         async with self._sessions() as session, session.begin():
-            row = await session.get(RunRow, run_id, with_for_update=True)
-            if row is None:
-                return
-            row.executor_id, row.executor_address = executor_id, address
-            if sm.can_move(row.state, RS.RUN_STATE_QUEUED):
-                row.state, row.queued_at = RS.RUN_STATE_QUEUED, _now()
-            if row.state in LEASED:
-                row.lease_expires_at = self.lease_expiry()
-            row.updated_at = _now()
+            await session.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id)
+                .values(
+                    executor_id=executor_id,
+                    executor_address=address,
+                    state=case((pending, RS.RUN_STATE_QUEUED), else_=RunRow.state),
+                    queued_at=case((pending, now), else_=RunRow.queued_at),
+                    lease_expires_at=case(
+                        (RunRow.state.in_([RS.RUN_STATE_PENDING, *LEASED]), self.lease_expiry()),
+                        else_=RunRow.lease_expires_at,
+                    ),
+                    updated_at=now,
+                )
+            )
         self.secrets.pop(run_id, None)
         self._watchers.notify(Change(run_id))
 
@@ -319,8 +329,12 @@ class Runs:
                 row.next_dispatch_at = until
                 row.dispatch_attempts += 1
 
-    async def pending(self, limit: int) -> Sequence[RunRow]:
-        """Runs to dispatch: highest priority first, FIFO within a priority."""
+    async def claim_pending(self, limit: int, claim_s: float) -> Sequence[RunRow]:
+        """Runs to dispatch, highest priority first and FIFO within a priority, claimed for
+        `claim_s`: their next_dispatch_at moves past the claim, so another replica's round
+        skips them (rows locked by a replica's concurrent claim are skipped too: FOR UPDATE
+        SKIP LOCKED where the database has it). A replica that dies holding a claim leaves
+        the runs to the others once it expires. Quarantined scripts' runs are not taken."""
         now = _now()
         query = (
             select(RunRow)
@@ -333,9 +347,35 @@ class Runs:
             )
             .order_by(RunRow.priority.desc(), RunRow.created_at, RunRow.id)
             .limit(limit)
+            .with_for_update(skip_locked=True, of=RunRow)
         )
-        async with self._sessions() as session:
-            return (await session.scalars(query)).all()
+        async with self._sessions() as session, session.begin():
+            rows = (await session.scalars(query)).all()
+            for row in rows:
+                row.next_dispatch_at = now + timedelta(seconds=claim_s)
+        return rows
+
+    async def release(self, run_ids: Sequence[str]) -> None:
+        """Give back claimed runs this round did not hand over (held back by a limit)."""
+        if not run_ids:
+            return
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(RunRow)
+                .where(RunRow.id.in_(list(run_ids)))
+                .where(RunRow.state == RS.RUN_STATE_PENDING)
+                .values(next_dispatch_at=None)
+            )
+
+    async def record_attempt(self, run_id: str, address: str) -> None:
+        """Before handing a run to an executor: where it went, should the answer be lost."""
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id)
+                .where(RunRow.state == RS.RUN_STATE_PENDING)
+                .values(executor_address=address, dispatch_attempted_at=_now())
+            )
 
     async def active_counts(self) -> dict[str, int]:
         """Runs held by executors (QUEUED or RUNNING), per script."""

@@ -97,6 +97,9 @@ async def build(runtime: Runtime) -> Service:
         batch=settings.dispatch_batch,
         backoff_s=settings.executor_backoff_s,
         backoff_max_s=settings.executor_backoff_max_s,
+        claim_s=settings.dispatch_claim_s,
+        failover_s=settings.lease_s,
+        secret_grace_s=settings.secret_handoff_grace_s,
         limits=ConcurrencyLimits(
             total=settings.max_active_runs,
             per_script=settings.max_active_runs_per_script,

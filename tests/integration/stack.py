@@ -122,17 +122,40 @@ async def start_scheduler(
         "watch_poll_s": 0.2,
         "executor_backoff_s": 0.2,
     }
+    # settings_for sets these two itself: given here, they replace its values.
+    replaced = {k: extra.pop(k) for k in ("database", "instance_id") if k in extra}
     settings = _common(tmp, "scheduler", nats_url, tokens, SchedulerSettings, **(defaults | extra))
-    settings = SchedulerSettings.model_validate(
-        settings.model_dump()
-        | {
-            "auth": {
-                "principals_file": str(tokens.principals_file),
-                "service_token": tokens.service,
-            }
-        }
-    )
+    auth = {"principals_file": str(tokens.principals_file), "service_token": tokens.service}
+    settings = SchedulerSettings.model_validate(settings.model_dump() | {"auth": auth} | replaced)
     return await launch(build_runtime("scheduler", settings), build_scheduler)
+
+
+async def start_executor(
+    tmp: Path,
+    nats_url: str,
+    tokens: Any,
+    catalogue: Running,
+    *,
+    name: str = "executor",
+    **extra: Any,
+) -> Running:
+    """An executor on the local backend (`name` keeps its files apart from another's)."""
+    auth = {"principals_file": str(tokens.principals_file), "service_token": tokens.service}
+    settings = _common(
+        tmp,
+        name,
+        nats_url,
+        tokens,
+        ExecutorSettings,
+        **{
+            "sandbox": {"backend": "local", "timeout_s": 30},
+            "work_dir": str(tmp / ("work" if name == "executor" else f"work-{name}")),
+            "catalogue": {"address": catalogue.address},
+            **extra,
+        },
+    )
+    settings = ExecutorSettings.model_validate(settings.model_dump() | {"auth": auth})
+    return await launch(build_runtime("executor", settings), build_executor)
 
 
 async def start_run_path(
@@ -145,7 +168,6 @@ async def start_run_path(
     catalogue: dict[str, Any] | None = None,
     scheduler: dict[str, Any] | None = None,
 ) -> RunPath:
-    auth = {"principals_file": str(tokens.principals_file), "service_token": tokens.service}
     catalogue_settings = _common(
         tmp,
         "catalogue",
@@ -160,15 +182,9 @@ async def start_run_path(
     )
     running_executor = None
     if with_executor:
-        extra = {
-            "sandbox": {"backend": "local", "timeout_s": 30},
-            "work_dir": str(tmp / "work"),
-            "catalogue": {"address": running_catalogue.address},
-            **(executor or {}),
-        }
-        settings = _common(tmp, "executor", nats_url, tokens, ExecutorSettings, **extra)
-        settings = ExecutorSettings.model_validate(settings.model_dump() | {"auth": auth})
-        running_executor = await launch(build_runtime("executor", settings), build_executor)
+        running_executor = await start_executor(
+            tmp, nats_url, tokens, running_catalogue, **(executor or {})
+        )
     running = await start_scheduler(
         tmp, nats_url, tokens, running_catalogue, running_executor, **(scheduler or {})
     )

@@ -569,7 +569,7 @@ async def test_two_replicas_sweep_each_lost_run_once_and_quarantine_once(
         assert len(rows) == 6 + 2 + 6
         assert held.script_name == "looping" and held.consecutive_failures >= 3
         assert subjects.count("runbox.events.quarantine.looping") == 1
-        pending = await replicas[1].runs.pending(10)
+        pending = await replicas[1].runs.claim_pending(10, claim_s=30)
         assert [r.id for r in pending] == ["other"]
     finally:
         for replica in replicas:

@@ -1,0 +1,841 @@
+"""Scheduler benchmark: cron firing at scale against a no-op executor, and the SubmitRun round
+trip of a no-op run against Celery with Redis.
+
+(a) Firing. --schedules cron schedules `* * * * *` (UTC) are created through CreateSchedule on a
+real scheduler (`python -m services.scheduler`, its own process; a fresh SQLite file, or a fresh
+database on the PostgreSQL server of --database-url) with a real catalogue (its own process)
+holding one no-op script. Their concurrency policy is ALLOW, so every nominal time should create
+a run whatever the runs before it do; their window starts at the first minute boundary after the
+creations are expected to be done and ends just after --minutes boundaries, so each fires
+--minutes times (fewer if it was created after the start). The executor is a no-op
+ExecutorService inside this process: it accepts every Execute and publishes QUEUED, STARTED and
+FINISHED (SUCCEEDED) RunEvents to JetStream as the real executor does (same subject, Nats-Msg-Id
+and fields, built by services/executor/events.py), so runs complete and the scheduler does all
+of its per-run work (dispatch, applying events, on_terminal hooks). Measured per fire:
+
+- lateness: the run's create_time minus its nominal time (ListRuns after the window; the nominal
+  time is in the run's idempotency key `schedule:<id>:<nominal UTC>`). Two more, for reading
+  it: the FIRED ScheduleEvent received by this process (committed and published) and the
+  Execute received by the no-op executor (dispatched), each minus the nominal time;
+- duplicates: (schedule, nominal time) pairs with more than one run;
+- misses: nominal times of the window (every minute from each schedule's first next_fire_time to
+  the window's last boundary) without a run, once every one of them has a fire record (or after
+  RECORD_WAIT_S); the records by outcome (fired, skipped, missed) are reported beside them;
+- the scheduler's RSS (VmRSS once every run ended, and VmHWM, its peak) and CPU seconds
+  (utime + stime from /proc/<pid>/stat) from the first boundary until every run ended.
+
+(b) Round trip. --runs runs of a no-op LOCAL script (the allow-listed /bin/true) through a real
+catalogue, executor (backend local) and scheduler, each its own process, --concurrency in
+flight: SubmitRun -> SUCCEEDED on WatchRun (the scheduler's own state, pushed when it applies
+the executor's FINISHED event). Against Celery with Redis (database 15 of --redis-url, flushed
+before and after; nothing else on the server is touched): a worker process with --concurrency
+prefork processes and a no-op task; apply_async -> result.get(), --concurrency in flight.
+Throughput is completed runs (tasks) over wall time at that concurrency. Same N, same
+concurrency, same run; --runs / 20 (at least 10) warm-up round trips on each side first.
+runbox_phases_p50_ms splits the Runbox round trip by the run's own timestamps (PHASES).
+
+Progress goes to stderr; the last line on stdout is one JSON object. --only runs one part;
+--keep-logs keeps the services' logs (the temporary directory is removed at the end).
+
+    pip install -e '.[bench]'   # celery[redis]; Redis listening on --redis-url
+    .venv/bin/python benchmarks/scheduler.py [--schedules 10000 --minutes 5] [--runs 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+import nats  # noqa: E402
+from google.protobuf import timestamp_pb2  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+try:
+    import redis
+    from celery import Celery
+except ImportError as missing:  # the `bench` extra
+    raise SystemExit(f"{missing.name} is missing: pip install -e '.[bench]'") from missing
+
+from benchmarks.catalogue import postgres_database  # noqa: E402
+from cli import natsd  # noqa: E402
+from cli.stack import ensure_tokens, wait_healthy  # noqa: E402
+from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc  # noqa: E402
+from runbox.common.v1 import common_pb2  # noqa: E402
+from runbox.events.v1 import events_pb2  # noqa: E402
+from runbox.executor.v1 import executor_pb2, executor_pb2_grpc  # noqa: E402
+from runbox.scheduler.v1 import scheduler_pb2 as pb  # noqa: E402
+from runbox.scheduler.v1 import scheduler_pb2_grpc  # noqa: E402
+from services.executor.events import RunContext, build_event, finished_fields  # noqa: E402
+from services.executor.runners.base import Outcome  # noqa: E402
+from services.scheduler import state as sm  # noqa: E402
+from shared.clients import open_channel  # noqa: E402
+
+RS = common_pb2.RunState
+SE = events_pb2.ScheduleEventType
+PREFIX = "runbox.events"  # the services' default subjects prefix
+SCRIPT = "noop"
+NOOP_EXECUTOR_ID = "noop-executor"
+MINUTE = timedelta(minutes=1)
+# CreateSchedule calls in flight, and the creation rate assumed when choosing the window start.
+CREATE_CONCURRENCY = 16
+CREATE_RATE_GUESS = 100.0
+# How long after the window's last boundary (+50 s) every nominal time may take to be recorded
+# (claimed later than the misfire grace, a fire is recorded MISSED, without a run).
+RECORD_WAIT_S = 300
+CELERY_DB = 15
+CELERY_TASK = "bench.noop"
+
+
+def log(message: str) -> None:
+    print(f"[scheduler-bench] {message}", file=sys.stderr, flush=True)
+
+
+def pct(samples: list[float], scale: float = 1.0, digits: int = 3) -> tuple[float, float]:
+    """p50 and p99 (nearest rank) of samples, times scale."""
+    if not samples:
+        return math.nan, math.nan
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return round(statistics.median(ordered) * scale, digits), round(p99 * scale, digits)
+
+
+def ts(value: datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def proc_usage(pid: int) -> tuple[float, float, float]:
+    """CPU seconds (user + system), VmRSS and VmHWM (MB) of a process."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    memory = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            memory[key] = round(int(value.split()[0]) / 1024, 1)
+    return cpu, memory["VmRSS"], memory["VmHWM"]
+
+
+# --- services as their own processes -------------------------------------------------------
+
+
+@dataclass
+class Process:
+    """A service child process and where it listens."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    address: str
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Env:
+    """What every service of one part shares."""
+
+    tmp: Path
+    nats_url: str
+    admin: str
+    service_token: str
+    part: str = ""  # names each service's database and log file
+    started: list[Process] = field(default_factory=list)
+
+    async def spawn(self, name: str, **extra: str) -> Process:
+        """`python -m services.<name>` on a free loopback port, healthy, logging to a file."""
+        port = natsd.free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOX_")}
+        env.update(
+            RUNBOX_INSTANCE_ID=f"{name}-bench",
+            RUNBOX_GRPC__HOST="127.0.0.1",
+            RUNBOX_GRPC__PORT=str(port),
+            RUNBOX_METRICS__PORT="-1",
+            RUNBOX_DATABASE__URL=f"sqlite+aiosqlite:///{self.tmp / f'{name}-{self.part}.db'}",
+            RUNBOX_NATS__URL=self.nats_url,
+            RUNBOX_AUTH__PRINCIPALS_FILE=str(self.tmp / "principals.json"),
+            RUNBOX_AUTH__SERVICE_TOKEN=self.service_token,
+            RUNBOX_LOG__LEVEL="WARNING",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        log_file = self.tmp / f"{name}-{self.part}.log"
+        proc = launch([sys.executable, "-m", f"services.{name}"], env, log_file)
+        process = Process(name, proc, f"127.0.0.1:{port}")
+        self.started.append(process)
+        await asyncio.to_thread(wait_healthy, process.address, proc, log_file, 60)
+        return process
+
+    def stop_all(self) -> None:
+        """Scheduler first (it calls the others), then the rest."""
+        for process in sorted(self.started, key=lambda p: p.name != "scheduler"):
+            process.stop()
+        self.started.clear()
+
+
+def launch(
+    argv: list[str], env: dict[str, str] | None, log_file: Path, **popen: Any
+) -> subprocess.Popen[bytes]:
+    with open(log_file, "ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=out, cwd=ROOT, **popen)
+
+
+async def publish_noop(address: str, token: str) -> None:
+    """The no-op script: execution type local, the allow-listed command `true`."""
+    async with open_channel(address, token=token) as channel:
+        stub = catalogue_pb2_grpc.CatalogueServiceStub(channel)
+        config = catalogue_pb2.ExecutionConfig(local=catalogue_pb2.LocalConfig(command="true"))
+        await stub.CreateScript(
+            catalogue_pb2.CreateScriptRequest(
+                script=catalogue_pb2.Script(
+                    name=SCRIPT, execution_type=common_pb2.EXECUTION_TYPE_LOCAL, config=config
+                )
+            )
+        )
+        await stub.PublishVersion(
+            catalogue_pb2.PublishVersionRequest(
+                script_name=SCRIPT, version="1.0.0", content=b"# runs /bin/true\n"
+            )
+        )
+
+
+async def scheduler_database(
+    args: argparse.Namespace, env: Env
+) -> tuple[str, Callable[[], Awaitable[None]] | None]:
+    """A fresh SQLite file, or a fresh database on the --database-url PostgreSQL server."""
+    if not args.database_url:
+        return f"sqlite+aiosqlite:///{env.tmp / f'scheduler-{env.part}.db'}", None
+    if make_url(args.database_url).get_backend_name() != "postgresql":
+        raise SystemExit("--database-url: a PostgreSQL server URL (SQLite is the default)")
+    made = await postgres_database(args.database_url)
+    if made is None:
+        raise SystemExit(f"PostgreSQL unreachable at {args.database_url}")
+    return made
+
+
+# --- (a) firing ----------------------------------------------------------------------------
+
+
+class NoopExecutor(executor_pb2_grpc.ExecutorServiceServicer):
+    """Accepts every run and reports it QUEUED, STARTED and SUCCEEDED at once, with the
+    real executor's events (subject, Nats-Msg-Id, fields), published straight to JetStream."""
+
+    def __init__(self, js: Any) -> None:
+        self._js = js
+        self.received: dict[str, float] = {}  # run id -> wall time of its first Execute
+        self.executes = 0
+        self.finished = 0
+        self.failures = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def Execute(
+        self, request: executor_pb2.ExecuteRequest, context: Any
+    ) -> executor_pb2.ExecuteResponse:
+        self.executes += 1
+        new = request.run_id not in self.received
+        if new:
+            self.received[request.run_id] = time.time()
+            task = asyncio.create_task(self._report(request))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return executor_pb2.ExecuteResponse(
+            run_id=request.run_id,
+            executor_id=NOOP_EXECUTOR_ID,
+            newly_accepted=new,
+            accepted_at=ts(datetime.now(UTC)),
+        )
+
+    async def _report(self, request: executor_pb2.ExecuteRequest) -> None:
+        ctx = RunContext(
+            run_id=request.run_id,
+            attempt=request.attempt or 1,
+            script_name=request.script_name,
+            script_version=request.script_version,
+            execution_type=request.execution_type,
+            executor_id=NOOP_EXECUTOR_ID,
+            schedule_id=request.schedule_id,
+            parent_run_id=request.parent_run_id,
+            labels=dict(request.labels),
+            trace_context=dict(request.trace_context),
+        )
+        now = datetime.now(UTC)
+        outcome = Outcome(RS.RUN_STATE_SUCCEEDED, started_at=now, finished_at=now)
+        empty = (b"", 0, False)
+        events = [
+            build_event(ctx, events_pb2.RUN_EVENT_TYPE_QUEUED, RS.RUN_STATE_QUEUED),
+            build_event(
+                ctx, events_pb2.RUN_EVENT_TYPE_STARTED, RS.RUN_STATE_RUNNING, started_at=ts(now)
+            ),
+            build_event(
+                ctx,
+                events_pb2.RUN_EVENT_TYPE_FINISHED,
+                RS.RUN_STATE_SUCCEEDED,
+                **finished_fields(outcome, empty, empty),
+            ),
+        ]
+        try:
+            acks = [
+                await self._js.publish_async(
+                    f"{PREFIX}.run.{e.run_id}",
+                    e.SerializeToString(),
+                    headers={**e.trace_context, "Nats-Msg-Id": e.event_id},
+                )
+                for e in events
+            ]
+            await asyncio.gather(*acks)
+        except Exception as exc:
+            self.failures += 1
+            log(f"no-op executor: events of {request.run_id} not published: {exc!r}")
+            return
+        self.finished += 1
+
+
+class FireEvents:
+    """ScheduleEvents of every fire, from one JetStream subscription."""
+
+    def __init__(self) -> None:
+        self.fired: dict[tuple[str, datetime], float] = {}  # -> wall time received
+        self.outcomes: dict[tuple[str, datetime], int] = {}
+
+    async def on_message(self, msg: Any) -> None:
+        event = events_pb2.ScheduleEvent.FromString(msg.data)
+        if not event.HasField("fire_time"):
+            return
+        key = (event.schedule_id, event.fire_time.ToDatetime(UTC))
+        self.outcomes.setdefault(key, event.type)
+        if event.type == SE.SCHEDULE_EVENT_TYPE_FIRED:
+            self.fired.setdefault(key, time.time())
+
+    def recorded_at(self, nominal: datetime) -> int:
+        return sum(1 for _, at in self.outcomes if at == nominal)
+
+
+def timeline_all(run: pb.Run) -> list[timestamp_pb2.Timestamp]:
+    return [run.create_time, run.queue_time, run.start_time, run.finish_time]
+
+
+def nominal_of(run: pb.Run) -> datetime | None:
+    """The nominal time in a fired run's idempotency key `schedule:<id>:<nominal UTC>`."""
+    kind, _, rest = run.idempotency_key.partition(":")
+    _, _, nominal = rest.partition(":")
+    if kind != "schedule" or not nominal:
+        return None
+    return datetime.fromisoformat(nominal.replace("Z", "+00:00"))
+
+
+async def all_runs(stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub) -> list[pb.Run]:
+    runs: list[pb.Run] = []
+    token = ""
+    while True:
+        page = await stub.ListRuns(pb.ListRunsRequest(page_size=500, page_token=token))
+        runs.extend(page.runs)
+        token = page.next_page_token
+        if not token:
+            return runs
+
+
+async def create_schedules(
+    stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub, count: int, start: datetime, end: datetime
+) -> dict[str, datetime]:
+    """Schedule id -> its first nominal time."""
+    created: dict[str, datetime] = {}
+    todo = iter(range(count))
+
+    async def lane() -> None:
+        for i in todo:
+            schedule = pb.Schedule(
+                name=f"bench-{i:06d}",
+                script=common_pb2.ScriptRef(name=SCRIPT),
+                trigger=pb.Trigger(cron=pb.CronSpec(expression="* * * * *")),
+                time_zone="UTC",
+                concurrency=pb.CONCURRENCY_POLICY_ALLOW,
+                start_time=ts(start),
+                end_time=ts(end),
+            )
+            reply = await stub.CreateSchedule(pb.CreateScheduleRequest(schedule=schedule))
+            created[reply.id] = reply.next_fire_time.ToDatetime(UTC)
+            if len(created) % 1000 == 0:
+                log(f"  {len(created)} schedules created")
+
+    await asyncio.gather(*(lane() for _ in range(CREATE_CONCURRENCY)))
+    return created
+
+
+async def wait_until(moment: datetime) -> None:
+    await asyncio.sleep(max(0.0, (moment - datetime.now(UTC)).total_seconds()))
+
+
+async def poll(done: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.2)
+    return True
+
+
+async def ended(stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub, timeout_s: float) -> bool:
+    """Wait until the scheduler holds no PENDING, QUEUED or RUNNING run (bounded)."""
+    active = [RS.RUN_STATE_PENDING, RS.RUN_STATE_QUEUED, RS.RUN_STATE_RUNNING]
+    deadline = time.monotonic() + timeout_s
+    while (await stub.ListRuns(pb.ListRunsRequest(page_size=1, states=active))).runs:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.5)
+    return True
+
+
+async def firing(args: argparse.Namespace, env: Env) -> dict[str, Any]:
+    nc = await nats.connect(env.nats_url)
+    js = nc.jetstream()
+    noop = NoopExecutor(js)  # type: ignore[abstract]  # Execute is all a scheduler calls here
+    server = grpc.aio.server()
+    executor_pb2_grpc.add_ExecutorServiceServicer_to_server(noop, server)
+    executor_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    database_url, drop = await scheduler_database(args, env)
+    try:
+        catalogue = await env.spawn("catalogue", RUNBOX_BLOB_DIR=str(env.tmp / f"blobs-{env.part}"))
+        await publish_noop(catalogue.address, env.admin)
+        scheduler = await env.spawn(
+            "scheduler",
+            RUNBOX_DATABASE__URL=database_url,
+            RUNBOX_CATALOGUE__ADDRESS=catalogue.address,
+            RUNBOX_EXECUTORS=json.dumps([f"127.0.0.1:{executor_port}"]),
+        )
+        events = FireEvents()
+        await js.subscribe(f"{PREFIX}.schedule.>", cb=events.on_message, ordered_consumer=True)
+        lead = timedelta(seconds=15 + args.schedules / CREATE_RATE_GUESS)
+        start = (datetime.now(UTC) + lead + MINUTE).replace(second=0, microsecond=0)
+        last = start + (args.minutes - 1) * MINUTE
+        end = last + timedelta(seconds=1)  # end is exclusive: `last` is the final fire
+        async with open_channel(scheduler.address, token=env.admin) as channel:
+            stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub = (
+                scheduler_pb2_grpc.SchedulerServiceStub(channel)
+            )
+            log(f"firing: creating {args.schedules} schedules, window {start:%H:%M}-{last:%H:%M}")
+            began = time.perf_counter()
+            firsts = await create_schedules(stub, args.schedules, start, end)
+            create_s = time.perf_counter() - began
+            log(f"firing: created in {create_s:.1f} s; first fires at {start:%H:%M:%S}")
+            await wait_until(start - timedelta(seconds=1))
+            cpu0, _, _ = proc_usage(scheduler.proc.pid)
+            wall0 = time.monotonic()
+            for minute in range(args.minutes):
+                nominal = start + minute * MINUTE
+                await wait_until(nominal + timedelta(seconds=50))
+                log(
+                    f"firing: {nominal:%H:%M} recorded {events.recorded_at(nominal)}"
+                    f"/{args.schedules} after 50 s; {noop.finished} runs ended"
+                )
+            expected = {
+                (sid, first + k * MINUTE)
+                for sid, first in firsts.items()
+                for k in range(max(0, int((last - first) / MINUTE) + 1))
+            }
+            # Every nominal time recorded (fired, skipped or missed): misses are then exact.
+            if not await poll(lambda: len(events.outcomes) >= len(expected), RECORD_WAIT_S):
+                log(f"firing: {len(expected) - len(events.outcomes)} fires unrecorded after wait")
+            fired = len(events.fired)
+            if not await poll(lambda: noop.finished + noop.failures >= fired, 120):
+                log(f"firing: {fired - noop.finished} runs not reported by the executor in 120 s")
+            if not await ended(stub, 60):
+                log("firing: runs still active in the scheduler 60 s after their FINISHED")
+            cpu1, rss, hwm = proc_usage(scheduler.proc.pid)
+            wall = time.monotonic() - wall0
+            log("firing: reading runs back")
+            runs = await all_runs(stub)
+    finally:
+        env.stop_all()
+        await server.stop(None)
+        await nc.close()
+        if drop is not None:
+            await drop()
+    per_fire: Counter[tuple[str, datetime]] = Counter()
+    lateness: list[float] = []
+    dispatch: list[float] = []
+    states: Counter[str] = Counter()
+    unexpected = 0
+    for run in runs:
+        at = nominal_of(run)
+        if at is None or (run.schedule_id, at) not in expected:
+            continue
+        per_fire[(run.schedule_id, at)] += 1
+        lateness.append((run.create_time.ToDatetime(UTC) - at).total_seconds())
+        if run.id in noop.received:
+            dispatch.append(noop.received[run.id] - at.timestamp())
+        states[RS.Name(run.state).removeprefix("RUN_STATE_").lower()] += 1
+        if run.state != RS.RUN_STATE_SUCCEEDED and unexpected < 5:
+            unexpected += 1  # the first few, told in full on stderr
+            stamps = zip(
+                ("created", "queued", "started", "finished"), timeline_all(run), strict=True
+            )
+            log(
+                f"firing: run {run.id} {RS.Name(run.state)} ({run.exit.message}); "
+                + ", ".join(f"{k} {t.ToDatetime(UTC):%H:%M:%S.%f}" for k, t in stamps if t.seconds)
+            )
+    published = [at - n.timestamp() for (_, n), at in events.fired.items()]
+    outcome_counts = Counter(
+        SE.Name(kind).removeprefix("SCHEDULE_EVENT_TYPE_").lower()
+        for key, kind in events.outcomes.items()
+        if key in expected
+    )
+    late_p50, late_p99 = pct(lateness)
+    event_p50, event_p99 = pct(published)
+    dispatch_p50, dispatch_p99 = pct(dispatch)
+    result = {
+        "schedules": args.schedules,
+        "minutes": args.minutes,
+        "database": make_url(database_url).get_backend_name(),
+        "create_s": round(create_s, 1),
+        "expected_fires": len(expected),
+        "runs": sum(per_fire.values()),
+        "runs_by_state": dict(states),
+        "lateness_p50_s": late_p50,
+        "lateness_p99_s": late_p99,
+        "lateness_max_s": round(max(lateness), 3) if lateness else None,
+        "fired_event_lateness_p50_s": event_p50,
+        "fired_event_lateness_p99_s": event_p99,
+        "dispatch_lateness_p50_s": dispatch_p50,
+        "dispatch_lateness_p99_s": dispatch_p99,
+        "duplicates": sum(n - 1 for n in per_fire.values() if n > 1),
+        "misses": len(expected - set(per_fire)),
+        "fire_records": dict(outcome_counts),
+        "duplicate_executes": noop.executes - len(noop.received),
+        "scheduler_rss_mb": rss,
+        "scheduler_rss_peak_mb": hwm,
+        "scheduler_cpu_s": round(cpu1 - cpu0, 1),
+        "scheduler_cpu_share": round((cpu1 - cpu0) / wall, 3),
+    }
+    log(f"firing: {json.dumps(result)}")
+    return result
+
+
+# --- (b) round trip: Runbox ----------------------------------------------------------------
+
+
+async def lanes(count: int, concurrency: int, one: Callable[[], Awaitable[float]]) -> list[float]:
+    """`count` calls of `one`, `concurrency` at a time; their durations."""
+    samples: list[float] = []
+    left = count
+
+    async def lane() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            samples.append(await one())
+
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return samples
+
+
+def summary(samples: list[float], wall: float, prefix: str, unit: str) -> dict[str, float]:
+    p50, p99 = pct(samples, 1000)
+    return {
+        f"{prefix}_roundtrip_p50_ms": p50,
+        f"{prefix}_roundtrip_p99_ms": p99,
+        f"{prefix}_{unit}_per_s": round(len(samples) / wall, 2),
+    }
+
+
+async def runbox_roundtrip(args: argparse.Namespace, env: Env) -> dict[str, Any]:
+    database_url, drop = await scheduler_database(args, env)
+    try:
+        catalogue = await env.spawn("catalogue", RUNBOX_BLOB_DIR=str(env.tmp / f"blobs-{env.part}"))
+        await publish_noop(catalogue.address, env.admin)
+        executor = await env.spawn(
+            "executor",
+            RUNBOX_CATALOGUE__ADDRESS=catalogue.address,
+            RUNBOX_SANDBOX__BACKEND="local",
+            RUNBOX_LOCAL__COMMANDS=json.dumps({"true": "/bin/true"}),
+            RUNBOX_MAX_CONCURRENT_RUNS=str(args.concurrency),
+            RUNBOX_MAX_QUEUED_RUNS=str(args.concurrency * 4),
+            RUNBOX_WORK_DIR=str(env.tmp / "work"),
+        )
+        scheduler = await env.spawn(
+            "scheduler",
+            RUNBOX_DATABASE__URL=database_url,
+            RUNBOX_CATALOGUE__ADDRESS=catalogue.address,
+            RUNBOX_EXECUTORS=json.dumps([executor.address]),
+        )
+        async with open_channel(scheduler.address, token=env.admin) as channel:
+            stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub = (
+                scheduler_pb2_grpc.SchedulerServiceStub(channel)
+            )
+
+            phases: dict[str, list[float]] = {name: [] for name in PHASES}
+
+            async def one() -> float:
+                started, wall = time.perf_counter(), time.time()
+                run = await stub.SubmitRun(
+                    pb.SubmitRunRequest(script=common_pb2.ScriptRef(name=SCRIPT))
+                )
+                async for reply in stub.WatchRun(pb.WatchRunRequest(id=run.id), timeout=60):
+                    if reply.HasField("run") and sm.is_terminal(reply.run.state):
+                        if reply.run.state != RS.RUN_STATE_SUCCEEDED:
+                            raise RuntimeError(
+                                f"run {run.id}: {RS.Name(reply.run.state)} {reply.run.exit}"
+                            )
+                        elapsed = time.perf_counter() - started
+                        marks = [
+                            wall,
+                            *(t.ToDatetime(UTC).timestamp() for t in timeline(reply.run)),
+                            wall + elapsed,
+                        ]
+                        for name, (begin, end) in zip(PHASES, pairwise(marks), strict=True):
+                            phases[name].append(end - begin)
+                        return elapsed
+                raise RuntimeError(f"run {run.id}: WatchRun ended before the run did")
+
+            await lanes(warmup(args.runs), 1, one)
+            for samples in phases.values():
+                samples.clear()
+            log(f"runbox: {args.runs} runs, {args.concurrency} in flight")
+            began = time.perf_counter()
+            samples = await lanes(args.runs, args.concurrency, one)
+            result: dict[str, Any] = summary(samples, time.perf_counter() - began, "runbox", "runs")
+            result["runbox_phases_p50_ms"] = {
+                name: pct(values, 1000)[0] for name, values in phases.items()
+            }
+    finally:
+        env.stop_all()
+        if drop is not None:
+            await drop()
+    log(f"runbox: {result}")
+    return result
+
+
+# Where a Runbox round trip goes, between the client's clock and the run's own timestamps
+# (one machine, one clock): submit -> created (SubmitRun checks through the catalogue) ->
+# started (dispatch, Execute, the executor spawning the command) -> finished (the command and
+# the runner around it) -> SUCCEEDED seen (the executor's FINISHED event through its outbox,
+# JetStream and the scheduler's consumer, then WatchRun). queue_time is left out: it is when
+# the scheduler recorded the dispatch, which can come after the start.
+PHASES = ("submit", "dispatch", "execute", "report")
+
+
+def timeline(run: pb.Run) -> list[timestamp_pb2.Timestamp]:
+    return [run.create_time, run.start_time, run.finish_time]
+
+
+def warmup(runs: int) -> int:
+    return max(10, runs // 20)
+
+
+# --- (b) round trip: Celery ----------------------------------------------------------------
+
+
+def celery_app(redis_url: str) -> Celery:
+    app = Celery("runbox-bench", broker=redis_url, backend=redis_url)
+    app.conf.update(broker_connection_retry_on_startup=True, worker_hijack_root_logger=False)
+
+    @app.task(name=CELERY_TASK)  # type: ignore[untyped-decorator]
+    def noop() -> None:
+        return None
+
+    return app
+
+
+def celery_worker(redis_url: str, concurrency: int) -> None:
+    """The worker process: prefork, `concurrency` children. Gossip, mingle and heartbeats
+    (cluster chatter between workers) are off; the task path is unchanged."""
+    celery_app(redis_url).worker_main(
+        [
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={concurrency}",
+            "--loglevel=WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
+
+
+def celery_roundtrip(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    url = f"{args.redis_url.rstrip('/')}/{CELERY_DB}"
+    db = redis.Redis.from_url(url)
+    db.flushdb()
+    worker = launch(
+        [
+            sys.executable,
+            __file__,
+            "--celery-worker",
+            f"--redis-url={args.redis_url}",
+            f"--concurrency={args.concurrency}",
+        ],
+        None,
+        tmp / "celery.log",
+        start_new_session=True,  # its prefork children are signalled with it
+    )
+    app = celery_app(url)
+    task = app.tasks[CELERY_TASK]
+    samples: list[float] = []
+    lock = threading.Lock()
+    try:
+        task.apply_async().get(timeout=120)  # the worker is up
+        for _ in range(warmup(args.runs)):
+            task.apply_async().get(timeout=60)
+        left = args.runs
+
+        def lane() -> None:
+            nonlocal left
+            while True:
+                with lock:
+                    if left <= 0:
+                        return
+                    left -= 1
+                started = time.perf_counter()
+                task.apply_async().get(timeout=60)
+                elapsed = time.perf_counter() - started
+                with lock:
+                    samples.append(elapsed)
+
+        log(f"celery: {args.runs} tasks, {args.concurrency} in flight")
+        began = time.perf_counter()
+        threads = [threading.Thread(target=lane) for _ in range(args.concurrency)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        result = summary(samples, time.perf_counter() - began, "celery", "tasks")
+    finally:
+        app.close()
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)  # warm shutdown of the worker and its pool
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+        db.flushdb()
+        db.close()
+    if len(samples) != args.runs:
+        raise RuntimeError(f"celery: {len(samples)} of {args.runs} tasks completed")
+    log(f"celery: {result}")
+    return result
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    server = natsd.start(tmp / "nats")
+    admin_file, service_token = ensure_tokens(tmp)
+    env = Env(tmp, server.url, admin_file.read_text().strip(), service_token)
+    try:
+        results: dict[str, Any] = {}
+        if args.only in ("", "firing"):
+            env.part = "firing"
+            results["firing"] = await firing(args, env)
+        if args.only in ("", "roundtrip"):
+            env.part = "roundtrip"
+            results["runbox"] = await runbox_roundtrip(args, env)
+            results["celery"] = await asyncio.to_thread(celery_roundtrip, args, tmp)
+        return results
+    finally:
+        env.stop_all()
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schedules", type=int, default=10_000)
+    parser.add_argument("--minutes", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="a PostgreSQL server to give the scheduler a fresh database on; default SQLite",
+    )
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
+    parser.add_argument("--only", choices=["", "firing", "roundtrip"], default="")
+    parser.add_argument("--keep-logs", type=Path, help="copy the services' logs here at the end")
+    parser.add_argument("--celery-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.celery_worker:
+        celery_worker(f"{args.redis_url.rstrip('/')}/{CELERY_DB}", args.concurrency)
+        return
+    grpc.aio.init_grpc_aio()
+    with tempfile.TemporaryDirectory(prefix="runbox-scheduler-bench-") as tmp_name:
+        try:
+            results = asyncio.run(measure(args, Path(tmp_name)))
+        finally:
+            if args.keep_logs:
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                for service_log in Path(tmp_name).glob("*.log"):
+                    shutil.copy(service_log, args.keep_logs)
+    fire = results.get("firing", {})
+    runbox, celery = results.get("runbox", {}), results.get("celery", {})
+    out: dict[str, Any] = {
+        "benchmark": "scheduler",
+        "schedules": fire.get("schedules"),
+        "minutes": fire.get("minutes"),
+        "lateness_p50_s": fire.get("lateness_p50_s"),
+        "lateness_p99_s": fire.get("lateness_p99_s"),
+        "duplicates": fire.get("duplicates"),
+        "misses": fire.get("misses"),
+        "scheduler_rss_mb": fire.get("scheduler_rss_mb"),
+        "scheduler_cpu_s": fire.get("scheduler_cpu_s"),
+        "runs": args.runs if runbox else None,
+        "concurrency": args.concurrency,
+        **runbox,
+        **celery,
+        "firing": fire or None,
+        "targets": {
+            "lateness_p99_s": 1.0,
+            "duplicates": 0,
+            "misses": 0,
+            "runbox_roundtrip_p50_ms": "< celery_roundtrip_p50_ms",
+            "runbox_runs_per_s": ">= celery_tasks_per_s",
+        },
+    }
+    meets: dict[str, bool] = {}
+    if fire:
+        meets |= {
+            "lateness_p99": fire["lateness_p99_s"] <= 1.0,
+            "duplicates": fire["duplicates"] == 0,
+            "misses": fire["misses"] == 0,
+        }
+    if runbox and celery:
+        meets |= {
+            "roundtrip_p50": runbox["runbox_roundtrip_p50_ms"] < celery["celery_roundtrip_p50_ms"],
+            "throughput": runbox["runbox_runs_per_s"] >= celery["celery_tasks_per_s"],
+        }
+    out["meets_targets"] = meets
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
