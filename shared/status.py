@@ -102,6 +102,8 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> DomainError:
         return DomainError(message)
     if cls is InvalidArgument:
         return InvalidArgument(message, _field_violations(details))
+    if cls is FailedPrecondition:
+        return FailedPrecondition(message, _precondition_violations(details))
     if cls is ResourceExhausted:
         return _exhausted(message, details)
     if cls is NotFound:
@@ -118,6 +120,15 @@ def _field_violations(details: list[any_pb2.Any]) -> list[FieldViolation]:
         br = error_details_pb2.BadRequest()
         if detail.Unpack(br):
             violations.extend(FieldViolation(v.field, v.description) for v in br.field_violations)
+    return violations
+
+
+def _precondition_violations(details: list[any_pb2.Any]) -> list[FieldViolation]:
+    violations: list[FieldViolation] = []
+    for detail in details:
+        failure = error_details_pb2.PreconditionFailure()
+        if detail.Unpack(failure):
+            violations.extend(FieldViolation(v.subject, v.description) for v in failure.violations)
     return violations
 
 

@@ -168,10 +168,19 @@ def dumpable(flag):
     except Exception:
         pass
 
+def die_with_parent():
+    # Outside a container (the local backend) nothing else bounds the agent and its run: both
+    # are killed when the process that started them dies (an executor killed with -9).
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
 def child(job, script, work, env):
     # In the forked child: become the user process (never returns).
     code = 1
     try:
+        die_with_parent()
         dumpable(1)  # the run's own process: normal /proc/self; the agent stays closed
         if job.get("own_group"):
             os.setpgid(0, 0)
@@ -437,6 +446,11 @@ def warm_up():
 
 def main():
     global ZYGOTE
+    if os.getpid() != 1:
+        parent = os.getppid()
+        die_with_parent()
+        if os.getppid() != parent:  # it died before the line above
+            return 1
     if os.getpid() == 1:
         dumpable(0)
         warm_up()

@@ -79,6 +79,9 @@ class RunRow(Base):
     dispatch_attempted_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+    # SHA-256 of the submit request (secret values left out), to tell a retried submit from
+    # an idempotency key reused for another request.
+    request_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
     # Renewed by each event of a QUEUED or RUNNING run; past it the run is LOST. Not indexed,
     # so PostgreSQL renews it in place (HOT); the sweeper finds active runs by state.
     lease_expires_at: Mapped[datetime | None] = mapped_column(

@@ -4,6 +4,7 @@ server code here; the catalogue is reached through a small client."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import time
@@ -80,7 +81,7 @@ class Runs:
         if request.idempotency_key:
             existing = await self._by_key(request.idempotency_key)
             if existing is not None:
-                return existing
+                return _same_request(existing, request_digest(request, existing.secret_names))
         row, secrets = await self.prepare(request, actor=actor)
 
         async def write(session: AsyncSession) -> None:
@@ -104,7 +105,7 @@ class Runs:
             existing = await self._by_key(key) if key else None
             if existing is None:
                 raise
-            return existing
+            return _same_request(existing, row.request_sha256)
         self.submitted(row, secrets)
         return row
 
@@ -149,6 +150,8 @@ class Runs:
             created_at=_now(),
             updated_at=_now(),
         )
+        if request.idempotency_key:
+            row.request_sha256 = request_digest(request, row.secret_names)
         return row, {n: _secret_text(raw.get(n)) for n in row.secret_names if n in raw}
 
     async def stage(self, session: AsyncSession, row: RunRow) -> None:
@@ -609,6 +612,28 @@ def _apply_fields(row: RunRow, event: events_pb2.RunEvent) -> None:
             event.output.stderr_total_bytes,
         )
         row.result = json_format.MessageToDict(event.result)
+
+
+def request_digest(request: scheduler_pb2.SubmitRunRequest, secret_names: Sequence[str]) -> str:
+    """SHA-256 of a submit request as sent, without the values of its secret parameters (a
+    digest of a short secret could be guessed back)."""
+    copy = scheduler_pb2.SubmitRunRequest()
+    copy.CopyFrom(request)
+    for name in secret_names:
+        if name in copy.parameters.fields:
+            del copy.parameters.fields[name]
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _same_request(existing: RunRow, digest: str) -> RunRow:
+    """The run an idempotency key already names, if this request is the one that made it."""
+    if existing.request_sha256 and digest and existing.request_sha256 != digest:
+        raise FailedPrecondition(
+            f"idempotency key {existing.idempotency_key!r} was used for a different request "
+            f"(run {existing.id})",
+            [FieldViolation("idempotency_key", "already used for a different request")],
+        )
+    return existing
 
 
 def _secret_text(value: Any) -> str:

@@ -635,6 +635,20 @@ ORPHAN_AWARE = (
 )
 
 
+def _processes_under(path: str) -> list[int]:
+    """Processes whose command line names a file under `path`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if path.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -697,6 +711,12 @@ async def test_executor_killed_mid_run_is_lost_then_retried(
         assert "executor-doomed" in lost.exit.message
         retry = await get(stub, lost.retry_run_id)
         assert (retry.attempt, retry.parent_run_id) == (2, run.id)
+        # Nothing of the run is left on the host: the local agent and the script died with
+        # the executor (the script itself would otherwise wait for its parent forever).
+        work = str(tmp_path / "work")
+        await eventually(
+            lambda: asyncio.to_thread(_processes_under, work), lambda pids: not pids, wait_s=10
+        )
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(executor.pid, signal.SIGKILL)

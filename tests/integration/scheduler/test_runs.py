@@ -100,6 +100,35 @@ async def test_idempotency_key_returns_the_first_run(path: RunPath) -> None:
     assert [r.id for r in listed.runs] == [first.id]
 
 
+async def test_idempotency_key_reused_for_another_request_is_refused(path: RunPath) -> None:
+    """The same key with other inputs is FAILED_PRECONDITION naming the key, and stores
+    nothing; the original request with that key still returns the first run."""
+    await path.publish(
+        "keyed",
+        "print(1)\n",
+        params=[
+            catalogue_pb2.ParameterDefinition(name="n", type=catalogue_pb2.PARAMETER_TYPE_INTEGER)
+        ],
+    )
+    stub = path.scheduler_stub()
+    request = submit_request("keyed", n=1)
+    request.idempotency_key = "order-43"
+    first = await stub.SubmitRun(request)
+    for change in ({"n": 2}, {"priority": 5}, {"label": "x"}):
+        other = submit_request("keyed", n=change.get("n", 1))
+        other.idempotency_key = "order-43"
+        other.priority = int(change.get("priority", 0))
+        if "label" in change:
+            other.labels["team"] = "x"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.SubmitRun(other)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "idempotency_key" in [v.field for v in from_rpc_error(err.value).violations]
+    assert (await stub.SubmitRun(request)).id == first.id
+    listed = await stub.ListRuns(scheduler_pb2.ListRunsRequest(script_name="keyed"))
+    assert [r.id for r in listed.runs] == [first.id]
+
+
 async def test_unknown_script_is_not_found(path: RunPath) -> None:
     """The catalogue's NOT_FOUND reaches the SubmitRun caller as NOT_FOUND."""
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -1,4 +1,5 @@
-"""dispatch claims: when a run was last handed to an executor
+"""dispatch claims (when a run was last handed to an executor) and request digests (an
+idempotency key reused for another request is refused)
 
 Revision ID: 0005
 Revises: 0004
@@ -18,8 +19,12 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("dispatch_attempted_at", sa.DateTime(timezone=True), nullable=True)
         )
+        batch_op.add_column(
+            sa.Column("request_sha256", sa.String(length=64), nullable=False, server_default="")
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("runs", schema=None) as batch_op:
+        batch_op.drop_column("request_sha256")
         batch_op.drop_column("dispatch_attempted_at")
