@@ -281,13 +281,44 @@ class Schedules:
         await self._check_script(merged)
         async with self._sessions() as session, session.begin():
             row = await self._locked(session, current.id)
+            if row.state == SS.SCHEDULE_STATE_ACTIVE and row.next_fire_at is not None:
+                due = _aware(row.next_fire_at)
+                if due <= now:
+                    await self._skip_due(session, row, due, now)
             row.definition = _to_dict(merged)
             row.name, row.script_name = merged.name, merged.script.name
             if row.state == SS.SCHEDULE_STATE_ACTIVE:
                 row.next_fire_at = tr.next_fire(spec, now)
             row.updated_at = now
+        self._events.outbox.notify()
         self._changed()
         return row
+
+    async def _skip_due(
+        self, session: AsyncSession, row: ScheduleRow, due: datetime, now: datetime
+    ) -> None:
+        """The fire that was due but not yet claimed when the schedule changed: recorded
+        SKIPPED (the new definition counts from now), never dropped silently. A firing loop
+        that claimed it meanwhile wins (its fire row has the key)."""
+        reason = "the schedule was updated after this fire was due and before it was claimed"
+        try:
+            async with session.begin_nested():
+                session.add(
+                    FireRow(
+                        schedule_id=row.id,
+                        nominal_at=due,
+                        outcome=pb.FIRE_OUTCOME_SKIPPED,
+                        run_id=None,
+                        reason=reason,
+                        recorded_at=now,
+                    )
+                )
+        except IntegrityError:
+            return
+        key = due.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        await self._events.stage(
+            session, SE.SCHEDULE_EVENT_TYPE_FIRE_SKIPPED, row, key=key, nominal=due, reason=reason
+        )
 
     async def delete(self, schedule_id: str) -> str:
         async with self._sessions() as session, session.begin():

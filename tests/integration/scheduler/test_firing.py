@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import nats
 import pytest
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2, timestamp_pb2
 from prometheus_client import generate_latest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
@@ -648,3 +648,26 @@ async def test_a_fired_run_is_dispatched_and_succeeds(tmp_path: Path, nats_serve
         assert run.idempotency_key.startswith(f"schedule:{created.id}:")
     finally:
         await stack.close()
+
+
+async def test_an_update_records_the_due_fire_it_overtakes_as_skipped(
+    path: RunPath, db: Db
+) -> None:
+    """A fire due but not yet claimed when the schedule is updated is recorded SKIPPED (the new
+    definition counts from now), not dropped without a trace."""
+    await path.restart_scheduler_with(fire_tick_s=60)  # the loop runs only when woken
+    stub = path.scheduler_stub()
+    created = await stub.CreateSchedule(schedule(every_s=60))
+    due = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+    await db.set_next_fire(created.id, due)  # due now; no loop has been woken to claim it
+    update = pb.UpdateScheduleRequest(
+        schedule=pb.Schedule(id=created.id, name="renamed"),
+        update_mask=field_mask_pb2.FieldMask(paths=["name"]),
+    )
+    updated = await stub.UpdateSchedule(update)
+    assert updated.name == "renamed"
+    assert updated.next_fire_time.ToDatetime(UTC) > due
+    [fire] = await db.fires(created.id)
+    assert (fire.outcome, fire.run_id) == (FO.FIRE_OUTCOME_SKIPPED, None)
+    assert aware(fire.nominal_at) == due and "updated" in fire.reason
+    assert await db.runs(created.id) == []
