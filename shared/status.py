@@ -3,10 +3,11 @@ with BadRequest / PreconditionFailure / QuotaFailure + RetryInfo details), both 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from shared.errors import (
@@ -21,6 +22,9 @@ from shared.errors import (
 )
 
 DETAILS_KEY = "grpc-status-details-bin"
+
+
+M = TypeVar("M", bound=Message)
 
 
 def to_status(error: DomainError) -> status_pb2.Status:
@@ -114,22 +118,32 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> DomainError:
     return cls(message)
 
 
-def _field_violations(details: list[any_pb2.Any]) -> list[FieldViolation]:
-    violations: list[FieldViolation] = []
+def _unpacked(details: list[any_pb2.Any], kind: type[M]) -> list[M]:
+    """The details of one message type."""
+    found: list[M] = []
     for detail in details:
-        br = error_details_pb2.BadRequest()
-        if detail.Unpack(br):
-            violations.extend(FieldViolation(v.field, v.description) for v in br.field_violations)
-    return violations
+        message = kind()
+        if detail.Unpack(message):
+            found.append(message)
+    return found
+
+
+def _field_violations(details: list[any_pb2.Any]) -> list[FieldViolation]:
+    """BadRequest field violations (INVALID_ARGUMENT)."""
+    return [
+        FieldViolation(v.field, v.description)
+        for m in _unpacked(details, error_details_pb2.BadRequest)
+        for v in m.field_violations
+    ]
 
 
 def _precondition_violations(details: list[any_pb2.Any]) -> list[FieldViolation]:
-    violations: list[FieldViolation] = []
-    for detail in details:
-        failure = error_details_pb2.PreconditionFailure()
-        if detail.Unpack(failure):
-            violations.extend(FieldViolation(v.subject, v.description) for v in failure.violations)
-    return violations
+    """PreconditionFailure violations (FAILED_PRECONDITION): the subject is the field."""
+    return [
+        FieldViolation(v.subject, v.description)
+        for m in _unpacked(details, error_details_pb2.PreconditionFailure)
+        for v in m.violations
+    ]
 
 
 def _exhausted(message: str, details: list[any_pb2.Any]) -> ResourceExhausted:
