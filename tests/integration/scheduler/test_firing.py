@@ -30,13 +30,10 @@ from runbox.catalogue.v1 import catalogue_pb2
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
-from services.scheduler.config import SchedulerSettings
 from services.scheduler.firing import HELD_UNTIL, run_key
 from services.scheduler.models import FireRow, RunRow, ScheduleRow
-from services.scheduler.server import build as build_scheduler
-from shared.runtime import Running, build_runtime, launch
+from shared.runtime import Running
 from tests.integration.dialects import fresh_database
-from tests.integration.helpers import settings_for
 from tests.integration.scheduler.test_schedules import ScheduleTokens
 from tests.integration.stack import RunPath, start_run_path, start_scheduler
 
@@ -248,22 +245,12 @@ async def test_two_schedulers_on_one_database_fire_each_time_once(path: RunPath,
 async def start_second_scheduler(
     path: RunPath, extra: dict[str, Any], database_url: str = ""
 ) -> Running:
-    tokens = path.tokens
-    settings = settings_for(
-        SchedulerSettings,
-        path.tmp,
-        "scheduler",
-        nats_url=path.nats_url,
-        principals_file=tokens.principals_file,
-        catalogue={"address": path.catalogue.address},
-        **extra,
-    )
-    auth = {"principals_file": str(tokens.principals_file), "service_token": tokens.service}
-    changes: dict[str, Any] = {"auth": auth}
+    """Another scheduler beside the stack's (on `database_url` if given, else its file)."""
     if database_url:
-        changes["database"] = {"url": database_url}
-    settings = SchedulerSettings.model_validate(settings.model_dump() | changes)
-    return await launch(build_runtime("scheduler", settings), build_scheduler)
+        extra = extra | {"database": {"url": database_url}}
+    return await start_scheduler(
+        path.tmp, path.nats_url, path.tokens, path.catalogue, None, **extra
+    )
 
 
 async def downtime(path: RunPath, db: Db, schedule_ids: list[str], seconds: int) -> None:

@@ -20,14 +20,10 @@ from google.rpc import error_details_pb2, status_pb2
 from runbox.catalogue.v1 import catalogue_pb2
 from runbox.common.v1 import common_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
-from services.scheduler.config import SchedulerSettings
-from services.scheduler.server import build as build_scheduler
 from shared.auth import hash_token, new_token
-from shared.runtime import build_runtime, launch
 from shared.status import DETAILS_KEY, from_rpc_error
 from tests.integration.dialects import DIALECTS, fresh_database
-from tests.integration.helpers import settings_for
-from tests.integration.stack import RunPath, start_run_path
+from tests.integration.stack import RunPath, start_run_path, start_scheduler
 
 Mutator = Callable[[pb.Schedule], None]
 
@@ -643,21 +639,10 @@ async def test_permissions_follow_schedule_scopes(path: RunPath) -> None:
 
 async def _move_scheduler(path: RunPath, database_url: str) -> None:
     """Replace the stack's scheduler by one on another database."""
-    tokens = path.tokens
-    settings = settings_for(
-        SchedulerSettings,
-        path.tmp,
-        "scheduler",
-        nats_url=path.nats_url,
-        principals_file=tokens.principals_file,
-        catalogue={"address": path.catalogue.address},
-    )
-    auth = {"principals_file": str(tokens.principals_file), "service_token": tokens.service}
-    settings = SchedulerSettings.model_validate(
-        settings.model_dump() | {"auth": auth, "database": {"url": database_url}}
-    )
     await path.scheduler.stop()
-    path.scheduler = await launch(build_runtime("scheduler", settings), build_scheduler)
+    path.scheduler = await start_scheduler(
+        path.tmp, path.nats_url, path.tokens, path.catalogue, None, database={"url": database_url}
+    )
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
