@@ -16,6 +16,10 @@ trailer and then either exits with the child's status (mode "once": one containe
 one run) or clears /work, /tmp and /artifacts and waits for the next job of the
 same script (mode "reuse").
 
+The local backend (runners/local_runner.py) starts agents ahead of demand too, as child
+processes of the executor (RUNBOX_AGENT_WARM: runpy is warmed while it waits), one run
+each, in mode "once": python jobs run `inprocess` when the agent is the script's python3.
+
 Secrets reach the script only through a 0600 file and environment variables,
 never argv. Kept dependency-free: it runs on any image with python3.
 """
@@ -432,15 +436,16 @@ def run(job):
 def scratch_dirs(job):
     return ("/tmp", "/dev/shm", job.get("artifacts_dir", "/artifacts"), job.get("work_dir", "/work"))
 
-def warm_up():
+def warm_up(path="/tmp/.runbox-warm.py"):
     # runpy's first use (path hooks, finders, code reading) costs ~8 ms; paid here once,
-    # every forked run inherits it warm.
-    path = "/tmp/.runbox-warm.py"
+    # every forked run inherits it warm. "x": never through a link someone else put there.
     try:
-        with open(path, "w") as f:
+        with open(path, "x") as f:
             f.write("pass\n")
-        runpy.run_path(path, run_name="__warm__")
-        os.unlink(path)
+        try:
+            runpy.run_path(path, run_name="__warm__")
+        finally:
+            os.unlink(path)
     except OSError:
         pass
 
@@ -456,6 +461,10 @@ def main():
         warm_up()
         # Before stdin is read at all (a buffered read could already hold a job).
         ZYGOTE = Zygote()
+    elif os.environ.get("RUNBOX_AGENT_WARM"):
+        # A local agent started ahead of demand (its cwd is the executor's work dir): a
+        # python run is a fork of it, so runpy is warmed while it waits.
+        warm_up(os.path.join(os.getcwd(), ".runbox-warm-%d.py" % os.getpid()))
     if os.environ.get("RUNBOX_AGENT_READY"):
         os.write(1, b"RUNBOX-READY\n")  # the pool counts this sandbox as warm from here
     while True:
@@ -471,5 +480,7 @@ def main():
             return code if code >= 0 else 128 - code
         del job
 
-sys.exit(main())
+# os._exit: every byte went out through os.write, and the interpreter's own teardown (tens
+# of milliseconds) would sit between the run's trailer and the runner seeing the agent exit.
+os._exit(main())
 """

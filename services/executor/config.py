@@ -51,6 +51,8 @@ class SandboxSettings(BaseModel):
     output_bytes: int = 1024 * 1024
     cancel_grace_s: float = 5.0
     local_allowed_commands: list[str] = Field(default_factory=list)
+    # Local backend: agents started ahead of demand (0: each run starts its own).
+    local_warm_agents: int = Field(default=2, ge=0, le=64)
     pool: PoolSettings = Field(default_factory=PoolSettings)
     # Docker network for runs whose script asks for NETWORK_POLICY_EGRESS_ALLOWLIST. "" (the
     # default) refuses such runs: every sandbox gets network "none". An operator names a network
@@ -120,6 +122,11 @@ class LocalCommandSettings(BaseModel):
     commands: dict[str, str] = Field(default_factory=dict)
     # PATH of the command's environment.
     path: str = "/usr/local/bin:/usr/bin:/bin"
+    # What sets a command's rlimits and death signal before exec: util-linux's setpriv and
+    # prlimit (auto: when both are on PATH), else a Python shim.
+    launcher: Literal["auto", "util-linux", "python"] = "auto"
+    # Python shims started ahead of demand (0: each run starts its own).
+    warm_shims: int = Field(default=2, ge=0, le=64)
 
 
 # A container's user: numeric uid[:gid] (names need a passwd entry the image may lack).

@@ -19,7 +19,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,15 @@ from services.executor.runners.base import FR, RS, Job, Outcome, OutputSink, Sta
 from services.executor.runners.job_config import execution_config, referenced, render
 from services.executor.runners.local_runner import kill_group, read_stream, rlimits
 from services.executor.runners.protocol import outcome_from
+from services.executor.runners.shim import (
+    discard_shim,
+    send_job,
+    shim_alive,
+    start_limited,
+    start_shim,
+    util_linux,
+)
+from services.executor.runners.warm import WarmProcesses
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -122,17 +130,6 @@ def environment(job: Job, work: Path, path: str) -> dict[str, str]:
     return env
 
 
-# Sets the rlimits, then becomes the command (same pid, so wait4's rusage is the command's).
-# A preexec_fn would run Python in a fork of the threaded executor (gRPC's threads hold
-# locks there): the shim is a fresh, single-threaded interpreter instead.
-RLIMIT_SHIM = (
-    "import json, os, resource, sys\n"
-    "for name, value in json.loads(sys.argv[1]).items():\n"
-    "    resource.setrlimit(getattr(resource, name), (value, value))\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
-)
-
-
 @dataclass
 class _Active:
     proc: subprocess.Popen[bytes]
@@ -150,6 +147,18 @@ class CommandRunner:
         self._work_dir = Path(settings.work_dir) / "commands"
         self._active: dict[str, _Active] = {}
         self._cancelled: set[str] = set()
+        # setpriv + prlimit when they are here, else Python shims started ahead of demand
+        # (runners/shim.py): either way no interpreter start-up on the run's path.
+        self._util_linux = util_linux(settings.local.launcher)
+        self._shims: WarmProcesses[subprocess.Popen[bytes]] = WarmProcesses(
+            0 if self._util_linux else settings.local.warm_shims,
+            start=self._start_shim,
+            alive=shim_alive,
+            discard=discard_shim,
+        )
+
+    async def _start_shim(self) -> subprocess.Popen[bytes]:
+        return start_shim(self._work_dir)
 
     async def validate_config(self, job: Job) -> None:
         prepare(job, self._commands)
@@ -182,7 +191,7 @@ class CommandRunner:
         on_started: StartedHook,
     ) -> Outcome:
         try:
-            proc = _spawn(command, work, env, rlimits(job.limits))
+            proc = await self._spawn(command, work, env, rlimits(job.limits))
         except OSError as exc:
             return Outcome.infrastructure(f"could not start {command.argv[0]}: {exc.strerror}")
         started = datetime.now(UTC)
@@ -245,26 +254,28 @@ class CommandRunner:
             kill_group(active.proc, signal.SIGKILL)
         return True
 
+    async def _spawn(
+        self, command: Command, work: Path, env: dict[str, str], limits: dict[str, int]
+    ) -> subprocess.Popen[bytes]:
+        """The command under its shim (a fresh Python shim if the warm one died meanwhile)."""
+        if self._util_linux:
+            return start_limited(self._util_linux, command.argv, work, env, limits)
+        proc = await self._shims.take()
+        for fresh in (False, True):
+            try:
+                send_job(proc, command.argv, work, env, limits)
+                return proc
+            except BrokenPipeError:
+                await discard_shim(proc)
+                if fresh:
+                    raise
+            proc = await self._start_shim()
+        raise AssertionError("unreachable")
+
     async def close(self) -> None:
+        await self._shims.close()
         for active in list(self._active.values()):
             kill_group(active.proc, signal.SIGKILL)
-
-
-def _spawn(
-    command: Command, work: Path, env: dict[str, str], limits: dict[str, int]
-) -> subprocess.Popen[bytes]:
-    """Start the command under the rlimit shim in a new session. Popen, not asyncio's
-    subprocess API, which would reap the child itself and hide its rusage."""
-    shim = [sys.executable, "-I", "-S", "-c", RLIMIT_SHIM, json.dumps(limits)]
-    return subprocess.Popen(
-        shim + command.argv,
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, signalled as one
-    )
 
 
 def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, Any]:

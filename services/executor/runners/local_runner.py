@@ -20,15 +20,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from runbox.common.v1 import common_pb2
 from services.executor.agent import AGENT_SOURCE
 from services.executor.artifacts import collect_from_directory
 from services.executor.config import ArtifactSettings, SandboxSettings
 from services.executor.runners.base import Job, Limits, Outcome, OutputSink, StartedHook
 from services.executor.runners.protocol import TrailerSplitter, job_line, outcome_from
+from services.executor.runners.warm import WarmProcesses
 
 log = logging.getLogger(__name__)
 # The run's artifacts directory, inside its work dir (RUNBOX_ARTIFACTS_DIR points at it).
 ARTIFACTS = "artifacts"
+# The PATH the agent gives a script (agent.py): where its `python3` comes from.
+SCRIPT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def rlimits(limits: Limits) -> dict[str, int]:
@@ -58,6 +62,18 @@ class LocalRunner:
         self._artifacts = artifacts or ArtifactSettings(storage_dir=str(work_dir / "artifacts"))
         self._active: dict[str, asyncio.subprocess.Process] = {}
         self._cancelled: set[str] = set()
+        # The agent runs on the interpreter a python script would get (`python3` on the
+        # script's PATH), so that a python run is a fork of the warm agent (no interpreter
+        # start-up: in-process, as in a fresh sandbox) and sees the same Python as before.
+        # Without one, the executor's own interpreter runs the agent, which execs python3.
+        self._python = script_python()
+        # Agents started ahead of demand: the interpreter's start-up is off the run's path.
+        self._agents: WarmProcesses[asyncio.subprocess.Process] = WarmProcesses(
+            settings.local_warm_agents,
+            start=self._start_agent,
+            alive=lambda proc: proc.returncode is None,
+            discard=_discard_agent,
+        )
 
     async def validate_config(self, job: Job) -> None:
         """Python and shell scripts need no type-specific config yet."""
@@ -94,18 +110,7 @@ class LocalRunner:
         self, job: Job, work: Path, on_output: OutputSink, on_started: StartedHook
     ) -> Outcome:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-u",
-                "-c",
-                AGENT_SOURCE,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=work,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                start_new_session=True,
-            )
+            proc = await self._agents.take()
         except OSError as exc:
             return Outcome.infrastructure(f"could not start local process: {exc}")
         self._active[job.run_id] = proc
@@ -118,7 +123,7 @@ class LocalRunner:
             # A quick script may finish before the write completes: its status
             # and trailer say what happened, so a closed pipe is not an error.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                proc.stdin.write(_local_job_line(job, work, nonce))
+                proc.stdin.write(_local_job_line(job, work, nonce, inprocess=bool(self._python)))
                 await proc.stdin.drain()
                 proc.stdin.close()
             readers = asyncio.gather(
@@ -146,6 +151,24 @@ class LocalRunner:
             self._active.pop(job.run_id, None)
             self._cancelled.discard(job.run_id)
 
+    async def _start_agent(self) -> asyncio.subprocess.Process:
+        """An agent waiting for its job line on stdin (it sets itself to die with the
+        executor first); `-I`: nothing of the executor's venv or directory on its path."""
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        return await asyncio.create_subprocess_exec(
+            self._python or sys.executable,
+            "-I",
+            "-u",
+            "-c",
+            AGENT_SOURCE,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=self._work_dir,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RUNBOX_AGENT_WARM": "1"},
+            start_new_session=True,
+        )
+
     async def cancel(self, run_id: str) -> bool:
         proc = self._active.get(run_id)
         if proc is None:
@@ -159,16 +182,48 @@ class LocalRunner:
         return True
 
     async def close(self) -> None:
+        await self._agents.close()
         for proc in list(self._active.values()):
             kill_group(proc, signal.SIGKILL)
 
 
-def _local_job_line(job: Job, work: Path, nonce: str) -> bytes:
+def script_python() -> str | None:
+    """The `python3` a script gets, if it can run the agent (3.9+); checked once, at start."""
+    python = shutil.which("python3", path=SCRIPT_PATH)
+    if python is None:
+        return None
+    try:
+        probe = subprocess.run(
+            [python, "-I", "-S", "-c", "import sys; sys.exit(sys.version_info < (3, 9))"],
+            capture_output=True,
+            env={},
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return python if probe.returncode == 0 else None
+
+
+async def _discard_agent(proc: asyncio.subprocess.Process) -> None:
+    """Kill an unused agent and read its pipes to the end, so its transport closes."""
+    kill_group(proc, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError, OSError):
+        await asyncio.wait_for(proc.communicate(), 5)
+
+
+def _local_job_line(job: Job, work: Path, nonce: str, *, inprocess: bool = False) -> bytes:
     """The agent's job line, with the artifacts directory inside the work dir
-    (the agent's default, /artifacts, is the sandbox's tmpfs)."""
+    (the agent's default, /artifacts, is the sandbox's tmpfs). `inprocess`: a python
+    script runs in a fork of the agent (which must then be the script's python3)."""
     payload = json.loads(
         job_line(
-            job, nonce=nonce, work_dir=str(work), measure="rusage", rlimits=rlimits(job.limits)
+            job,
+            nonce=nonce,
+            work_dir=str(work),
+            measure="rusage",
+            rlimits=rlimits(job.limits),
+            inprocess=inprocess and job.execution_type == common_pb2.EXECUTION_TYPE_PYTHON,
         )
     )
     payload["artifacts_dir"] = str(work / ARTIFACTS)

@@ -1,0 +1,236 @@
+"""How the local backend and the local execution type start processes (warm agents, the
+setpriv/prlimit or warm Python shim): rlimits, own process group, the death signal, exit
+codes and signals through a real executor, and every run and warm process dying with an
+executor killed by -9."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runbox.common.v1 import common_pb2
+from tests.integration.executor.conftest import ExecutorHarness, open_harness
+
+RS = common_pb2
+LOCAL = common_pb2.EXECUTION_TYPE_LOCAL
+PYTHON3 = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+ROOT = Path(__file__).resolve().parents[3]
+# Prints what the process got: pid, process group, RLIMIT_AS, RLIMIT_CORE, death signal.
+PROBE = (
+    "import ctypes, os, resource\n"
+    "sig = ctypes.c_int()\n"
+    "ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG\n"
+    "print(os.getpid(), os.getpgid(0), resource.getrlimit(resource.RLIMIT_AS)[0],\n"
+    "      resource.getrlimit(resource.RLIMIT_CORE)[0], sig.value)\n"
+)
+LAUNCHERS = ["util-linux", "python"]
+
+pytestmark = pytest.mark.skipif(PYTHON3 is None, reason="no python3 on the scripts' PATH")
+
+
+@pytest.fixture(params=LAUNCHERS)
+async def commands(
+    request: pytest.FixtureRequest, tmp_path: Path, nats_server: Any, tokens: Any
+) -> AsyncIterator[ExecutorHarness]:
+    """An executor on the local backend whose command runner uses one launcher."""
+    local = {"commands": {"python3": PYTHON3, "sh": "/bin/sh"}, "launcher": request.param}
+    async with open_harness(tmp_path, nats_server.url, tokens, "local", local=local) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def scripts(tmp_path: Path, nats_server: Any, tokens: Any) -> AsyncIterator[ExecutorHarness]:
+    async with open_harness(tmp_path, nats_server.url, tokens, "local") as harness:
+        yield harness
+
+
+def running(pid: int) -> bool:
+    """Neither gone nor a zombie waiting for whoever reaps orphans."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+async def assert_gone(pid: int) -> None:
+    for _ in range(100):
+        if not running(pid):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"process {pid} survived")
+
+
+def probe(stdout: bytes) -> tuple[int, int, int, int, int]:
+    pid, pgid, address, core, death = (int(v) for v in stdout.decode().split())
+    return pid, pgid, address, core, death
+
+
+async def test_command_gets_rlimits_own_group_and_death_signal_with_either_launcher(
+    commands: ExecutorHarness,
+) -> None:
+    """Every run (the first and the warm ones after it) leads its own group, has the
+    run's RLIMIT_AS and no core files, and is set to die with the executor."""
+    for _ in range(3):
+        request = commands.request(
+            "probe\n",
+            kind=LOCAL,
+            memory=64 << 20,
+            config={"local": {"command": "python3", "args": ["-c", PROBE]}},
+        )
+        finished, _ = await commands.run(request)
+        assert finished.state == RS.RUN_STATE_SUCCEEDED, finished.output
+        pid, pgid, address, core, death = probe(finished.output.stdout)
+        assert (pid == pgid, address, core, death) == (True, 2 * (64 << 20), 0, signal.SIGKILL)
+        assert finished.usage.cpu_seconds > 0
+
+
+async def test_command_exit_codes_and_signals_are_its_own_with_either_launcher(
+    commands: ExecutorHarness,
+) -> None:
+    """An exit status and a killing signal reach FINISHED as the command's own."""
+    exited, _ = await commands.run(
+        commands.request(
+            "x\n", kind=LOCAL, config={"local": {"command": "sh", "args": ["-c", "exit 7"]}}
+        )
+    )
+    assert (exited.state, exited.exit.exit_code) == (RS.RUN_STATE_FAILED, 7)
+    killed, _ = await commands.run(
+        commands.request(
+            "x\n", kind=LOCAL, config={"local": {"command": "sh", "args": ["-c", "kill -SEGV $$"]}}
+        )
+    )
+    assert (killed.state, killed.exit.signal) == (RS.RUN_STATE_FAILED, signal.SIGSEGV)
+
+
+@pytest.mark.parametrize(
+    ("script", "state", "code", "sig", "stderr"),
+    [
+        ("import sys; print('out'); sys.exit(3)\n", RS.RUN_STATE_FAILED, 3, 0, b""),
+        ("raise ValueError('boom')\n", RS.RUN_STATE_FAILED, 1, 0, b"ValueError: boom"),
+        (
+            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n",
+            RS.RUN_STATE_FAILED,
+            0,
+            9,
+            b"",
+        ),
+        (
+            "import sys; print('out'); print('err', file=sys.stderr)\n",
+            RS.RUN_STATE_SUCCEEDED,
+            0,
+            0,
+            b"err\n",
+        ),
+    ],
+)
+async def test_python_run_on_a_warm_agent_ends_as_its_script_says(
+    scripts: ExecutorHarness, script: str, state: int, code: int, sig: int, stderr: bytes
+) -> None:
+    """A python run (in a fork of a warm agent) reports exit codes, uncaught exceptions,
+    signals and both streams as a python3 process of its own would."""
+    for _ in range(2):  # a cold agent, then a warm one
+        finished, _ = await scripts.run(scripts.request(script))
+        assert (finished.state, finished.exit.exit_code, finished.exit.signal) == (state, code, sig)
+        assert stderr in finished.output.stderr
+        if "print('out')" in script:
+            assert finished.output.stdout == b"out\n"
+
+
+async def test_python_run_gets_rlimits_and_death_signal_on_a_warm_agent(
+    scripts: ExecutorHarness,
+) -> None:
+    """The script runs under the run's RLIMIT_AS, no core files, set to die with the agent."""
+    for _ in range(2):
+        finished, _ = await scripts.run(scripts.request(PROBE, memory=96 << 20))
+        assert finished.state == RS.RUN_STATE_SUCCEEDED, finished.output
+        _, _, address, core, death = probe(finished.output.stdout)
+        assert (address, core, death) == (2 * (96 << 20), 0, signal.SIGKILL)
+
+
+# A runner in a process of its own (so that it can be killed with -9): it prints the pids
+# of its idle warm processes, then starts a run that prints its pid and sleeps.
+KILLED_RUNNER = r"""
+import asyncio, json, sys
+from pathlib import Path
+from services.executor.config import ExecutorSettings
+from services.executor.runners.base import Job, Limits
+from services.executor.runners.command_runner import CommandRunner
+from services.executor.runners.local_runner import LocalRunner
+from runbox.common.v1 import common_pb2
+
+kind, launcher, work = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+settings = ExecutorSettings(work_dir=str(work), local={"commands": {"sh": "/bin/sh"}, "launcher": launcher})
+limits = Limits(cpus=1, memory_bytes=256 << 20, pids=64, work_bytes=1 << 20, timeout_s=60, output_bytes=1 << 20)
+if kind == "local":
+    runner = CommandRunner(settings)
+    pool = runner._shims
+    job = lambda script: Job("r" * 32, 1, "t", "1", "", common_pb2.EXECUTION_TYPE_LOCAL, b"", {}, {}, limits,
+                             config={"local": {"command": "sh", "args": ["-c", script]}})
+else:
+    runner = LocalRunner(settings.sandbox, work / "local", settings.artifacts)
+    pool = runner._agents
+    job = lambda script: Job("r" * 32, 1, "t", "1", "", common_pb2.EXECUTION_TYPE_SHELL, script.encode(), {}, {}, limits)
+
+async def started(at):
+    pass
+
+def output(stream, data):
+    # A line of its own per chunk: the runner holds a trailing newline back (a trailer may follow).
+    if data.strip():
+        print(data.decode().strip(), flush=True)
+
+async def main():
+    await runner.execute(job("true"), lambda s, d: None, started)
+    warm = 0 if kind == "local" and runner._util_linux else 2
+    while pool.idle < warm:
+        await asyncio.sleep(0.01)
+    print(json.dumps([p.pid for p in pool.idle_processes()]), flush=True)
+    await runner.execute(job("echo $$; exec sleep 300"), output, started)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "launcher"), [("shell", "auto"), ("local", "util-linux"), ("local", "python")]
+)
+async def test_runs_and_warm_processes_die_with_an_executor_killed_by_sigkill(
+    tmp_path: Path, kind: str, launcher: str
+) -> None:
+    """kill -9 of the process running the runner ends its running script and every idle
+    warm process (PR_SET_PDEATHSIG), with nothing left to clean them up."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        KILLED_RUNNER,
+        kind,
+        launcher,
+        str(tmp_path),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert proc.stdout is not None
+        idle = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        script = int(await asyncio.wait_for(proc.stdout.readline(), 30))
+        assert len(idle) == (0 if (kind, launcher) == ("local", "util-linux") else 2)
+        assert all(running(pid) for pid in [*idle, script])
+        proc.kill()
+        await proc.wait()
+        for pid in [*idle, script]:
+            await assert_gone(pid)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
