@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
+from services.executor.models import OUTBOX
 from services.executor.results import result_struct
 from services.executor.runners.base import Outcome
 from shared.outbox import Outbox, OutboxMessage
@@ -43,13 +45,18 @@ class RunContext:
     sequence: int = 0
 
 
+def event_id(run_id: str, attempt: int, sequence: int) -> str:
+    """A run's event id: stable for (run, attempt, sequence), so JetStream drops a re-send."""
+    return f"{run_id}:executor:{attempt}:{sequence}"
+
+
 def build_event(ctx: RunContext, kind: int, state: int, **fields: object) -> events_pb2.RunEvent:
     """The next event of a run; event_id is stable for (run, attempt, sequence)."""
     ctx.sequence += 1
     now = timestamp_pb2.Timestamp()
     now.GetCurrentTime()
     return events_pb2.RunEvent(
-        event_id=f"{ctx.run_id}:executor:{ctx.attempt}:{ctx.sequence}",
+        event_id=event_id(ctx.run_id, ctx.attempt, ctx.sequence),
         run_id=ctx.run_id,
         attempt=ctx.attempt,
         sequence=ctx.sequence,
@@ -119,6 +126,18 @@ class EventPublisher:
         self._prefix = prefix
         self._pending: list[tuple[events_pb2.RunEvent, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+
+    async def accepted_at(self, run_id: str, attempt: int) -> datetime | None:
+        """When a process of this executor (on this database) accepted the run: its QUEUED
+        event, always its first (sequence 1), is in the outbox; None if it is not. Survives a
+        restart, unlike the memory of accepted run ids."""
+        async with self._sessions() as session:
+            staged: datetime | None = await session.scalar(
+                select(OUTBOX.c.created_at).where(OUTBOX.c.msg_id == event_id(run_id, attempt, 1))
+            )
+        if staged is None:
+            return None
+        return staged if staged.tzinfo else staged.replace(tzinfo=UTC)
 
     async def publish(self, event: events_pb2.RunEvent) -> None:
         """Stage one event, durably, before returning. Events published while a write is in

@@ -117,10 +117,17 @@ class RunManager:
 
     async def accept(self, request: executor_pb2.ExecuteRequest) -> tuple[datetime, bool]:
         """Accept a run once; a repeated run id returns the first acceptance (even
-        while draining or full: the run is already held, nothing new starts)."""
+        while draining or full, or after a restart: the run is or was held, nothing new
+        starts)."""
         if not request.run_id:
             raise InvalidArgument.field("run_id", "required")
         held = self._held(request.run_id)
+        if held is None:
+            # An earlier process of this executor may have taken it (a dispatch whose answer
+            # was lost, repeated after this executor restarted): it must not run again. A
+            # duplicate accepted meanwhile by this process answers with its own acceptance.
+            earlier = await self._publisher.accepted_at(request.run_id, request.attempt or 1)
+            held = self._held(request.run_id) or earlier
         if held is not None:
             return held, False
         if self._draining.is_set():
