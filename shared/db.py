@@ -5,6 +5,7 @@ service's own database."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,11 +20,18 @@ from sqlalchemy import DateTime, Dialect, String, TypeDecorator, event
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool, QueuePool
 from sqlalchemy.types import TypeEngine
 
 from shared.settings import DatabaseSettings
+
+log = logging.getLogger(__name__)
 
 # Statement latencies: a primary-key read on loopback is ~0.2 ms, a slow scan seconds.
 QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -269,7 +277,77 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+    """Sessions on the engine; on SQLite their transactions take turns (see _TakingTurns)."""
+    if engine.dialect.name != "sqlite":
+        return async_sessionmaker(engine, expire_on_commit=False)
+    turns = type("SQLiteSession", (_TakingTurns,), {"_turn": _Turn()})
+    return async_sessionmaker(engine, class_=turns, expire_on_commit=False)
+
+
+class _Turn:
+    """A task-reentrant asyncio lock that gives up waiting after `wait_s`."""
+
+    wait_s = 5.0
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+
+    async def acquire(self) -> bool:
+        """True if this call took the lock (and must release it)."""
+        task = asyncio.current_task()
+        if self._owner is not None and self._owner is task:
+            return False
+        try:
+            await asyncio.wait_for(self._lock.acquire(), self.wait_s)
+        except TimeoutError:
+            log.warning("SQLite transaction waited %.0f s for its turn; going ahead", self.wait_s)
+            return False
+        self._owner = task
+        return True
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+
+class _TakingTurns(AsyncSession):
+    """SQLite has one writer at a time: transactions opened with `begin()` in one process
+    take turns on an asyncio lock rather than colliding in SQLite, whose busy handler
+    sleeps (1 ms growing to 100 ms a try) while another connection writes. A transaction
+    nested in another of the same task passes; one that waits too long (a transaction
+    waiting on a task that waits on it) goes ahead and SQLite's busy timeout applies."""
+
+    _turn: _Turn
+
+    def begin(self) -> Any:
+        return _InTurn(self._turn, super().begin())
+
+
+class _InTurn:
+    def __init__(self, turn: _Turn, transaction: Any) -> None:
+        self._turn = turn
+        self._transaction = transaction
+        self._held = False
+
+    async def __aenter__(self) -> Any:
+        self._held = await self._turn.acquire()
+        try:
+            return await self._transaction.__aenter__()
+        except BaseException:
+            self._release()
+            raise
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        try:
+            return await self._transaction.__aexit__(*exc)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            self._turn.release()
 
 
 def alembic_config(migrations_dir: Path, url: str) -> Config:

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import nats
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -17,12 +18,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.errors import NotFoundError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from runbox.events.v1 import events_pb2
 from shared.settings import NatsSettings
 from shared.tasks import stop_gracefully
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
+BatchHandler = Callable[[list[Msg]], Awaitable[None]]
 
 
 async def connect(settings: NatsSettings, *, name: str) -> NATS:
@@ -67,6 +70,9 @@ class DurableConsumer:
     A message is acked only after the handler returns; a failing handler gets
     the message again after a delay (nak), so nothing is lost while the
     service is down or a handler is broken. Handlers must be idempotent.
+    With a `batch_handler`, each fetch of several messages goes to it at once
+    (e.g. applied in one transaction) and is acked after it returns; if it
+    fails, the messages go to `handler` one by one as above.
     """
 
     def __init__(
@@ -80,8 +86,10 @@ class DurableConsumer:
         batch: int = 64,
         ack_wait_s: float = 30.0,
         retry_delay_s: float = 1.0,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self._js = js
+        self._batch_handler = batch_handler
         self._stream = stream
         self._durable = durable
         self._filter = filter_subject
@@ -128,8 +136,31 @@ class DurableConsumer:
                 log.exception("fetch failed on %s; retrying", self._durable)
                 await asyncio.sleep(self._retry_delay)
                 continue
+            batched = self._batch_handler is not None and len(messages) > 1
+            if batched and await self._dispatch_batch(messages):
+                continue
             for msg in messages:
                 await self._dispatch(msg)
+
+    async def _dispatch_batch(self, messages: list[Msg]) -> bool:
+        """The whole fetch to the batch handler; False if it failed (then each message goes
+        to the handler on its own)."""
+        assert self._batch_handler is not None
+        try:
+            await self._batch_handler(messages)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "batch of %d failed on %s (%s); handling them one by one",
+                len(messages),
+                self._durable,
+                exc,
+            )
+            return False
+        for msg in messages:
+            await msg.ack()
+        return True
 
     async def _dispatch(self, msg: Msg) -> None:
         try:
@@ -141,3 +172,19 @@ class DurableConsumer:
             await msg.nak(delay=self._retry_delay)
             return
         await msg.ack()
+
+
+async def follow_script_changes(
+    nc: NATS, prefix: str, forget: Callable[[str | None], None]
+) -> None:
+    """Call `forget(script name)` for every ScriptEvent any catalogue replica publishes from
+    now on (`forget(None)` for one that does not decode): what caches catalogue answers
+    drops them with it."""
+
+    async def on_event(msg: Msg) -> None:
+        try:
+            forget(events_pb2.ScriptEvent.FromString(msg.data).script_name)
+        except DecodeError:
+            forget(None)
+
+    await nc.subscribe(f"{prefix}.script.>", cb=on_event)

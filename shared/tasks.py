@@ -24,9 +24,10 @@ async def stop_gracefully(task: asyncio.Task[Any] | None, timeout_s: float) -> N
 
 class WakeableLoop:
     """A background task that runs `step()` every `interval_s`, or as soon as `notify()` is
-    called. A failing step is logged and the loop goes on (the next step retries from stored
-    state); `stop()` lets the step in flight finish. `start_delay_s` holds the first step back
-    (woken early only by stop)."""
+    called, or at once after a step that did some work (returned a true value, such as a
+    positive count: a full batch may have left more waiting). A failing step is logged and
+    the loop goes on (the next step retries from stored state); `stop()` lets the step in
+    flight finish. `start_delay_s` holds the first step back (woken early only by stop)."""
 
     name = "loop"
 
@@ -67,12 +68,16 @@ class WakeableLoop:
                     await asyncio.wait_for(self._wake.wait(), left)
                 self._wake.clear()
         while not self._stopping:
+            worked: object = False
             try:
-                await self.step()
+                worked = await self.step()
             except Exception:
                 log.exception("%s: step failed; retrying", self.name)
             if self._stopping:
                 return
+            if worked:
+                await asyncio.sleep(0)  # let the others in before the next step
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()

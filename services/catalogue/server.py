@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
-from nats.aio.msg import Msg
-
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
-from runbox.events.v1 import events_pb2
 from services.catalogue import templates
 from services.catalogue.blobs import FilesystemBlobStore
 from services.catalogue.config import CatalogueSettings
@@ -18,6 +14,7 @@ from services.catalogue.scripts import Catalogue
 from services.catalogue.servicer import CatalogueServicer
 from shared import db
 from shared.clients import open_channel
+from shared.jetstream import follow_script_changes
 from shared.outbox import Outbox
 from shared.runtime import Runtime, Service
 
@@ -90,14 +87,9 @@ async def build(runtime: Runtime) -> Service:
     async def follow_other_replicas() -> None:
         # Every replica's ScriptEvents (its own included) drop resolution cache entries.
         assert runtime.nats is not None
-
-        async def on_event(msg: Msg) -> None:
-            try:
-                catalogue.invalidate(events_pb2.ScriptEvent.FromString(msg.data).script_name)
-            except DecodeError:
-                catalogue.invalidate()
-
-        await runtime.nats.subscribe(f"{settings.nats.subjects_prefix}.script.>", cb=on_event)
+        await follow_script_changes(
+            runtime.nats, settings.nats.subjects_prefix, catalogue.invalidate
+        )
 
     async def start_relay() -> None:
         outbox.start(js)

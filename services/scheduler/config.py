@@ -23,6 +23,9 @@ class SchedulerSettings(ServiceSettings):
         default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/scheduler.db")
     )
     catalogue: ClientSettings = Field(default_factory=ClientSettings)
+    # How long a script's resolution and parameter validation may be reused for runs and fires
+    # with the same inputs; the catalogue's ScriptEvents drop it at once (0 = ask every time).
+    catalogue_cache_ttl_s: float = Field(default=30.0, ge=0, le=3600)
     # Executor addresses (JSON list in RUNBOX_EXECUTORS), and/or a DNS name (host:port) whose
     # addresses are all executors, resolved again every executors_dns_refresh_s.
     executors: list[str] = Field(default_factory=list)
@@ -40,7 +43,9 @@ class SchedulerSettings(ServiceSettings):
     dispatch_claim_s: float = Field(default=30.0, gt=0, le=3600)
     # How long a run with secret parameters waits for the replica holding their values.
     secret_handoff_grace_s: float = Field(default=30.0, ge=0, le=3600)
-    dispatch_batch: int = 20
+    # Runs claimed per dispatch round, and Execute calls in flight at once within one.
+    dispatch_batch: int = Field(default=100, ge=1, le=10_000)
+    dispatch_parallel: int = Field(default=16, ge=1, le=1000)
     # Backoff for an executor that answered RESOURCE_EXHAUSTED / UNAVAILABLE.
     executor_backoff_s: float = 0.5
     executor_backoff_max_s: float = 10.0
@@ -52,7 +57,7 @@ class SchedulerSettings(ServiceSettings):
     fire_tick_s: float = Field(default=0.5, gt=0, le=60)
     misfire_grace_s: float = Field(default=15.0, ge=0, le=3600)
     catch_up_default_window_s: float = Field(default=3600.0, ge=0, le=7 * 86400)
-    fire_batch: int = Field(default=200, ge=1, le=100_000)
+    fire_batch: int = Field(default=500, ge=1, le=100_000)
     fires_per_schedule_per_tick: int = Field(default=100, ge=1, le=100_000)
     # A QUEUED or RUNNING run whose executor sent nothing (heartbeat, log, state) for this long
     # ends LOST: 3 x the executor's default heartbeat interval (5 s) + 5 s for delivery lag.

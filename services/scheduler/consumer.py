@@ -32,3 +32,16 @@ class RunEventHandler:
         run_id_var.set(event.run_id)
         changed = await self._runs.apply(event)
         self._metrics.events.labels("applied" if changed else "ignored").inc()
+
+    async def many(self, messages: list[Msg]) -> None:
+        """A fetched batch in one transaction (the consumer falls back to one message at a
+        time if it fails, so one bad event never holds up the rest)."""
+        events: list[events_pb2.RunEvent] = []
+        for msg in messages:
+            try:
+                events.append(events_pb2.RunEvent.FromString(msg.data))
+            except DecodeError:
+                log.warning("undecodable run event on %s; dropped", msg.subject)
+                self._metrics.events.labels("invalid").inc()
+        for changed in await self._runs.apply_many(events):
+            self._metrics.events.labels("applied" if changed else "ignored").inc()

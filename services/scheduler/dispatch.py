@@ -4,6 +4,7 @@ twice (e.g. after a crash before it was marked QUEUED) still runs once."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -68,6 +69,7 @@ class Dispatcher(WakeableLoop):
         claim_s: float = 30.0,
         failover_s: float = 20.0,
         secret_grace_s: float = 30.0,
+        parallel: int = 16,
     ) -> None:
         super().__init__(interval_s)
         self._claim_s = claim_s
@@ -81,6 +83,7 @@ class Dispatcher(WakeableLoop):
         self._backoff_max = backoff_max_s
         self._rr = itertools.count()
         self._limits = limits or ConcurrencyLimits()
+        self._parallel = parallel
 
     async def step(self) -> int:
         return await self.dispatch_once()
@@ -88,8 +91,10 @@ class Dispatcher(WakeableLoop):
     async def dispatch_once(self) -> int:
         """One round; returns how many runs were handed to an executor. Runs of a script at
         its concurrency limit wait (later runs of other scripts still go); at the global limit
-        the round ends."""
-        handed = 0
+        the round ends. The round's runs are handed over concurrently (at most `parallel`
+        Execute calls in flight), their attempts and answers recorded in one write each."""
+        if not self._executors.ready():
+            return 0  # every executor is backing off: nothing to claim yet
         limits = self._limits
         active: dict[str, int] = {}
         if limits.enabled:
@@ -97,6 +102,7 @@ class Dispatcher(WakeableLoop):
         total = sum(active.values())
         rows = list(await self._runs.claim_pending(self._batch, self._claim_s))
         held_back: list[str] = []
+        sending: list[RunRow] = []
         for i, row in enumerate(rows):
             if limits.total and total >= limits.total:
                 self._metrics.dispatch.labels("limited").inc()
@@ -107,16 +113,30 @@ class Dispatcher(WakeableLoop):
                 self._metrics.dispatch.labels("limited").inc()
                 held_back.append(row.id)
                 continue
-            outcome = await self._dispatch(row)
-            if outcome == "accepted":
-                handed += 1
-                total += 1
-                active[row.script_name] = active.get(row.script_name, 0) + 1
-            elif outcome == "no_executor":
-                held_back.extend(r.id for r in rows[i + 1 :])
-                break
+            if await self._secrets_missing(row):
+                continue
+            sending.append(row)
+            total += 1
+            active[row.script_name] = active.get(row.script_name, 0) + 1
         await self._runs.release(held_back)
-        return handed
+        plans = [(row, self._candidates(row)) for row in sending]
+        # Where each run goes first, recorded before it is sent, should the answer be lost.
+        first = {
+            row.id: candidates[0].address
+            for row, candidates in plans
+            if candidates and _needs_record(row, candidates[0])
+        }
+        await self._runs.record_attempts(first)
+        gate = asyncio.Semaphore(self._parallel)
+
+        async def send(row: RunRow, candidates: list[Executor]) -> tuple[str, str, str] | None:
+            async with gate:
+                return await self._dispatch(row, candidates, recorded=row.id in first)
+
+        answers = await asyncio.gather(*(send(row, candidates) for row, candidates in plans))
+        accepted = [answer for answer in answers if answer is not None]
+        await self._runs.mark_dispatched_many(accepted)
+        return len(accepted)
 
     def _available(self) -> list[Executor]:
         ready = self._executors.ready()
@@ -138,22 +158,31 @@ class Dispatcher(WakeableLoop):
             return [pinned] if pinned.busy_until <= time.monotonic() else []
         return self._available()
 
-    async def _dispatch(self, row: RunRow) -> str:
-        if row.secret_names and row.id not in self._runs.secrets:
-            # Secret values live only in the memory of the replica that took the submit: give
-            # that one time to dispatch it; past that they are gone (a restart).
-            if datetime.now(UTC) - _utc(row.created_at) < self._secret_grace:
-                await self._runs.defer(row.id, datetime.now(UTC) + timedelta(seconds=1))
-                return "deferred"
-            await self._runs.fail(
-                row.id,
-                common_pb2.FAILURE_REASON_INFRASTRUCTURE,
-                "secret parameter values were lost in a scheduler restart before dispatch; resubmit the run",
-            )
-            return "failed"
+    async def _secrets_missing(self, row: RunRow) -> bool:
+        """A run with secret parameters this replica does not hold: True when it was left
+        for the replica holding them (deferred) or failed because they are gone."""
+        if not row.secret_names or row.id in self._runs.secrets:
+            return False
+        # Secret values live only in the memory of the replica that took the submit: give
+        # that one time to dispatch it; past that they are gone (a restart).
+        if datetime.now(UTC) - _utc(row.created_at) < self._secret_grace:
+            await self._runs.defer(row.id, datetime.now(UTC) + timedelta(seconds=1))
+            return True
+        await self._runs.fail(
+            row.id,
+            common_pb2.FAILURE_REASON_INFRASTRUCTURE,
+            "secret parameter values were lost in a scheduler restart before dispatch; resubmit the run",
+        )
+        return True
+
+    async def _dispatch(
+        self, row: RunRow, candidates: list[Executor], *, recorded: bool
+    ) -> tuple[str, str, str] | None:
+        """Hand one run to the first candidate that takes it: (run id, executor id, address)
+        when one did; otherwise the run is deferred or failed here."""
         request = self._request(row)
-        for executor in self._candidates(row):
-            if executor.address != row.executor_address or row.dispatch_attempted_at is None:
+        for n, executor in enumerate(candidates):
+            if not (recorded and n == 0):
                 await self._runs.record_attempt(row.id, executor.address)
             try:
                 reply = await executor.stub.Execute(request, timeout=10)
@@ -170,14 +199,12 @@ class Dispatcher(WakeableLoop):
                     common_pb2.FAILURE_REASON_INVALID_CONFIG,
                     f"executor refused the run: {exc.code().name}: {exc.details()}",
                 )
-                return "failed"
+                return None
             executor.backoff_s = 0.0
             self._metrics.dispatch.labels("accepted").inc()
-            await self._runs.mark_dispatched(row.id, reply.executor_id, executor.address)
-            return "accepted"
+            return row.id, reply.executor_id, executor.address
         await self._runs.defer(row.id, datetime.now(UTC) + timedelta(seconds=self._backoff))
-        # The round goes on while another executor may take the next runs.
-        return "deferred" if self._executors.ready() else "no_executor"
+        return None
 
     def _back_off(self, executor: Executor) -> None:
         executor.backoff_s = min(max(executor.backoff_s * 2, self._backoff), self._backoff_max)
@@ -207,6 +234,12 @@ class Dispatcher(WakeableLoop):
             parent_run_id=row.parent_run_id or "",
             trace_context=row.trace_context,
         )
+
+
+def _needs_record(row: RunRow, executor: Executor) -> bool:
+    """Whether sending the run to `executor` must be recorded first: not when the run is
+    already recorded as sent there (a run pinned to the executor that has it)."""
+    return executor.address != row.executor_address or row.dispatch_attempted_at is None
 
 
 def _utc(value: datetime) -> datetime:

@@ -1,21 +1,25 @@
 """Firing: turns due schedules into runs, exactly once per (schedule, nominal time).
 
-Each tick takes the ACTIVE schedules whose `next_fire_at` has passed and handles
-their due nominal times one by one. One nominal time is one transaction: the
-fire row (primary key (schedule id, nominal time)), the run it creates (its
+Each round takes up to `batch` ACTIVE schedules whose `next_fire_at` has passed and
+records the next due nominal time of each, all in one transaction: per nominal time
+the fire row (primary key (schedule id, nominal time)), the run it creates (its
 idempotency key is `schedule:<id>:<nominal time>`, also unique), the schedule's
-advanced `next_fire_at` and the ScheduleEvent in the outbox commit together or
-not at all. A second claim of the same nominal time, by a racing loop, a
-restarted scheduler or another replica, fails on the key and creates nothing.
+advanced `next_fire_at` and the events in the outbox commit together or not at all.
+A second claim of the same nominal time, by a racing loop, a restarted scheduler or
+another replica, fails on a key and creates nothing (the round is then redone one
+schedule at a time, so the others still fire).
 
-The schedule row is claimed with SELECT ... FOR UPDATE SKIP LOCKED on servers
-that have it, so replicas share due schedules instead of queueing on one; on
-SQLite (one replica) it is a plain read and the keys alone decide.
+The schedule rows are taken with SELECT ... FOR UPDATE SKIP LOCKED on servers that
+have it, so replicas share due schedules instead of queueing on one; on SQLite (one
+replica) it is a plain read and the keys alone decide.
 
-The catalogue is asked to validate the stored parameters before the
-transaction (a network call holds no lock); a fire whose parameters no longer
-validate, or whose script is gone, is recorded SKIPPED with the reason. An
-unreachable catalogue leaves the fire due: it is retried on the next tick.
+Each fire's script and stored parameters are checked through the catalogue client,
+whose answers are cached until the catalogue publishes a change to the script (see
+catalogue.py); a lookahead warms that cache, the parsed schedules and their next
+times for fires due in the next seconds, so a round seldom waits on the network. A
+fire whose parameters no longer validate, or whose script is gone, is recorded SKIPPED
+with the reason. An unreachable catalogue leaves the fire due: it is retried on the
+next tick.
 
 Missed fires (nominal time older than the grace) follow the schedule's
 catch-up policy; fires older than its catch-up deadline are one MISSED row
@@ -24,9 +28,11 @@ that counts them. Policies are documented in docs/scheduler.md.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+from cachetools import LRUCache
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -41,12 +48,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
+from services.scheduler import schedule_spec
 from services.scheduler import triggers as tr
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import FireRow, RunRow, ScheduleRow
 from services.scheduler.runs import Runs, cancel_run
 from services.scheduler.schedules import ScheduleEvents, Schedules, definition
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from shared.outbox import OutboxMessage
 from shared.tasks import WakeableLoop
 
 log = logging.getLogger(__name__)
@@ -66,6 +75,11 @@ _EVENT_OF: dict[int, events_pb2.ScheduleEventType] = {
 }
 # Counting fires older than the catch-up deadline stops here ("at least N").
 EXPIRED_COUNT_CAP = 100_000
+# Fires of one round prepared at once (each may wait for the catalogue on a cache miss).
+PREPARE_CONCURRENCY = 16
+PARSED_CACHE_ENTRIES = 100_000
+# Schedules warmed per tick at most.
+WARM_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,8 @@ class FiringSettings:
     per_schedule: int = 100
     # The catch-up window of a schedule without catch_up_deadline.
     default_window: timedelta = timedelta(hours=1)
+    # How far ahead fires are prepared for (caches warmed); 0 turns it off.
+    lookahead: timedelta = timedelta(seconds=10)
 
 
 class Plan(enum.Enum):
@@ -182,70 +198,173 @@ class Firing(WakeableLoop):
         self._metrics = metrics
         self._settings = settings
         self._clock = clock
+        self._warmed_until: datetime | None = None
+        self._parsed_cache: LRUCache[tuple[str, str, datetime], tuple[pb.Schedule, tr.Spec]] = (
+            LRUCache(maxsize=PARSED_CACHE_ENTRIES)
+        )
 
     async def step(self) -> int:
         return await self.tick()
 
     async def tick(self) -> int:
-        """Handle what is due now; returns how many steps moved a schedule on."""
+        """Handle what is due now, in rounds of up to `batch` schedules, one nominal time
+        each; returns how many fires were recorded."""
         steps = 0
-        for schedule_id in await self._due(self._clock()):
-            # One schedule's trouble leaves its fire due (tried again next tick) and never
-            # holds up the schedules after it.
+        for _ in range(self._settings.per_schedule):
+            if self._stopping:
+                break
             try:
-                for _ in range(self._settings.per_schedule):
-                    if self._stopping or not await self._step(schedule_id):
-                        break
-                    steps += 1
-            except Unavailable as exc:
-                log.warning("schedule %s not fired yet: %s", schedule_id, exc.message)
-            except Exception:
-                log.exception("schedule %s not fired", schedule_id)
+                recorded = await self._round(self._clock())
+            except OperationalError as exc:
+                # SQLite: another writer committed since this transaction's snapshot.
+                if "locked" not in str(exc):
+                    raise
+                break
+            steps += recorded
+            if not recorded:
+                break
+        if not self._stopping:
+            await self._warm(self._clock())
         return steps
 
-    async def _due(self, now: datetime) -> Sequence[str]:
+    async def _warm(self, now: datetime) -> None:
+        """Ahead of the fires due in the next `lookahead`: parse their schedules, compute
+        the time after, and have the catalogue check their script and parameters, so the
+        round that records them finds all of it cached. Each schedule once, as it enters
+        the window; a failure here only means a colder round."""
+        horizon = now + self._settings.lookahead
+        start = max(self._warmed_until or now, now)
+        if horizon <= start:
+            return
         query = (
-            select(ScheduleRow.id)
+            select(ScheduleRow)
+            .where(ScheduleRow.state == SS.SCHEDULE_STATE_ACTIVE)
+            .where(ScheduleRow.next_fire_at > start, ScheduleRow.next_fire_at <= horizon)
+            .limit(WARM_LIMIT)
+        )
+        async with self._sessions() as session:
+            rows = (await session.scalars(query)).all()
+        self._warmed_until = horizon
+        gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
+
+        async def one(row: ScheduleRow) -> None:
+            with contextlib.suppress(Exception):
+                schedule, spec = self._parsed(row)
+                tr.next_fire(spec, _aware(row.next_fire_at))  # type: ignore[arg-type]
+                async with gate:
+                    await self._runs.catalogue.check(schedule.script, schedule.parameters)
+
+        await asyncio.gather(*(one(row) for row in rows))
+
+    async def _round(self, now: datetime) -> int:
+        """Record the next due nominal time of up to `batch` due schedules in one
+        transaction. The schedules are locked (SKIP LOCKED: replicas take different ones)
+        while their fires are prepared, which seldom leaves this process: the catalogue's
+        answers are cached. A schedule whose fire cannot be prepared (the catalogue is
+        unreachable) stays due and never holds up the others. If any fire was recorded
+        meanwhile by another loop (SQLite has no row locks), the transaction fails on its
+        key and the schedules are fired one by one."""
+        messages: list[OutboxMessage] = []
+        done: list[tuple[str, _Prepared, int]] = []
+        try:
+            async with self._sessions() as session, session.begin():
+                rows = await self._due(session, now)
+                if not rows:
+                    return 0
+                prepared = await self._prepare_all(rows, now)
+                for row in rows:
+                    ready = prepared.get(row.id)
+                    if ready is None:
+                        continue
+                    outcome = await self._record(session, row, ready, now, messages)
+                    done.append((row.id, ready, outcome))
+                if not done:
+                    return 0
+                await session.flush()
+                await self._events.outbox.add_many(session, messages)
+        except IntegrityError:
+            log.info("a fire of this round was recorded meanwhile: firing one by one")
+            return sum([await self._step(schedule_id) for schedule_id, _, _ in done])
+        self._events.outbox.committed(messages)
+        for schedule_id, ready, outcome in done:
+            self._after_commit(schedule_id, ready, outcome, now)
+        for _, ready, _ in done:
+            await self._replace(ready.replaced)
+        return len(done)
+
+    async def _due(self, session: AsyncSession, now: datetime) -> Sequence[ScheduleRow]:
+        query = (
+            select(ScheduleRow)
             .where(ScheduleRow.state == SS.SCHEDULE_STATE_ACTIVE)
             .where(ScheduleRow.next_fire_at <= now)
             .order_by(ScheduleRow.next_fire_at)
             .limit(self._settings.batch)
         )
-        async with self._sessions() as session:
-            return (await session.scalars(query)).all()
+        if session.get_bind().dialect.name != "sqlite":
+            query = query.with_for_update(skip_locked=True)
+        return (await session.scalars(query)).all()
 
-    async def _step(self, schedule_id: str) -> bool:
-        """Record the schedule's next due nominal time; False when none is due (or another
-        loop has it)."""
+    async def _prepare_all(
+        self, rows: Sequence[ScheduleRow], now: datetime
+    ) -> dict[str, _Prepared]:
+        prepared: dict[str, _Prepared] = {}
+        gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
+
+        async def one(row: ScheduleRow) -> None:
+            try:
+                async with gate:
+                    prepared[row.id] = await self._prepare(row, now)
+            except Unavailable as exc:
+                log.warning("schedule %s not fired yet: %s", row.id, exc.message)
+            except Exception:
+                log.exception("schedule %s not fired", row.id)
+
+        await asyncio.gather(*(one(row) for row in rows))
+        return prepared
+
+    async def _step(self, schedule_id: str) -> int:
+        """Record one schedule's next due nominal time on its own; 1 if it was recorded."""
         now = self._clock()
-        async with self._sessions() as session:
-            peek = await session.get(ScheduleRow, schedule_id)
-        if peek is None or not _is_due(peek, now):
-            return False
-        prepared = await self._prepare(peek, now)
+        messages: list[OutboxMessage] = []
         try:
+            async with self._sessions() as session:
+                peek = await session.get(ScheduleRow, schedule_id)
+            if peek is None or not _is_due(peek, now):
+                return 0
+            prepared = await self._prepare(peek, now)
             async with self._sessions() as session, session.begin():
                 row = await self._claim(session, schedule_id)
                 if row is None or not _is_due(row, now):
-                    return False
+                    return 0
                 if _aware(row.next_fire_at) != prepared.nominal:  # type: ignore[arg-type]
-                    return True  # moved since the peek: look again
-                outcome = await self._record(session, row, prepared, now)
+                    return 0  # moved since the peek: the next round looks again
+                outcome = await self._record(session, row, prepared, now, messages)
+                await session.flush()
+                await self._events.outbox.add_many(session, messages)
         except IntegrityError:
-            log.info("fire %s of %s already recorded", iso(prepared.nominal), schedule_id)
-            return False
-        except OperationalError as exc:
-            # SQLite: another writer committed since this transaction's snapshot.
-            if "locked" not in str(exc):
-                raise
-            return False
+            log.info("fire of %s already recorded", schedule_id)
+            return 0
+        except Unavailable as exc:
+            log.warning("schedule %s not fired yet: %s", schedule_id, exc.message)
+            return 0
+        self._events.outbox.committed(messages)
         self._after_commit(schedule_id, prepared, outcome, now)
         await self._replace(prepared.replaced)
-        return True
+        return 1
+
+    def _parsed(self, row: ScheduleRow) -> tuple[pb.Schedule, tr.Spec]:
+        """The schedule's definition and trigger, parsed once per version of the row (read
+        only: shared by every fire until the definition changes)."""
+        key = (row.id, json.dumps(row.definition, sort_keys=True), _aware(row.created_at))
+        parsed = self._parsed_cache.get(key)
+        if parsed is None:
+            schedule = definition(row)
+            spec = schedule_spec.check_timing(schedule, anchor=_aware(row.created_at))
+            parsed = self._parsed_cache[key] = (schedule, spec)
+        return parsed
 
     async def _prepare(self, row: ScheduleRow, now: datetime) -> _Prepared:
-        schedule = definition(row)
-        spec = self._schedules.spec(row)
+        schedule, spec = self._parsed(row)
         nominal = _aware(row.next_fire_at)  # type: ignore[arg-type]
         window = self._settings.default_window
         if schedule.HasField("catch_up_deadline") and schedule.catch_up_deadline.ToTimedelta():
@@ -274,7 +393,9 @@ class Firing(WakeableLoop):
             if schedule.HasField("retry"):
                 request.retry.CopyFrom(schedule.retry)
             try:
-                run, secrets = await self._runs.prepare(request, actor=f"schedule:{row.id}")
+                run, secrets = await self._runs.prepare(
+                    request, actor=f"schedule:{row.id}", fresh=False
+                )
             except (InvalidArgument, NotFound, FailedPrecondition) as exc:
                 bad = (
                     exc.violations if isinstance(exc, InvalidArgument | FailedPrecondition) else []
@@ -323,10 +444,16 @@ class Firing(WakeableLoop):
         return list((await session.scalars(query)).all())
 
     async def _record(
-        self, session: AsyncSession, row: ScheduleRow, prepared: _Prepared, now: datetime
+        self,
+        session: AsyncSession,
+        row: ScheduleRow,
+        prepared: _Prepared,
+        now: datetime,
+        messages: list[OutboxMessage],
     ) -> int:
-        """Write the fire (and its run), advance the schedule, stage the event; the outcome."""
-        schedule = definition(row)
+        """Add the fire (and its run) to the session, advance the schedule, and append the
+        events to `messages`, for the caller to flush and stage; the outcome."""
+        schedule, _ = self._parsed(row)
         nominal, run, reason = prepared.nominal, None, ""
         outcome: int
         if prepared.expired is not None:
@@ -359,23 +486,26 @@ class Firing(WakeableLoop):
                 recorded_at=now,
             )
         )
-        await session.flush()  # the fire's key first: a second claim fails here
         if run is not None:
-            await self._runs.stage(session, run)
+            session.add(run)
+            messages.append(
+                self._runs.event_message(run, events_pb2.RUN_EVENT_TYPE_SUBMITTED, "submitted")
+            )
             row.last_fire_at = nominal
         row.next_fire_at, row.updated_at = prepared.following, now
         if prepared.following is None:
             row.state = SS.SCHEDULE_STATE_COMPLETED
         kind = _EVENT_OF.get(outcome)
         if kind is not None:
-            await self._events.stage(
-                session,
-                kind,
-                row,
-                key=iso(nominal),
-                nominal=nominal,
-                run_id=run.id if run is not None else "",
-                reason=reason,
+            messages.append(
+                self._events.message(
+                    kind,
+                    row,
+                    key=iso(nominal),
+                    nominal=nominal,
+                    run_id=run.id if run is not None else "",
+                    reason=reason,
+                )
             )
         return outcome
 
@@ -407,9 +537,7 @@ class Firing(WakeableLoop):
         if outcome in (FO.FIRE_OUTCOME_FIRED, FO.FIRE_OUTCOME_QUEUED):
             self._metrics.fire_lateness.observe((now - prepared.nominal).total_seconds())
             assert prepared.run is not None and prepared.secrets is not None
-            self._runs.submitted(prepared.run, prepared.secrets)
-        else:
-            self._events.outbox.notify()
+            self._runs.submitted(prepared.run, prepared.secrets, relay=False)
         if outcome != FO.FIRE_OUTCOME_FIRED:
             log.info("fire %s of schedule %s %s", iso(prepared.nominal), schedule_id, name)
 
@@ -510,7 +638,7 @@ class Firing(WakeableLoop):
             f"{row.consecutive_failures} consecutive failed run(s), the last {run.id} "
             f"{RS.Name(run.state).removeprefix('RUN_STATE_')}"
         )
-        kind: events_pb2.ScheduleEventType | None = None
+        kind = SE.SCHEDULE_EVENT_TYPE_FAILING
         if action == pb.FAILURE_ACTION_PAUSE and row.state == SS.SCHEDULE_STATE_ACTIVE:
             row.state, kind = SS.SCHEDULE_STATE_PAUSED, SE.SCHEDULE_EVENT_TYPE_PAUSED
         elif action == pb.FAILURE_ACTION_DISABLE and row.state in (
@@ -520,10 +648,13 @@ class Firing(WakeableLoop):
             row.state, kind = SS.SCHEDULE_STATE_DISABLED, SE.SCHEDULE_EVENT_TYPE_DISABLED
         name = pb.FailureAction.Name(action).removeprefix("FAILURE_ACTION_").lower()
         self._metrics.failure_actions.labels(row.id, name).inc()
-        if kind is None:
-            # NOTIFY: ScheduleEventType has no "run failed" kind; the run's own FINISHED
-            # RunEvent carries schedule_id, which is what alert rules match.
+        if kind == SE.SCHEDULE_EVENT_TYPE_FAILING:
+            # NOTIFY (or a PAUSE / DISABLE that already happened): the schedule goes on; the
+            # event tells whoever follows it (alert rules) that it is failing.
             log.warning("schedule %s: %s (failure action %s)", row.id, reason, name)
+            await self._events.stage(
+                session, kind, row, key=f"failing:{run.id}", run_id=run.id, reason=reason
+            )
             return
         row.next_fire_at, row.updated_at = None, self._clock()
         row.pause_reason = f"{name}d by its failure action: {reason}"

@@ -29,7 +29,7 @@ from services.scheduler.models import QuarantineRow, RunRow
 from services.scheduler.retries import check_policy
 from services.scheduler.watch import Change, Watchers
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from shared.outbox import Outbox
+from shared.outbox import Outbox, OutboxMessage
 from shared.telemetry import inject_context
 
 RS = common_pb2.RunState
@@ -61,7 +61,7 @@ class Runs:
     ) -> None:
         self._sessions = sessions
         self._outbox = outbox
-        self._catalogue = catalogue
+        self.catalogue = catalogue
         self._watchers = watchers
         self._metrics = metrics
         self._prefix = subjects_prefix
@@ -110,11 +110,12 @@ class Runs:
         return row
 
     async def prepare(
-        self, request: scheduler_pb2.SubmitRunRequest, *, actor: str
+        self, request: scheduler_pb2.SubmitRunRequest, *, actor: str, fresh: bool = True
     ) -> tuple[RunRow, dict[str, str]]:
         """Check a request through the catalogue and build its PENDING run, not yet stored,
         with the secret values it carries. SubmitRun and schedule fires share it, so a fired
-        run is exactly the run its submission would have been."""
+        run is exactly the run its submission would have been; fires pass fresh=False to
+        take the catalogue's answer from the client's cache (see catalogue.py)."""
         if not request.script.name:
             raise InvalidArgument.field("script.name", "script name is required")
         if request.priority < -1000 or request.priority > 1000:
@@ -122,8 +123,8 @@ class Runs:
         if request.HasField("retry"):
             check_policy(request.retry)
         raw = json_format.MessageToDict(request.parameters)
-        validated = await self._catalogue.validate(request.script, request.parameters)
-        script = await self._catalogue.get_script(request.script.name)
+        checked = await self.catalogue.check(request.script, request.parameters, fresh=fresh)
+        validated, script = checked.validated, checked.script
         version = validated.version
         row = RunRow(
             id=uuid.uuid4().hex,
@@ -160,10 +161,12 @@ class Runs:
         await session.flush()
         await self._event(session, row, events_pb2.RUN_EVENT_TYPE_SUBMITTED, "submitted")
 
-    def submitted(self, row: RunRow, secrets: dict[str, str]) -> None:
-        """After the commit of a staged run: keep its secrets, relay its event, count it."""
+    def submitted(self, row: RunRow, secrets: dict[str, str], *, relay: bool = True) -> None:
+        """After the commit of a staged run: keep its secrets, relay its event (unless the
+        caller handed the outbox what it committed), count it."""
         self.secrets[row.id] = secrets
-        self._outbox.notify()
+        if relay:
+            self._outbox.notify()
         self._metrics.submitted.inc()
         for hook in self.on_submitted:
             hook()
@@ -274,6 +277,10 @@ class Runs:
             ).inc()
 
     async def _event(self, session: AsyncSession, row: RunRow, kind: int, tag: str) -> None:
+        await self._outbox.add_many(session, [self.event_message(row, kind, tag)])
+
+    def event_message(self, row: RunRow, kind: int, tag: str) -> OutboxMessage:
+        """The lifecycle event of `row` (id "<run>:scheduler:<tag>"), ready to stage."""
         now = timestamp_pb2.Timestamp()
         now.GetCurrentTime()
         event = events_pb2.RunEvent(
@@ -292,38 +299,50 @@ class Runs:
             parent_run_id=row.parent_run_id or "",
             exit=common_pb2.ExitInfo(reason=row.failure_reason, message=row.exit_message),  # type: ignore[arg-type]
         )
-        await self._outbox.add(
-            session,
-            subject=f"{self._prefix}.run.{row.id}",
-            msg_id=event.event_id,
-            payload=event.SerializeToString(),
-            headers=dict(row.trace_context),
+        return OutboxMessage(
+            f"{self._prefix}.run.{row.id}",
+            event.event_id,
+            event.SerializeToString(),
+            inject_context(dict(row.trace_context)),
         )
 
-    async def mark_dispatched(self, run_id: str, executor_id: str, address: str) -> None:
-        """Record the executor; move to QUEUED unless events already moved it on. One UPDATE
-        that decides on the row's state as it is when written: the executor's own events may
-        be applied meanwhile (on SQLite a read-then-write could put QUEUED back over them)."""
+    async def mark_dispatched_many(self, accepted: Sequence[tuple[str, str, str]]) -> None:
+        """Record the executors that accepted runs ((run id, executor id, address) each) and
+        move the runs to QUEUED unless events already moved them on, in one transaction.
+        Conditional UPDATEs that decide on each row's state as it is when written: the
+        executor's own events may be applied meanwhile (on SQLite a read-then-write could put
+        QUEUED back over them)."""
+        if not accepted:
+            return
         pending = RunRow.state == RS.RUN_STATE_PENDING
         now = _now()
+        by_executor: dict[tuple[str, str], list[str]] = {}
+        for run_id, executor_id, address in accepted:
+            by_executor.setdefault((executor_id, address), []).append(run_id)
         async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(RunRow)
-                .where(RunRow.id == run_id)
-                .values(
-                    executor_id=executor_id,
-                    executor_address=address,
-                    state=case((pending, RS.RUN_STATE_QUEUED), else_=RunRow.state),
-                    queued_at=case((pending, now), else_=RunRow.queued_at),
-                    lease_expires_at=case(
-                        (RunRow.state.in_([RS.RUN_STATE_PENDING, *LEASED]), self.lease_expiry()),
-                        else_=RunRow.lease_expires_at,
-                    ),
-                    updated_at=now,
+            for (executor_id, address), run_ids in by_executor.items():
+                await session.execute(
+                    update(RunRow)
+                    .where(RunRow.id.in_(run_ids))
+                    .values(
+                        executor_id=executor_id,
+                        executor_address=address,
+                        state=case((pending, RS.RUN_STATE_QUEUED), else_=RunRow.state),
+                        queued_at=case((pending, now), else_=RunRow.queued_at),
+                        lease_expires_at=case(
+                            (
+                                RunRow.state.in_([RS.RUN_STATE_PENDING, *LEASED]),
+                                self.lease_expiry(),
+                            ),
+                            else_=RunRow.lease_expires_at,
+                        ),
+                        updated_at=now,
+                    )
+                    .execution_options(synchronize_session=False)
                 )
-            )
-        self.secrets.pop(run_id, None)
-        self._watchers.notify(Change(run_id))
+        for run_id, _, _ in accepted:
+            self.secrets.pop(run_id, None)
+            self._watchers.notify(Change(run_id))
 
     async def defer(self, run_id: str, until: datetime) -> None:
         async with self._sessions() as session, session.begin():
@@ -372,13 +391,25 @@ class Runs:
 
     async def record_attempt(self, run_id: str, address: str) -> None:
         """Before handing a run to an executor: where it went, should the answer be lost."""
+        await self.record_attempts({run_id: address})
+
+    async def record_attempts(self, addresses: Mapping[str, str]) -> None:
+        """record_attempt for several runs (run id -> executor address), in one write."""
+        if not addresses:
+            return
+        by_address: dict[str, list[str]] = {}
+        for run_id, address in addresses.items():
+            by_address.setdefault(address, []).append(run_id)
+        now = _now()
         async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(RunRow)
-                .where(RunRow.id == run_id)
-                .where(RunRow.state == RS.RUN_STATE_PENDING)
-                .values(executor_address=address, dispatch_attempted_at=_now())
-            )
+            for address, run_ids in by_address.items():
+                await session.execute(
+                    update(RunRow)
+                    .where(RunRow.id.in_(run_ids))
+                    .where(RunRow.state == RS.RUN_STATE_PENDING)
+                    .values(executor_address=address, dispatch_attempted_at=now)
+                    .execution_options(synchronize_session=False)
+                )
 
     async def active_counts(self) -> dict[str, int]:
         """Runs held by executors (QUEUED or RUNNING), per script."""
@@ -392,31 +423,50 @@ class Runs:
 
     async def apply(self, event: events_pb2.RunEvent) -> bool:
         """Apply one lifecycle event; False when it changes nothing but the run's lease."""
-        if event.type == events_pb2.RUN_EVENT_TYPE_LOG:
-            await self.renew_lease(event.run_id)
-            stream = "stdout" if event.log.stream == events_pb2.LOG_STREAM_STDOUT else "stderr"
-            self._watchers.notify(Change(event.run_id, stream, event.log.data))
-            return False
-        if event.type == events_pb2.RUN_EVENT_TYPE_HEARTBEAT and await self.renew_lease(
-            event.run_id
-        ):
-            return False  # the run is QUEUED or RUNNING already: nothing else to apply
+        return (await self.apply_many([event]))[0]
+
+    async def apply_many(self, events: Sequence[events_pb2.RunEvent]) -> Sequence[bool]:
+        """Apply lifecycle events in order, those that move a run in one transaction (its
+        runs locked in id order, so concurrent batches never deadlock on them); for each,
+        False when it changed nothing but the run's lease. Log chunks and heartbeats of runs
+        already held by an executor only renew the lease."""
+        changed = [False] * len(events)
+        moving: list[int] = []
+        for i, event in enumerate(events):
+            if event.type == events_pb2.RUN_EVENT_TYPE_LOG:
+                await self.renew_lease(event.run_id)
+                stream = "stdout" if event.log.stream == events_pb2.LOG_STREAM_STDOUT else "stderr"
+                self._watchers.notify(Change(event.run_id, stream, event.log.data))
+            elif event.type != events_pb2.RUN_EVENT_TYPE_HEARTBEAT or not await self.renew_lease(
+                event.run_id
+            ):
+                moving.append(i)
+        if not moving:
+            return changed
+        ended: dict[str, RunRow] = {}
         async with self._sessions() as session, session.begin():
-            row = await session.get(RunRow, event.run_id, with_for_update=True)
-            if row is None:
-                return False
-            if not sm.can_move(row.state, event.state):
+            ids = sorted({events[i].run_id for i in moving})
+            query = select(RunRow).where(RunRow.id.in_(ids)).order_by(RunRow.id).with_for_update()
+            rows = {row.id: row for row in (await session.scalars(query)).all()}
+            for i in moving:
+                event, row = events[i], rows.get(events[i].run_id)
+                if row is None:
+                    continue
+                if not sm.can_move(row.state, event.state):
+                    if row.state in LEASED:
+                        row.lease_expires_at = self.lease_expiry()
+                    continue
+                _apply_fields(row, event)
                 if row.state in LEASED:
                     row.lease_expires_at = self.lease_expiry()
-                return False
-            _apply_fields(row, event)
-            if row.state in LEASED:
-                row.lease_expires_at = self.lease_expiry()
-            if sm.is_terminal(row.state):
-                self._renewed.pop(row.id, None)
-                await self._ended(session, row)
-        self._after_change(row)
-        return True
+                if sm.is_terminal(row.state):
+                    self._renewed.pop(row.id, None)
+                    await self._ended(session, row)
+                changed[i] = True
+                ended[row.id] = row
+        for row in ended.values():
+            self._after_change(row)
+        return changed
 
     # Leases: an executor's events keep a QUEUED or RUNNING run's lease; past it, it is LOST.
 

@@ -35,7 +35,8 @@ from services.scheduler.catalogue import CatalogueClient
 from services.scheduler.models import FireRow, RunRow, ScheduleRow
 from services.scheduler.runs import after_cursor, encode_cursor
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from shared.outbox import Outbox
+from shared.outbox import Outbox, OutboxMessage
+from shared.telemetry import inject_context
 
 SS = pb.ScheduleState
 RS = common_pb2.RunState
@@ -104,6 +105,20 @@ class ScheduleEvents:
         run_id: str = "",
         reason: str = "",
     ) -> None:
+        message = self.message(kind, row, key=key, nominal=nominal, run_id=run_id, reason=reason)
+        await self.outbox.add_many(session, [message])
+
+    def message(
+        self,
+        kind: events_pb2.ScheduleEventType,
+        row: ScheduleRow,
+        *,
+        key: str,
+        nominal: datetime | None = None,
+        run_id: str = "",
+        reason: str = "",
+    ) -> OutboxMessage:
+        """The event, ready to stage."""
         now = timestamp_pb2.Timestamp()
         now.GetCurrentTime()
         event = events_pb2.ScheduleEvent(
@@ -117,11 +132,11 @@ class ScheduleEvents:
         )
         if nominal is not None:
             event.fire_time.FromDatetime(nominal)
-        await self.outbox.add(
-            session,
-            subject=f"{self.prefix}.schedule.{row.id}",
-            msg_id=event.event_id,
-            payload=event.SerializeToString(),
+        return OutboxMessage(
+            f"{self.prefix}.schedule.{row.id}",
+            event.event_id,
+            event.SerializeToString(),
+            inject_context({}),
         )
 
 

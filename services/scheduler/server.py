@@ -23,7 +23,7 @@ from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.watch import Watchers
 from shared import db
 from shared.clients import open_channel
-from shared.jetstream import DurableConsumer
+from shared.jetstream import DurableConsumer, follow_script_changes
 from shared.outbox import Outbox
 from shared.runtime import Runtime, Service
 
@@ -64,7 +64,7 @@ async def build(runtime: Runtime) -> Service:
     )
     metrics = SchedulerMetrics(runtime.registry)
     watchers = Watchers()
-    catalogue = CatalogueClient(catalogue_channel)
+    catalogue = CatalogueClient(catalogue_channel, cache_ttl_s=settings.catalogue_cache_ttl_s)
     runs = Runs(
         sessions,
         outbox,
@@ -95,6 +95,7 @@ async def build(runtime: Runtime) -> Service:
         metrics,
         interval_s=settings.dispatch_interval_s,
         batch=settings.dispatch_batch,
+        parallel=settings.dispatch_parallel,
         backoff_s=settings.executor_backoff_s,
         backoff_max_s=settings.executor_backoff_max_s,
         claim_s=settings.dispatch_claim_s,
@@ -107,12 +108,14 @@ async def build(runtime: Runtime) -> Service:
         ),
     )
     runs.on_submitted.append(dispatcher.notify)
+    run_events = RunEventHandler(runs, metrics)
     consumer = DurableConsumer(
         js,
         stream=settings.nats.stream,
         durable="scheduler",
         filter_subject=f"{settings.nats.subjects_prefix}.run.>",
-        handler=RunEventHandler(runs, metrics),
+        handler=run_events,
+        batch_handler=run_events.many,
     )
 
     schedule_events = ScheduleEvents(outbox, settings.nats.subjects_prefix)
@@ -137,6 +140,10 @@ async def build(runtime: Runtime) -> Service:
     runs.on_terminal.append(firing.run_ended)
 
     async def start() -> None:
+        assert runtime.nats is not None
+        await follow_script_changes(
+            runtime.nats, settings.nats.subjects_prefix, catalogue.invalidate
+        )
         await executors.start()
         outbox.start(js)
         await consumer.start()

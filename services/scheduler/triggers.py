@@ -21,6 +21,7 @@ DST policy (proto `DstPolicy`), precisely:
 from __future__ import annotations
 
 import calendar
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -60,17 +61,24 @@ class Cron:
     expression: str
 
     def next_after(self, local: datetime) -> datetime | None:
-        try:
-            it = croniter(
-                self.expression,
-                local,
-                second_at_beginning=len(self.expression.split()) == 6,
-                max_years_between_matches=HORIZON.days // 365,
-            )
-            result: datetime = it.get_next(datetime)
-        except CroniterError:
-            return None
-        return result
+        return _cron_next(self.expression, local)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _cron_next(expression: str, local: datetime) -> datetime | None:
+    """Memoised: schedules sharing an expression (`0 * * * *`...) fire at the same wall
+    times, and parsing the expression is most of the cost."""
+    try:
+        it = croniter(
+            expression,
+            local,
+            second_at_beginning=len(expression.split()) == 6,
+            max_years_between_matches=HORIZON.days // 365,
+        )
+        result: datetime = it.get_next(datetime)
+    except CroniterError:
+        return None
+    return result
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class ScheduleEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCHEDULE_EVENT_TYPE_DISABLED: _ClassVar[ScheduleEventType]
     SCHEDULE_EVENT_TYPE_SCRIPT_QUARANTINED: _ClassVar[ScheduleEventType]
     SCHEDULE_EVENT_TYPE_SCRIPT_RELEASED: _ClassVar[ScheduleEventType]
+    SCHEDULE_EVENT_TYPE_FAILING: _ClassVar[ScheduleEventType]
 RUN_EVENT_TYPE_UNSPECIFIED: RunEventType
 RUN_EVENT_TYPE_SUBMITTED: RunEventType
 RUN_EVENT_TYPE_QUEUED: RunEventType
@@ -81,6 +82,7 @@ SCHEDULE_EVENT_TYPE_RESUMED: ScheduleEventType
 SCHEDULE_EVENT_TYPE_DISABLED: ScheduleEventType
 SCHEDULE_EVENT_TYPE_SCRIPT_QUARANTINED: ScheduleEventType
 SCHEDULE_EVENT_TYPE_SCRIPT_RELEASED: ScheduleEventType
+SCHEDULE_EVENT_TYPE_FAILING: ScheduleEventType
 
 class LogChunk(_message.Message):
     __slots__ = ("stream", "data", "offset")

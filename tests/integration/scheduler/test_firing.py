@@ -455,6 +455,47 @@ async def test_failure_actions_pause_and_disable_after_threshold(path: RunPath, 
         assert shown.state == state
 
 
+async def test_notify_failure_action_publishes_failing_and_keeps_firing(
+    path: RunPath, db: Db
+) -> None:
+    """NOTIFY at threshold 2: the schedule stays ACTIVE and firing, and a FAILING event
+    names the last failed run and the count."""
+    stub = path.scheduler_stub()
+    created = await stub.CreateSchedule(
+        schedule(HOURLY, failure_action=pb.FAILURE_ACTION_NOTIFY, failure_threshold=2)
+    )
+    nc = await nats.connect(path.nats_url)
+    failing: list[events_pb2.ScheduleEvent] = []
+
+    async def collect(msg: Any) -> None:
+        event = events_pb2.ScheduleEvent.FromString(msg.data)
+        if event.type == events_pb2.SCHEDULE_EVENT_TYPE_FAILING:
+            failing.append(event)
+
+    await nc.subscribe(f"runbox.events.schedule.{created.id}", cb=collect)
+    try:
+        previous = None
+        for _ in range(2):
+            previous = await next_fire(db, created.id, previous)
+            assert previous.run_id is not None
+            await finish(path.nats_url, previous.run_id, RS.RUN_STATE_FAILED)
+            await until(lambda r=previous.run_id: run_state(db, r, RS.RUN_STATE_FAILED))
+
+        async def notified() -> bool:
+            return bool(failing)
+
+        await until(notified)
+        later = await next_fire(db, created.id, previous)
+    finally:
+        await nc.close()
+    assert previous is not None
+    assert [e.run_id for e in failing] == [previous.run_id]
+    assert "2 consecutive failed run(s)" in failing[0].reason
+    assert later.outcome == FO.FIRE_OUTCOME_FIRED
+    row = await db.schedule(created.id)
+    assert row.state == pb.SCHEDULE_STATE_ACTIVE and row.consecutive_failures >= 2
+
+
 async def test_list_fires_and_statistics(path: RunPath, db: Db) -> None:
     """ListFires pages newest first with outcomes and reasons; GetStatistics counts the
     schedule's runs by state, success rate, average and p95 duration, last and next fire."""
