@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,13 @@ def up(
     base_port: Annotated[int, typer.Option(help="First gRPC port (0 = free ports).")] = 0,
     demo: Annotated[bool, typer.Option(help="Push examples/hello.py and run it once.")] = False,
 ) -> None:
-    """Start a local stack: nats-server + the four services, until Ctrl-C."""
+    """Start a local stack: nats-server + the four services, until Ctrl-C or SIGTERM."""
     from cli import stack as dev_stack
+
+    # Ctrl-C even when started with SIGINT ignored (a background job of a script), and
+    # SIGTERM (a supervisor, `kill`) stop the services too instead of orphaning them.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     render.console.print(f"[bold]starting Runbox[/] (state in {var})")
     running = dev_stack.up(var, base_port=base_port, say=render.console.print)

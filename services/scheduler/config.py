@@ -59,6 +59,7 @@ class SchedulerSettings(ServiceSettings):
     catch_up_default_window_s: float = Field(default=3600.0, ge=0, le=7 * 86400)
     fire_batch: int = Field(default=500, ge=1, le=100_000)
     fires_per_schedule_per_tick: int = Field(default=100, ge=1, le=100_000)
+    fire_lookahead_s: float = Field(default=10.0, ge=0, le=300)
     # A QUEUED or RUNNING run whose executor sent nothing (heartbeat, log, state) for this long
     # ends LOST: 3 x the executor's default heartbeat interval (5 s) + 5 s for delivery lag.
     # Keep it above 3 x the executors' RUNBOX_HEARTBEAT_INTERVAL_S.

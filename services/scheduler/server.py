@@ -50,7 +50,7 @@ async def build(runtime: Runtime) -> Service:
     await db.upgrade(MIGRATIONS, settings.database.url)
     engine = db.create_engine(settings.database)
     sessions = db.sessionmaker(engine)
-    outbox = Outbox(OUTBOX, sessions)
+    outbox = Outbox(OUTBOX, sessions, batch=500)
     js = await runtime.connect_nats()
     token = settings.auth.service_token.get_secret_value()
     catalogue_channel = open_channel(
@@ -133,6 +133,7 @@ async def build(runtime: Runtime) -> Service:
             batch=settings.fire_batch,
             per_schedule=settings.fires_per_schedule_per_tick,
             default_window=timedelta(seconds=settings.catch_up_default_window_s),
+            lookahead=timedelta(seconds=settings.fire_lookahead_s),
         ),
     )
     schedules.on_change.append(firing.notify)

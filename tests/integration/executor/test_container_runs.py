@@ -264,7 +264,7 @@ async def test_container_is_removed_after_the_run(executor: ExecutorHarness) -> 
         label = f"{RUN_LABEL}={request.run_id}"
         for _ in range(300):  # removal runs off the run's path: wait for it, boundedly
             left = await asyncio.to_thread(
-                client.containers.list, all=True, filters={"label": label}
+                client.containers.list, all=True, sparse=True, filters={"label": label}
             )
             if not left:
                 break

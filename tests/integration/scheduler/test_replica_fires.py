@@ -42,10 +42,10 @@ from tests.integration.dialects import fresh_database
 from tests.integration.stack import RunPath, start_run_path, start_scheduler
 
 FO = pb.FireOutcome
-SCHEDULES = 50
+SCHEDULES = 100
 # Nominal times per schedule: one a second in [start, start + SECONDS): 2,100 in all (a
 # margin of 100 for schedules whose creation outlasts the lead on a very busy machine).
-SECONDS = 42
+SECONDS = 21
 # Time to create the schedules before the first nominal time.
 LEAD_S = 10
 GRACE_S = 15.0
