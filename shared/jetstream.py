@@ -20,7 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from runbox.events.v1 import events_pb2
 from shared.settings import NatsSettings
-from shared.tasks import stop_gracefully
+from shared.tasks import being_cancelled, stop_gracefully
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,9 @@ class DurableConsumer:
                 messages = await sub.fetch(self._batch, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
-            except Exception:
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                    raise
                 if self._stopping.is_set():
                     return
                 log.exception("fetch failed on %s; retrying", self._durable)
@@ -148,9 +150,9 @@ class DurableConsumer:
         assert self._batch_handler is not None
         try:
             await self._batch_handler(messages)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                raise
             log.warning(
                 "batch of %d failed on %s (%s); handling them one by one",
                 len(messages),
@@ -165,9 +167,9 @@ class DurableConsumer:
     async def _dispatch(self, msg: Msg) -> None:
         try:
             await self._handler(msg)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                raise
             log.exception("handler failed for %s; will redeliver", msg.subject)
             await msg.nak(delay=self._retry_delay)
             return

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import key_string
-from shared.tasks import stop_gracefully
+from shared.tasks import being_cancelled, stop_gracefully
 from shared.telemetry import inject_context
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,9 @@ class Outbox:
         while not self._stopping:
             try:
                 more = await self._step(js)
-            except Exception:
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                    raise
                 log.exception("outbox relay failed; retrying")
                 self._ready.clear()  # the table has them all, in order
                 self._scan, more = True, False

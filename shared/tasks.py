@@ -10,6 +10,15 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def being_cancelled() -> bool:
+    """Whether the current task itself was asked to stop. A CancelledError that arrives
+    without it came from something the task awaited (grpc.aio raises CancelledError for
+    an RPC its peer cancelled; a shared future was cancelled): a background loop must
+    survive that one, or it ends silently and its work stops."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def stop_gracefully(task: asyncio.Task[Any] | None, timeout_s: float) -> None:
     """Wait for a loop that was asked to stop to finish its current step;
     cancel it only if it does not within the timeout."""
@@ -71,6 +80,10 @@ class WakeableLoop:
             worked: object = False
             try:
                 worked = await self.step()
+            except asyncio.CancelledError:
+                if being_cancelled():
+                    raise
+                log.warning("%s: step failed: a call it awaited was cancelled; retrying", self.name)
             except Exception:
                 log.exception("%s: step failed; retrying", self.name)
             if self._stopping:

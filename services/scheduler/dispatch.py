@@ -21,7 +21,7 @@ from services.scheduler.executors import Executor, ExecutorSet
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import RunRow
 from services.scheduler.runs import Runs
-from shared.tasks import WakeableLoop
+from shared.tasks import WakeableLoop, being_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,13 @@ class Dispatcher(WakeableLoop):
                 await self._runs.record_attempt(row.id, executor.address)
             try:
                 reply = await executor.stub.Execute(request, timeout=10)
+            except asyncio.CancelledError:
+                if being_cancelled():
+                    raise
+                # grpc.aio raises this for a call its peer cancelled: no answer, as UNAVAILABLE.
+                self._metrics.dispatch.labels("busy").inc()
+                self._back_off(executor)
+                break
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in _BUSY:
                     self._metrics.dispatch.labels("busy").inc()
