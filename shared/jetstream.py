@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 import nats
 from google.protobuf.message import DecodeError
@@ -100,6 +101,9 @@ class DurableConsumer:
         self._task: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = asyncio.Event()
+        # When more messages were waiting after the last fetch: the stream time of the last
+        # one handled (what the service has read up to); None when it is caught up.
+        self.read_through: datetime | None = None
 
     async def start(self) -> None:
         config = ConsumerConfig(
@@ -129,6 +133,7 @@ class DurableConsumer:
             try:
                 messages = await sub.fetch(self._batch, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):
+                self.read_through = None  # nothing was waiting
                 continue
             except (Exception, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and being_cancelled():
@@ -139,10 +144,10 @@ class DurableConsumer:
                 await asyncio.sleep(self._retry_delay)
                 continue
             batched = self._batch_handler is not None and len(messages) > 1
-            if batched and await self._dispatch_batch(messages):
-                continue
-            for msg in messages:
-                await self._dispatch(msg)
+            if not (batched and await self._dispatch_batch(messages)):
+                for msg in messages:
+                    await self._dispatch(msg)
+            self.read_through = _behind(messages[-1]) if messages else None
 
     async def _dispatch_batch(self, messages: list[Msg]) -> bool:
         """The whole fetch to the batch handler; False if it failed (then each message goes
@@ -174,6 +179,15 @@ class DurableConsumer:
             await msg.nak(delay=self._retry_delay)
             return
         await msg.ack()
+
+
+def _behind(msg: Msg) -> datetime | None:
+    """The stream time of `msg` if more messages wait after it, else None."""
+    try:
+        metadata = msg.metadata
+    except Exception:  # not a JetStream message
+        return None
+    return metadata.timestamp if metadata.num_pending else None
 
 
 async def follow_script_changes(

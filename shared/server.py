@@ -98,12 +98,31 @@ def create_server(
 
 
 async def wait_for_signal() -> None:
-    """Return when SIGTERM or SIGINT arrives."""
+    """Return when SIGTERM or SIGINT arrives. SIGUSR1 logs every asyncio task with where
+    it is waiting (for an operator looking at a service that seems stuck)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     await stop.wait()
+
+
+def dump_tasks() -> None:
+    """Log each asyncio task of this loop and the frames it is suspended in."""
+    tasks = asyncio.all_tasks()
+    lines = [f"{len(tasks)} asyncio tasks:"]
+    for task in tasks:
+        frames: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None:  # down the chain of awaits to where it waits
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                name = frame.f_code.co_filename.rsplit("/", 1)[-1]
+                frames.append(f"{frame.f_code.co_name} ({name}:{frame.f_lineno})")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        lines.append(f"  {task.get_name()}: {' -> '.join(frames) or repr(task)}")
+    log.warning("\n".join(lines))
 
 
 def service_names(registrations: Iterable[Registration]) -> list[str]:

@@ -13,6 +13,7 @@ consumer has caught up and every live executor has heartbeated again."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from services.scheduler.metrics import SchedulerMetrics
@@ -35,8 +36,10 @@ class LeaseSweeper(WakeableLoop):
         interval_s: float,
         start_delay_s: float,
         batch: int = 100,
+        read_through: Callable[[], datetime | None] = lambda: None,
     ) -> None:
         super().__init__(interval_s, start_delay_s=start_delay_s)
+        self._read_through = read_through
         self._runs = runs
         self._metrics = metrics
         self._batch = batch
@@ -45,8 +48,14 @@ class LeaseSweeper(WakeableLoop):
         return await self.sweep_once()
 
     async def sweep_once(self) -> int:
-        """One round; returns how many runs were ended LOST."""
+        """One round; returns how many runs were ended LOST. A lease is judged on the
+        events this scheduler has read: while its event reader is behind (a burst), the
+        cutoff is the time of the last event it applied, not now, so a run whose executor
+        did report, in events not read yet, is not ended LOST."""
         now = datetime.now(UTC)
+        behind = self._read_through()
+        if behind is not None:
+            now = min(now, behind)
         lost = 0
         while lost < self._batch and not self._stopping:
             row = await self._runs.lose_expired(now)

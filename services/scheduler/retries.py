@@ -249,14 +249,19 @@ class RetryOrDeadLetter:
         self._metrics.dead_letters.labels(reason_label(reason)).inc()
 
 
-_COUNTED = FAILED | {RS.RUN_STATE_SUCCEEDED}
+# What a crash loop is made of: the script's own failures (an exit code, a signal, OOM, a
+# timeout), not a LOST run or an infrastructure failure, which say nothing of the script (a
+# scheduler overloaded past its leases must not quarantine every script it runs).
+SCRIPT_FAILED = frozenset({RS.RUN_STATE_FAILED, RS.RUN_STATE_TIMED_OUT})
+_NOT_THE_SCRIPT = (common_pb2.FAILURE_REASON_INFRASTRUCTURE, common_pb2.FAILURE_REASON_LOST)
+_COUNTED = SCRIPT_FAILED | {RS.RUN_STATE_SUCCEEDED}
 
 
 class Quarantines:
     """Crash-loop detection (an on_terminal hook), listing and release.
 
-    A script is quarantined when its last `failures` ended runs (cancels aside) all failed
-    within `window_s` and after its last release. Runs ending at the same instant on different
+    A script is quarantined when its last `failures` ended runs (cancels, LOST runs and
+    infrastructure failures aside) all failed within `window_s` and after its last release. Runs ending at the same instant on different
     connections do not see each other's end, so such a loop may be caught one failure later;
     two that both see it race on the insert, and the loser's is ignored (and counted as one
     more failure), so one event says so."""
@@ -279,7 +284,11 @@ class Quarantines:
         self._window = timedelta(seconds=window_s)
 
     async def __call__(self, session: AsyncSession, row: RunRow) -> None:
-        if not self._failures or row.state not in FAILED:
+        if (
+            not self._failures
+            or row.state not in SCRIPT_FAILED
+            or row.failure_reason in _NOT_THE_SCRIPT
+        ):
             return
         now = datetime.now(UTC)
         held = await session.get(QuarantineRow, row.script_name)
@@ -294,6 +303,7 @@ class Quarantines:
                 select(RunRow.state)
                 .where(RunRow.script_name == row.script_name)
                 .where(RunRow.state.in_(list(_COUNTED)))
+                .where(RunRow.failure_reason.not_in(_NOT_THE_SCRIPT))
                 .where(RunRow.finished_at >= since)
                 .order_by(RunRow.finished_at.desc())
                 .limit(self._failures)

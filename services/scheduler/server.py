@@ -83,12 +83,6 @@ async def build(runtime: Runtime) -> Service:
         window_s=settings.quarantine_window_s,
     )
     runs.on_terminal.extend([RetryOrDeadLetter(runs, metrics), quarantines])
-    sweeper = LeaseSweeper(
-        runs,
-        metrics,
-        interval_s=settings.lease_sweep_interval_s,
-        start_delay_s=settings.lease_s,
-    )
     dispatcher = Dispatcher(
         runs,
         executors,
@@ -118,6 +112,13 @@ async def build(runtime: Runtime) -> Service:
         batch_handler=run_events.many,
     )
 
+    sweeper = LeaseSweeper(
+        runs,
+        metrics,
+        interval_s=settings.lease_sweep_interval_s,
+        start_delay_s=settings.lease_s,
+        read_through=lambda: consumer.read_through,
+    )
     schedule_events = ScheduleEvents(outbox, settings.nats.subjects_prefix)
     schedules = Schedules(sessions, catalogue, schedule_events)
     firing = Firing(

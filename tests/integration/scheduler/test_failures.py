@@ -538,42 +538,67 @@ async def test_crash_loop_quarantines_until_released(
 async def test_two_replicas_sweep_each_lost_run_once_and_quarantine_once(
     database_url: str,
 ) -> None:
-    """Two schedulers' sweepers on one database (every dialect; PostgreSQL is the replicated
-    case): each expired run ends LOST once, with one FINISHED event and one retry. The crash
-    loop quarantines the script once (by the next failure at the latest: runs ending at the
-    same moment do not see each other's end), and its PENDING runs are no longer selected."""
+    """Two schedulers on one database (every dialect; PostgreSQL is the replicated case):
+    each expired run ends LOST once, with one FINISHED event and one retry, and LOST runs
+    never quarantine a script (they say nothing of it). Script failures applied through
+    both replicas at once quarantine the script once (by the next failure at the latest:
+    runs ending at the same moment do not see each other's end), and its PENDING runs are
+    no longer selected."""
     await db.upgrade(MIGRATIONS, database_url)
     replicas = [_replica(database_url) for _ in range(2)]
     now = datetime.now(UTC)
     policy = {"max_attempts": 2, "initial_backoff": "60s"}
     async with replicas[0].sessions() as session, session.begin():
         for i in range(5):
-            session.add(_row(f"lost{i}", "looping", RS.RUN_STATE_RUNNING, now, retry=policy))
+            session.add(_row(f"lost{i}", "flaky-host", RS.RUN_STATE_RUNNING, now, retry=policy))
+        for i in range(5):
+            running = _row(f"crash{i}", "looping", RS.RUN_STATE_RUNNING, now, retry=policy)
+            running.lease_expires_at = now + timedelta(hours=1)
+            session.add(running)
         session.add(_row("waiting", "looping", RS.RUN_STATE_PENDING, now))
         session.add(_row("other", "healthy", RS.RUN_STATE_PENDING, now))
     try:
         swept = await asyncio.gather(*(r.sweeper.sweep_once() for r in replicas for _ in range(3)))
         assert sum(swept) == 5
-        async with replicas[0].sessions() as session, session.begin():
-            session.add(_row("lost5", "looping", RS.RUN_STATE_RUNNING, now, retry=policy))
-        assert await replicas[1].sweeper.sweep_once() == 1
+        await asyncio.gather(*(replicas[i % 2].runs.apply(_crashed(f"crash{i}")) for i in range(4)))
+        assert await replicas[1].runs.apply(_crashed("crash4"))  # the next failure
         async with replicas[0].sessions() as session:
             rows = {r.id: r for r in (await session.scalars(select(RunRow))).all()}
             subjects = list((await session.scalars(select(OUTBOX.c.subject))).all())
             [held] = (await session.scalars(select(QuarantineRow))).all()
-        for i in range(6):
+        for i in range(5):
             lost = rows[f"lost{i}"]
             assert lost.state == RS.RUN_STATE_LOST and lost.failure_reason == RS.FAILURE_REASON_LOST
             assert rows[lost.retry_run_id or ""].parent_run_id == lost.id
             assert subjects.count(f"runbox.events.run.{lost.id}") == 2  # FINISHED + RETRIED
-        assert len(rows) == 6 + 2 + 6
+        for i in range(5):
+            crashed = rows[f"crash{i}"]
+            assert crashed.state == RS.RUN_STATE_FAILED and crashed.exit_code == 3
+            assert rows[crashed.retry_run_id or ""].parent_run_id == crashed.id
+        assert len(rows) == 5 + 5 + 2 + 10
         assert held.script_name == "looping" and held.consecutive_failures >= 3
         assert subjects.count("runbox.events.quarantine.looping") == 1
+        assert "runbox.events.quarantine.flaky-host" not in subjects
         pending = await replicas[1].runs.claim_pending(10, claim_s=30)
         assert [r.id for r in pending] == ["other"]
     finally:
         for replica in replicas:
             await replica.engine.dispose()
+
+
+def _crashed(run_id: str) -> events_pb2.RunEvent:
+    """The executor's FINISHED event of a script that exited 3."""
+    event = events_pb2.RunEvent(
+        event_id=f"{run_id}:finished",
+        run_id=run_id,
+        attempt=1,
+        type=events_pb2.RUN_EVENT_TYPE_FINISHED,
+        state=RS.RUN_STATE_FAILED,
+        exit=common_pb2.ExitInfo(exit_code=3, reason=common_pb2.FAILURE_REASON_EXIT_CODE),
+    )
+    event.occurred_at.GetCurrentTime()
+    event.finished_at.GetCurrentTime()
+    return event
 
 
 @dataclass
