@@ -285,11 +285,7 @@ class Firing(WakeableLoop):
         except IntegrityError:
             log.info("a fire of this round was recorded meanwhile: firing one by one")
             return sum([await self._step(schedule_id) for schedule_id, _, _ in done])
-        self._events.outbox.committed(messages)
-        for schedule_id, ready, outcome in done:
-            self._after_commit(schedule_id, ready, outcome, now)
-        for _, ready, _ in done:
-            await self._replace(ready.replaced)
+        await self._committed(done, messages, now)
         return len(done)
 
     async def _due(self, session: AsyncSession, now: datetime) -> Sequence[ScheduleRow]:
@@ -347,10 +343,22 @@ class Firing(WakeableLoop):
         except Unavailable as exc:
             log.warning("schedule %s not fired yet: %s", schedule_id, exc.message)
             return 0
-        self._events.outbox.committed(messages)
-        self._after_commit(schedule_id, prepared, outcome, now)
-        await self._replace(prepared.replaced)
+        await self._committed([(schedule_id, prepared, outcome)], messages, now)
         return 1
+
+    async def _committed(
+        self,
+        done: list[tuple[str, _Prepared, int]],
+        messages: list[OutboxMessage],
+        now: datetime,
+    ) -> None:
+        """After the commit that recorded `done`: relay its events, count the fires, and
+        cancel what REPLACE fires replace."""
+        self._events.outbox.committed(messages)
+        for schedule_id, ready, outcome in done:
+            self._after_commit(schedule_id, ready, outcome, now)
+        for _, ready, _ in done:
+            await self._replace(ready.replaced)
 
     def _parsed(self, row: ScheduleRow) -> tuple[pb.Schedule, tr.Spec]:
         """The schedule's definition and trigger, parsed once per version of the row (read

@@ -99,14 +99,10 @@ class ScheduleEvents:
         session: AsyncSession,
         kind: events_pb2.ScheduleEventType,
         row: ScheduleRow,
-        *,
-        key: str,
-        nominal: datetime | None = None,
-        run_id: str = "",
-        reason: str = "",
+        **fields: Any,
     ) -> None:
-        message = self.message(kind, row, key=key, nominal=nominal, run_id=run_id, reason=reason)
-        await self.outbox.add_many(session, [message])
+        """Stage `message(kind, row, **fields)` in the caller's transaction."""
+        await self.outbox.add_many(session, [self.message(kind, row, **fields)])
 
     def message(
         self,
