@@ -594,6 +594,17 @@ async def runbox_roundtrip(args: argparse.Namespace, env: Env) -> dict[str, Any]
             )
 
             phases: dict[str, list[float]] = {name: [] for name in PHASES}
+            # When each RunEvent reached NATS (this process's clock): splits the phases at the
+            # hops between the services (EVENT_MARKS).
+            seen: dict[tuple[str, int], float] = {}
+            hops: dict[str, list[float]] = {name: [] for name in EVENT_MARKS}
+
+            async def tap(msg: Any) -> None:
+                event = events_pb2.RunEvent.FromString(msg.data)
+                seen.setdefault((event.run_id, event.type), time.time())
+
+            tap_nc = await nats.connect(env.nats_url)
+            await tap_nc.subscribe(f"{PREFIX}.run.>", cb=tap)
 
             async def one() -> float:
                 started, wall = time.perf_counter(), time.time()
@@ -614,11 +625,24 @@ async def runbox_roundtrip(args: argparse.Namespace, env: Env) -> dict[str, Any]
                         ]
                         for name, (begin, end) in zip(PHASES, pairwise(marks), strict=True):
                             phases[name].append(end - begin)
+                        points = {
+                            "submit": wall,
+                            "created": marks[1],
+                            "started": marks[2],
+                            "finished": marks[3],
+                            "seen": wall + elapsed,
+                        }
+                        for name, (begin, kind, end) in EVENT_MARKS.items():
+                            at = seen.get((run.id, kind))
+                            if at is not None:
+                                hops[name].append(
+                                    at - points[begin] if end == "" else points[end] - at
+                                )
                         return elapsed
                 raise RuntimeError(f"run {run.id}: WatchRun ended before the run did")
 
             await lanes(warmup(args.runs), 1, one)
-            for samples in phases.values():
+            for samples in [*phases.values(), *hops.values()]:
                 samples.clear()
             log(f"runbox: {args.runs} runs, {args.concurrency} in flight")
             began = time.perf_counter()
@@ -627,6 +651,10 @@ async def runbox_roundtrip(args: argparse.Namespace, env: Env) -> dict[str, Any]
             result["runbox_phases_p50_ms"] = {
                 name: pct(values, 1000)[0] for name, values in phases.items()
             }
+            result["runbox_event_hops_p50_ms"] = {
+                name: pct(values, 1000)[0] for name, values in hops.items()
+            }
+            await tap_nc.close()
     finally:
         env.stop_all()
         if drop is not None:
@@ -642,6 +670,19 @@ async def runbox_roundtrip(args: argparse.Namespace, env: Env) -> dict[str, Any]
 # JetStream and the scheduler's consumer, then WatchRun). queue_time is left out: it is when
 # the scheduler recorded the dispatch, which can come after the start.
 PHASES = ("submit", "dispatch", "execute", "report")
+RET = events_pb2.RunEventType
+# Hops seen by tapping the RunEvents on NATS: name -> (mark, event type, mark): the time from
+# the first mark to the event's arrival on NATS, or (with the second mark) from its arrival
+# to that mark. created -> SUBMITTED (the scheduler's outbox relay), created -> QUEUED
+# (dispatch and the executor accepting), started -> STARTED, finished -> FINISHED (the
+# executor's outbox relay), FINISHED -> seen (the scheduler's consumer and WatchRun).
+EVENT_MARKS: dict[str, tuple[str, int, str]] = {
+    "created_to_submitted_event": ("created", RET.RUN_EVENT_TYPE_SUBMITTED, ""),
+    "created_to_queued_event": ("created", RET.RUN_EVENT_TYPE_QUEUED, ""),
+    "started_to_started_event": ("started", RET.RUN_EVENT_TYPE_STARTED, ""),
+    "finished_to_finished_event": ("finished", RET.RUN_EVENT_TYPE_FINISHED, ""),
+    "finished_event_to_seen": ("", RET.RUN_EVENT_TYPE_FINISHED, "seen"),
+}
 
 
 def timeline(run: pb.Run) -> list[timestamp_pb2.Timestamp]:

@@ -101,6 +101,7 @@ class Outbox:
         self._acked: list[str] = []  # sent and acknowledged, not yet marked in the table
         self._acked_since = 0.0
         self._scan = True  # the table may hold unsent rows memory does not know of
+        self._marking: asyncio.Task[None] | None = None  # a mark in the background
 
     async def add(
         self,
@@ -211,8 +212,24 @@ class Outbox:
         if self._acked and (
             len(self._acked) >= self._batch or _now() - self._acked_since >= self._mark_interval_s
         ):
-            await self._mark()
+            self._mark_behind()
         return more
+
+    def _mark_behind(self) -> None:
+        """Mark what was sent without holding up the next batch: the write may wait for the
+        database (on SQLite, for its turn behind a burst of fires) while events keep going
+        out. A failed mark leaves the ids for the next one (they go out again only after a
+        restart, as duplicates JetStream drops)."""
+        if self._marking is not None and not self._marking.done():
+            return
+
+        async def mark() -> None:
+            try:
+                await self._mark()
+            except Exception as exc:
+                log.warning("outbox: marking sent events failed (retried): %s", exc)
+
+        self._marking = asyncio.create_task(mark(), name="outbox-mark")
 
     async def flush(self, js: JetStreamContext) -> int:
         """Publish up to one batch of unsent rows from the table and mark them; how many
@@ -249,6 +266,8 @@ class Outbox:
     async def _mark(self) -> None:
         """Mark what was sent, in one write. A crash before it re-publishes those events,
         which JetStream drops as duplicates of their Nats-Msg-Id within the dedup window."""
+        if self._marking is not None and self._marking is not asyncio.current_task():
+            await asyncio.gather(self._marking, return_exceptions=True)
         while self._acked:
             ids, self._acked = self._acked[:1000], self._acked[1000:]
             try:

@@ -57,6 +57,11 @@ class WakeableLoop:
     def notify(self) -> None:
         self._wake.set()
 
+    def wait_s(self) -> float:
+        """How long to wait for a notify() before the next step (the interval; a loop that
+        knows when its next work is due can say sooner)."""
+        return self._interval
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=self.name)
 
@@ -92,5 +97,5 @@ class WakeableLoop:
                 await asyncio.sleep(0)  # let the others in before the next step
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                await asyncio.wait_for(self._wake.wait(), self.wait_s())
             self._wake.clear()

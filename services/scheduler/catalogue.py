@@ -101,6 +101,16 @@ class CatalogueClient:
             if self._inflight.get(key) is future:
                 del self._inflight[key]
 
+    @property
+    def generation(self) -> int:
+        """Bumped by every invalidation: an answer taken before a change to it is stale."""
+        return self._generation
+
+    @property
+    def cache_ttl_s(self) -> float:
+        """How long an answer may be reused (0: never)."""
+        return self._cache.ttl if self._cache is not None else 0.0
+
     def invalidate(self, name: str | None = None) -> None:
         """Forget what is cached of one script (or of all)."""
         self._generation += 1

@@ -8,6 +8,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 
 from runbox.events.v1 import events_pb2
+from services.scheduler.firing import FiresFirst
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.runs import Runs
 from shared.telemetry import run_id_var
@@ -18,9 +19,12 @@ log = logging.getLogger(__name__)
 class RunEventHandler:
     """Idempotent and forward-only: redelivered or old events change nothing."""
 
-    def __init__(self, runs: Runs, metrics: SchedulerMetrics) -> None:
+    def __init__(
+        self, runs: Runs, metrics: SchedulerMetrics, *, first: FiresFirst | None = None
+    ) -> None:
         self._runs = runs
         self._metrics = metrics
+        self._first = first or FiresFirst()
 
     async def __call__(self, msg: Msg) -> None:
         try:
@@ -36,6 +40,7 @@ class RunEventHandler:
     async def many(self, messages: list[Msg]) -> None:
         """A fetched batch in one transaction (the consumer falls back to one message at a
         time if it fails, so one bad event never holds up the rest)."""
+        await self._first.wait()
         events: list[events_pb2.RunEvent] = []
         for msg in messages:
             try:

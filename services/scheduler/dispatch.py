@@ -18,6 +18,7 @@ from google.protobuf import json_format, struct_pb2
 from runbox.common.v1 import common_pb2
 from runbox.executor.v1 import executor_pb2
 from services.scheduler.executors import Executor, ExecutorSet
+from services.scheduler.firing import FiresFirst
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import RunRow
 from services.scheduler.runs import Runs
@@ -70,8 +71,10 @@ class Dispatcher(WakeableLoop):
         failover_s: float = 20.0,
         secret_grace_s: float = 30.0,
         parallel: int = 16,
+        first: FiresFirst | None = None,
     ) -> None:
         super().__init__(interval_s)
+        self._first = first or FiresFirst()
         self._claim_s = claim_s
         self._failover = timedelta(seconds=failover_s)
         self._secret_grace = timedelta(seconds=secret_grace_s)
@@ -95,6 +98,7 @@ class Dispatcher(WakeableLoop):
         Execute calls in flight), their attempts and answers recorded in one write each."""
         if not self._executors.ready():
             return 0  # every executor is backing off: nothing to claim yet
+        await self._first.wait()
         limits = self._limits
         active: dict[str, int] = {}
         if limits.enabled:

@@ -34,14 +34,31 @@ import enum
 import hashlib
 import json
 import logging
+import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from cachetools import LRUCache
-from sqlalchemy import select
+from google.protobuf import json_format, timestamp_pb2
+from sqlalchemy import (
+    JSON,
+    Column,
+    Dialect,
+    MetaData,
+    Row,
+    Table,
+    Text,
+    TypeDecorator,
+    bindparam,
+    insert,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -50,9 +67,10 @@ from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
 from services.scheduler import schedule_spec
 from services.scheduler import triggers as tr
+from services.scheduler.catalogue import Checked
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import FireRow, RunRow, ScheduleRow
-from services.scheduler.runs import Runs, cancel_run
+from services.scheduler.runs import Runs, cancel_run, column_values
 from services.scheduler.schedules import ScheduleEvents, Schedules, definition
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.outbox import OutboxMessage
@@ -171,6 +189,168 @@ class _Prepared:
     replaced: list[str] = field(default_factory=list)
 
 
+class _Encoded(TypeDecorator[Any]):
+    """A JSON column whose values come encoded already (text): nothing to do on the way in."""
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+
+_RUNS = cast(Table, RunRow.__table__)
+_JSON_COLUMNS = frozenset(c.name for c in _RUNS.columns if isinstance(c.type, JSON))
+# The runs table as bulk fires insert into it: JSON values encoded once per schedule.
+_RUNS_ENCODED = Table(
+    "runs",
+    MetaData(),
+    *(Column(c.name, _Encoded() if c.name in _JSON_COLUMNS else c.type) for c in _RUNS.columns),
+)
+# SubmitRunRequest fields after idempotency_key (6), whose bytes follow its own.
+_AFTER_KEY = ("labels", "limits")
+
+
+def _timestamp(instant: datetime) -> timestamp_pb2.Timestamp:
+    micros = round(instant.timestamp() * 1_000_000)
+    return timestamp_pb2.Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
+
+
+_FIRES = cast(Table, FireRow.__table__)
+_SCHEDULES = cast(Table, ScheduleRow.__table__)
+
+
+def _due_columns() -> tuple[Any, ...]:
+    """What a round reads of each due schedule. The definition comes as its stored text (not
+    decoded): it keys the caches of parsed definitions and fire bases."""
+    return (
+        ScheduleRow.id,
+        ScheduleRow.script_name,
+        ScheduleRow.next_fire_at,
+        type_coerce(ScheduleRow.definition, Text).label("definition"),
+        ScheduleRow.created_at,
+    )
+
+
+def json_format_parse(text: str) -> pb.Schedule:
+    return json_format.ParseDict(json.loads(text), pb.Schedule())
+
+
+def _fire_request(schedule: pb.Schedule) -> pb.SubmitRunRequest:
+    """The submit request a fire of `schedule` makes (without its idempotency key)."""
+    request = pb.SubmitRunRequest(
+        script=schedule.script,
+        parameters=schedule.parameters,
+        priority=schedule.priority,
+        labels=schedule.labels,
+    )
+    if schedule.HasField("retry"):
+        request.retry.CopyFrom(schedule.retry)
+    return request
+
+
+@dataclass
+class _Base:
+    """What every fire of one version of a schedule shares, computed once (by the
+    lookahead, before its first fire): the parsed definition and trigger and, for an ALLOW
+    schedule whose script and parameters validate and carry no secrets, the catalogue's
+    answer it was built from, the submit request and the run's column values. Without
+    `values`, its fires go the general way."""
+
+    schedule: pb.Schedule
+    spec: tr.Spec
+    checked: Checked | None = None
+    request: pb.SubmitRunRequest | None = None
+    values: dict[str, Any] | None = None
+    # The catalogue answer was current at this cache generation, until this monotonic time.
+    generation: int = -1
+    fresh_until: float = 0.0
+    # The run's values as inserted (JSON columns encoded once), the request around its
+    # idempotency key (serialised fields before and after it, for the digest), and the
+    # events' constant fields, serialised once (per fire only its own fields are added:
+    # protobuf messages concatenate).
+    insert: dict[str, Any] = field(default_factory=dict)
+    digest_parts: tuple[bytes, bytes] = (b"", b"")
+    run_event: bytes = b""
+    run_headers: dict[str, str] = field(default_factory=dict)
+    fired_event: bytes = b""
+    fired_headers: dict[str, str] = field(default_factory=dict)
+    # Nominal time -> the next one (computed by the lookahead).
+    following: dict[datetime, datetime | None] = field(default_factory=dict)
+
+    def next_after(self, nominal: datetime) -> datetime | None:
+        if nominal not in self.following:
+            if len(self.following) > 8:
+                self.following.clear()
+            self.following[nominal] = tr.next_fire(self.spec, nominal)
+        return self.following[nominal]
+
+
+@dataclass(frozen=True)
+class _ScheduleRef:
+    id: str
+    script_name: str
+
+
+@dataclass
+class _Quick:
+    """One fire inserted in bulk: its rows and events."""
+
+    schedule_id: str
+    nominal: datetime
+    created_at: datetime
+    run: dict[str, Any]
+    fire: dict[str, Any]
+    advance: dict[str, Any]
+    messages: list[OutboxMessage]
+
+
+async def _insert_quick(session: AsyncSession, quick: list[_Quick]) -> None:
+    """Insert the runs and fire records and advance the schedules of a round's bulk fires,
+    a statement each (several rows per statement). The schedules were read in this
+    transaction (locked on servers; SQLite's writers take turns), so the advance is
+    conditional only as a guard."""
+    await session.execute(insert(_RUNS_ENCODED), [q.run for q in quick])
+    await session.execute(insert(_FIRES), [q.fire for q in quick])
+    await session.execute(
+        update(_SCHEDULES)
+        .where(
+            _SCHEDULES.c.id == bindparam("b_id"),
+            _SCHEDULES.c.next_fire_at == bindparam("b_nominal"),
+        )
+        .values(
+            next_fire_at=bindparam("n_next"),
+            last_fire_at=bindparam("n_last"),
+            updated_at=bindparam("n_updated"),
+            state=bindparam("n_state"),
+        ),
+        [q.advance for q in quick],
+    )
+
+
+class FiresFirst:
+    """Lets fires due now go before the scheduler's other background work: while firing
+    records a burst, dispatch rounds and event batches wait before starting (at most
+    `max_wait_s`, so they are never starved)."""
+
+    def __init__(self, max_wait_s: float = 2.0) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._max_wait_s = max_wait_s
+
+    def busy(self) -> None:
+        self._idle.clear()
+
+    def idle(self) -> None:
+        self._idle.set()
+
+    async def wait(self) -> None:
+        if self._idle.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self._max_wait_s)
+
+
 class Firing(WakeableLoop):
     """Background loop firing due schedules, and the run-end hook for queued fires and
     failure actions."""
@@ -188,6 +368,7 @@ class Firing(WakeableLoop):
         settings: FiringSettings,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        first: FiresFirst | None = None,
     ) -> None:
         super().__init__(settings.tick_s)
         self._sessions = sessions
@@ -199,6 +380,12 @@ class Firing(WakeableLoop):
         self._settings = settings
         self._clock = clock
         self._warmed_until: datetime | None = None
+        # The earliest fire the lookahead saw coming (the loop wakes for it).
+        self._next_due: datetime | None = None
+        self._bases: LRUCache[tuple[str, str, datetime], _Base] = LRUCache(
+            maxsize=PARSED_CACHE_ENTRIES
+        )
+        self.first = first or FiresFirst()
         self._parsed_cache: LRUCache[tuple[str, str, datetime], tuple[pb.Schedule, tr.Spec]] = (
             LRUCache(maxsize=PARSED_CACHE_ENTRIES)
         )
@@ -206,55 +393,143 @@ class Firing(WakeableLoop):
     async def step(self) -> int:
         return await self.tick()
 
+    def wait_s(self) -> float:
+        """Until the next tick: at most the tick interval, less when the lookahead saw a
+        fire due sooner (so a burst starts on its second, not up to a tick after)."""
+        if self._next_due is None:
+            return self._interval
+        left = (self._next_due - self._clock()).total_seconds()
+        return min(self._interval, max(left, 0.0))
+
     async def tick(self) -> int:
         """Handle what is due now, in rounds of up to `batch` schedules, one nominal time
-        each; returns how many fires were recorded."""
+        each; returns how many fires were recorded. While rounds find due schedules, the
+        loops that yield to firing (dispatch, applying events) wait: fires go first."""
         steps = 0
-        for _ in range(self._settings.per_schedule):
-            if self._stopping:
-                break
-            try:
-                recorded = await self._round(self._clock())
-            except OperationalError as exc:
-                # SQLite: another writer committed since this transaction's snapshot.
-                if "locked" not in str(exc):
-                    raise
-                break
-            steps += recorded
-            if not recorded:
-                break
+        try:
+            for _ in range(self._settings.per_schedule):
+                if self._stopping:
+                    break
+                try:
+                    recorded = await self._round(self._clock())
+                except OperationalError as exc:
+                    # SQLite: another writer committed since this transaction's snapshot.
+                    if "locked" not in str(exc):
+                        raise
+                    break
+                steps += recorded
+                if not recorded:
+                    break
+                self.first.busy()
+        finally:
+            self.first.idle()
         if not self._stopping:
             await self._warm(self._clock())
         return steps
 
     async def _warm(self, now: datetime) -> None:
         """Ahead of the fires due in the next `lookahead`: parse their schedules, compute
-        the time after, and have the catalogue check their script and parameters, so the
-        round that records them finds all of it cached. Each schedule once, as it enters
-        the window; a failure here only means a colder round."""
+        the time after, have the catalogue check their script and parameters and build the
+        runs' common column values, so the round that records them finds all of it ready.
+        Each schedule once, as it enters the window; a failure here only means a colder
+        round."""
         horizon = now + self._settings.lookahead
         start = max(self._warmed_until or now, now)
+        if self._next_due is not None and self._next_due <= now:
+            self._next_due = None
         if horizon <= start:
             return
         query = (
-            select(ScheduleRow)
+            select(*_due_columns())
             .where(ScheduleRow.state == SS.SCHEDULE_STATE_ACTIVE)
             .where(ScheduleRow.next_fire_at > start, ScheduleRow.next_fire_at <= horizon)
             .limit(WARM_LIMIT)
         )
         async with self._sessions() as session:
-            rows = (await session.scalars(query)).all()
+            rows = (await session.execute(query)).all()
         self._warmed_until = horizon
         gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
 
-        async def one(row: ScheduleRow) -> None:
+        async def one(row: Row[Any]) -> None:
             with contextlib.suppress(Exception):
-                schedule, spec = self._parsed(row)
-                tr.next_fire(spec, _aware(row.next_fire_at))  # type: ignore[arg-type]
                 async with gate:
-                    await self._runs.catalogue.check(schedule.script, schedule.parameters)
+                    base = await self._base(row)
+                base.next_after(_aware(row.next_fire_at))
 
         await asyncio.gather(*(one(row) for row in rows))
+        for row in rows:
+            due = _aware(row.next_fire_at)
+            if self._next_due is None or due < self._next_due:
+                self._next_due = due
+
+    async def _base(self, row: Row[Any]) -> _Base:
+        """The shared part of the fires of one version of a schedule (`_due_columns` of its
+        row), cached until the definition or the catalogue's answer for it changes. Raises
+        Unavailable when the catalogue cannot be reached."""
+        key = (row.id, row.definition, _aware(row.created_at))
+        base = self._bases.get(key)
+        if base is None:
+            schedule = json_format_parse(row.definition)
+            spec = schedule_spec.check_timing(schedule, anchor=_aware(row.created_at))
+            base = self._bases[key] = _Base(schedule, spec)
+        schedule = base.schedule
+        if schedule.concurrency != pb.CONCURRENCY_POLICY_ALLOW:
+            return base  # fires look at the schedule's active runs: the general way
+        catalogue = self._runs.catalogue
+        now = time.monotonic()
+        if base.generation == catalogue.generation and now < base.fresh_until:
+            return base  # the catalogue's answer it was built from is still current
+        generation = catalogue.generation
+        try:
+            checked = await catalogue.check(schedule.script, schedule.parameters)
+        except (InvalidArgument, NotFound, FailedPrecondition):
+            base.checked = base.values = None
+            base.generation, base.fresh_until = generation, now + catalogue.cache_ttl_s
+            return base  # recorded SKIPPED, with the reason, the general way
+        if base.checked is not checked:
+            request = _fire_request(schedule)
+            run, secrets = await self._runs.prepare(
+                request, actor=f"schedule:{row.id}", fresh=False
+            )
+            base.checked, base.request, base.values = checked, request, None
+            if not (secrets or run.secret_names):
+                run.schedule_id = row.id
+                self._build(base, run, _ScheduleRef(row.id, row.script_name))
+        base.generation, base.fresh_until = generation, now + catalogue.cache_ttl_s
+        return base
+
+    def _build(self, base: _Base, run: RunRow, ref: _ScheduleRef) -> None:
+        """The parts of a base that every fire copies (see _Base)."""
+        assert base.request is not None
+        values = base.values = column_values(run)
+        base.insert = {
+            name: json.dumps(value) if name in _JSON_COLUMNS else value
+            for name, value in values.items()
+        }
+        request = base.request
+        before, after = pb.SubmitRunRequest(), pb.SubmitRunRequest()
+        before.CopyFrom(request)
+        for name in _AFTER_KEY:
+            before.ClearField(name)  # type: ignore[arg-type]
+        after.labels.update(request.labels)
+        if request.HasField("limits"):
+            after.limits.CopyFrom(request.limits)
+        base.digest_parts = (
+            before.SerializeToString(deterministic=True),
+            after.SerializeToString(deterministic=True),
+        )
+        message = self._runs.event_message(
+            {**values, "id": ""}, events_pb2.RUN_EVENT_TYPE_SUBMITTED, "submitted"
+        )
+        event = events_pb2.RunEvent.FromString(message.payload)
+        for name in ("event_id", "run_id", "occurred_at"):
+            event.ClearField(name)  # type: ignore[arg-type]
+        base.run_event, base.run_headers = event.SerializeToString(), message.headers
+        fired = self._events.message(SE.SCHEDULE_EVENT_TYPE_FIRED, ref, key="")
+        scheduled = events_pb2.ScheduleEvent.FromString(fired.payload)
+        for name in ("event_id", "occurred_at"):
+            scheduled.ClearField(name)  # type: ignore[arg-type]
+        base.fired_event, base.fired_headers = scheduled.SerializeToString(), fired.headers
 
     async def _round(self, now: datetime) -> int:
         """Record the next due nominal time of up to `batch` due schedules in one
@@ -263,34 +538,156 @@ class Firing(WakeableLoop):
         answers are cached. A schedule whose fire cannot be prepared (the catalogue is
         unreachable) stays due and never holds up the others. If any fire was recorded
         meanwhile by another loop (SQLite has no row locks), the transaction fails on its
-        key and the schedules are fired one by one."""
+        key and the schedules are fired one by one.
+
+        Fires on time of ALLOW schedules whose run needs no secrets (the common case) are
+        inserted in bulk from their schedule's cached base; the others (misses, skips,
+        other concurrency policies) go the general way, through ORM rows."""
         messages: list[OutboxMessage] = []
         done: list[tuple[str, _Prepared, int]] = []
+        quick: list[_Quick] = []
         try:
             async with self._sessions() as session, session.begin():
-                rows = await self._due(session, now)
-                if not rows:
+                due = await self._due(session, now)
+                if not due:
                     return 0
-                prepared = await self._prepare_all(rows, now)
-                for row in rows:
-                    ready = prepared.get(row.id)
-                    if ready is None:
+                general: list[str] = []
+                for row in due:
+                    try:
+                        base = await self._base(row)
+                    except Unavailable as exc:
+                        log.warning("schedule %s not fired yet: %s", row.id, exc.message)
                         continue
-                    outcome = await self._record(session, row, ready, now, messages)
-                    done.append((row.id, ready, outcome))
-                if not done:
+                    except Exception:
+                        general.append(row.id)  # the general way logs why
+                        continue
+                    nominal = _aware(row.next_fire_at)
+                    if base.values is None or nominal < now - self._settings.grace:
+                        general.append(row.id)
+                    else:
+                        quick.append(self._quick(row, nominal, base))
+                if general:
+                    await self._record_general(session, general, now, messages, done)
+                if not done and not quick:
                     return 0
                 await session.flush()
+                if quick:
+                    await _insert_quick(session, quick)
+                    messages.extend(m for q in quick for m in q.messages)
                 await self._events.outbox.add_many(session, messages)
         except IntegrityError:
             log.info("a fire of this round was recorded meanwhile: firing one by one")
-            return sum([await self._step(schedule_id) for schedule_id, _, _ in done])
+            ids = [schedule_id for schedule_id, _, _ in done] + [q.schedule_id for q in quick]
+            return sum([await self._step(schedule_id) for schedule_id in ids])
         await self._committed(done, messages, now)
-        return len(done)
+        for q in quick:
+            self._metrics.fires.labels(q.schedule_id, "fired").inc()
+            self._metrics.fire_lateness.observe((q.created_at - q.nominal).total_seconds())
+            self._runs.submitted_id(q.run["id"], {}, relay=False)
+        return len(done) + len(quick)
 
-    async def _due(self, session: AsyncSession, now: datetime) -> Sequence[ScheduleRow]:
+    def _quick(self, row: Row[Any], nominal: datetime, base: _Base) -> _Quick:
+        """One fire on time of an ALLOW schedule: its run, fire record, the schedule's
+        advance and the two events, from the schedule's base."""
+        schedule_id, created = row.id, self._clock()
+        key = run_key(schedule_id, nominal)
+        run_id = uuid.uuid4().hex
+        before, after = base.digest_parts
+        digest = hashlib.sha256(
+            before + pb.SubmitRunRequest(idempotency_key=key).SerializeToString() + after
+        ).hexdigest()
+        run = dict(base.insert)
+        run.update(
+            id=run_id,
+            idempotency_key=key,
+            request_sha256=digest,
+            created_at=created,
+            updated_at=created,
+            next_dispatch_at=nominal
+            + jitter(schedule_id, nominal, base.schedule.jitter.ToTimedelta()),
+        )
+        following = base.next_after(nominal)
+        occurred = _timestamp(created)
+        fire_time = _timestamp(nominal)
+        prefix = self._events.prefix
+        return _Quick(
+            schedule_id=schedule_id,
+            nominal=nominal,
+            created_at=created,
+            run=run,
+            fire={
+                "schedule_id": schedule_id,
+                "nominal_at": nominal,
+                "outcome": FO.FIRE_OUTCOME_FIRED,
+                "run_id": run_id,
+                "reason": "",
+                "recorded_at": created,
+            },
+            advance={
+                "b_id": schedule_id,
+                "b_nominal": nominal,
+                "n_next": following,
+                "n_last": nominal,
+                "n_updated": created,
+                "n_state": SS.SCHEDULE_STATE_ACTIVE
+                if following is not None
+                else SS.SCHEDULE_STATE_COMPLETED,
+            },
+            messages=[
+                OutboxMessage(
+                    f"{prefix}.run.{run_id}",
+                    f"{run_id}:scheduler:submitted",
+                    base.run_event
+                    + events_pb2.RunEvent(
+                        event_id=f"{run_id}:scheduler:submitted",
+                        run_id=run_id,
+                        occurred_at=occurred,
+                    ).SerializeToString(),
+                    base.run_headers,
+                ),
+                OutboxMessage(
+                    f"{prefix}.schedule.{schedule_id}",
+                    f"schedule:{schedule_id}:{iso(nominal)}:FIRED",
+                    base.fired_event
+                    + events_pb2.ScheduleEvent(
+                        event_id=f"schedule:{schedule_id}:{iso(nominal)}:FIRED",
+                        run_id=run_id,
+                        occurred_at=occurred,
+                        fire_time=fire_time,
+                    ).SerializeToString(),
+                    base.fired_headers,
+                ),
+            ],
+        )
+
+    async def _record_general(
+        self,
+        session: AsyncSession,
+        schedule_ids: list[str],
+        now: datetime,
+        messages: list[OutboxMessage],
+        done: list[tuple[str, _Prepared, int]],
+    ) -> None:
+        """The general way: load the rows (already locked by this transaction), prepare
+        and record each fire through the ORM."""
+        rows = (
+            await session.scalars(
+                select(ScheduleRow)
+                .where(ScheduleRow.id.in_(schedule_ids))
+                .order_by(ScheduleRow.next_fire_at)
+            )
+        ).all()
+        prepared = await self._prepare_all(rows, now)
+        for row in rows:
+            ready = prepared.get(row.id)
+            if ready is None:
+                continue
+            outcome = await self._record(session, row, ready, now, messages)
+            done.append((row.id, ready, outcome))
+
+    async def _due(self, session: AsyncSession, now: datetime) -> Sequence[Row[Any]]:
         query = (
-            select(ScheduleRow)
+            select(*_due_columns())
             .where(ScheduleRow.state == SS.SCHEDULE_STATE_ACTIVE)
             .where(ScheduleRow.next_fire_at <= now)
             .order_by(ScheduleRow.next_fire_at)
@@ -298,7 +695,7 @@ class Firing(WakeableLoop):
         )
         if session.get_bind().dialect.name != "sqlite":
             query = query.with_for_update(skip_locked=True)
-        return (await session.scalars(query)).all()
+        return (await session.execute(query)).all()
 
     async def _prepare_all(
         self, rows: Sequence[ScheduleRow], now: datetime
@@ -391,15 +788,8 @@ class Firing(WakeableLoop):
             count, last, prepared.following = count_expired(spec, nominal, now - window)
             prepared.expired = (count, last)
         elif decided is Plan.FIRE:
-            request = pb.SubmitRunRequest(
-                script=schedule.script,
-                parameters=schedule.parameters,
-                priority=schedule.priority,
-                labels=schedule.labels,
-                idempotency_key=run_key(row.id, nominal),
-            )
-            if schedule.HasField("retry"):
-                request.retry.CopyFrom(schedule.retry)
+            request = _fire_request(schedule)
+            request.idempotency_key = run_key(row.id, nominal)
             try:
                 run, secrets = await self._runs.prepare(
                     request, actor=f"schedule:{row.id}", fresh=False
@@ -566,6 +956,66 @@ class Firing(WakeableLoop):
             with contextlib.suppress(FailedPrecondition, NotFound):
                 await self._runs.cancel_pending(run_id)
 
+    async def runs_ended(self, session: AsyncSession, runs: Sequence[RunRow]) -> None:
+        """Runs.on_terminal_many hook: `run_ended` for the runs of scheduled fires that one
+        transaction ends, without a query per run in the common case. The schedules are
+        locked (in id order) and read at once with their held runs; a run that only resets
+        its schedule's failure count (it succeeded, nothing of its schedule is held, the
+        schedule does not queue fires) joins one UPDATE; the schedules of any other run go
+        the general way, each of their runs in order."""
+        scheduled = [run for run in runs if run.schedule_id is not None]
+        if not scheduled:
+            return
+        ids = sorted({run.schedule_id for run in scheduled if run.schedule_id})
+        query = (
+            select(*_due_columns(), ScheduleRow.consecutive_failures)
+            .where(ScheduleRow.id.in_(ids))
+            .order_by(ScheduleRow.id)
+            .with_for_update()
+        )
+        rows = {row.id: row for row in (await session.execute(query)).all()}
+        holding: set[str] = set(
+            (
+                await session.scalars(
+                    select(RunRow.schedule_id)
+                    .where(RunRow.state == RS.RUN_STATE_PENDING)
+                    .where(RunRow.next_dispatch_at >= HELD_UNTIL)
+                    .where(RunRow.schedule_id.in_(ids))
+                    .distinct()
+                )
+            ).all()
+        ) - {None}  # type: ignore[assignment]
+        general = set(holding)
+        for run in scheduled:
+            row = rows.get(run.schedule_id or "")
+            if row is None:
+                continue
+            try:
+                queues = self._schedule_of(row).concurrency == pb.CONCURRENCY_POLICY_QUEUE
+            except Exception:
+                queues = True  # unreadable here: the general way decides
+            if queues or run.state != RS.RUN_STATE_SUCCEEDED or _held(run):
+                general.add(row.id)
+        reset = [
+            sid
+            for sid in ids
+            if sid in rows and sid not in general and rows[sid].consecutive_failures
+        ]
+        if reset:
+            await session.execute(
+                update(_SCHEDULES).where(_SCHEDULES.c.id.in_(reset)).values(consecutive_failures=0)
+            )
+        for run in scheduled:
+            if run.schedule_id in general:
+                await self.run_ended(session, run)
+
+    def _schedule_of(self, row: Any) -> pb.Schedule:
+        key = (row.id, row.definition, _aware(row.created_at))
+        base = self._bases.get(key)
+        if base is not None:
+            return base.schedule
+        return json_format_parse(row.definition)
+
     async def run_ended(self, session: AsyncSession, run: RunRow) -> None:
         """Runs.on_terminal hook, inside the transaction that ends the run: release the
         oldest queued fire of its schedule, and count failures for the failure action. The
@@ -669,6 +1119,11 @@ class Firing(WakeableLoop):
         await self._events.stage(
             session, kind, row, key=f"failure:{run.id}", run_id=run.id, reason=row.pause_reason
         )
+
+
+def _held(run: RunRow) -> bool:
+    """Whether the run is (or ended as) a queued fire's held run."""
+    return run.next_dispatch_at is not None and _aware(run.next_dispatch_at) >= HELD_UNTIL
 
 
 def _is_due(row: ScheduleRow, now: datetime) -> bool:

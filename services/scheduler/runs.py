@@ -4,6 +4,7 @@ server code here; the catalogue is reached through a small client."""
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 import json
 import math
@@ -71,10 +72,20 @@ class Runs:
         # Secret values live only here, in memory, until the run is dispatched.
         self.secrets: dict[str, dict[str, str]] = {}
         self.on_submitted: list[Any] = []
+        # Inside _commit_once: the run events its transaction stages, relayed from memory
+        # after the commit.
+        self._staging: contextvars.ContextVar[list[OutboxMessage] | None] = contextvars.ContextVar(
+            "staging", default=None
+        )
         # Called inside the transaction that ends a run, whichever way it ends (an executor's
         # event, a cancel while pending, a dispatch failure, a lost lease): what follows from
         # it (a retry, a dead letter, a schedule's failure count) commits with it or not at all.
         self.on_terminal: list[Callable[[AsyncSession, RunRow], Awaitable[None]]] = []
+        # The same, for hooks that handle the runs one transaction ends at once (after every
+        # on_terminal hook has seen each of them): a batch of events ends many.
+        self.on_terminal_many: list[
+            Callable[[AsyncSession, Sequence[RunRow]], Awaitable[None]]
+        ] = []
 
     async def submit(self, request: scheduler_pb2.SubmitRunRequest, *, actor: str) -> RunRow:
         """Validate through the catalogue and commit the run PENDING."""
@@ -97,7 +108,10 @@ class Runs:
         write: Callable[[AsyncSession], Awaitable[None]],
     ) -> RunRow:
         """Commit a new run with `write`; when a concurrent call with the same idempotency key
-        committed first, its run (the unique key makes sure only one exists)."""
+        committed first, its run (the unique key makes sure only one exists). The events
+        `write` staged go to the relay from memory once committed (no read back)."""
+        staged: list[OutboxMessage] = []
+        token = self._staging.set(staged)
         try:
             async with self._sessions() as session, session.begin():
                 await write(session)
@@ -106,7 +120,10 @@ class Runs:
             if existing is None:
                 raise
             return _same_request(existing, row.request_sha256)
-        self.submitted(row, secrets)
+        finally:
+            self._staging.reset(token)
+        self._outbox.committed(staged)
+        self.submitted(row, secrets, relay=False)
         return row
 
     async def prepare(
@@ -164,7 +181,19 @@ class Runs:
     def submitted(self, row: RunRow, secrets: dict[str, str], *, relay: bool = True) -> None:
         """After the commit of a staged run: keep its secrets, relay its event (unless the
         caller handed the outbox what it committed), count it."""
-        self.secrets[row.id] = secrets
+        self.submitted_id(row.id, secrets, secret_names=row.secret_names, relay=relay)
+
+    def submitted_id(
+        self,
+        run_id: str,
+        secrets: dict[str, str],
+        *,
+        secret_names: Sequence[str] = (),
+        relay: bool = True,
+    ) -> None:
+        """`submitted` by run id (for runs inserted without an ORM object)."""
+        if secrets or secret_names:
+            self.secrets[run_id] = secrets
         if relay:
             self._outbox.notify()
         self._metrics.submitted.inc()
@@ -265,8 +294,14 @@ class Runs:
         self.secrets.pop(row.id, None)
 
     async def _ended(self, session: AsyncSession, row: RunRow) -> None:
-        for hook in self.on_terminal:
-            await hook(session, row)
+        await self._ended_many(session, [row])
+
+    async def _ended_many(self, session: AsyncSession, rows: Sequence[RunRow]) -> None:
+        for row in rows:
+            for hook in self.on_terminal:
+                await hook(session, row)
+        for many in self.on_terminal_many:
+            await many(session, rows)
 
     def _after_change(self, row: RunRow) -> None:
         self._outbox.notify()
@@ -277,33 +312,40 @@ class Runs:
             ).inc()
 
     async def _event(self, session: AsyncSession, row: RunRow, kind: int, tag: str) -> None:
-        await self._outbox.add_many(session, [self.event_message(row, kind, tag)])
+        message = self.event_message(row, kind, tag)
+        await self._outbox.add_many(session, [message])
+        staged = self._staging.get()
+        if staged is not None:
+            staged.append(message)
 
-    def event_message(self, row: RunRow, kind: int, tag: str) -> OutboxMessage:
-        """The lifecycle event of `row` (id "<run>:scheduler:<tag>"), ready to stage."""
+    def event_message(self, row: RunRow | Mapping[str, Any], kind: int, tag: str) -> OutboxMessage:
+        """The lifecycle event of a run (a row, or its column values as inserted without an
+        ORM object; id "<run>:scheduler:<tag>"), ready to stage."""
+        get = row.get if isinstance(row, Mapping) else row.__getattribute__
+        run_id, trace_context = get("id"), get("trace_context")
         now = timestamp_pb2.Timestamp()
         now.GetCurrentTime()
         event = events_pb2.RunEvent(
-            event_id=f"{row.id}:scheduler:{tag}",
-            run_id=row.id,
-            attempt=row.attempt,
+            event_id=f"{run_id}:scheduler:{tag}",
+            run_id=run_id,
+            attempt=get("attempt"),
             type=kind,  # type: ignore[arg-type]
-            state=RS.ValueType(row.state),  # type: ignore[arg-type]
+            state=get("state"),
             occurred_at=now,
-            trace_context=row.trace_context,
-            script_name=row.script_name,
-            script_version=row.script_version,
-            execution_type=common_pb2.ExecutionType.ValueType(row.execution_type),  # type: ignore[arg-type]
-            schedule_id=row.schedule_id or "",
-            labels=row.labels,
-            parent_run_id=row.parent_run_id or "",
-            exit=common_pb2.ExitInfo(reason=row.failure_reason, message=row.exit_message),  # type: ignore[arg-type]
+            trace_context=trace_context,
+            script_name=get("script_name"),
+            script_version=get("script_version"),
+            execution_type=get("execution_type"),
+            schedule_id=get("schedule_id") or "",
+            labels=get("labels"),
+            parent_run_id=get("parent_run_id") or "",
+            exit=common_pb2.ExitInfo(reason=get("failure_reason"), message=get("exit_message")),
         )
         return OutboxMessage(
-            f"{self._prefix}.run.{row.id}",
+            f"{self._prefix}.run.{run_id}",
             event.event_id,
             event.SerializeToString(),
-            inject_context(dict(row.trace_context)),
+            inject_context(dict(trace_context or {})),
         )
 
     async def mark_dispatched_many(self, accepted: Sequence[tuple[str, str, str]]) -> None:
@@ -444,6 +486,7 @@ class Runs:
         if not moving:
             return changed
         ended: dict[str, RunRow] = {}
+        finished: list[RunRow] = []
         async with self._sessions() as session, session.begin():
             ids = sorted({events[i].run_id for i in moving})
             query = select(RunRow).where(RunRow.id.in_(ids)).order_by(RunRow.id).with_for_update()
@@ -461,9 +504,11 @@ class Runs:
                     row.lease_expires_at = self.lease_expiry()
                 if sm.is_terminal(row.state):
                     self._renewed.pop(row.id, None)
-                    await self._ended(session, row)
+                    finished.append(row)
                 changed[i] = True
                 ended[row.id] = row
+            if finished:
+                await self._ended_many(session, finished)
         for row in ended.values():
             self._after_change(row)
         return changed
@@ -662,6 +707,19 @@ def _apply_fields(row: RunRow, event: events_pb2.RunEvent) -> None:
             event.output.stderr_total_bytes,
         )
         row.result = json_format.MessageToDict(event.result)
+
+
+def column_values(row: RunRow) -> dict[str, Any]:
+    """Every column of a run not yet stored, its defaults filled in: what an INSERT without
+    the ORM needs (fires insert their runs in bulk)."""
+    values: dict[str, Any] = {}
+    for column in RunRow.__table__.columns:
+        value = getattr(row, column.key)
+        if value is None and column.default is not None:
+            default: Any = column.default
+            value = default.arg(None) if default.is_callable else default.arg
+        values[column.key] = value
+    return values
 
 
 def request_digest(request: scheduler_pb2.SubmitRunRequest, secret_names: Sequence[str]) -> str:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
 from sqlalchemy import func, select
@@ -86,6 +86,16 @@ def _request_digest(schedule: pb.Schedule) -> str:
     return hashlib.sha256(schedule.SerializeToString(deterministic=True)).hexdigest()
 
 
+class ScheduleRef(Protocol):
+    """What an event needs of its schedule (a row, or what a bulk fire read of it)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def script_name(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class ScheduleEvents:
     """Stages ScheduleEvents (subject `<prefix>.schedule.<schedule id>`) in the caller's
@@ -107,7 +117,7 @@ class ScheduleEvents:
     def message(
         self,
         kind: events_pb2.ScheduleEventType,
-        row: ScheduleRow,
+        row: ScheduleRef,
         *,
         key: str,
         nominal: datetime | None = None,

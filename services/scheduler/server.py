@@ -12,7 +12,7 @@ from services.scheduler.config import SchedulerSettings
 from services.scheduler.consumer import RunEventHandler
 from services.scheduler.dispatch import ConcurrencyLimits, Dispatcher
 from services.scheduler.executors import ExecutorSet
-from services.scheduler.firing import Firing, FiringSettings
+from services.scheduler.firing import FiresFirst, Firing, FiringSettings
 from services.scheduler.leases import LeaseSweeper
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import OUTBOX
@@ -83,6 +83,8 @@ async def build(runtime: Runtime) -> Service:
         window_s=settings.quarantine_window_s,
     )
     runs.on_terminal.extend([RetryOrDeadLetter(runs, metrics), quarantines])
+    # Fires due now go before dispatch rounds and event batches (docs/scheduler.md).
+    first = FiresFirst()
     dispatcher = Dispatcher(
         runs,
         executors,
@@ -100,9 +102,10 @@ async def build(runtime: Runtime) -> Service:
             per_script=settings.max_active_runs_per_script,
             scripts=settings.script_max_active_runs,
         ),
+        first=first,
     )
     runs.on_submitted.append(dispatcher.notify)
-    run_events = RunEventHandler(runs, metrics)
+    run_events = RunEventHandler(runs, metrics, first=first)
     consumer = DurableConsumer(
         js,
         stream=settings.nats.stream,
@@ -136,10 +139,11 @@ async def build(runtime: Runtime) -> Service:
             default_window=timedelta(seconds=settings.catch_up_default_window_s),
             lookahead=timedelta(seconds=settings.fire_lookahead_s),
         ),
+        first=first,
     )
     schedules.on_change.append(firing.notify)
     schedules.on_delete.append(firing.schedule_deleted)
-    runs.on_terminal.append(firing.run_ended)
+    runs.on_terminal_many.append(firing.runs_ended)
 
     async def start() -> None:
         assert runtime.nats is not None

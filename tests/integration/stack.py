@@ -189,5 +189,12 @@ async def start_run_path(
         tmp, nats_url, tokens, running_catalogue, running_executor, **(scheduler or {})
     )
     return RunPath(
-        tmp, nats_url, tokens, running_catalogue, running_executor, running, [], scheduler or {}
+        tmp,
+        nats_url,
+        tokens,
+        running_catalogue,
+        running_executor,
+        running,
+        [],
+        dict(scheduler or {}),
     )

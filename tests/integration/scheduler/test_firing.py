@@ -699,3 +699,80 @@ async def test_an_update_records_the_due_fire_it_overtakes_as_skipped(
     assert (fire.outcome, fire.run_id) == (FO.FIRE_OUTCOME_SKIPPED, None)
     assert aware(fire.nominal_at) == due and "updated" in fire.reason
     assert await db.runs(created.id) == []
+
+
+async def test_a_bulk_fire_is_the_run_its_submission_would_be(path: RunPath, db: Db) -> None:
+    """Fires of ALLOW schedules are inserted in bulk from a per-schedule template. Their run
+    is the one SubmitRun would make: the same request with the fire's idempotency key finds
+    it (same request digest), and its SUBMITTED RunEvent and FIRED ScheduleEvent carry every
+    field the general way sets."""
+    region = catalogue_pb2.ParameterDefinition(
+        name="region", type=catalogue_pb2.PARAMETER_TYPE_STRING, required=True
+    )
+    await path.publish("nightly", "print('v2')\n", params=[region], version="2.0.0")
+    stub = path.scheduler_stub()
+    parameters = struct_pb2.Struct()
+    parameters.update({"region": "eu"})
+    request = schedule(
+        HOURLY,
+        parameters=parameters,
+        priority=7,
+        labels={"team": "data", "tier": "gold"},
+        retry=common_pb2.RetryPolicy(max_attempts=3),
+    )
+    created = await stub.CreateSchedule(request)
+    nc = await nats.connect(path.nats_url)
+    runs_seen: list[events_pb2.RunEvent] = []
+    fires_seen: list[events_pb2.ScheduleEvent] = []
+
+    async def on_run(msg: Any) -> None:
+        runs_seen.append(events_pb2.RunEvent.FromString(msg.data))
+
+    async def on_fire(msg: Any) -> None:
+        fires_seen.append(events_pb2.ScheduleEvent.FromString(msg.data))
+
+    await nc.subscribe("runbox.events.run.>", cb=on_run)
+    await nc.subscribe(f"runbox.events.schedule.{created.id}", cb=on_fire)
+    try:
+        fire = await next_fire(db, created.id, None)
+        assert fire.outcome == FO.FIRE_OUTCOME_FIRED and fire.run_id
+
+        async def both() -> bool:
+            return any(e.run_id == fire.run_id for e in runs_seen) and bool(fires_seen)
+
+        await until(both)
+    finally:
+        await nc.close()
+    key = run_key(created.id, aware(fire.nominal_at))
+    again = await stub.SubmitRun(
+        pb.SubmitRunRequest(
+            script=common_pb2.ScriptRef(name="nightly"),
+            parameters=parameters,
+            priority=7,
+            labels={"team": "data", "tier": "gold"},
+            retry=common_pb2.RetryPolicy(max_attempts=3),
+            idempotency_key=key,
+        )
+    )
+    assert again.id == fire.run_id
+    assert again.schedule_id == created.id and again.priority == 7
+    assert again.script_version == "2.0.0" and dict(again.labels) == {
+        "team": "data",
+        "tier": "gold",
+    }
+    submitted = next(e for e in runs_seen if e.run_id == fire.run_id)
+    assert submitted.event_id == f"{fire.run_id}:scheduler:submitted"
+    assert submitted.type == events_pb2.RUN_EVENT_TYPE_SUBMITTED
+    assert submitted.state == RS.RUN_STATE_PENDING and submitted.attempt == 1
+    assert (submitted.script_name, submitted.script_version) == ("nightly", "2.0.0")
+    assert submitted.schedule_id == created.id and dict(submitted.labels) == dict(again.labels)
+    assert abs(submitted.occurred_at.ToDatetime(UTC) - aware(fire.recorded_at)) < timedelta(
+        seconds=1
+    )
+    [fired_event] = fires_seen
+    assert fired_event.type == events_pb2.SCHEDULE_EVENT_TYPE_FIRED
+    assert fired_event.run_id == fire.run_id and fired_event.script_name == "nightly"
+    assert fired_event.fire_time.ToDatetime(UTC) == aware(fire.nominal_at)
+    assert fired_event.event_id.startswith(f"schedule:{created.id}:")
+    [run] = await db.runs(created.id)
+    assert run.parameters == {"region": "eu"} and run.retry["max_attempts"] == 3
