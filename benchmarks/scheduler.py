@@ -357,7 +357,9 @@ async def all_runs(stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub) -> list[p
     runs: list[pb.Run] = []
     token = ""
     while True:
-        page = await stub.ListRuns(pb.ListRunsRequest(page_size=500, page_token=token))
+        # A page can wait behind the scheduler's backlog (a run still being completed):
+        # generous deadline, as a reader of a busy system would allow.
+        page = await stub.ListRuns(pb.ListRunsRequest(page_size=500, page_token=token), timeout=300)
         runs.extend(page.runs)
         token = page.next_page_token
         if not token:

@@ -1,4 +1,4 @@
-"""The `runbox` command line: a local stack, scripts, runs, schedules and dead letters."""
+"""The `runbox` command line: a local stack, scripts, runs, schedules, dead letters and alerts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import deadletters, publish, render, runs, schedules, scripts, templates
+from cli import alerts, deadletters, publish, render, runs, schedules, scripts, templates
 
 app = typer.Typer(help="Runbox: register scripts, run them in sandboxes.", no_args_is_help=True)
 app.add_typer(scripts.app, name="script")
@@ -21,6 +21,7 @@ app.add_typer(schedules.app, name="schedule")
 app.command("deadletters")(deadletters.deadletters_cmd)
 app.command("quarantines")(deadletters.quarantines_cmd)
 app.add_typer(deadletters.quarantine_app, name="quarantine")
+app.add_typer(alerts.app, name="alert")
 
 
 @app.command()

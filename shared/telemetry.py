@@ -87,3 +87,5 @@ def setup_logging(settings: LogSettings, service: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.level.upper())
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    # httpx logs each request's full URL at INFO; webhook URLs (Slack's) carry tokens.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

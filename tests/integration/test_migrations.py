@@ -14,7 +14,16 @@ from tests.integration.dialects import alembic, tables
 SERVICES = {
     "scheduler": {"runs", "outbox"},
     "executor": {"outbox"},
-    "alerting": {"processed_events"},
+    "alerting": {
+        "processed_events",
+        "rules",
+        "channels",
+        "silences",
+        "alerts",
+        "deliveries",
+        "run_history",
+        "watches",
+    },
 }
 
 

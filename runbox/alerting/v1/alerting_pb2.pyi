@@ -225,7 +225,7 @@ class Channel(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., email: _Optional[_Union[EmailChannel, _Mapping]] = ..., webhook: _Optional[_Union[WebhookChannel, _Mapping]] = ..., enabled: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Alert(_message.Message):
-    __slots__ = ("id", "rule_id", "group_key", "state", "severity", "summary", "script_name", "schedule_id", "run_id", "occurrences", "first_seen", "last_seen", "acknowledged_by", "resolve_time")
+    __slots__ = ("id", "rule_id", "group_key", "state", "severity", "summary", "script_name", "schedule_id", "run_id", "occurrences", "first_seen", "last_seen", "acknowledged_by", "resolve_time", "acknowledge_time", "resolved_by", "comment")
     ID_FIELD_NUMBER: _ClassVar[int]
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     GROUP_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +240,9 @@ class Alert(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     ACKNOWLEDGED_BY_FIELD_NUMBER: _ClassVar[int]
     RESOLVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_BY_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
     id: str
     rule_id: str
     group_key: str
@@ -254,26 +257,33 @@ class Alert(_message.Message):
     last_seen: _timestamp_pb2.Timestamp
     acknowledged_by: str
     resolve_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., rule_id: _Optional[str] = ..., group_key: _Optional[str] = ..., state: _Optional[_Union[AlertState, str]] = ..., severity: _Optional[_Union[Severity, str]] = ..., summary: _Optional[str] = ..., script_name: _Optional[str] = ..., schedule_id: _Optional[str] = ..., run_id: _Optional[str] = ..., occurrences: _Optional[int] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acknowledged_by: _Optional[str] = ..., resolve_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    acknowledge_time: _timestamp_pb2.Timestamp
+    resolved_by: str
+    comment: str
+    def __init__(self, id: _Optional[str] = ..., rule_id: _Optional[str] = ..., group_key: _Optional[str] = ..., state: _Optional[_Union[AlertState, str]] = ..., severity: _Optional[_Union[Severity, str]] = ..., summary: _Optional[str] = ..., script_name: _Optional[str] = ..., schedule_id: _Optional[str] = ..., run_id: _Optional[str] = ..., occurrences: _Optional[int] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acknowledged_by: _Optional[str] = ..., resolve_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acknowledge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolved_by: _Optional[str] = ..., comment: _Optional[str] = ...) -> None: ...
 
 class Silence(_message.Message):
-    __slots__ = ("id", "selector", "starts_at", "ends_at", "comment", "created_by")
+    __slots__ = ("id", "selector", "starts_at", "ends_at", "comment", "created_by", "expire_time", "create_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
     STARTS_AT_FIELD_NUMBER: _ClassVar[int]
     ENDS_AT_FIELD_NUMBER: _ClassVar[int]
     COMMENT_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     selector: Selector
     starts_at: _timestamp_pb2.Timestamp
     ends_at: _timestamp_pb2.Timestamp
     comment: str
     created_by: str
-    def __init__(self, id: _Optional[str] = ..., selector: _Optional[_Union[Selector, _Mapping]] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., comment: _Optional[str] = ..., created_by: _Optional[str] = ...) -> None: ...
+    expire_time: _timestamp_pb2.Timestamp
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., selector: _Optional[_Union[Selector, _Mapping]] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., comment: _Optional[str] = ..., created_by: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Delivery(_message.Message):
-    __slots__ = ("id", "alert_id", "channel_id", "state", "attempts", "last_error", "create_time", "deliver_time")
+    __slots__ = ("id", "alert_id", "channel_id", "state", "attempts", "last_error", "create_time", "deliver_time", "rule_id", "kind", "max_attempts", "next_attempt_time", "dead_letter_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     ALERT_ID_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +292,11 @@ class Delivery(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     DELIVER_TIME_FIELD_NUMBER: _ClassVar[int]
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     alert_id: str
     channel_id: str
@@ -290,7 +305,12 @@ class Delivery(_message.Message):
     last_error: str
     create_time: _timestamp_pb2.Timestamp
     deliver_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., alert_id: _Optional[str] = ..., channel_id: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deliver_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    rule_id: str
+    kind: str
+    max_attempts: int
+    next_attempt_time: _timestamp_pb2.Timestamp
+    dead_letter_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., alert_id: _Optional[str] = ..., channel_id: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deliver_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rule_id: _Optional[str] = ..., kind: _Optional[str] = ..., max_attempts: _Optional[int] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dead_letter_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateRuleRequest(_message.Message):
     __slots__ = ("rule", "idempotency_key")
@@ -399,26 +419,30 @@ class TestChannelRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class TestChannelResponse(_message.Message):
-    __slots__ = ("delivered", "error", "latency")
+    __slots__ = ("delivered", "error", "latency", "retryable")
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
+    RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     delivered: bool
     error: str
     latency: _duration_pb2.Duration
-    def __init__(self, delivered: _Optional[bool] = ..., error: _Optional[str] = ..., latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    retryable: bool
+    def __init__(self, delivered: _Optional[bool] = ..., error: _Optional[str] = ..., latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retryable: _Optional[bool] = ...) -> None: ...
 
 class ListAlertsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "states", "rule_id")
+    __slots__ = ("page_size", "page_token", "states", "rule_id", "script_name")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCRIPT_NAME_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     states: _containers.RepeatedScalarFieldContainer[AlertState]
     rule_id: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., states: _Optional[_Iterable[_Union[AlertState, str]]] = ..., rule_id: _Optional[str] = ...) -> None: ...
+    script_name: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., states: _Optional[_Iterable[_Union[AlertState, str]]] = ..., rule_id: _Optional[str] = ..., script_name: _Optional[str] = ...) -> None: ...
 
 class ListAlertsResponse(_message.Message):
     __slots__ = ("alerts", "next_page_token")
@@ -483,16 +507,18 @@ class ExpireSilenceRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListDeliveriesRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "states", "channel_id")
+    __slots__ = ("page_size", "page_token", "states", "channel_id", "alert_id")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_ID_FIELD_NUMBER: _ClassVar[int]
+    ALERT_ID_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     states: _containers.RepeatedScalarFieldContainer[DeliveryState]
     channel_id: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., states: _Optional[_Iterable[_Union[DeliveryState, str]]] = ..., channel_id: _Optional[str] = ...) -> None: ...
+    alert_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., states: _Optional[_Iterable[_Union[DeliveryState, str]]] = ..., channel_id: _Optional[str] = ..., alert_id: _Optional[str] = ...) -> None: ...
 
 class ListDeliveriesResponse(_message.Message):
     __slots__ = ("deliveries", "next_page_token")

@@ -261,7 +261,7 @@ class AlertingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryDelivery(self, request, context):
-        """Re-queues a dead-lettered delivery.
+        """Re-queues a dead-lettered (or retrying) delivery now, with its attempts reset.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,7 +58,7 @@ class AlertingServiceStub:
     ListDeliveries: _grpc.UnaryUnaryMultiCallable[_alerting_pb2.ListDeliveriesRequest, _alerting_pb2.ListDeliveriesResponse]
     """Lists delivery attempts (including dead-lettered ones)."""
     RetryDelivery: _grpc.UnaryUnaryMultiCallable[_alerting_pb2.RetryDeliveryRequest, _alerting_pb2.Delivery]
-    """Re-queues a dead-lettered delivery."""
+    """Re-queues a dead-lettered (or retrying) delivery now, with its attempts reset."""
 
 @_typing.type_check_only
 class AlertingServiceAsyncStub(AlertingServiceStub):
@@ -90,7 +90,7 @@ class AlertingServiceAsyncStub(AlertingServiceStub):
     ListDeliveries: _aio.UnaryUnaryMultiCallable[_alerting_pb2.ListDeliveriesRequest, _alerting_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
     """Lists delivery attempts (including dead-lettered ones)."""
     RetryDelivery: _aio.UnaryUnaryMultiCallable[_alerting_pb2.RetryDeliveryRequest, _alerting_pb2.Delivery]  # type: ignore[assignment]
-    """Re-queues a dead-lettered delivery."""
+    """Re-queues a dead-lettered (or retrying) delivery now, with its attempts reset."""
 
 class AlertingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Turns lifecycle events into notifications by rules.
@@ -239,6 +239,6 @@ class AlertingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _alerting_pb2.RetryDeliveryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_alerting_pb2.Delivery, _abc.Awaitable[_alerting_pb2.Delivery]]:
-        """Re-queues a dead-lettered delivery."""
+        """Re-queues a dead-lettered (or retrying) delivery now, with its attempts reset."""
 
 def add_AlertingServiceServicer_to_server(servicer: AlertingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
