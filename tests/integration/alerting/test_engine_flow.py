@@ -429,3 +429,26 @@ def script_events(flow: Flow) -> float:
     return flow.metric(
         "runbox_alerting_events_consumed_total", {"kind": "script", "result": "processed"}
     )
+
+
+async def test_an_oversized_event_is_refused_and_a_large_one_never_blocks_the_others(
+    flow: Flow,
+) -> None:
+    """A 10 MB event body never reaches the stream: NATS refuses it at publish (its payload
+    limit, 1 MB by default), so no consumer can be held up by one. An event near the limit
+    (800 KB of run output) is processed like any other: its notification stays small (the
+    context carries no run output) and the event after it notifies too."""
+    hook = await flow.webhook("/big")
+    await flow.rule([hook], condition=on_failed(), group_key="{{ run_id }}")
+    with pytest.raises(nats.errors.MaxPayloadError):
+        await flow.run_finished(run_id(), FAILED, output=b"x" * 10_000_000)
+    large = await flow.run_finished(run_id(), FAILED, output=b"y" * 400_000)
+    after = await flow.run_finished(run_id(), FAILED)
+    await until(lambda: len(flow.at("/big")) >= 2)
+    requests = flow.at("/big")
+    assert sorted(r.body["context"]["run_id"] for r in requests) == sorted(
+        [large.run_id, after.run_id]
+    )
+    for request in requests:
+        assert "yyyy" not in str(request.body)
+        assert len(str(request.body)) < 16_384
