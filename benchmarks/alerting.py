@@ -613,12 +613,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--gap-ms", type=float, default=10.0, help="quiet after each (a) event")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke size: 100 paced + 100 burst events"
+        "--quick", action="store_true", help="smoke size: 30 paced + 30 burst events"
     )
     parser.add_argument("--keep-logs", type=Path, help="copy the service's log here at the end")
     args = parser.parse_args()
     if args.quick:
-        args.events, args.burst, args.warmup, args.gap_ms = 100, 100, 5, 2.0
+        args.events, args.burst, args.warmup, args.gap_ms = 30, 30, 3, 2.0
     with tempfile.TemporaryDirectory(prefix="runbox-alerting-bench-") as tmp_name:
         try:
             result = asyncio.run(measure(args, Path(tmp_name)))

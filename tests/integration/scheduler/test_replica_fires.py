@@ -42,10 +42,10 @@ from tests.integration.dialects import fresh_database
 from tests.integration.stack import RunPath, start_run_path, start_scheduler
 
 FO = pb.FireOutcome
-SCHEDULES = 100
-# Nominal times per schedule: one a second in [start, start + SECONDS): 2,100 in all (a
-# margin of 100 for schedules whose creation outlasts the lead on a very busy machine).
-SECONDS = 21
+SCHEDULES = 200
+# Nominal times per schedule: one a second in [start, start + SECONDS): 2,200 in all (a
+# margin of 200 for schedules whose creation outlasts the lead on a very busy machine).
+SECONDS = 11
 # Time to create the schedules before the first nominal time.
 LEAD_S = 10
 GRACE_S = 15.0
@@ -231,7 +231,7 @@ async def stop_at(replica: Running, at: datetime) -> None:
 async def test_two_replicas_fire_each_nominal_time_once_when_one_stops_half_way(
     tmp_path: Path, nats_server: Any, tokens: Any
 ) -> None:
-    """2,100 nominal times (50 schedules firing every second for 42 s) on two PostgreSQL
+    """2,200 nominal times (200 schedules firing every second for 11 s) on two PostgreSQL
     replicas, one stopped half-way: each is exactly one FIRED fire row and one run, nothing
     MISSED or SKIPPED, and the replicas' fire counters (both non-zero) add up to the total."""
     async with fresh_database("postgres", tmp_path, "replica_fires") as url:
