@@ -102,22 +102,27 @@ class RuleCache:
         self._clock = clock
         self._rules: list[LoadedRule] = []
         self._loaded_at: float | None = None
+        self._changes = 0  # invalidate() calls so far
         self.version = 0
         # Called after invalidate(): e.g. the dead-man's switch loop re-reads its watches.
         self.on_change: list[Callable[[], None]] = []
 
     def invalidate(self) -> None:
         self._loaded_at = None
+        self._changes += 1
         for hook in self.on_change:
             hook()
 
     async def rules(self) -> Sequence[LoadedRule]:
-        """The enabled rules, from the cache while it is fresh."""
+        """The enabled rules, from the cache while it is fresh. A change made while they
+        were being read may be missing from what was read: then the next call reads again
+        (marking that read fresh would hide the change for a whole ttl)."""
         now = self._clock()
         if self._loaded_at is None or now - self._loaded_at >= self._ttl:
+            changes = self._changes
             async with self._sessions() as session:
                 self._rules = await active_rules(session)
-            self._loaded_at = now
+            self._loaded_at = now if changes == self._changes else None
             self.version += 1
         return self._rules
 
