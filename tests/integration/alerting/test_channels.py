@@ -4,6 +4,7 @@ and a local HTTP/1.1 receiver (signatures, Slack shape, status classes, timeouts
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import socket
@@ -231,6 +232,10 @@ async def test_send_email_wrong_password_is_not_retryable(
     assert smtp_starttls.mailbox.messages == []
 
 
+# aiosmtplib leaves the plain socket of a failed STARTTLS upgrade to the garbage collector
+# (its ResourceWarning then surfaced, as an unraisable exception, in whichever test ran
+# next): collected here, under this filter, so no other test is blamed for it.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
 async def test_send_email_untrusted_certificate_is_not_retryable(smtp_starttls: Smtp) -> None:
     """A server certificate no trusted CA signed is refused (no smtp_ca_file)."""
     channel = email_channel(smtp_starttls.port, starttls=True, username="alerts", password=PASSWORD)
@@ -239,6 +244,7 @@ async def test_send_email_untrusted_certificate_is_not_retryable(smtp_starttls: 
     assert not caught.value.retryable
     assert "certificate" in caught.value.message
     assert smtp_starttls.mailbox.messages == []
+    gc.collect()
 
 
 async def test_send_email_without_required_starttls_is_not_retryable(smtp_starttls: Smtp) -> None:
