@@ -31,7 +31,6 @@ import grpc
 import nats
 import pytest
 from google.protobuf import duration_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.js import JetStreamContext
 
 from cli import natsd
@@ -44,6 +43,7 @@ from services.alerting.server import DURABLE
 from shared.clients import open_channel
 from shared.settings import NatsSettings
 from tests.conftest import Tokens, require
+from tests.e2e.serving import wait_serving
 from tests.e2e.test_scheduler_faults import TERMINAL, eventually, get
 from tests.integration.stack import RunPath, start_run_path
 
@@ -162,18 +162,7 @@ class AlertingProcess:
 
     async def _wait_serving(self) -> None:
         assert self.proc is not None
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            for _ in range(300):
-                if self.proc.returncode is not None:
-                    break
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                await asyncio.sleep(0.2)
-        tail = self._log.read_text(errors="replace")[-3000:]
-        raise AssertionError(f"alerting did not start serving; log tail:\n{tail}")
+        await wait_serving(self.address, self.proc, self._log, "alerting")
 
     async def kill(self) -> None:
         """kill -9, and wait until it is gone."""

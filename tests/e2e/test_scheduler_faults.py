@@ -12,7 +12,6 @@ metrics count them too."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +26,6 @@ from typing import TypeVar
 import grpc
 import nats
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cli import natsd
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
@@ -41,6 +39,7 @@ from shared.clients import open_channel
 from shared.runtime import Running, build_runtime, launch
 from tests.conftest import Tokens, require
 from tests.e2e.grpc_proxy import UnaryProxy
+from tests.e2e.serving import wait_serving
 from tests.integration.helpers import settings_for
 from tests.integration.stack import start_executor
 
@@ -127,18 +126,7 @@ class SchedulerProcess:
 
     async def _wait_serving(self) -> None:
         assert self.proc is not None
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            for _ in range(300):
-                if self.proc.returncode is not None:
-                    break
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                await asyncio.sleep(0.2)
-        tail = self._log.read_text(errors="replace")[-3000:]
-        raise AssertionError(f"scheduler did not start serving; log tail:\n{tail}")
+        await wait_serving(self.address, self.proc, self._log, "scheduler")
 
     async def kill(self) -> None:
         """kill -9, and wait until it is gone."""
