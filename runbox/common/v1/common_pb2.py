@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drunbox/common/v1/common.proto\x12\x10runbox.common.v1\x1a\x1egoogle/protobuf/duration.proto\"*\n\tScriptRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xc9\x01\n\x0eResourceLimits\x12\x0b\n\x03\x63pu\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x03 \x01(\x03\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04pids\x18\x05 \x01(\x05\x12\x30\n\x07network\x18\x06 \x01(\x0e\x32\x1f.runbox.common.v1.NetworkPolicy\x12\x14\n\x0coutput_bytes\x18\x07 \x01(\x03\"\x97\x02\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x04 \x01(\x01\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\x12\x31\n\x08retry_on\x18\x06 \x03(\x0e\x32\x1f.runbox.common.v1.FailureReason\x12\x19\n\x11oom_memory_factor\x18\x07 \x01(\x01\x12\x1c\n\x14oom_memory_cap_bytes\x18\x08 \x01(\x03\"\x9c\x01\n\rResourceUsage\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12\x19\n\x11peak_memory_bytes\x18\x02 \x01(\x03\x12\x15\n\rio_read_bytes\x18\x03 \x01(\x03\x12\x16\n\x0eio_write_bytes\x18\x04 \x01(\x03\x12,\n\twall_time\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"o\n\x08\x45xitInfo\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12/\n\x06reason\x18\x02 \x01(\x0e\x32\x1f.runbox.common.v1.FailureReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06signal\x18\x04 \x01(\x05\"w\n\nOutputTail\x12\x0e\n\x06stdout\x18\x01 \x01(\x0c\x12\x0e\n\x06stderr\x18\x02 \x01(\x0c\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x1a\n\x12stdout_total_bytes\x18\x04 \x01(\x03\x12\x1a\n\x12stderr_total_bytes\x18\x05 \x01(\x03\"I\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0b\n\x03uri\x18\x04 \x01(\t*\xd4\x01\n\rExecutionType\x12\x1e\n\x1a\x45XECUTION_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45XECUTION_TYPE_PYTHON\x10\x01\x12\x18\n\x14\x45XECUTION_TYPE_SHELL\x10\x02\x12\x1c\n\x18\x45XECUTION_TYPE_CONTAINER\x10\x03\x12\x17\n\x13\x45XECUTION_TYPE_HTTP\x10\x04\x12\x1d\n\x19\x45XECUTION_TYPE_SERVERLESS\x10\x05\x12\x18\n\x14\x45XECUTION_TYPE_LOCAL\x10\x06*\xde\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x14\n\x10RUN_STATE_QUEUED\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05\x12\x17\n\x13RUN_STATE_TIMED_OUT\x10\x06\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x07\x12\x12\n\x0eRUN_STATE_LOST\x10\x08*\x85\x02\n\rFailureReason\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x41ILURE_REASON_EXIT_CODE\x10\x01\x12\x1d\n\x19\x46\x41ILURE_REASON_OOM_KILLED\x10\x02\x12\x1a\n\x16\x46\x41ILURE_REASON_TIMEOUT\x10\x03\x12\x1c\n\x18\x46\x41ILURE_REASON_CANCELLED\x10\x04\x12\x17\n\x13\x46\x41ILURE_REASON_LOST\x10\x05\x12!\n\x1d\x46\x41ILURE_REASON_INFRASTRUCTURE\x10\x06\x12!\n\x1d\x46\x41ILURE_REASON_INVALID_CONFIG\x10\x07*m\n\rNetworkPolicy\x12\x1e\n\x1aNETWORK_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13NETWORK_POLICY_NONE\x10\x01\x12#\n\x1fNETWORK_POLICY_EGRESS_ALLOWLIST\x10\x02*R\n\tIsolation\x12\x19\n\x15ISOLATION_UNSPECIFIED\x10\x00\x12\x15\n\x11ISOLATION_PER_RUN\x10\x01\x12\x13\n\x0fISOLATION_REUSE\x10\x02*G\n\x07Runtime\x12\x17\n\x13RUNTIME_UNSPECIFIED\x10\x00\x12\x10\n\x0cRUNTIME_RUNC\x10\x01\x12\x11\n\rRUNTIME_RUNSC\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drunbox/common/v1/common.proto\x12\x10runbox.common.v1\x1a\x1egoogle/protobuf/duration.proto\"*\n\tScriptRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xc9\x01\n\x0eResourceLimits\x12\x0b\n\x03\x63pu\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x03 \x01(\x03\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04pids\x18\x05 \x01(\x05\x12\x30\n\x07network\x18\x06 \x01(\x0e\x32\x1f.runbox.common.v1.NetworkPolicy\x12\x14\n\x0coutput_bytes\x18\x07 \x01(\x03\"\x97\x02\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x04 \x01(\x01\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\x12\x31\n\x08retry_on\x18\x06 \x03(\x0e\x32\x1f.runbox.common.v1.FailureReason\x12\x19\n\x11oom_memory_factor\x18\x07 \x01(\x01\x12\x1c\n\x14oom_memory_cap_bytes\x18\x08 \x01(\x03\"\xad\x01\n\rResourceUsage\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12\x19\n\x11peak_memory_bytes\x18\x02 \x01(\x03\x12\x15\n\rio_read_bytes\x18\x03 \x01(\x03\x12\x16\n\x0eio_write_bytes\x18\x04 \x01(\x03\x12,\n\twall_time\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07sandbox\x18\x06 \x01(\t\"o\n\x08\x45xitInfo\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12/\n\x06reason\x18\x02 \x01(\x0e\x32\x1f.runbox.common.v1.FailureReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06signal\x18\x04 \x01(\x05\"w\n\nOutputTail\x12\x0e\n\x06stdout\x18\x01 \x01(\x0c\x12\x0e\n\x06stderr\x18\x02 \x01(\x0c\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x1a\n\x12stdout_total_bytes\x18\x04 \x01(\x03\x12\x1a\n\x12stderr_total_bytes\x18\x05 \x01(\x03\"I\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0b\n\x03uri\x18\x04 \x01(\t*\xd4\x01\n\rExecutionType\x12\x1e\n\x1a\x45XECUTION_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45XECUTION_TYPE_PYTHON\x10\x01\x12\x18\n\x14\x45XECUTION_TYPE_SHELL\x10\x02\x12\x1c\n\x18\x45XECUTION_TYPE_CONTAINER\x10\x03\x12\x17\n\x13\x45XECUTION_TYPE_HTTP\x10\x04\x12\x1d\n\x19\x45XECUTION_TYPE_SERVERLESS\x10\x05\x12\x18\n\x14\x45XECUTION_TYPE_LOCAL\x10\x06*\xde\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x14\n\x10RUN_STATE_QUEUED\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05\x12\x17\n\x13RUN_STATE_TIMED_OUT\x10\x06\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x07\x12\x12\n\x0eRUN_STATE_LOST\x10\x08*\xa4\x02\n\rFailureReason\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x41ILURE_REASON_EXIT_CODE\x10\x01\x12\x1d\n\x19\x46\x41ILURE_REASON_OOM_KILLED\x10\x02\x12\x1a\n\x16\x46\x41ILURE_REASON_TIMEOUT\x10\x03\x12\x1c\n\x18\x46\x41ILURE_REASON_CANCELLED\x10\x04\x12\x17\n\x13\x46\x41ILURE_REASON_LOST\x10\x05\x12!\n\x1d\x46\x41ILURE_REASON_INFRASTRUCTURE\x10\x06\x12!\n\x1d\x46\x41ILURE_REASON_INVALID_CONFIG\x10\x07\x12\x1d\n\x19\x46\x41ILURE_REASON_NO_SANDBOX\x10\x08*m\n\rNetworkPolicy\x12\x1e\n\x1aNETWORK_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13NETWORK_POLICY_NONE\x10\x01\x12#\n\x1fNETWORK_POLICY_EGRESS_ALLOWLIST\x10\x02*R\n\tIsolation\x12\x19\n\x15ISOLATION_UNSPECIFIED\x10\x00\x12\x15\n\x11ISOLATION_PER_RUN\x10\x01\x12\x13\n\x0fISOLATION_REUSE\x10\x02*G\n\x07Runtime\x12\x17\n\x13RUNTIME_UNSPECIFIED\x10\x00\x12\x10\n\x0cRUNTIME_RUNC\x10\x01\x12\x11\n\rRUNTIME_RUNSC\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runbox.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXECUTIONTYPE']._serialized_start=1082
-  _globals['_EXECUTIONTYPE']._serialized_end=1294
-  _globals['_RUNSTATE']._serialized_start=1297
-  _globals['_RUNSTATE']._serialized_end=1519
-  _globals['_FAILUREREASON']._serialized_start=1522
-  _globals['_FAILUREREASON']._serialized_end=1783
-  _globals['_NETWORKPOLICY']._serialized_start=1785
-  _globals['_NETWORKPOLICY']._serialized_end=1894
-  _globals['_ISOLATION']._serialized_start=1896
-  _globals['_ISOLATION']._serialized_end=1978
-  _globals['_RUNTIME']._serialized_start=1980
-  _globals['_RUNTIME']._serialized_end=2051
+  _globals['_EXECUTIONTYPE']._serialized_start=1099
+  _globals['_EXECUTIONTYPE']._serialized_end=1311
+  _globals['_RUNSTATE']._serialized_start=1314
+  _globals['_RUNSTATE']._serialized_end=1536
+  _globals['_FAILUREREASON']._serialized_start=1539
+  _globals['_FAILUREREASON']._serialized_end=1831
+  _globals['_NETWORKPOLICY']._serialized_start=1833
+  _globals['_NETWORKPOLICY']._serialized_end=1942
+  _globals['_ISOLATION']._serialized_start=1944
+  _globals['_ISOLATION']._serialized_end=2026
+  _globals['_RUNTIME']._serialized_start=2028
+  _globals['_RUNTIME']._serialized_end=2099
   _globals['_SCRIPTREF']._serialized_start=83
   _globals['_SCRIPTREF']._serialized_end=125
   _globals['_RESOURCELIMITS']._serialized_start=128
@@ -51,11 +51,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRYPOLICY']._serialized_start=332
   _globals['_RETRYPOLICY']._serialized_end=611
   _globals['_RESOURCEUSAGE']._serialized_start=614
-  _globals['_RESOURCEUSAGE']._serialized_end=770
-  _globals['_EXITINFO']._serialized_start=772
-  _globals['_EXITINFO']._serialized_end=883
-  _globals['_OUTPUTTAIL']._serialized_start=885
-  _globals['_OUTPUTTAIL']._serialized_end=1004
-  _globals['_ARTIFACT']._serialized_start=1006
-  _globals['_ARTIFACT']._serialized_end=1079
+  _globals['_RESOURCEUSAGE']._serialized_end=787
+  _globals['_EXITINFO']._serialized_start=789
+  _globals['_EXITINFO']._serialized_end=900
+  _globals['_OUTPUTTAIL']._serialized_start=902
+  _globals['_OUTPUTTAIL']._serialized_end=1021
+  _globals['_ARTIFACT']._serialized_start=1023
+  _globals['_ARTIFACT']._serialized_end=1096
 # @@protoc_insertion_point(module_scope)

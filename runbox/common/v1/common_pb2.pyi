@@ -42,6 +42,7 @@ class FailureReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILURE_REASON_LOST: _ClassVar[FailureReason]
     FAILURE_REASON_INFRASTRUCTURE: _ClassVar[FailureReason]
     FAILURE_REASON_INVALID_CONFIG: _ClassVar[FailureReason]
+    FAILURE_REASON_NO_SANDBOX: _ClassVar[FailureReason]
 
 class NetworkPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -84,6 +85,7 @@ FAILURE_REASON_CANCELLED: FailureReason
 FAILURE_REASON_LOST: FailureReason
 FAILURE_REASON_INFRASTRUCTURE: FailureReason
 FAILURE_REASON_INVALID_CONFIG: FailureReason
+FAILURE_REASON_NO_SANDBOX: FailureReason
 NETWORK_POLICY_UNSPECIFIED: NetworkPolicy
 NETWORK_POLICY_NONE: NetworkPolicy
 NETWORK_POLICY_EGRESS_ALLOWLIST: NetworkPolicy
@@ -141,18 +143,20 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_attempts: _Optional[int] = ..., initial_backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., multiplier: _Optional[float] = ..., jitter: _Optional[float] = ..., retry_on: _Optional[_Iterable[_Union[FailureReason, str]]] = ..., oom_memory_factor: _Optional[float] = ..., oom_memory_cap_bytes: _Optional[int] = ...) -> None: ...
 
 class ResourceUsage(_message.Message):
-    __slots__ = ("cpu_seconds", "peak_memory_bytes", "io_read_bytes", "io_write_bytes", "wall_time")
+    __slots__ = ("cpu_seconds", "peak_memory_bytes", "io_read_bytes", "io_write_bytes", "wall_time", "sandbox")
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     IO_READ_BYTES_FIELD_NUMBER: _ClassVar[int]
     IO_WRITE_BYTES_FIELD_NUMBER: _ClassVar[int]
     WALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
     cpu_seconds: float
     peak_memory_bytes: int
     io_read_bytes: int
     io_write_bytes: int
     wall_time: _duration_pb2.Duration
-    def __init__(self, cpu_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ..., wall_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    sandbox: str
+    def __init__(self, cpu_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ..., wall_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., sandbox: _Optional[str] = ...) -> None: ...
 
 class ExitInfo(_message.Message):
     __slots__ = ("exit_code", "reason", "message", "signal")
