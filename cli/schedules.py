@@ -710,6 +710,10 @@ def stats_cmd(
     for state, count in sorted(stats.runs_by_state.items()):
         out.print(f"    {state.removeprefix('RUN_STATE_'):<11}{count}", highlight=False)
     out.print(f"  success rate {stats.success_rate:.1%}", highlight=False)
+    if stats.fires_by_outcome:
+        out.print(f"  fires        {sum(stats.fires_by_outcome.values())}", highlight=False)
+    for outcome, count in sorted(stats.fires_by_outcome.items()):
+        out.print(f"    {outcome.removeprefix('FIRE_OUTCOME_'):<11}{count}", highlight=False)
     for label, field in (("average", "average_duration"), ("p95", "p95_duration")):
         value = getattr(stats, field)
         shown = f"{value.ToTimedelta().total_seconds():.3f}s" if stats.HasField(field) else "-"  # type: ignore[arg-type]

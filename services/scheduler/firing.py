@@ -581,7 +581,7 @@ class Firing(WakeableLoop):
             return sum([await self._step(schedule_id) for schedule_id in ids])
         await self._committed(done, messages, now)
         for q in quick:
-            self._metrics.fires.labels(q.schedule_id, "fired").inc()
+            self._metrics.fires.labels("fired").inc()
             self._metrics.fire_lateness.observe((q.created_at - q.nominal).total_seconds())
             self._runs.submitted_id(q.run["id"], {}, relay=False)
         return len(done) + len(quick)
@@ -931,7 +931,7 @@ class Firing(WakeableLoop):
     ) -> None:
         name = FO.Name(outcome).removeprefix("FIRE_OUTCOME_").lower()
         count = prepared.expired[0] if prepared.expired is not None else 1
-        self._metrics.fires.labels(schedule_id, name).inc(count)
+        self._metrics.fires.labels(name).inc(count)
         if outcome in (FO.FIRE_OUTCOME_FIRED, FO.FIRE_OUTCOME_QUEUED):
             self._metrics.fire_lateness.observe((now - prepared.nominal).total_seconds())
             assert prepared.run is not None and prepared.secrets is not None
@@ -1105,7 +1105,7 @@ class Firing(WakeableLoop):
         ):
             row.state, kind = SS.SCHEDULE_STATE_DISABLED, SE.SCHEDULE_EVENT_TYPE_DISABLED
         name = pb.FailureAction.Name(action).removeprefix("FAILURE_ACTION_").lower()
-        self._metrics.failure_actions.labels(row.id, name).inc()
+        self._metrics.failure_actions.labels(name).inc()
         if kind == SE.SCHEDULE_EVENT_TYPE_FAILING:
             # NOTIFY (or a PAUSE / DISABLE that already happened): the schedule goes on; the
             # event tells whoever follows it (alert rules) that it is failing.

@@ -52,12 +52,12 @@ class SchedulerMetrics:
             "Scripts quarantined now (as last seen by this replica).",
             registry=registry,
         )
-        # Schedule ids are bounded by the schedules stored, so they may be label values.
+        # No schedule id label: per-schedule figures are in GetStatistics and ListFires (a
+        # label per schedule would be one series per schedule and outcome).
         self.fires = Counter(
             "runbox_scheduler_fires_total",
-            "Nominal fire times recorded, per schedule and outcome (fired, skipped, missed, "
-            "queued).",
-            ["schedule", "outcome"],
+            "Nominal fire times recorded, by outcome (fired, skipped, missed, queued).",
+            ["outcome"],
             registry=registry,
         )
         self.fire_lateness = Histogram(
@@ -68,7 +68,8 @@ class SchedulerMetrics:
         )
         self.failure_actions = Counter(
             "runbox_scheduler_schedule_failure_actions_total",
-            "Failure actions taken after consecutive failed runs, per schedule and action.",
-            ["schedule", "action"],
+            "Failure actions taken after consecutive failed runs of a schedule, by action "
+            "(notify, pause, disable).",
+            ["action"],
             registry=registry,
         )

@@ -16,7 +16,7 @@ import hashlib
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -39,6 +39,7 @@ from shared.outbox import Outbox, OutboxMessage
 from shared.telemetry import inject_context
 
 SS = pb.ScheduleState
+FO = pb.FireOutcome
 RS = common_pb2.RunState
 SE = events_pb2.ScheduleEventType
 STATISTICS_WINDOW = timedelta(days=30)
@@ -157,6 +158,7 @@ class Statistics:
     p95: timedelta | None
     last_fire: datetime | None
     next_fire: datetime | None
+    fires_by_outcome: dict[str, int] = field(default_factory=dict)
 
 
 class Schedules:
@@ -481,6 +483,7 @@ class Schedules:
                     )
                 )
             ).all()
+            fires = await self._fire_counts(session, [s.id for s in schedules], since)
         by_state = {RS.Name(s): int(n) for s, n in counts if sm.is_terminal(s)}
         ended = sum(by_state.values())
         durations = sorted(_aware(end) - _aware(start) for start, end in spans if start and end)
@@ -494,7 +497,25 @@ class Schedules:
             p95=durations[math.ceil(0.95 * len(durations)) - 1] if durations else None,
             last_fire=max(lasts, default=None),
             next_fire=min(nexts, default=None),
+            fires_by_outcome=fires,
         )
+
+    @staticmethod
+    async def _fire_counts(
+        session: AsyncSession, schedule_ids: Sequence[str], since: datetime
+    ) -> dict[str, int]:
+        """Fire records of the schedules with a nominal time in the window, by outcome (the
+        per-schedule figures Prometheus does not carry: its counters have no schedule label)."""
+        if not schedule_ids:
+            return {}
+        rows = (
+            await session.execute(
+                select(FireRow.outcome, func.count())
+                .where(FireRow.schedule_id.in_(schedule_ids), FireRow.nominal_at >= since)
+                .group_by(FireRow.outcome)
+            )
+        ).all()
+        return {FO.Name(outcome): int(n) for outcome, n in rows}
 
     @staticmethod
     async def _locked(session: AsyncSession, schedule_id: str) -> ScheduleRow:

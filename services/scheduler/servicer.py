@@ -312,4 +312,5 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             last_fire_time=_ts(stats.last_fire),
             next_fire_time=_ts(stats.next_fire),
             total_runs=stats.total,
+            fires_by_outcome=stats.fires_by_outcome,
         )

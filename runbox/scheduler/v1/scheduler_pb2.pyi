@@ -626,8 +626,15 @@ class GetStatisticsRequest(_message.Message):
     def __init__(self, schedule_id: _Optional[str] = ..., script_name: _Optional[str] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Statistics(_message.Message):
-    __slots__ = ("runs_by_state", "success_rate", "average_duration", "p95_duration", "last_fire_time", "next_fire_time", "total_runs")
+    __slots__ = ("runs_by_state", "success_rate", "average_duration", "p95_duration", "last_fire_time", "next_fire_time", "total_runs", "fires_by_outcome")
     class RunsByStateEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class FiresByOutcomeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -641,6 +648,7 @@ class Statistics(_message.Message):
     LAST_FIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     NEXT_FIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     TOTAL_RUNS_FIELD_NUMBER: _ClassVar[int]
+    FIRES_BY_OUTCOME_FIELD_NUMBER: _ClassVar[int]
     runs_by_state: _containers.ScalarMap[str, int]
     success_rate: float
     average_duration: _duration_pb2.Duration
@@ -648,4 +656,5 @@ class Statistics(_message.Message):
     last_fire_time: _timestamp_pb2.Timestamp
     next_fire_time: _timestamp_pb2.Timestamp
     total_runs: int
-    def __init__(self, runs_by_state: _Optional[_Mapping[str, int]] = ..., success_rate: _Optional[float] = ..., average_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p95_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., last_fire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_fire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_runs: _Optional[int] = ...) -> None: ...
+    fires_by_outcome: _containers.ScalarMap[str, int]
+    def __init__(self, runs_by_state: _Optional[_Mapping[str, int]] = ..., success_rate: _Optional[float] = ..., average_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p95_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., last_fire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_fire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_runs: _Optional[int] = ..., fires_by_outcome: _Optional[_Mapping[str, int]] = ...) -> None: ...

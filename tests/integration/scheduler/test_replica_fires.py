@@ -81,7 +81,7 @@ def schedule_request(index: int, start: datetime) -> pb.CreateScheduleRequest:
 
 
 def fires_counted(registry: CollectorRegistry) -> collections.Counter[str]:
-    """This replica's runbox_scheduler_fires_total, summed over schedules, per outcome."""
+    """This replica's runbox_scheduler_fires_total per outcome."""
     counted: collections.Counter[str] = collections.Counter()
     for metric in registry.collect():
         if metric.name == "runbox_scheduler_fires":
