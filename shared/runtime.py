@@ -75,7 +75,7 @@ def build_runtime(service: str, settings: ServiceSettings) -> Runtime:
     setup_logging(settings.log, service)
     # No `<counter>_created` series: they double what every scrape stores and no rule or
     # dashboard reads them (process-wide; checked when a registry is collected).
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     return Runtime(
         service=service,
         settings=settings,
