@@ -400,6 +400,9 @@ def run(job):
             pass
     if job.get("measure") == "cgroup":
         usage = cgroup_usage()
+        if ru is not None and not (usage["io_read_bytes"] or usage["io_write_bytes"]):
+            # A kernel without block I/O accounting in cgroups (its counters stay 0): the run's own.
+            usage.update(io_read_bytes=ru.ru_inblock * 512, io_write_bytes=ru.ru_oublock * 512)
     else:
         usage = {"io_read_bytes": 0, "io_write_bytes": 0, "oom_killed": oom_kills() > oom_before}
         if ru is not None:

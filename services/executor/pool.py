@@ -35,7 +35,7 @@ from docker.models.containers import Container, _create_container_args
 from runbox.common.v1 import common_pb2
 from services.executor.agent import AGENT_SOURCE
 from services.executor.config import SandboxSettings
-from services.executor.metrics import ExecutorMetrics
+from services.executor.metrics import ExecutorMetrics, resource_class
 from services.executor.runners.base import Job
 from shared.errors import FailedPrecondition, FieldViolation
 
@@ -69,6 +69,11 @@ class PoolClass:
             f"{runtime}-{self.cpus:g}cpu-{self.memory_bytes >> 20}mib-{self.pids}pids"
             f"-{self.work_bytes >> 20}mib-{self.network}"
         )
+
+    @property
+    def resource_class(self) -> str:
+        """The metrics' bounded size class (pool class names are not label values)."""
+        return resource_class(self.memory_bytes)
 
     @property
     def proto_runtime(self) -> int:
@@ -243,11 +248,11 @@ class WarmPool:
         while state.idle:
             sandbox = state.idle.popleft()
             if _alive(sandbox):
-                self._metrics.pool_acquires.labels(cls.name, "hit").inc()
+                self._metrics.pool_acquires.labels(cls.resource_class, "hit").inc()
                 self._gauges(cls)
                 return sandbox
             self.discard(sandbox)
-        self._metrics.pool_acquires.labels(cls.name, "miss").inc()
+        self._metrics.pool_acquires.labels(cls.resource_class, "miss").inc()
         try:
             return await self._create(cls)
         except BaseException:
@@ -265,7 +270,7 @@ class WarmPool:
                 state = self._state(cls)
                 state.busy += 1
                 state.last_used = time.monotonic()
-                self._metrics.pool_acquires.labels(cls.name, "reuse").inc()
+                self._metrics.pool_acquires.labels(cls.resource_class, "reuse").inc()
                 self._gauges(cls)
                 return sandbox
             self.discard(sandbox)
@@ -275,6 +280,7 @@ class WarmPool:
         """After a run: keep it for the script's next run, or remove it off the run's path."""
         state = self._state(sandbox.cls)
         state.busy = max(state.busy - 1, 0)
+        self._metrics.sandboxes.assigned(sandbox.container.id, "")
         sandbox.runs += 1
         sandbox.last_used = time.monotonic()
         if keep_for is not None and not reason and sandbox.runs < self._pool.reuse_max_runs:
@@ -382,6 +388,7 @@ class WarmPool:
                 self._metrics.container_failures.inc()
                 raise
         sandbox = Sandbox(container, attached, cls)
+        self._metrics.sandboxes.started(container.id, cls.resource_class, cls.memory_bytes)
         try:
             await asyncio.wait_for(_ready(attached), READY_TIMEOUT_S)
         except (TimeoutError, OSError, ValueError) as exc:
@@ -419,6 +426,7 @@ class WarmPool:
         return container, Attached(response, stream)
 
     async def _remove(self, sandbox: Sandbox) -> None:
+        self._metrics.sandboxes.removed(sandbox.container.id)
         sandbox.attached.close()
         try:
             await asyncio.to_thread(sandbox.container.remove, force=True)
@@ -426,14 +434,18 @@ class WarmPool:
             log.warning("could not remove sandbox %s: %s", sandbox.container.short_id, exc)
 
     def _gauges(self, cls: PoolClass) -> None:
-        state = self._classes.get(cls)
-        if state is None:
-            return
-        kept = self._kept(cls)
+        """The pool gauges of the class's resource class: the sum over its pool classes."""
+        name = cls.resource_class
+        idle = busy = starting = 0
+        for other, state in self._classes.items():
+            if other.resource_class == name:
+                idle += len(state.idle) + self._kept(other)
+                busy += state.busy
+                starting += state.starting
         gauge = self._metrics.pool_containers
-        gauge.labels(cls.name, "idle").set(len(state.idle) + kept)
-        gauge.labels(cls.name, "busy").set(state.busy)
-        gauge.labels(cls.name, "starting").set(state.starting)
+        gauge.labels(name, "idle").set(idle)
+        gauge.labels(name, "busy").set(busy)
+        gauge.labels(name, "starting").set(starting)
 
 
 async def _ready(attached: Attached) -> None:
@@ -468,6 +480,14 @@ def engine_runtimes(client: docker.DockerClient) -> set[str]:
         return set((client.info().get("Runtimes") or {}).keys())
     except DockerException:
         return set()
+
+
+def engine_memory(client: docker.DockerClient) -> int:
+    """The engine host's memory (MemTotal), 0 if the engine does not say."""
+    try:
+        return int(client.info().get("MemTotal") or 0)
+    except (DockerException, TypeError, ValueError):
+        return 0
 
 
 def refuse_unoffered(job: Job, settings: SandboxSettings, runtimes: set[str]) -> None:

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from runbox.executor.v1 import executor_pb2
@@ -20,10 +23,11 @@ from services.executor.content import ContentError, ContentSource
 from services.executor.events import EventPublisher, RunContext, build_event, finished_fields
 from services.executor.heartbeats import Heartbeats
 from services.executor.jobs import job_for, job_stub
-from services.executor.metrics import ExecutorMetrics
+from services.executor.metrics import ExecutorMetrics, execution_type_label, resource_class
 from services.executor.output import Redactor
 from services.executor.results import redact_result, result_struct
 from services.executor.runners.base import Outcome, RunnerRegistry
+from services.executor.tracing import RunTracing, finish
 from shared.errors import InvalidArgument, QuotaViolation, ResourceExhausted, Unavailable
 from shared.telemetry import run_id_var
 
@@ -62,6 +66,8 @@ class ActiveRun:
     finished: bool = False
     # Staging the STARTED event, once the runner said the run started.
     announced: asyncio.Task[None] | None = None
+    # The run's span, from acceptance to FINISHED (its context is in every event).
+    span: trace.Span = trace.INVALID_SPAN
 
 
 class RunManager:
@@ -76,13 +82,16 @@ class RunManager:
         content: ContentSource,
         publisher: EventPublisher,
         metrics: ExecutorMetrics,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._settings = settings
+        self._tracing = RunTracing(tracer)
         self.executor_id = executor_id
         self._registry = registry
         self._content = content
         self._publisher = publisher
         self._metrics = metrics
+        metrics.run_slots.set(settings.max_concurrent_runs)
         self._slots = asyncio.BoundedSemaphore(settings.max_concurrent_runs)
         self._runs: dict[str, ActiveRun] = {}
         self._accepted: dict[str, datetime] = {}  # recently finished, for idempotency
@@ -142,6 +151,7 @@ class RunManager:
         self._check_capacity()
         # No await from the lookups above to here: concurrent duplicates see this run.
         run = ActiveRun(request=request, ctx=self._context(request), accepted_at=datetime.now(UTC))
+        run.span, run.ctx.trace_context = self._tracing.start(request)
         self._runs[request.run_id] = run
         self._accepted[request.run_id] = run.accepted_at
         while len(self._accepted) > 10_000:  # remember recent run ids only
@@ -224,6 +234,7 @@ class RunManager:
 
     async def _run(self, run: ActiveRun) -> None:
         run_id_var.set(run.request.run_id)
+        otel_context.attach(trace.set_span_in_context(run.span))  # this task's: the run's
         try:
             outcome = await self._start_or_hand_back(run)
         except Exception as exc:  # a bug must still end the run visibly
@@ -238,6 +249,7 @@ class RunManager:
         finally:
             self._runs.pop(run.request.run_id, None)
             self._metrics.active_runs.dec()
+            finish(run.span, outcome)
 
     async def _start_or_hand_back(self, run: ActiveRun) -> Outcome:
         """Run in a slot; a run cancelled while waiting ends CANCELLED, and one still
@@ -246,7 +258,8 @@ class RunManager:
             return _cancelled_before_start() if run.cancel_requested else _not_started()
         run.in_slot = True
         try:
-            return await self._execute(run)
+            with self._tracing.sandbox(run.request):
+                return await self._execute(run)
         finally:
             self._slots.release()
 
@@ -326,7 +339,9 @@ class RunManager:
                 cancels.append(asyncio.create_task(runner.cancel(request.run_id)))
 
         try:
-            return await runner.execute(job, on_output, on_started)
+            outcome = await runner.execute(job, on_output, on_started)
+            outcome.usage.sandbox = outcome.usage.sandbox or runner.sandbox
+            return outcome
         finally:
             await asyncio.sleep(0)  # let queued output callbacks run
             for capture in run.streams.values():
@@ -380,18 +395,22 @@ class RunManager:
             self._avg_run_s = (
                 wall if self._avg_run_s is None else 0.8 * self._avg_run_s + 0.2 * wall
             )
-        kind = (
-            common_pb2.ExecutionType.Name(run.request.execution_type)
-            .removeprefix("EXECUTION_TYPE_")
-            .lower()
-        )
         label = RS.Name(outcome.state).removeprefix("RUN_STATE_").lower()
-        self._metrics.runs.labels(kind, label).inc()
-        self._metrics.run_duration.labels(kind, label).observe(outcome.usage.wall_seconds)
-        self._metrics.cpu_seconds.labels(kind).inc(outcome.usage.cpu_seconds)
-        if outcome.usage.peak_memory_bytes:
-            self._metrics.peak_memory.labels(kind).observe(outcome.usage.peak_memory_bytes)
+        self._observe(run.request, outcome, label)
         log.info("run finished", extra={"state": label, "exit_code": outcome.exit_code})
+
+    def _observe(self, request: executor_pb2.ExecuteRequest, outcome: Outcome, label: str) -> None:
+        """A finished run's outcome, duration and resource use (by type and resource class)."""
+        m, usage = self._metrics, outcome.usage
+        kind = execution_type_label(request.execution_type)
+        size = resource_class(request.limits.memory_bytes or self._settings.sandbox.memory_bytes)
+        m.runs.labels(kind, label).inc()
+        m.run_duration.labels(kind, size, label).observe(usage.wall_seconds)
+        m.cpu_seconds.labels(kind, size).inc(usage.cpu_seconds)
+        m.io_read.labels(kind, size).inc(usage.io_read_bytes)
+        m.io_write.labels(kind, size).inc(usage.io_write_bytes)
+        if usage.peak_memory_bytes:
+            m.peak_memory.labels(kind, size).observe(usage.peak_memory_bytes)
 
 
 def _cancelled_before_start() -> Outcome:

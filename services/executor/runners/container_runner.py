@@ -33,7 +33,7 @@ from docker.models.containers import Container
 
 from runbox.common.v1 import common_pb2
 from services.executor.config import ExecutorSettings
-from services.executor.metrics import ExecutorMetrics
+from services.executor.metrics import ExecutorMetrics, execution_type_label, resource_class
 from services.executor.pool import Attached, engine_runtimes, refuse_unoffered
 from services.executor.runners.base import FR, RS, Job, Outcome, OutputSink, StartedHook
 from services.executor.runners.container_spec import IMAGE_FIELD, create_options, prepare
@@ -60,6 +60,7 @@ class ContainerRunner:
     """Runs allow-listed images, one fresh hardened container per run."""
 
     name = "container"
+    sandbox = "docker"
 
     def __init__(
         self,
@@ -128,6 +129,11 @@ class ContainerRunner:
             self._present.pop(spec.image, None)
             return Outcome.infrastructure(f"container could not be created: {_explain(exc)}")
         active = self._active[job.run_id] = _Active(container)
+        ledger = self._metrics.sandboxes
+        ledger.started(
+            container.id, resource_class(job.limits.memory_bytes), job.limits.memory_bytes
+        )
+        ledger.assigned(container.id, execution_type_label(job.execution_type))
         try:
             return await self._run(job, active, attached, on_output, on_started, begun)
         except DockerException as exc:
@@ -139,6 +145,7 @@ class ContainerRunner:
             attached.close()
             self._active.pop(job.run_id, None)
             self._cancelled.discard(job.run_id)
+            ledger.removed(container.id)
             self._remove_later(container)
 
     def _create(self, options: dict[str, Any]) -> tuple[Container, Attached]:

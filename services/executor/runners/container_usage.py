@@ -81,6 +81,17 @@ class ContainerUsage:
         return None
 
 
+def current_memory(container_id: str) -> int | None:
+    """A container's memory use now (cgroup v2 memory.current, v1 memory.usage_in_bytes),
+    or None when its cgroup cannot be seen. Blocking file reads: call off the event loop."""
+    for directory in _directories(container_id):
+        for name in ("memory.current", "memory.usage_in_bytes"):
+            text = _read(directory / name).strip()
+            if text.isdigit():
+                return int(text)
+    return None
+
+
 def _sample_v2(directory: Path) -> dict[str, Any]:
     stat = dict(line.split() for line in _read(directory / "cpu.stat").splitlines() if line)
     peak = _read(directory / "memory.peak").strip()

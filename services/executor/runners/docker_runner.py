@@ -28,11 +28,12 @@ from docker.models.containers import Container
 from runbox.common.v1 import common_pb2
 from services.executor.artifacts import collect_from_tar
 from services.executor.config import ArtifactSettings, SandboxSettings
-from services.executor.metrics import ExecutorMetrics
+from services.executor.metrics import ExecutorMetrics, execution_type_label
 from services.executor.pool import (
     PoolClass,
     Sandbox,
     WarmPool,
+    engine_memory,
     engine_runtimes,
     reap_orphans,
     refuse_unoffered,
@@ -53,6 +54,7 @@ class DockerRunner:
     """Runs python and shell jobs in warm sandboxes."""
 
     name = "docker"
+    sandbox = "docker"
 
     def __init__(
         self,
@@ -68,6 +70,7 @@ class DockerRunner:
         self._artifacts = artifacts or ArtifactSettings()
         self._metrics = metrics
         self._runtimes = engine_runtimes(client)
+        metrics.sandboxes.memory_budget_bytes = engine_memory(client)
         self._pool = WarmPool(client, settings, metrics, self.default_class(), owner)
         self._active: dict[str, Sandbox] = {}
         self._cancelled: set[str] = set()
@@ -132,6 +135,9 @@ class DockerRunner:
         except DockerException as exc:
             return Outcome.infrastructure(f"sandbox could not start: {exc}")
         self._active[job.run_id] = sandbox
+        self._metrics.sandboxes.assigned(
+            sandbox.container.id, execution_type_label(job.execution_type)
+        )
         recycle = "anomaly"
         try:
             outcome, recycle = await self._run(job, sandbox, reuse, begun, on_output, on_started)

@@ -182,7 +182,7 @@ async def test_handoff_latency_and_pool_gauges_are_exported(pooled: ExecutorHarn
     await _probe(pooled, reuse=False)
     body = generate_latest(pooled.running.runtime.registry).decode()
     assert 'runbox_executor_handoff_seconds_count{runner="docker"} 1.0' in body
-    assert 'runbox_executor_pool_acquires_total{pool_class="runc-1cpu-256mib' in body
+    assert 'runbox_executor_pool_acquires_total{resource_class="small"' in body
     assert 'state="idle"' in body and "runbox_executor_pool_containers" in body
 
 
