@@ -47,7 +47,14 @@ ParameterTypeName = Literal[
 ]
 ExecutionTypeName = Literal["python", "shell", "container", "http", "serverless", "local"]
 FailureReasonName = Literal[
-    "exit_code", "oom_killed", "timeout", "cancelled", "lost", "infrastructure", "invalid_config"
+    "exit_code",
+    "oom_killed",
+    "timeout",
+    "cancelled",
+    "lost",
+    "infrastructure",
+    "invalid_config",
+    "no_sandbox",
 ]
 
 

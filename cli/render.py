@@ -79,7 +79,16 @@ def print_run(run: scheduler_pb2.Run) -> None:
     console.print(f"  duration  {duration_text(run)}")
     if run.executor_id:
         console.print(f"  executor  {run.executor_id}")
+    if run.usage.sandbox:
+        console.print(f"  sandbox   {sandbox_text(run.usage.sandbox)}")
     print_output(run)
+
+
+def sandbox_text(sandbox: str) -> str:
+    """What isolated a run, with "none" shouted: such a run had the host's network and files."""
+    if sandbox == "none":
+        return "[bold red]none: NOT sandboxed[/] (a plain process on the executor's host)"
+    return sandbox
 
 
 def print_output(run: scheduler_pb2.Run) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cli import natsd
+from cli import natsd, stack_settings
 from shared.auth import hash_token, new_token
 
 SERVICES = ("catalogue", "executor", "scheduler", "alerting")
@@ -39,20 +39,48 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     admin_token_file: Path = Path()
     service_token: str = ""
+    # Per service: RUNBOX_* variables from a settings file and flags (stack_settings).
+    settings: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Per service: what it announced once serving (its RUNBOX_READY line).
+    ready: dict[str, dict[str, object]] = field(default_factory=dict)
+    _log_offsets: dict[str, int] = field(default_factory=dict)
 
     def spawn(self, name: str) -> subprocess.Popen[bytes]:
         """Start (or restart) one service as a child process logging to var/logs."""
         log = self.var / "logs" / f"{name}.log"
         with open(log, "ab") as out:
+            self._log_offsets[name] = out.tell()
             proc = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"],
-                env=service_env(name, self.var, self.ports, self.nats.url, self.service_token),
+                env=service_env(
+                    name,
+                    self.var,
+                    self.ports,
+                    self.nats.url,
+                    self.service_token,
+                    self.settings.get(name, {}),
+                ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self.processes[name] = proc
         return proc
+
+    def read_ready(self, name: str, timeout: float = 10.0) -> dict[str, object]:
+        """The RUNBOX_READY announcement this start of a service wrote to its log."""
+        log = self.var / "logs" / f"{name}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(log, "rb") as f:
+                f.seek(self._log_offsets.get(name, 0))
+                for line in f:
+                    if line.startswith(b"RUNBOX_READY "):
+                        info: dict[str, object] = json.loads(line.split(b" ", 1)[1])
+                        self.ready[name] = info
+                        return info
+            time.sleep(0.1)
+        return {}
 
     def wait_healthy(self, name: str, timeout: float = 60.0) -> None:
         wait_healthy(
@@ -102,25 +130,38 @@ def ensure_tokens(var: Path) -> tuple[Path, str]:
 
 
 def service_env(
-    name: str, var: Path, stack_ports: Ports, nats_url: str, token: str
+    name: str,
+    var: Path,
+    stack_ports: Ports,
+    nats_url: str,
+    token: str,
+    settings: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Environment for one service child process (nothing inherited but basics)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOX_")}
+    """Environment for one service child process: the caller's environment with its
+    service RUNBOX_* variables, the stack's storage defaults, SETTINGS (a settings file's
+    and the flags', for this service), then the stack's wiring, which always wins."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RUNBOX_")}
+    env.update(stack_settings.passed_through(os.environ)[0])
+    env.update(
+        RUNBOX_DATABASE__URL=f"sqlite+aiosqlite:///{var / (name + '.db')}",
+        RUNBOX_BLOB_DIR=str(var / "blobs"),
+        RUNBOX_WORK_DIR=str(var / "executor"),
+    )
+    env.update(settings or {})
     addr = {svc: f"127.0.0.1:{port}" for svc, port in stack_ports.grpc.items()}
     env.update(
         RUNBOX_INSTANCE_ID=f"{name}-local",
         RUNBOX_GRPC__HOST="127.0.0.1",
         RUNBOX_GRPC__PORT=str(stack_ports.grpc[name]),
+        RUNBOX_METRICS__HOST="127.0.0.1",
         RUNBOX_METRICS__PORT=str(stack_ports.metrics[name]),
-        RUNBOX_DATABASE__URL=f"sqlite+aiosqlite:///{var / (name + '.db')}",
         RUNBOX_NATS__URL=nats_url,
         RUNBOX_AUTH__PRINCIPALS_FILE=str(var / "principals.json"),
         RUNBOX_AUTH__SERVICE_TOKEN=token,
         RUNBOX_CATALOGUE__ADDRESS=addr["catalogue"],
         RUNBOX_SCHEDULER__ADDRESS=addr["scheduler"],
         RUNBOX_EXECUTORS=json.dumps([addr["executor"]]),
-        RUNBOX_BLOB_DIR=str(var / "blobs"),
-        RUNBOX_WORK_DIR=str(var / "executor"),
+        RUNBOX_ANNOUNCE_READY="true",
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -162,8 +203,10 @@ def up(
     nats_port: int = 0,
     say: Callable[[str], None] = print,
     timeout: float = 60.0,
+    settings: dict[str, dict[str, str]] | None = None,
 ) -> Stack:
-    """Start nats-server and the four services; write var/runbox.json."""
+    """Start nats-server and the four services (SETTINGS: RUNBOX_* variables per service);
+    write var/runbox.json."""
     var = var.resolve()
     logs = var / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -175,12 +218,14 @@ def up(
         ports=pick_ports(base_port),
         admin_token_file=admin_file,
         service_token=service_token,
+        settings=settings or {},
     )
     try:
         for name in SERVICES:
             stack.spawn(name)
         for name in SERVICES:
             stack.wait_healthy(name, timeout)
+            stack.read_ready(name)
             say(
                 f"  {name:<10} grpc {stack.address(name)}  "
                 f"metrics http://127.0.0.1:{stack.ports.metrics[name]}/metrics"

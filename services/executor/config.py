@@ -39,6 +39,11 @@ class SandboxSettings(BaseModel):
 
     # auto: Docker when an engine answers, else the local runner (NOT sandboxed).
     backend: str = "auto"
+    # Without a sandbox (backend local, or auto with no engine) python and shell runs are
+    # refused (FAILED_PRECONDITION at Execute: the run ends FAILED, reason NO_SANDBOX) unless
+    # the operator sets this; then they run as child processes of the executor's user with
+    # the host's network and filesystem (NOT sandboxed).
+    allow_unsandboxed: bool = False
     image: str = "runbox/sandbox-python:latest"
     # "" = the engine's default runtime (runc); "runsc" = gVisor.
     runtime: str = ""

@@ -97,6 +97,7 @@ def finished_fields(
             io_read_bytes=outcome.usage.io_read_bytes,
             io_write_bytes=outcome.usage.io_write_bytes,
             wall_time=wall,
+            sandbox=outcome.usage.sandbox,
         ),
         "output": common_pb2.OutputTail(
             stdout=stdout[0],

@@ -327,7 +327,9 @@ class RunManager:
                 cancels.append(asyncio.create_task(runner.cancel(request.run_id)))
 
         try:
-            return await runner.execute(job, on_output, on_started)
+            outcome = await runner.execute(job, on_output, on_started)
+            outcome.usage.sandbox = outcome.usage.sandbox or runner.sandbox
+            return outcome
         finally:
             await asyncio.sleep(0)  # let queued output callbacks run
             for capture in run.streams.values():

@@ -19,6 +19,7 @@ from services.executor.runners.container_runner import ContainerRunner
 from services.executor.runners.docker_runner import DockerRunner, docker_client_or_none
 from services.executor.runners.http_runner import HttpRunner
 from services.executor.runners.local_runner import LocalRunner
+from services.executor.runners.no_sandbox import NoSandboxRunner
 from services.executor.runners.serverless_runner import ServerlessRunner
 from services.executor.runs import RunManager
 from services.executor.servicer import ExecutorServicer
@@ -50,19 +51,27 @@ def build_registry(
         raise RuntimeError("RUNBOX_SANDBOX__BACKEND=docker but no Docker engine is reachable")
     # Labels every container this executor makes; its next start removes what is left.
     owner = sandbox_owner(Path(settings.work_dir)) if client is not None else ""
+    runner: DockerRunner | LocalRunner | NoSandboxRunner
     if client is not None:
-        runner: DockerRunner | LocalRunner = DockerRunner(
-            client, settings.sandbox, metrics, settings.artifacts, owner
-        )
+        runner = DockerRunner(client, settings.sandbox, metrics, settings.artifacts, owner)
         chosen = "docker"
-    else:
+    elif settings.sandbox.allow_unsandboxed:
         log.warning(
-            "!!! NO DOCKER ENGINE: python and shell runs use the LOCAL runner — they are NOT "
-            "sandboxed (no network isolation, host filesystem visible). Start Docker "
-            "(make docker) for sandboxed runs. !!!"
+            "!!! NO SANDBOX: python and shell runs use the LOCAL runner — they are NOT "
+            "sandboxed (no network isolation, host filesystem visible), as the operator "
+            "allowed (sandbox.allow_unsandboxed). Start Docker (make docker) for sandboxed "
+            "runs. !!!"
         )
         runner = LocalRunner(settings.sandbox, Path(settings.work_dir), settings.artifacts)
         chosen = "local"
+    else:
+        log.warning(
+            "!!! NO SANDBOX: no Docker engine, so python and shell runs are REFUSED (reason "
+            "NO_SANDBOX). Start Docker (make docker), or allow unsandboxed runs with "
+            "RUNBOX_SANDBOX__ALLOW_UNSANDBOXED=true. !!!"
+        )
+        runner = NoSandboxRunner()
+        chosen = "none"
     for kind in SCRIPT_TYPES:
         registry.register(kind, runner)
     if client is not None:
@@ -135,5 +144,6 @@ async def build(runtime: Runtime) -> Service:
         ],
         permissions=PERMISSIONS,
         on_start=[start_relay],
-        ready_info={"backend": backend},
+        # `runbox up` reads these to warn when python and shell runs are not sandboxed.
+        ready_info={"backend": backend, "sandboxed": backend == "docker"},
     )

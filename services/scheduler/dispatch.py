@@ -22,9 +22,14 @@ from services.scheduler.firing import FiresFirst
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import RunRow
 from services.scheduler.runs import Runs
+from shared.errors import FailedPrecondition
+from shared.status import from_rpc_error
 from shared.tasks import WakeableLoop, being_cancelled
 
 log = logging.getLogger(__name__)
+# The PreconditionFailure subject of an executor refusing a run for want of a sandbox
+# (common.proto FAILURE_REASON_NO_SANDBOX).
+NO_SANDBOX_SUBJECT = "sandbox.allow_unsandboxed"
 
 
 @dataclass(frozen=True)
@@ -207,7 +212,7 @@ class Dispatcher(WakeableLoop):
                 self._metrics.dispatch.labels("rejected").inc()
                 await self._runs.fail(
                     row.id,
-                    common_pb2.FAILURE_REASON_INVALID_CONFIG,
+                    refusal_reason(exc),
                     f"executor refused the run: {exc.code().name}: {exc.details()}",
                 )
                 return None
@@ -245,6 +250,17 @@ class Dispatcher(WakeableLoop):
             parent_run_id=row.parent_run_id or "",
             trace_context=row.trace_context,
         )
+
+
+def refusal_reason(exc: grpc.aio.AioRpcError) -> int:
+    """Why a run an executor refused fails: NO_SANDBOX when the executor has no sandbox for
+    it (a PreconditionFailure on sandbox.allow_unsandboxed), else INVALID_CONFIG."""
+    error = from_rpc_error(exc)
+    if isinstance(error, FailedPrecondition) and any(
+        v.field == NO_SANDBOX_SUBJECT for v in error.violations
+    ):
+        return common_pb2.FAILURE_REASON_NO_SANDBOX
+    return common_pb2.FAILURE_REASON_INVALID_CONFIG
 
 
 def _needs_record(row: RunRow, executor: Executor) -> bool:

@@ -148,7 +148,7 @@ async def start_executor(
         tokens,
         ExecutorSettings,
         **{
-            "sandbox": {"backend": "local", "timeout_s": 30},
+            "sandbox": {"backend": "local", "timeout_s": 30, "allow_unsandboxed": True},
             "work_dir": str(tmp / ("work" if name == "executor" else f"work-{name}")),
             "catalogue": {"address": catalogue.address},
             **extra,

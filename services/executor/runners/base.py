@@ -54,6 +54,9 @@ class Usage:
     io_read_bytes: int = 0
     io_write_bytes: int = 0
     wall_seconds: float = 0.0
+    # What isolated the run ("docker", "none"; "" where it does not apply): set from the
+    # runner's `sandbox` after it ran.
+    sandbox: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ class Runner(Protocol):
     """Runs one job of the execution types it serves."""
 
     name: str
+    # What isolates its runs: "docker", "none" (NOT sandboxed), "" (not applicable).
+    sandbox: str
 
     async def validate_config(self, job: Job) -> None:
         """Raise InvalidArgument (or FailedPrecondition) if the job cannot run here."""

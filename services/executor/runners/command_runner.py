@@ -140,6 +140,7 @@ class CommandRunner:
     """Runs allow-listed commands of this machine, one fresh work directory per run."""
 
     name = "command"
+    sandbox = "none"  # a child process of the executor: NOT sandboxed
 
     def __init__(self, settings: ExecutorSettings) -> None:
         self._settings = settings

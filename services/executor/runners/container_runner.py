@@ -60,6 +60,7 @@ class ContainerRunner:
     """Runs allow-listed images, one fresh hardened container per run."""
 
     name = "container"
+    sandbox = "docker"
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ class DockerRunner:
     """Runs python and shell jobs in warm sandboxes."""
 
     name = "docker"
+    sandbox = "docker"
 
     def __init__(
         self,

@@ -193,6 +193,7 @@ class HttpRunner:
     """Sends one request per run through a shared connection pool."""
 
     name = "http"
+    sandbox = ""  # nothing runs here: a call out
 
     def __init__(
         self, settings: HttpSettings, transport: httpx.AsyncBaseTransport | None = None

@@ -53,6 +53,7 @@ class LocalRunner:
     """Runs the agent as a child process in a fresh work directory."""
 
     name = "local"
+    sandbox = "none"  # a child process of the executor: NOT sandboxed
 
     def __init__(
         self, settings: SandboxSettings, work_dir: Path, artifacts: ArtifactSettings | None = None

@@ -113,6 +113,7 @@ class ServerlessRunner:
     """Invokes Lambda functions through cached, thread-safe boto3 clients."""
 
     name = "serverless"
+    sandbox = ""  # nothing runs here: the function runs elsewhere
 
     def __init__(self, settings: ServerlessSettings) -> None:
         self._settings = settings

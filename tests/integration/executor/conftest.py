@@ -109,7 +109,8 @@ async def start_executor(
         "executor",
         nats_url=nats_url,
         principals_file=tokens.principals_file,
-        sandbox={"backend": backend, "timeout_s": 30},
+        # Local-backend tests run scripts unsandboxed on purpose (the operator's opt-in).
+        sandbox={"backend": backend, "timeout_s": 30, "allow_unsandboxed": True},
         work_dir=str(tmp_path / "work"),
         **extra,
     )

@@ -53,7 +53,7 @@ async def executor_with(
         "executor",
         nats_url=nats_url,
         principals_file=tokens.principals_file,
-        sandbox={"backend": "local", "timeout_s": 120},
+        sandbox={"backend": "local", "timeout_s": 120, "allow_unsandboxed": True},
         work_dir=str(tmp_path / "work"),
         **extra,
     )

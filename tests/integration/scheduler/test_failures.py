@@ -703,6 +703,7 @@ async def test_executor_killed_mid_run_is_lost_then_retried(
         "RUNBOX_AUTH__PRINCIPALS_FILE": str(tokens.principals_file),
         "RUNBOX_AUTH__SERVICE_TOKEN": tokens.service,
         "RUNBOX_SANDBOX__BACKEND": "local",
+        "RUNBOX_SANDBOX__ALLOW_UNSANDBOXED": "true",
         "RUNBOX_WORK_DIR": str(tmp_path / "work"),
         "RUNBOX_CATALOGUE__ADDRESS": stack.catalogue.address,
         "RUNBOX_HEARTBEAT_INTERVAL_S": "0.5",
