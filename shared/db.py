@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool, QueuePool
 from sqlalchemy.types import TypeEngine
 
+from shared.migration_lock import migration_lock
 from shared.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
@@ -369,9 +370,12 @@ def _upgrade_locked(cfg: Config) -> None:
 
 
 async def upgrade(migrations_dir: Path, url: str) -> None:
-    """`alembic upgrade head`, run in a thread because env.py drives its own loop."""
+    """`alembic upgrade head`, run in a thread because env.py drives its own loop, under
+    the service's database-level migration lock (shared.migration_lock): a migration job,
+    a service starting and a second replica take turns instead of racing on one schema."""
     if make_url(url).get_backend_name() == "sqlite":
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-    await asyncio.to_thread(_upgrade_locked, alembic_config(migrations_dir, url))
+    async with migration_lock(engine_url(url), migrations_dir.parent.name):
+        await asyncio.to_thread(_upgrade_locked, alembic_config(migrations_dir, url))

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 ENV_PREFIX = "RUNBOX_"
 
@@ -21,10 +25,27 @@ class GrpcSettings(BaseModel):
     max_concurrent_rpcs: int = 256
 
 
+def read_secret_file(path: str, what: str) -> str:
+    """A secret kept in a file (compose secrets under /run/secrets, a Kubernetes
+    Secret volume): its text without surrounding whitespace. The error names the
+    file and the setting, never the content."""
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise ValueError(f"{what}: {path} is empty")
+    return value
+
+
 class DatabaseSettings(BaseModel):
     """SQLAlchemy async URL and pool options (RUNBOX_DATABASE__POOL_SIZE, ...)."""
 
-    url: str = "sqlite+aiosqlite:///var/runbox.db"
+    # Not in repr: with password_file the URL carries the password (log it with
+    # make_url(url).render_as_string(hide_password=True)).
+    url: str = Field(default="sqlite+aiosqlite:///var/runbox.db", repr=False)
+    # A file holding the password, put into the URL at start (the URL has none).
+    password_file: str = ""
     # Connections kept open, and how many more may open under load.
     pool_size: int = Field(default=5, ge=1)
     max_overflow: int = Field(default=10, ge=0)
@@ -36,6 +57,20 @@ class DatabaseSettings(BaseModel):
     # Test each connection with a round trip when it leaves the pool (not SQLite files).
     pool_pre_ping: bool = True
     echo: bool = False
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> Self:
+        if not self.password_file:
+            return self
+        parsed = make_url(self.url)
+        if parsed.password:
+            raise ValueError(
+                "RUNBOX_DATABASE__URL has a password and RUNBOX_DATABASE__PASSWORD_FILE is "
+                "set: keep the password in one place"
+            )
+        password = read_secret_file(self.password_file, "RUNBOX_DATABASE__PASSWORD_FILE")
+        self.url = parsed.set(password=password).render_as_string(hide_password=False)
+        return self
 
 
 class NatsSettings(BaseModel):
@@ -64,6 +99,21 @@ class AuthSettings(BaseModel):
     # JSON list of {"name", "token_sha256", "permissions"}; merged with the file.
     principals: list[dict[str, object]] = Field(default_factory=list)
     service_token: SecretStr = SecretStr("")
+    # A file holding service_token, read once at start (whitespace stripped).
+    service_token_file: str = ""
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> Self:
+        if not self.service_token_file:
+            return self
+        if self.service_token.get_secret_value():
+            raise ValueError(
+                "both RUNBOX_AUTH__SERVICE_TOKEN and RUNBOX_AUTH__SERVICE_TOKEN_FILE are set: "
+                "set one"
+            )
+        token = read_secret_file(self.service_token_file, "RUNBOX_AUTH__SERVICE_TOKEN_FILE")
+        self.service_token = SecretStr(token)
+        return self
 
 
 class LogSettings(BaseModel):

@@ -1,15 +1,13 @@
-"""`python -m services.alerting`: read settings once and serve."""
-
-import asyncio
+"""`python -m services.alerting [serve|migrate]`: read settings once, then serve, or
+migrate the database and exit (shared.entrypoint)."""
 
 from services.alerting.config import AlertingSettings
-from services.alerting.server import build
-from shared.runtime import build_runtime, run_service
+from services.alerting.server import MIGRATIONS, build
+from shared.entrypoint import service_main
 
 
 def main() -> None:
-    runtime = build_runtime("alerting", AlertingSettings())
-    asyncio.run(run_service(runtime, build))
+    service_main("alerting", AlertingSettings, build, MIGRATIONS)
 
 
 if __name__ == "__main__":

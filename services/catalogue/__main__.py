@@ -1,15 +1,13 @@
-"""`python -m services.catalogue`: read settings once and serve."""
-
-import asyncio
+"""`python -m services.catalogue [serve|migrate]`: read settings once, then serve, or
+migrate the database and exit (shared.entrypoint)."""
 
 from services.catalogue.config import CatalogueSettings
-from services.catalogue.server import build
-from shared.runtime import build_runtime, run_service
+from services.catalogue.server import MIGRATIONS, build
+from shared.entrypoint import service_main
 
 
 def main() -> None:
-    runtime = build_runtime("catalogue", CatalogueSettings())
-    asyncio.run(run_service(runtime, build))
+    service_main("catalogue", CatalogueSettings, build, MIGRATIONS)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,13 @@
-"""`python -m services.executor`: read settings once and serve."""
-
-import asyncio
+"""`python -m services.executor [serve|migrate]`: read settings once, then serve, or
+migrate the database and exit (shared.entrypoint)."""
 
 from services.executor.config import ExecutorSettings
-from services.executor.server import build
-from shared.runtime import build_runtime, run_service
+from services.executor.server import MIGRATIONS, build
+from shared.entrypoint import service_main
 
 
 def main() -> None:
-    runtime = build_runtime("executor", ExecutorSettings())
-    asyncio.run(run_service(runtime, build))
+    service_main("executor", ExecutorSettings, build, MIGRATIONS)
 
 
 if __name__ == "__main__":

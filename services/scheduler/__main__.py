@@ -1,15 +1,13 @@
-"""`python -m services.scheduler`: read settings once and serve."""
-
-import asyncio
+"""`python -m services.scheduler [serve|migrate]`: read settings once, then serve, or
+migrate the database and exit (shared.entrypoint)."""
 
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.server import build
-from shared.runtime import build_runtime, run_service
+from services.scheduler.server import MIGRATIONS, build
+from shared.entrypoint import service_main
 
 
 def main() -> None:
-    runtime = build_runtime("scheduler", SchedulerSettings())
-    asyncio.run(run_service(runtime, build))
+    service_main("scheduler", SchedulerSettings, build, MIGRATIONS)
 
 
 if __name__ == "__main__":
