@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv protos run test test-unit test-integration test-e2e check lint types protos-check bench sandbox-image docker clean
+.PHONY: help venv protos run test test-unit test-integration test-e2e check lint types protos-check bench sandbox-image images docker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ docker: ## install and start a Docker engine if none is reachable
 
 sandbox-image: ## build the Python sandbox image offline (mmdebstrap + docker import)
 	bash deploy/sandbox/build-image.sh
+
+images: ## build every deployable image offline, tagged with the version (IMAGES_ARGS: --force, names)
+	bash deploy/images/build.sh $(IMAGES_ARGS)
 
 run: protos ## start the whole stack on embedded defaults, run examples/hello.py, keep serving (RUN_ARGS: runbox up options)
 	bash deploy/dev/run.sh $(RUN_ARGS)
