@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv protos run test test-unit test-integration test-e2e check lint types protos-check bench sandbox-image images docker clean
+.PHONY: help venv protos run test test-unit test-integration test-e2e check lint types protos-check protos-breaking bench sandbox-image images docker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -38,7 +38,7 @@ test: $(STAMP) ## run the whole test suite
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-check: lint types protos-check ## lint, type-check, and verify generated code is fresh
+check: lint types protos-check protos-breaking ## lint, type-check, verify generated code is fresh and the protos compatible
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -52,6 +52,11 @@ protos-check: $(STAMP) ## fail if regenerating the protos changes anything
 	cd protos && ../$(BIN)/buf lint
 	@git diff --exit-code --stat -- runbox || { echo "generated code is stale: run make protos" >&2; exit 1; }
 	@test -z "$$(git status --porcelain -- runbox)" || { echo "untracked generated files: run make protos and commit" >&2; exit 1; }
+
+# The release whose clients and services this one must still talk to (docs/upgrades.md).
+PREVIOUS_RELEASE ?= cd73b66
+protos-breaking: $(STAMP) ## fail if the protos break wire/source compatibility with PREVIOUS_RELEASE
+	$(BIN)/buf breaking protos --against '.git#ref=$(PREVIOUS_RELEASE),subdir=protos'
 
 bench: $(STAMP) ## run the benchmarks (installs the `bench` extra: Celery for the scheduler's baseline)
 	$(BIN)/python -m pip install -q -e '.[bench]' -c deploy/dev/constraints.txt
