@@ -12,7 +12,6 @@ so the event comes back. In flight: at most the consumer's batch per fetch and
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from services.alerting.metrics import AlertingMetrics
 from services.alerting.models import ProcessedEvent
 from services.alerting.notices import Effects, Notices
 from services.alerting.store import LoadedRule, RuleCache
-from shared.tasks import stop_gracefully
+from shared.consumer_lag import ConsumerLag
 from shared.telemetry import extract_context, run_id_var
 
 log = logging.getLogger(__name__)
@@ -169,9 +168,9 @@ class EventRecorder:
             self._metrics.lag.set(msg.metadata.num_pending)
 
 
-class LagMonitor:
-    """Polls the durable consumer's num_pending into the lag gauge, so the
-    gauge moves even while no message is delivered."""
+class LagMonitor(ConsumerLag):
+    """Polls the alerting consumer's num_pending into runbox_alerting_consumer_lag_messages,
+    so the gauge moves even while no message is delivered."""
 
     def __init__(
         self,
@@ -182,35 +181,6 @@ class LagMonitor:
         metrics: AlertingMetrics,
         interval_s: float,
     ) -> None:
-        self._js = js
-        self._stream = stream
-        self._durable = durable
-        self._metrics = metrics
-        self._interval = interval_s
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-
-    async def poll_once(self) -> int:
-        """Read num_pending once and publish it; returns the value."""
-        info = await self._js.consumer_info(self._stream, self._durable, timeout=2.0)
-        pending = int(info.num_pending or 0)
-        self._metrics.lag.set(pending)
-        return pending
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=f"lag:{self._durable}")
-
-    async def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop polling. An event, not cancel(): on Python 3.11 a cancel that
-        lands while a NATS request completes can be swallowed."""
-        self._stopping.set()
-        await stop_gracefully(self._task, timeout_s)
-
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.poll_once()
-            except Exception as exc:
-                log.warning("consumer lag poll failed: %s", type(exc).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+        super().__init__(
+            js, stream=stream, durable=durable, gauge=metrics.lag, interval_s=interval_s
+        )

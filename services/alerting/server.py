@@ -66,7 +66,9 @@ async def build(runtime: Runtime) -> Service:
     if not isinstance(settings, AlertingSettings):
         raise TypeError("alerting needs AlertingSettings")
     await db.upgrade(MIGRATIONS, settings.database.url)
-    engine = db.create_engine(settings.database)
+    engine = db.create_engine(
+        settings.database, metrics=db.DatabaseMetrics(runtime.registry, runtime.service)
+    )
     runtime.on_shutdown.append(engine.dispose)
     js = await runtime.connect_nats()
     metrics = AlertingMetrics(runtime.registry)

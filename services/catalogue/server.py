@@ -16,6 +16,7 @@ from shared import db
 from shared.clients import open_channel
 from shared.jetstream import follow_script_changes
 from shared.outbox import Outbox
+from shared.outbox_backlog import OutboxBacklog
 from shared.runtime import Runtime, Service
 
 SERVICE = catalogue_pb2.DESCRIPTOR.services_by_name["CatalogueService"].full_name
@@ -60,6 +61,7 @@ async def build(runtime: Runtime) -> Service:
     sessions = db.sessionmaker(engine)
     outbox = Outbox(OUTBOX, sessions)
     js = await runtime.connect_nats()
+    backlog = OutboxBacklog(OUTBOX, sessions, runtime.registry, runtime.service)
     lookup = None
     if settings.scheduler.address:
         channel = open_channel(
@@ -93,12 +95,14 @@ async def build(runtime: Runtime) -> Service:
 
     async def start_relay() -> None:
         outbox.start(js)
+        backlog.start()
         await follow_other_replicas()
         if settings.builtin_templates:
             await templates.publish_builtins(catalogue)
 
     runtime.on_shutdown.append(engine.dispose)
     runtime.on_shutdown.append(outbox.stop)
+    runtime.on_shutdown.append(backlog.stop)
     servicer = CatalogueServicer(catalogue, chunk_bytes=settings.content_chunk_bytes)
     return Service(
         registrations=[

@@ -26,6 +26,7 @@ from services.executor.servicer import ExecutorServicer
 from shared import db
 from shared.clients import open_channel
 from shared.outbox import Outbox
+from shared.outbox_backlog import OutboxBacklog
 from shared.runtime import Runtime, Service
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,14 @@ async def build(runtime: Runtime) -> Service:
     settings = runtime.settings
     assert isinstance(settings, ExecutorSettings)
     await db.upgrade(MIGRATIONS, settings.database.url)
-    engine = db.create_engine(settings.database)
+    engine = db.create_engine(
+        settings.database, metrics=db.DatabaseMetrics(runtime.registry, runtime.service)
+    )
     sessions = db.sessionmaker(engine)
     outbox = Outbox(OUTBOX, sessions)
     js = await runtime.connect_nats()
     metrics = ExecutorMetrics(runtime.registry)
+    backlog = OutboxBacklog(OUTBOX, sessions, runtime.registry, runtime.service)
     registry, backend = build_registry(settings, metrics)
     token = settings.auth.service_token.get_secret_value()
     channel = (
@@ -120,6 +124,7 @@ async def build(runtime: Runtime) -> Service:
 
     async def start_relay() -> None:
         outbox.start(js)
+        backlog.start()
         if pool_runner is not None:
             await pool_runner.start()  # warm sandboxes fill in the background
 
@@ -133,7 +138,7 @@ async def build(runtime: Runtime) -> Service:
         await runs.shutdown(settings.grpc.shutdown_grace_s)
 
     # Hooks run last-added first: runs drain, runners close, the relay stops.
-    runtime.on_shutdown.extend([engine.dispose, outbox.stop, close, drain_runs])
+    runtime.on_shutdown.extend([engine.dispose, backlog.stop, outbox.stop, close, drain_runs])
     return Service(
         registrations=[
             (

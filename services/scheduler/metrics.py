@@ -47,6 +47,11 @@ class SchedulerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.consumer_lag = Gauge(
+            "runbox_scheduler_consumer_lag_messages",
+            "Run events in the stream not yet delivered to the scheduler's consumer.",
+            registry=registry,
+        )
         self.quarantines = Gauge(
             "runbox_scheduler_quarantines_active",
             "Scripts quarantined now (as last seen by this replica).",

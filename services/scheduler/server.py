@@ -23,8 +23,10 @@ from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.watch import Watchers
 from shared import db
 from shared.clients import open_channel
+from shared.consumer_lag import ConsumerLag
 from shared.jetstream import DurableConsumer, follow_script_changes
 from shared.outbox import Outbox
+from shared.outbox_backlog import OutboxBacklog
 from shared.runtime import Runtime, Service
 
 SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
@@ -48,7 +50,9 @@ async def build(runtime: Runtime) -> Service:
     settings = runtime.settings
     assert isinstance(settings, SchedulerSettings)
     await db.upgrade(MIGRATIONS, settings.database.url)
-    engine = db.create_engine(settings.database)
+    engine = db.create_engine(
+        settings.database, metrics=db.DatabaseMetrics(runtime.registry, runtime.service)
+    )
     sessions = db.sessionmaker(engine)
     outbox = Outbox(OUTBOX, sessions, batch=500)
     js = await runtime.connect_nats()
@@ -63,6 +67,10 @@ async def build(runtime: Runtime) -> Service:
         token=token,
     )
     metrics = SchedulerMetrics(runtime.registry)
+    backlog = OutboxBacklog(OUTBOX, sessions, runtime.registry, runtime.service)
+    lag = ConsumerLag(
+        js, stream=settings.nats.stream, durable="scheduler", gauge=metrics.consumer_lag
+    )
     watchers = Watchers()
     catalogue = CatalogueClient(catalogue_channel, cache_ttl_s=settings.catalogue_cache_ttl_s)
     runs = Runs(
@@ -157,6 +165,8 @@ async def build(runtime: Runtime) -> Service:
         await quarantines.refresh()
         sweeper.start()
         firing.start()
+        backlog.start()
+        await lag.start()
 
     async def close_channels() -> None:
         await catalogue_channel.close(None)
@@ -165,6 +175,7 @@ async def build(runtime: Runtime) -> Service:
     runtime.on_shutdown.extend(
         [engine.dispose, close_channels, outbox.stop, consumer.stop, dispatcher.stop, firing.stop]
     )
+    runtime.on_shutdown.extend([backlog.stop, lag.stop])
     runtime.on_shutdown.append(sweeper.stop)  # first: it ends runs through the outbox
     servicer = SchedulerServicer(  # type: ignore[abstract]
         runs,
