@@ -81,7 +81,7 @@ def user_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserStack]:
         require(False, str(exc))
     workdir = tmp_path_factory.mktemp("user")
     (workdir / "examples").mkdir()
-    for name in ("hello.py", "hello.params.json"):
+    for name in ("hello.py", "hello.runbox.yaml"):
         (workdir / "examples" / name).write_bytes((REPO / "examples" / name).read_bytes())
     stack = UserStack(workdir)
     yield stack
@@ -92,18 +92,9 @@ def user_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserStack]:
 
 
 def test_hello_run_succeeds_through_cli(user_stack: UserStack) -> None:
-    """Push examples/hello.py and `runbox run hello --follow` prints output and SUCCEEDED."""
-    pushed = user_stack.cli(
-        "script",
-        "push",
-        "examples/hello.py",
-        "--name",
-        "hello",
-        "--version",
-        "1.0.0",
-        "--params",
-        "examples/hello.params.json",
-    )
+    """Push examples/hello.py (its manifest names it) and `runbox run hello --follow` prints
+    output and SUCCEEDED."""
+    pushed = user_stack.cli("script", "push", "examples/hello.py", "--version", "1.0.0")
     assert pushed.returncode == 0, pushed.stderr
     assert "published hello@1.0.0" in pushed.stdout
     result = user_stack.cli("run", "hello", "--follow", "-p", "name=E2E")
