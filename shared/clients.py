@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters
+from opentelemetry.trace import TracerProvider
 
 
 class _CallDefaults:
@@ -51,12 +52,18 @@ def open_channel(
     token: str,
     default_timeout_s: float = 10.0,
     max_message_bytes: int = 4 * 1024 * 1024,
+    tracer_provider: TracerProvider | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure (loopback / mesh-terminated) channel with Runbox call defaults."""
+    """An insecure (loopback / mesh-terminated) channel with Runbox call defaults. Each
+    call gets a client span from `tracer_provider` (the service's; None: the global one,
+    a no-op unless a tool sets one) and carries its trace context to the server."""
     interceptors: list[Any] = [
         _UnaryDefaults(token, default_timeout_s),
         _StreamDefaults(token, default_timeout_s),
-        *aio_client_interceptors(),  # type: ignore[no-untyped-call]
+        *aio_client_interceptors(  # type: ignore[no-untyped-call]
+            tracer_provider=tracer_provider,
+            filter_=filters.negate(filters.health_check()),  # type: ignore[no-untyped-call]
+        ),
     ]
     return grpc.aio.insecure_channel(
         address,

@@ -5,6 +5,7 @@ service's own database."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import DateTime, Dialect, String, TypeDecorator, event
 from sqlalchemy.dialects import mysql, postgresql
@@ -277,12 +279,76 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
-    """Sessions on the engine; on SQLite their transactions take turns (see _TakingTurns)."""
-    if engine.dialect.name != "sqlite":
+def sessionmaker(
+    engine: AsyncEngine, *, tracer: trace.Tracer | None = None, service: str = ""
+) -> async_sessionmaker[Any]:
+    """Sessions on the engine; on SQLite their transactions take turns (see _TakingTurns).
+    With a tracer, each `session.begin()` transaction is one span, "db.transaction
+    <service>" (not one per statement; no SQL text or values in it)."""
+    base: type[AsyncSession] = AsyncSession
+    attributes: dict[str, Any] = {}
+    if engine.dialect.name == "sqlite":
+        base, attributes["_turn"] = _TakingTurns, _Turn()
+    if tracer is not None:
+        attributes["_span"] = _TransactionSpan(tracer, service, engine.dialect.name)
+        base = type("TracedSession", (_TracedTransactions, base), attributes)
+    elif attributes:
+        base = type("SQLiteSession", (base,), attributes)
+    if base is AsyncSession:
         return async_sessionmaker(engine, expire_on_commit=False)
-    turns = type("SQLiteSession", (_TakingTurns,), {"_turn": _Turn()})
-    return async_sessionmaker(engine, class_=turns, expire_on_commit=False)
+    return async_sessionmaker(engine, class_=base, expire_on_commit=False)
+
+
+class _TransactionSpan:
+    """What a traced session's transactions are named and tagged with."""
+
+    def __init__(self, tracer: trace.Tracer, service: str, dialect: str) -> None:
+        self.tracer = tracer
+        self.name = f"db.transaction {service}".strip()
+        self.attributes = {"db.system": _DB_SYSTEMS.get(dialect, dialect)}
+
+
+_DB_SYSTEMS = {"mysql": "mariadb"}  # OpenTelemetry's db.system names
+
+
+class _TracedTransactions(AsyncSession):
+    """A session whose `begin()` transactions are each a span (waiting for a turn, the
+    statements and the commit)."""
+
+    _span: _TransactionSpan
+
+    def begin(self) -> Any:
+        return _InSpan(self._span, super().begin())
+
+
+class _InSpan:
+    """The span of one transaction, inside a traced operation only: background loops'
+    polls and marks (no span current) would each make a one-span trace."""
+
+    def __init__(self, span: _TransactionSpan, transaction: Any) -> None:
+        self._scope: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if trace.get_current_span().get_span_context().is_valid:
+            self._scope = span.tracer.start_as_current_span(
+                span.name, kind=trace.SpanKind.CLIENT, attributes=span.attributes
+            )
+        self._transaction = transaction
+
+    async def __aenter__(self) -> Any:
+        self._scope.__enter__()
+        try:
+            return await self._transaction.__aenter__()
+        except BaseException as exc:
+            self._scope.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        try:
+            result = await self._transaction.__aexit__(*exc)
+        except BaseException as error:  # the commit failed
+            self._scope.__exit__(type(error), error, error.__traceback__)
+            raise
+        self._scope.__exit__(*exc)
+        return result
 
 
 class _Turn:

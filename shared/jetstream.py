@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime
 
 import nats
@@ -17,16 +18,57 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from shared.settings import NatsSettings
 from shared.tasks import being_cancelled, stop_gracefully
+from shared.telemetry import (
+    EXECUTION_TYPE,
+    RUN_ID,
+    RUN_STATE,
+    SCRIPT_NAME,
+    enum_name,
+    extract_context,
+    has_context,
+)
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
 BatchHandler = Callable[[list[Msg]], Awaitable[None]]
+# The consume span of each traced message being handled, by Nats-Msg-Id (a batch handler
+# parents per-message work on its own message's span: see consume_context).
+_consuming: contextvars.ContextVar[Mapping[str, otel_context.Context] | None] = (
+    contextvars.ContextVar("runbox_consuming", default=None)
+)
+
+
+def consume_context(msg_id: str) -> otel_context.Context | None:
+    """The context of the consume span of the message with this Nats-Msg-Id (an event id),
+    while a DurableConsumer handler runs; None if it was not traced."""
+    return (_consuming.get() or {}).get(msg_id)
+
+
+def run_event_attributes(msg: Msg) -> dict[str, str | int]:
+    """Span attributes of a RunEvent message: ids, script name, type and state (never its
+    parameters or output); none for other events."""
+    if ".run." not in msg.subject:
+        return {}
+    try:
+        event = events_pb2.RunEvent.FromString(msg.data)
+    except DecodeError:
+        return {}
+    return {
+        RUN_ID: event.run_id,
+        SCRIPT_NAME: event.script_name,
+        EXECUTION_TYPE: enum_name(common_pb2.ExecutionType, event.execution_type),
+        RUN_STATE: enum_name(common_pb2.RunState, event.state),
+        "runbox.event.type": enum_name(events_pb2.RunEventType, event.type),
+    }
 
 
 async def connect(settings: NatsSettings, *, name: str) -> NATS:
@@ -88,8 +130,12 @@ class DurableConsumer:
         ack_wait_s: float = 30.0,
         retry_delay_s: float = 1.0,
         batch_handler: BatchHandler | None = None,
+        tracer: trace.Tracer | None = None,
+        describe: Callable[[Msg], Mapping[str, str | int]] | None = None,
     ) -> None:
         self._js = js
+        self._tracer = tracer
+        self._describe = describe
         self._batch_handler = batch_handler
         self._stream = stream
         self._durable = durable
@@ -154,7 +200,8 @@ class DurableConsumer:
         to the handler on its own)."""
         assert self._batch_handler is not None
         try:
-            await self._batch_handler(messages)
+            with self._consuming(messages):
+                await self._batch_handler(messages)
         except (Exception, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and being_cancelled():
                 raise
@@ -171,7 +218,8 @@ class DurableConsumer:
 
     async def _dispatch(self, msg: Msg) -> None:
         try:
-            await self._handler(msg)
+            with self._consuming([msg]):
+                await self._handler(msg)
         except (Exception, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and being_cancelled():
                 raise
@@ -179,6 +227,55 @@ class DurableConsumer:
             await msg.nak(delay=self._retry_delay)
             return
         await msg.ack()
+
+    @contextlib.contextmanager
+    def _consuming(self, messages: list[Msg]) -> Iterator[None]:
+        """A consumer span per message that carries a trace context (progress events carry
+        none), continuing the producer's trace; the first is current while the handler
+        runs, each is found by consume_context(its id). A handler's failure marks them all."""
+        traced = [m for m in messages if has_context(m.headers)] if self._tracer else []
+        if not traced:
+            yield
+            return
+        assert self._tracer is not None
+        with contextlib.ExitStack() as stack:
+            contexts: dict[str, otel_context.Context] = {}
+            spans = []
+            for msg in traced:
+                span = stack.enter_context(
+                    self._tracer.start_as_current_span(
+                        f"consume {self._durable}",
+                        context=extract_context(msg.headers),
+                        kind=trace.SpanKind.CONSUMER,
+                        attributes=self._attributes(msg, len(messages)),
+                        end_on_exit=True,
+                    )
+                )
+                spans.append(span)
+                contexts[(msg.headers or {}).get("Nats-Msg-Id", "")] = trace.set_span_in_context(
+                    span
+                )
+            # Current: the first message's span (the ones above were entered in turn).
+            stack.enter_context(trace.use_span(spans[0], end_on_exit=False))
+            token = _consuming.set(contexts)
+            try:
+                yield
+            finally:
+                _consuming.reset(token)
+
+    def _attributes(self, msg: Msg, batch: int) -> dict[str, str | int]:
+        attributes: dict[str, str | int] = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": msg.subject,
+            "messaging.consumer.group.name": self._durable,
+            "messaging.message.id": (msg.headers or {}).get("Nats-Msg-Id", ""),
+        }
+        if batch > 1:
+            attributes["messaging.batch.message_count"] = batch
+        if self._describe is not None:
+            attributes.update(self._describe(msg))
+        return attributes
 
 
 def _behind(msg: Msg) -> datetime | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
+from opentelemetry import trace
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -36,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import key_string
 from shared.tasks import being_cancelled, stop_gracefully
-from shared.telemetry import inject_context
+from shared.telemetry import extract_context, has_context, inject_context
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,10 @@ class Outbox:
         batch: int = 100,
         ack_timeout_s: float = 5.0,
         mark_interval_s: float = 0.25,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._table = table
+        self._tracer = tracer
         self._sessions = sessions
         self._poll = poll_interval_s
         self._batch = batch
@@ -288,9 +291,14 @@ class Outbox:
         sent). One after a failure stays unsent even if acknowledged: it goes out again after
         the failed one (its duplicate dropped by Nats-Msg-Id), so a subject keeps its order."""
         acks: list[tuple[str, asyncio.Future[Any] | None]] = []
+        spans: list[trace.Span | None] = []
         try:
             for message in messages:
                 headers: dict[str, Any] = dict(message.headers)
+                span = self._publish_span(message)
+                spans.append(span)
+                if span is not None:  # the consumer continues from the publish
+                    inject_context(headers, trace.set_span_in_context(span))
                 headers["Nats-Msg-Id"] = message.msg_id
                 try:
                     ack = await js.publish_async(message.subject, message.payload, headers=headers)
@@ -320,7 +328,36 @@ class Outbox:
             published.append(msg_id)
         for ack in pending:
             ack.cancel()  # no effect on the done ones
+        _end_spans(spans, len(published))
         return published
+
+    def _publish_span(self, message: OutboxMessage) -> trace.Span | None:
+        """A producer span for an event staged with a trace context, continuing it (events
+        without one, heartbeats and log chunks, make none)."""
+        if self._tracer is None or not has_context(message.headers):
+            return None
+        return self._tracer.start_span(
+            "outbox.publish",
+            context=extract_context(message.headers),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": message.subject,
+                "messaging.message.id": message.msg_id,
+                "messaging.message.body.size": len(message.payload),
+            },
+        )
+
+
+def _end_spans(spans: Sequence[trace.Span | None], published: int) -> None:
+    """End the publish spans: the first `published` were acknowledged, the rest are retried."""
+    for i, span in enumerate(spans):
+        if span is None:
+            continue
+        if i >= published:
+            span.set_status(trace.StatusCode.ERROR, "not acknowledged; retried")
+        span.end()
 
 
 def _ok(ack: asyncio.Future[Any]) -> bool:

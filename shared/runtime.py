@@ -3,6 +3,7 @@ metrics registry and endpoint, auth, NATS, then the gRPC server until SIGTERM.""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -15,6 +16,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from shared import jetstream
@@ -22,7 +24,7 @@ from shared.auth import Authenticator
 from shared.metrics import MetricsEndpoint
 from shared.server import Registration, ServerBundle, create_server, wait_for_signal
 from shared.settings import ServiceSettings
-from shared.telemetry import setup_logging, setup_tracing
+from shared.telemetry import setup_logging, setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ class Runtime:
     nats: NATS | None = None
     js: JetStreamContext | None = None
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def tracer(self, component: str) -> Tracer:
+        """A tracer of this service's provider, named runbox.<service>.<component>."""
+        return self.tracer_provider.get_tracer(f"runbox.{self.service}.{component}")
 
     async def connect_nats(self) -> JetStreamContext:
         """Connect to NATS, provision the event stream, and drain on shutdown."""
@@ -74,7 +80,7 @@ def build_runtime(service: str, settings: ServiceSettings) -> Runtime:
         service=service,
         settings=settings,
         registry=CollectorRegistry(),
-        tracer_provider=setup_tracing(service),
+        tracer_provider=setup_tracing(service, instance_id=settings.instance_id),
         authenticator=Authenticator.from_config(
             settings.auth.principals_file, settings.auth.principals
         ),
@@ -122,6 +128,8 @@ class Running:
                 await hook()
             except Exception:
                 log.exception("shutdown hook failed")
+        # Last, so the spans of the drain above are sent too (blocks up to the export timeout).
+        await asyncio.to_thread(shutdown_tracing, self.runtime.tracer_provider)
 
 
 async def launch(runtime: Runtime, builder: Callable[[Runtime], Awaitable[Service]]) -> Running:

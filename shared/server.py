@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
@@ -71,7 +71,11 @@ def create_server(
     ]
     server = grpc.aio.server(
         interceptors=[
-            aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
+            # A span per RPC, continuing the caller's trace; probes' health checks make none.
+            aio_server_interceptor(  # type: ignore[no-untyped-call]
+                tracer_provider=tracer_provider,
+                filter_=filters.negate(filters.health_check()),  # type: ignore[no-untyped-call]
+            ),
             interceptor,
         ],
         options=options,

@@ -6,34 +6,121 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared.settings import LogSettings
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 run_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("runbox_run_id", default="")
+log = logging.getLogger(__name__)
 
 
-def setup_tracing(service: str) -> TracerProvider:
-    """A tracer provider for this service. Spans get real ids (so logs and
-    events can carry them); exporters are added by deployment configuration
-    (OTEL_* variables with an exporter package installed)."""
-    provider = TracerProvider(resource=Resource.create({"service.name": f"runbox-{service}"}))
+def setup_tracing(service: str, *, instance_id: str = "") -> TracerProvider:
+    """This service's tracer provider, configured by the standard OTEL_* variables.
+
+    Spans always get real ids (logs and events carry them). They leave the process only
+    when an OTLP endpoint is set (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+    OTEL_EXPORTER_OTLP_ENDPOINT): then a BatchSpanProcessor sends them over OTLP, gRPC or
+    http/protobuf by OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL (default grpc, as the Python
+    SDK's). The sampler comes from OTEL_TRACES_SAMPLER[_ARG]; service.name is
+    runbox-<service> unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES name one."""
+    detected = OTELResourceDetector().detect()
+    attributes: dict[str, str] = {"service.namespace": "runbox"}
+    if not detected.attributes.get(SERVICE_NAME):
+        attributes[SERVICE_NAME] = f"runbox-{service}"
+    if instance_id:
+        attributes["service.instance.id"] = instance_id
+    provider = TracerProvider(resource=Resource.create(attributes))
+    exporter = otlp_exporter(os.environ)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 
-def inject_context(carrier: dict[str, str] | None = None) -> dict[str, str]:
-    """The current trace context as W3C headers (traceparent, tracestate)."""
+def otlp_exporter(env: Mapping[str, str]) -> SpanExporter | None:
+    """The OTLP span exporter the OTEL_* variables ask for, or None (tracing stays in the
+    process) when no endpoint is set, OTEL_SDK_DISABLED is true or OTEL_TRACES_EXPORTER
+    is none. The exporters read their endpoint, headers, timeout and TLS settings from the
+    same variables themselves."""
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if not endpoint or env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() in ("none", ""):
+        return None
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    ).strip()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        return GrpcExporter()
+    if protocol in ("http/protobuf", "http"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpExporter,
+        )
+
+        return HttpExporter()
+    raise ValueError(
+        f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported: use grpc or http/protobuf"
+    )
+
+
+def shutdown_tracing(provider: TracerProvider) -> None:
+    """Send the spans still batched and stop the exporter (at service stop, last)."""
+    try:
+        provider.shutdown()
+    except Exception as exc:  # a collector gone away must not fail the shutdown
+        log.warning("tracing shutdown failed: %s", exc)
+
+
+# Span attribute keys (never parameters, secrets or tokens).
+RUN_ID = "runbox.run_id"
+SCRIPT_NAME = "runbox.script.name"
+EXECUTION_TYPE = "runbox.execution_type"
+RUN_STATE = "runbox.run.state"
+
+
+def enum_name(enum: Any, value: int) -> str:
+    """A protobuf enum value's name for a span attribute (the number if it has none)."""
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        return str(value)
+
+
+def tracer_of(provider: trace.TracerProvider | None, name: str) -> trace.Tracer:
+    """A tracer from `provider`; a no-op one when there is none (tests, tools)."""
+    return (provider or trace.NoOpTracerProvider()).get_tracer(name)
+
+
+def has_context(headers: Mapping[str, str] | None) -> bool:
+    """Whether headers carry a W3C trace context (progress events carry none)."""
+    return bool(headers) and "traceparent" in headers  # type: ignore[operator]
+
+
+def inject_context(
+    carrier: dict[str, str] | None = None, context: otel_context.Context | None = None
+) -> dict[str, str]:
+    """The current (or the given) trace context as W3C headers (traceparent, tracestate)."""
     carrier = {} if carrier is None else carrier
-    _PROPAGATOR.inject(carrier)
+    _PROPAGATOR.inject(carrier, context=context)
     return carrier
 
 

@@ -32,7 +32,8 @@ from services.alerting.models import ProcessedEvent
 from services.alerting.notices import Effects, Notices
 from services.alerting.store import LoadedRule, RuleCache
 from shared.consumer_lag import ConsumerLag
-from shared.telemetry import extract_context, run_id_var
+from shared.jetstream import consume_context
+from shared.telemetry import RUN_ID, SCRIPT_NAME, run_id_var
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,7 @@ class EventRecorder:
         run_id = event.message.run_id if isinstance(event.message, events_pb2.RunEvent) else ""
         token = run_id_var.set(run_id)
         try:
-            with self._tracer.start_as_current_span(
-                "alerting.consume", context=extract_context(msg.headers)
-            ):
-                await self._apply([(event, msg.subject)])
+            await self._apply([(event, msg.subject)])
         finally:
             run_id_var.reset(token)
 
@@ -83,9 +81,7 @@ class EventRecorder:
         if messages:
             self._observe_lag(messages[-1])
         parsed = [(e, m.subject) for m in messages if (e := self._parse(m)) is not None]
-        with self._tracer.start_as_current_span("alerting.consume_batch") as span:
-            span.set_attribute("messaging.batch.message_count", len(messages))
-            await self._apply(parsed)
+        await self._apply(parsed)
 
     def _parse(self, msg: Msg) -> Event | None:
         try:
@@ -148,8 +144,25 @@ class EventRecorder:
         occ = occurrence_of(event, now)
         if occ is None:
             return
-        await record_success(session, occ, now)
-        await self.notices.handle(session, occ, rules, effects, now)
+        parent = consume_context(event.event_id)
+        if parent is None:  # an event outside any trace
+            await record_success(session, occ, now)
+            await self.notices.handle(session, occ, rules, effects, now)
+            return
+        # In the event's trace (its consume span; in a batch, each event its own), so the
+        # deliveries it queues carry that trace on to their sends.
+        attributes: dict[str, str | int] = {
+            RUN_ID: occ.run_id,
+            SCRIPT_NAME: occ.script_name,
+            "runbox.rules": len(rules),
+        }
+        with self._tracer.start_as_current_span(
+            "alerting.evaluate", context=parent, attributes=attributes
+        ) as span:
+            queued = effects.queued
+            await record_success(session, occ, now)
+            await self.notices.handle(session, occ, rules, effects, now)
+            span.set_attribute("runbox.deliveries_queued", effects.queued - queued)
 
     def _report(self, results: Sequence[tuple[Event, str]]) -> None:
         for event, result in results:

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from opentelemetry import trace
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential, wait_random
@@ -34,11 +35,13 @@ from tenacity import AsyncRetrying, RetryCallState, wait_exponential, wait_rando
 from runbox.alerting.v1 import alerting_pb2 as pb
 from services.alerting import channels
 from services.alerting.channels import ChannelPolicy, DeliveryError, Notification
+from services.alerting.channels.notification import TRACE_KEY
 from services.alerting.config import DeliverySettings
 from services.alerting.metrics import AlertingMetrics
 from services.alerting.models import ChannelRow, DeliveryRow
 from services.alerting.store import channel_to_proto
 from shared.tasks import WakeableLoop
+from shared.telemetry import extract_context, has_context, tracer_of
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +91,10 @@ class DeliveryWorker(WakeableLoop):
         settings: DeliverySettings,
         send: Send | None = None,
         clock: Callable[[], datetime] = _now,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         super().__init__(settings.poll_s)
+        self._tracer = tracer or tracer_of(None, __name__)
         self._sessions = sessions
         self._metrics = metrics
         self._policy = policy
@@ -184,13 +189,35 @@ class DeliveryWorker(WakeableLoop):
         return picked
 
     async def _attempt(self, row: Claimed) -> None:
-        """One attempt of one delivery, and its outcome recorded."""
+        """One attempt of one delivery, and its outcome recorded: a span in the trace of the
+        event whose evaluation queued it (none for a delivery queued outside a trace)."""
+        carrier = row.payload.get(TRACE_KEY)
+        if not isinstance(carrier, dict) or not has_context(carrier):
+            await self._attempt_once(row)
+            return
+        attributes: dict[str, str | int] = {
+            "runbox.delivery.id": row.id,
+            "runbox.delivery.attempt": row.attempts,
+            "runbox.channel.id": row.channel_id,
+            "runbox.alert.id": str(row.payload.get("alert_id", "")),
+            "runbox.rule.id": str(row.payload.get("rule_id", "")),
+        }
+        with self._tracer.start_as_current_span(
+            "alerting.deliver",
+            context=extract_context(carrier),
+            kind=trace.SpanKind.CLIENT,
+            attributes=attributes,
+        ):
+            await self._attempt_once(row)
+
+    async def _attempt_once(self, row: Claimed) -> None:
         channel = await self._channel(row.channel_id)
         kind = "unknown"
         if channel is None:
             await self._failed(row, kind, "channel was deleted", retryable=False)
             return
         kind = channel.WhichOneof("kind") or "unknown"
+        trace.get_current_span().set_attribute("runbox.channel.kind", kind)
         if not channel.enabled:
             await self._failed(row, kind, "channel is disabled", retryable=False)
             return
@@ -198,6 +225,7 @@ class DeliveryWorker(WakeableLoop):
         try:
             await asyncio.wait_for(self._send(channel, notification, self._policy), self._timeout_s)
         except DeliveryError as exc:
+            trace.get_current_span().set_status(trace.StatusCode.ERROR, "delivery failed")
             await self._failed(row, kind, exc.message, exc.retryable, exc.retry_after_s)
         except TimeoutError:
             await self._failed(row, kind, f"no answer within {self._timeout_s:g}s", True)

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from runbox.alerting.v1 import alerting_pb2 as pb
 from runbox.common.v1 import common_pb2
 from services.alerting import noise, templates
+from services.alerting.channels.notification import TRACE_KEY
 from services.alerting.engine import (
     FAILED_STATES,
     RUN_FINISHED,
@@ -40,6 +41,7 @@ from services.alerting.engine import (
 from services.alerting.metrics import AlertingMetrics
 from services.alerting.models import AlertRow, DeliveryRow, RunHistoryRow, SilenceRow, open_key
 from services.alerting.store import LoadedChannel, LoadedRule, silence_selector
+from shared.telemetry import inject_context
 
 log = logging.getLogger(__name__)
 
@@ -433,6 +435,8 @@ class Notices:
                         "text": text,
                         "context": dict(context),
                         "occurred_at": iso(occ.occurred_at),
+                        # The evaluation's trace, continued by the send (never sent on).
+                        TRACE_KEY: inject_context(),
                     },
                     dedup_key=hashlib.sha256(dedup.encode()).hexdigest(),
                     created_at=now,

@@ -20,7 +20,7 @@ from services.alerting.servicer import AlertingServicer
 from services.alerting.store import AlertingStore
 from shared import db
 from shared.clients import open_channel
-from shared.jetstream import DurableConsumer
+from shared.jetstream import DurableConsumer, run_event_attributes
 from shared.runtime import Runtime, Service
 
 _DESCRIPTOR = alerting_pb2.DESCRIPTOR.services_by_name["AlertingService"]
@@ -51,6 +51,7 @@ def _catalogue_tags(settings: AlertingSettings, runtime: Runtime) -> CatalogueTa
         settings.catalogue.address,
         token=settings.auth.service_token.get_secret_value(),
         default_timeout_s=settings.catalogue.timeout_s,
+        tracer_provider=runtime.tracer_provider,
     )
 
     async def close() -> None:
@@ -72,7 +73,7 @@ async def build(runtime: Runtime) -> Service:
     runtime.on_shutdown.append(engine.dispose)
     js = await runtime.connect_nats()
     metrics = AlertingMetrics(runtime.registry)
-    sessions = db.sessionmaker(engine)
+    sessions = db.sessionmaker(engine, tracer=runtime.tracer("db"), service=runtime.service)
     store = AlertingStore.build(sessions, settings.channels, rules_cache_s=settings.rules_cache_s)
     # The store serves the RPCs and the engine alike: the consumer's handler reads
     # enabled rules through store.cache (invalidated by every rule/channel change), the
@@ -83,7 +84,7 @@ async def build(runtime: Runtime) -> Service:
         sessions=sessions,
         metrics=metrics,
         prefix=settings.nats.subjects_prefix,
-        tracer=runtime.tracer_provider.get_tracer("runbox.alerting"),
+        tracer=runtime.tracer("engine"),
         rules=store.cache,
         notices=Notices(tags=tags, default_max_attempts=settings.delivery.max_attempts),
         tags=tags,
@@ -96,6 +97,8 @@ async def build(runtime: Runtime) -> Service:
         batch=settings.consumer_batch,
         handler=recorder,
         batch_handler=recorder.many,
+        tracer=runtime.tracer("consumer"),
+        describe=run_event_attributes,
     )
     lag = LagMonitor(
         js,
@@ -107,7 +110,11 @@ async def build(runtime: Runtime) -> Service:
     # ENGINE: the delivery worker (woken by new deliveries and retries) and the
     # dead-man's-switch loop (woken when rules change).
     delivery = DeliveryWorker(
-        sessions=sessions, metrics=metrics, policy=settings.channels, settings=settings.delivery
+        sessions=sessions,
+        metrics=metrics,
+        policy=settings.channels,
+        settings=settings.delivery,
+        tracer=runtime.tracer("delivery"),
     )
     recorder.on_queued = delivery.notify
     store.deliveries.on_retry.append(delivery.notify)

@@ -58,8 +58,8 @@ async def build(runtime: Runtime) -> Service:
     engine = db.create_engine(
         settings.database, metrics=db.DatabaseMetrics(runtime.registry, runtime.service)
     )
-    sessions = db.sessionmaker(engine)
-    outbox = Outbox(OUTBOX, sessions)
+    sessions = db.sessionmaker(engine, tracer=runtime.tracer("db"), service=runtime.service)
+    outbox = Outbox(OUTBOX, sessions, tracer=runtime.tracer("outbox"))
     js = await runtime.connect_nats()
     backlog = OutboxBacklog(OUTBOX, sessions, runtime.registry, runtime.service)
     lookup = None
@@ -68,6 +68,7 @@ async def build(runtime: Runtime) -> Service:
             settings.scheduler.address,
             token=settings.auth.service_token.get_secret_value(),
             default_timeout_s=settings.scheduler.timeout_s,
+            tracer_provider=runtime.tracer_provider,
         )
 
         async def close_channel() -> None:

@@ -173,10 +173,20 @@ class EventPublisher:
                 subject=f"{self._prefix}.run.{event.run_id}",
                 msg_id=event.event_id,
                 payload=event.SerializeToString(),
-                headers=dict(event.trace_context),  # the run's trace, whoever writes the batch
+                headers=_trace_headers(event),
             )
             for event in events
         ]
         async with self._sessions() as session, session.begin():
             await self._outbox.add_many(session, messages)
         self._outbox.committed(messages)
+
+
+# Progress events: no trace context in their headers, so they make no publish or consume
+# spans (a long run's heartbeats would fill its trace).
+_UNTRACED = (events_pb2.RUN_EVENT_TYPE_HEARTBEAT, events_pb2.RUN_EVENT_TYPE_LOG)
+
+
+def _trace_headers(event: events_pb2.RunEvent) -> dict[str, str]:
+    """The run's trace context (whoever writes the batch) for lifecycle events."""
+    return {} if event.type in _UNTRACED else dict(event.trace_context)

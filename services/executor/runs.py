@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from runbox.executor.v1 import executor_pb2
@@ -24,6 +27,7 @@ from services.executor.metrics import ExecutorMetrics, execution_type_label, res
 from services.executor.output import Redactor
 from services.executor.results import redact_result, result_struct
 from services.executor.runners.base import Outcome, RunnerRegistry
+from services.executor.tracing import RunTracing, finish
 from shared.errors import InvalidArgument, QuotaViolation, ResourceExhausted, Unavailable
 from shared.telemetry import run_id_var
 
@@ -62,6 +66,8 @@ class ActiveRun:
     finished: bool = False
     # Staging the STARTED event, once the runner said the run started.
     announced: asyncio.Task[None] | None = None
+    # The run's span, from acceptance to FINISHED (its context is in every event).
+    span: trace.Span = trace.INVALID_SPAN
 
 
 class RunManager:
@@ -76,8 +82,10 @@ class RunManager:
         content: ContentSource,
         publisher: EventPublisher,
         metrics: ExecutorMetrics,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._settings = settings
+        self._tracing = RunTracing(tracer)
         self.executor_id = executor_id
         self._registry = registry
         self._content = content
@@ -143,6 +151,7 @@ class RunManager:
         self._check_capacity()
         # No await from the lookups above to here: concurrent duplicates see this run.
         run = ActiveRun(request=request, ctx=self._context(request), accepted_at=datetime.now(UTC))
+        run.span, run.ctx.trace_context = self._tracing.start(request)
         self._runs[request.run_id] = run
         self._accepted[request.run_id] = run.accepted_at
         while len(self._accepted) > 10_000:  # remember recent run ids only
@@ -225,6 +234,7 @@ class RunManager:
 
     async def _run(self, run: ActiveRun) -> None:
         run_id_var.set(run.request.run_id)
+        otel_context.attach(trace.set_span_in_context(run.span))  # this task's: the run's
         try:
             outcome = await self._start_or_hand_back(run)
         except Exception as exc:  # a bug must still end the run visibly
@@ -239,6 +249,7 @@ class RunManager:
         finally:
             self._runs.pop(run.request.run_id, None)
             self._metrics.active_runs.dec()
+            finish(run.span, outcome)
 
     async def _start_or_hand_back(self, run: ActiveRun) -> Outcome:
         """Run in a slot; a run cancelled while waiting ends CANCELLED, and one still
@@ -247,7 +258,8 @@ class RunManager:
             return _cancelled_before_start() if run.cancel_requested else _not_started()
         run.in_slot = True
         try:
-            return await self._execute(run)
+            with self._tracing.sandbox(run.request):
+                return await self._execute(run)
         finally:
             self._slots.release()
 

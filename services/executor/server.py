@@ -97,8 +97,8 @@ async def build(runtime: Runtime) -> Service:
     engine = db.create_engine(
         settings.database, metrics=db.DatabaseMetrics(runtime.registry, runtime.service)
     )
-    sessions = db.sessionmaker(engine)
-    outbox = Outbox(OUTBOX, sessions)
+    sessions = db.sessionmaker(engine, tracer=runtime.tracer("db"), service=runtime.service)
+    outbox = Outbox(OUTBOX, sessions, tracer=runtime.tracer("outbox"))
     js = await runtime.connect_nats()
     metrics = ExecutorMetrics(runtime.registry)
     backlog = OutboxBacklog(OUTBOX, sessions, runtime.registry, runtime.service)
@@ -106,7 +106,10 @@ async def build(runtime: Runtime) -> Service:
     token = settings.auth.service_token.get_secret_value()
     channel = (
         open_channel(
-            settings.catalogue.address, token=token, default_timeout_s=settings.catalogue.timeout_s
+            settings.catalogue.address,
+            token=token,
+            default_timeout_s=settings.catalogue.timeout_s,
+            tracer_provider=runtime.tracer_provider,
         )
         if token
         else None
@@ -118,6 +121,7 @@ async def build(runtime: Runtime) -> Service:
         content=ContentSource(channel),
         metrics=metrics,
         publisher=EventPublisher(sessions, outbox, settings.nats.subjects_prefix),
+        tracer=runtime.tracer("runs"),
     )
 
     pool_runner = next((r for r in registry.runners() if isinstance(r, DockerRunner)), None)

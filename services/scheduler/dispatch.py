@@ -11,9 +11,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from opentelemetry import trace
 
 from runbox.common.v1 import common_pb2
 from runbox.executor.v1 import executor_pb2
@@ -25,6 +27,15 @@ from services.scheduler.runs import Runs
 from shared.errors import FailedPrecondition
 from shared.status import from_rpc_error
 from shared.tasks import WakeableLoop, being_cancelled
+from shared.telemetry import (
+    EXECUTION_TYPE,
+    RUN_ID,
+    SCRIPT_NAME,
+    enum_name,
+    extract_context,
+    inject_context,
+    tracer_of,
+)
 
 log = logging.getLogger(__name__)
 # The PreconditionFailure subject of an executor refusing a run for want of a sandbox
@@ -77,8 +88,10 @@ class Dispatcher(WakeableLoop):
         secret_grace_s: float = 30.0,
         parallel: int = 16,
         first: FiresFirst | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         super().__init__(interval_s)
+        self._tracer = tracer or tracer_of(None, __name__)
         self._first = first or FiresFirst()
         self._claim_s = claim_s
         self._failover = timedelta(seconds=failover_s)
@@ -140,12 +153,29 @@ class Dispatcher(WakeableLoop):
 
         async def send(row: RunRow, candidates: list[Executor]) -> tuple[str, str, str] | None:
             async with gate:
-                return await self._dispatch(row, candidates, recorded=row.id in first)
+                with self._span(row) as span:
+                    answer = await self._dispatch(row, candidates, recorded=row.id in first)
+                    span.set_attribute("runbox.dispatch.accepted", answer is not None)
+                    return answer
 
         answers = await asyncio.gather(*(send(row, candidates) for row, candidates in plans))
         accepted = [answer for answer in answers if answer is not None]
         await self._runs.mark_dispatched_many(accepted)
         return len(accepted)
+
+    def _span(self, row: RunRow) -> Any:
+        """The span of one run's hand-over, in the trace of the request that submitted it
+        (its context is kept on the run row), so the run's trace goes on past SubmitRun."""
+        return self._tracer.start_as_current_span(
+            "scheduler.dispatch",
+            context=extract_context(row.trace_context),
+            attributes={
+                RUN_ID: row.id,
+                SCRIPT_NAME: row.script_name,
+                EXECUTION_TYPE: enum_name(common_pb2.ExecutionType, row.execution_type),
+                "runbox.attempt": row.attempt,
+            },
+        )
 
     def _available(self) -> list[Executor]:
         ready = self._executors.ready()
@@ -248,7 +278,9 @@ class Dispatcher(WakeableLoop):
             labels=row.labels,
             schedule_id=row.schedule_id or "",
             parent_run_id=row.parent_run_id or "",
-            trace_context=row.trace_context,
+            # The executor's run continues from the dispatch span (from the submit's trace
+            # when nothing traces here).
+            trace_context=inject_context() or row.trace_context,
         )
 
 

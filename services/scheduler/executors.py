@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from opentelemetry.trace import TracerProvider
 
 from runbox.executor.v1 import executor_pb2_grpc
 from shared.clients import open_channel
@@ -51,8 +52,10 @@ class ExecutorSet(Mapping[str, Any]):
         dns_target: str = "",
         refresh_s: float = 10.0,
         token: str = "",
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self._token = token
+        self._tracer_provider = tracer_provider
         self._dns = parse_target(dns_target) if dns_target else None
         self._refresh_s = refresh_s
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -89,7 +92,9 @@ class ExecutorSet(Mapping[str, Any]):
     def _member(self, address: str) -> Executor:
         member = self._members.get(address)
         if member is None:
-            channel = open_channel(address, token=self._token)
+            channel = open_channel(
+                address, token=self._token, tracer_provider=self._tracer_provider
+            )
             self._channels[address] = channel
             member = self._members[address] = Executor(
                 address, executor_pb2_grpc.ExecutorServiceStub(channel)

@@ -24,7 +24,7 @@ from services.scheduler.watch import Watchers
 from shared import db
 from shared.clients import open_channel
 from shared.consumer_lag import ConsumerLag
-from shared.jetstream import DurableConsumer, follow_script_changes
+from shared.jetstream import DurableConsumer, follow_script_changes, run_event_attributes
 from shared.outbox import Outbox
 from shared.outbox_backlog import OutboxBacklog
 from shared.runtime import Runtime, Service
@@ -53,18 +53,22 @@ async def build(runtime: Runtime) -> Service:
     engine = db.create_engine(
         settings.database, metrics=db.DatabaseMetrics(runtime.registry, runtime.service)
     )
-    sessions = db.sessionmaker(engine)
-    outbox = Outbox(OUTBOX, sessions, batch=500)
+    sessions = db.sessionmaker(engine, tracer=runtime.tracer("db"), service=runtime.service)
+    outbox = Outbox(OUTBOX, sessions, batch=500, tracer=runtime.tracer("outbox"))
     js = await runtime.connect_nats()
     token = settings.auth.service_token.get_secret_value()
     catalogue_channel = open_channel(
-        settings.catalogue.address, token=token, default_timeout_s=settings.catalogue.timeout_s
+        settings.catalogue.address,
+        token=token,
+        default_timeout_s=settings.catalogue.timeout_s,
+        tracer_provider=runtime.tracer_provider,
     )
     executors = ExecutorSet(
         settings.executors,
         dns_target=settings.executors_dns,
         refresh_s=settings.executors_dns_refresh_s,
         token=token,
+        tracer_provider=runtime.tracer_provider,
     )
     metrics = SchedulerMetrics(runtime.registry)
     backlog = OutboxBacklog(OUTBOX, sessions, runtime.registry, runtime.service)
@@ -111,6 +115,7 @@ async def build(runtime: Runtime) -> Service:
             scripts=settings.script_max_active_runs,
         ),
         first=first,
+        tracer=runtime.tracer("dispatch"),
     )
     runs.on_submitted.append(dispatcher.notify)
     run_events = RunEventHandler(runs, metrics, first=first)
@@ -121,6 +126,8 @@ async def build(runtime: Runtime) -> Service:
         filter_subject=f"{settings.nats.subjects_prefix}.run.>",
         handler=run_events,
         batch_handler=run_events.many,
+        tracer=runtime.tracer("consumer"),
+        describe=run_event_attributes,
     )
 
     sweeper = LeaseSweeper(

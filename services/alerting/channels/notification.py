@@ -14,6 +14,9 @@ Kind = Literal["firing", "resolved", "test"]
 Severity = Literal["info", "warning", "critical"]
 KINDS: frozenset[str] = frozenset({"firing", "resolved", "test"})
 SEVERITIES: frozenset[str] = frozenset({"info", "warning", "critical"})
+# The key of a delivery payload holding the W3C trace context of the evaluation that queued
+# it (not part of the Notification: from_dict ignores it, so no channel ever sends it).
+TRACE_KEY = "trace_context"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,210 @@
+"""Tracing setup from the OTEL_* variables, transaction spans, and what run spans carry."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from google.protobuf import struct_pb2
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as GrpcExporter,
+)
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as HttpExporter,
+)
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import text
+
+from runbox.common.v1 import common_pb2
+from runbox.executor.v1 import executor_pb2
+from services.executor.runners.base import Outcome
+from services.executor.tracing import RunTracing, finish
+from shared import db
+from shared.settings import DatabaseSettings
+from shared.telemetry import inject_context, otlp_exporter, setup_tracing, shutdown_tracing
+
+SECRET = "hunter2-trace-canary"
+PARAMETER = "plain-parameter-value-77"
+
+
+@pytest.fixture(autouse=True)
+def no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sets the OTEL_* variables it is about."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def recorded() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+def processors(provider: TracerProvider) -> tuple[object, ...]:
+    return tuple(provider._active_span_processor._span_processors)
+
+
+def test_setup_without_endpoint_installs_no_exporter() -> None:
+    """No OTLP endpoint: no span processor at all, yet spans still get real ids."""
+    provider = setup_tracing("scheduler", instance_id="scheduler-1")
+    assert processors(provider) == ()
+    with provider.get_tracer("t").start_as_current_span("s") as span:
+        assert span.get_span_context().is_valid
+        assert inject_context()["traceparent"].startswith("00-")
+    assert provider.resource.attributes["service.name"] == "runbox-scheduler"
+    assert provider.resource.attributes["service.instance.id"] == "scheduler-1"
+    shutdown_tracing(provider)
+
+
+def test_setup_with_endpoint_installs_batched_otlp_grpc_exporter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT alone: spans go out in batches over OTLP/gRPC."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    provider = setup_tracing("executor")
+    (processor,) = processors(provider)
+    assert isinstance(processor, BatchSpanProcessor)
+    assert isinstance(processor.span_exporter, GrpcExporter)
+    shutdown_tracing(provider)
+
+
+def test_traces_endpoint_and_http_protocol_select_http_exporter() -> None:
+    """The traces-specific endpoint and protocol variables choose http/protobuf."""
+    env = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+    }
+    assert isinstance(otlp_exporter(env), HttpExporter)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": ""},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317", "OTEL_SDK_DISABLED": "true"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317", "OTEL_TRACES_EXPORTER": "none"},
+    ],
+)
+def test_exporter_off_without_endpoint_or_when_disabled_is_none(env: dict[str, str]) -> None:
+    """No endpoint, OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none: no exporter."""
+    assert otlp_exporter(env) is None
+
+
+def test_unknown_protocol_is_refused_with_its_name() -> None:
+    """A protocol other than grpc or http/protobuf is a configuration error naming it."""
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+    with pytest.raises(ValueError, match="http/json"):
+        otlp_exporter(env)
+
+
+def test_service_name_and_resource_attributes_come_from_env(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_SERVICE_NAME overrides runbox-<service>; OTEL_RESOURCE_ATTRIBUTES are kept."""
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "sched-eu-1")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=staging")
+    attributes = setup_tracing("scheduler").resource.attributes
+    assert attributes["service.name"] == "sched-eu-1"
+    assert attributes["deployment.environment"] == "staging"
+
+
+def test_sampler_comes_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_TRACES_SAMPLER=always_off: spans are not sampled (ids still made)."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    span = setup_tracing("alerting").get_tracer("t").start_span("s")
+    assert not span.is_recording()
+    assert span.get_span_context().is_valid
+
+
+async def test_transaction_in_a_traced_operation_is_one_span(
+    tmp_path: Path, recorded: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """A transaction inside a span is one child span; one outside any span makes none."""
+    provider, exporter = recorded
+    engine = db.create_engine(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"))
+    sessions = db.sessionmaker(engine, tracer=provider.get_tracer("db"), service="scheduler")
+    tracer = provider.get_tracer("test")
+    try:
+        async with sessions() as session, session.begin():
+            await session.execute(text("SELECT 1"))
+        assert exporter.get_finished_spans() == ()
+        with tracer.start_as_current_span("rpc") as parent:
+            async with sessions() as session, session.begin():
+                await session.execute(text("SELECT 1"))
+                await session.execute(text("SELECT 2"))
+    finally:
+        await engine.dispose()
+    names = [
+        (s.name, s.parent.span_id if s.parent else None) for s in exporter.get_finished_spans()
+    ]
+    assert names == [
+        ("db.transaction scheduler", parent.get_span_context().span_id),
+        ("rpc", None),
+    ]
+
+
+def _strings(span: ReadableSpan) -> str:
+    """Everything a span says, as one text: name, attributes, events, status."""
+    parts = [span.name, str(span.status.description or "")]
+    parts += [f"{k}={v}" for k, v in (span.attributes or {}).items()]
+    for event in span.events:
+        parts += [event.name, *(f"{k}={v}" for k, v in (event.attributes or {}).items())]
+    return "\n".join(parts)
+
+
+def test_run_spans_name_the_run_never_its_parameters_or_secrets(
+    recorded: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """The executor's run and sandbox spans of a run with a secret parameter carry its id,
+    script and state, and neither the secret nor the parameter values."""
+    provider, exporter = recorded
+    parameters = struct_pb2.Struct()
+    parameters.update({"name": PARAMETER})
+    with provider.get_tracer("dispatch").start_as_current_span("scheduler.dispatch"):
+        dispatched = inject_context()
+    request = executor_pb2.ExecuteRequest(
+        run_id="run-1",
+        script_name="deploy",
+        script_version="1.2.3",
+        execution_type=common_pb2.EXECUTION_TYPE_PYTHON,
+        parameters=parameters,
+        secret_parameters={"token": SECRET},
+        trace_context=dispatched,
+    )
+    tracing = RunTracing(provider.get_tracer("runs"))
+    span, carried = tracing.start(request)
+    with trace.use_span(span), tracing.sandbox(request):
+        pass
+    finish(
+        span,
+        Outcome(
+            state=common_pb2.RUN_STATE_FAILED,
+            exit_code=3,
+            reason=common_pb2.FAILURE_REASON_EXIT_CODE,
+            message=f"failed with {SECRET}",
+        ),
+    )
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    run = spans["executor.run"]
+    assert carried["traceparent"].split("-")[2] == format(run.context.span_id, "016x")
+    assert (
+        run.parent is not None and run.parent.span_id == spans["scheduler.dispatch"].context.span_id
+    )
+    assert spans["sandbox.run"].parent.span_id == run.context.span_id  # type: ignore[union-attr]
+    assert run.attributes["runbox.run_id"] == "run-1"  # type: ignore[index]
+    assert run.attributes["runbox.run.state"] == "RUN_STATE_FAILED"  # type: ignore[index]
+    assert run.status.description == "FAILURE_REASON_EXIT_CODE"
+    for recorded_span in spans.values():
+        said = _strings(recorded_span)
+        assert SECRET not in said and PARAMETER not in said
