@@ -105,7 +105,7 @@ build_base() {
   ensure_mmdebstrap
   user_hook runbox 10001 /var/lib/runbox > "$WORK/base-user.sh"
   echo 'mkdir -p "$1/var/lib/runbox" && chown 10001:10001 "$1/var/lib/runbox" && chmod 0750 "$1/var/lib/runbox"' >> "$WORK/base-user.sh"
-  debian_rootfs "$WORK/base.tar" python3,python3-venv,ca-certificates,tini \
+  debian_rootfs "$WORK/base.tar" python3,python3-venv,ca-certificates,tini,libstdc++6 \
     --customize-hook="sh $WORK/base-user.sh \"\$1\""
   import_rootfs "$WORK/base.tar" "$BASE" "runbox-base" \
     "Runbox base: Debian $(debian_suite) with python3, python3-venv, ca-certificates, tini" \
