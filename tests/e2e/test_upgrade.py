@@ -29,6 +29,7 @@ from tests.e2e.upgrade_state import (
     REPO,
     SERVICES,
     PgDatabases,
+    Snapshot,
     StateReader,
     contains,
     copy_state,
@@ -140,7 +141,7 @@ def check_alerting(reader: StateReader, expected: dict[str, Any]) -> None:
 
 
 def check_new_run(reader: StateReader, expected: dict[str, Any]) -> None:
-    """A new run of the oldest greet version, with its old parameters, succeeds."""
+    """A new run of 0.1.0's greet@1.0.0 (two values given, two defaults) succeeds."""
     params = struct_pb2.Struct()
     params.update({"name": "Upgrade", "times": 2})
     submitted = reader.scheduler.SubmitRun(
@@ -214,12 +215,16 @@ def previous_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
         databases.drop()
 
 
+def schema(tables: Snapshot) -> dict[str, list[str]]:
+    """Table and column names of a snapshot."""
+    return {name: columns for name, (columns, _) in tables.items()}
+
+
 @pytest.mark.timeout(300)
 async def test_migrations_downgrade_to_previous_and_upgrade_keep_data(
     previous_database: dict[str, str],
 ) -> None:
-    """Every service: upgrade to head, downgrade to 0.1.0's head, upgrade again; the
-    0.1.0 tables hold the same rows after the way back, and head the same as before."""
+    """Each service migrates down to 0.1.0's head (its rows back), to base, and up again."""
     for service, url in previous_database.items():
         cfg = alembic_config(REPO / "services" / service / "migrations", url)
         old_head = await revision(url)
@@ -232,3 +237,8 @@ async def test_migrations_downgrade_to_previous_and_upgrade_keep_data(
         assert await snapshot(url) == before, f"{service}: downgrade did not restore 0.1.0"
         await alembic(cfg, "upgrade", "head")
         assert await snapshot(url) == upgraded, f"{service}: upgrade after downgrade differs"
+        # All the way down runs every migration's downgrade; up again, the same schema.
+        await alembic(cfg, "downgrade", "base")
+        assert set(await snapshot(url)) <= {"alembic_version"}, service
+        await alembic(cfg, "upgrade", "head")
+        assert schema(await snapshot(url)) == schema(upgraded), service
