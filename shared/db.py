@@ -33,6 +33,7 @@ from sqlalchemy.types import TypeEngine
 
 from shared.migration_lock import migration_lock
 from shared.settings import DatabaseSettings
+from shared.telemetry import ContextTracer
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ def sessionmaker(
     attributes: dict[str, Any] = {}
     if engine.dialect.name == "sqlite":
         base, attributes["_turn"] = _TakingTurns, _Turn()
-    if tracer is not None:
+    if tracer is not None and not isinstance(tracer, ContextTracer):  # spans recorded
         attributes["_span"] = _TransactionSpan(tracer, service, engine.dialect.name)
         base = type("TracedSession", (_TracedTransactions, base), attributes)
     elif attributes:

@@ -31,6 +31,7 @@ from shared.telemetry import (
     RUN_ID,
     RUN_STATE,
     SCRIPT_NAME,
+    ContextTracer,
     enum_name,
     extract_context,
     has_context,
@@ -136,6 +137,8 @@ class DurableConsumer:
         self._js = js
         self._tracer = tracer
         self._describe = describe
+        # Attributes only for spans that are recorded (describing costs a decode).
+        self._recording = tracer is not None and not isinstance(tracer, ContextTracer)
         self._batch_handler = batch_handler
         self._stream = stream
         self._durable = durable
@@ -247,7 +250,9 @@ class DurableConsumer:
                         f"consume {self._durable}",
                         context=extract_context(msg.headers),
                         kind=trace.SpanKind.CONSUMER,
-                        attributes=self._attributes(msg, len(messages)),
+                        attributes=self._attributes(msg, len(messages))
+                        if self._recording
+                        else None,
                         end_on_exit=True,
                     )
                 )

@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import key_string
 from shared.tasks import being_cancelled, stop_gracefully
-from shared.telemetry import extract_context, has_context, inject_context
+from shared.telemetry import ContextTracer, extract_context, has_context, inject_context
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class Outbox:
     ) -> None:
         self._table = table
         self._tracer = tracer
+        # A tracer that records nothing would only pass the staged context on: skip it.
+        self._recording = tracer is not None and not isinstance(tracer, ContextTracer)
         self._sessions = sessions
         self._poll = poll_interval_s
         self._batch = batch
@@ -334,7 +336,7 @@ class Outbox:
     def _publish_span(self, message: OutboxMessage) -> trace.Span | None:
         """A producer span for an event staged with a trace context, continuing it (events
         without one, heartbeats and log chunks, make none)."""
-        if self._tracer is None or not has_context(message.headers):
+        if self._tracer is None or not self._recording or not has_context(message.headers):
             return None
         return self._tracer.start_span(
             "outbox.publish",

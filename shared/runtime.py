@@ -15,8 +15,8 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from shared import jetstream
@@ -24,7 +24,7 @@ from shared.auth import Authenticator
 from shared.metrics import MetricsEndpoint
 from shared.server import Registration, ServerBundle, create_server, wait_for_signal
 from shared.settings import ServiceSettings
-from shared.telemetry import setup_logging, setup_tracing, shutdown_tracing
+from shared.telemetry import Tracing, setup_logging, setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,27 @@ class Runtime:
     service: str
     settings: ServiceSettings
     registry: CollectorRegistry
-    tracer_provider: TracerProvider
+    tracing: Tracing
     authenticator: Authenticator
     instance_id: str
     nats: NATS | None = None
     js: JetStreamContext | None = None
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
-    def tracer(self, component: str) -> Tracer:
-        """A tracer of this service's provider, named runbox.<service>.<component>."""
-        return self.tracer_provider.get_tracer(f"runbox.{self.service}.{component}")
+    @property
+    def tracer_provider(self) -> TracerProvider:
+        """The SDK provider (RPC server spans)."""
+        return self.tracing.provider
+
+    @property
+    def span_provider(self) -> trace.TracerProvider:
+        """Where the service's other spans come from (RPC clients included): records only
+        when spans are exported (Tracing.spans)."""
+        return self.tracing.spans
+
+    def tracer(self, component: str) -> trace.Tracer:
+        """A tracer for this service's own spans, named runbox.<service>.<component>."""
+        return self.tracing.spans.get_tracer(f"runbox.{self.service}.{component}")
 
     async def connect_nats(self) -> JetStreamContext:
         """Connect to NATS, provision the event stream, and drain on shutdown."""
@@ -80,7 +91,7 @@ def build_runtime(service: str, settings: ServiceSettings) -> Runtime:
         service=service,
         settings=settings,
         registry=CollectorRegistry(),
-        tracer_provider=setup_tracing(service, instance_id=settings.instance_id),
+        tracing=setup_tracing(service, instance_id=settings.instance_id),
         authenticator=Authenticator.from_config(
             settings.auth.principals_file, settings.auth.principals
         ),
@@ -129,7 +140,7 @@ class Running:
             except Exception:
                 log.exception("shutdown hook failed")
         # Last, so the spans of the drain above are sent too (blocks up to the export timeout).
-        await asyncio.to_thread(shutdown_tracing, self.runtime.tracer_provider)
+        await asyncio.to_thread(shutdown_tracing, self.runtime.tracing.provider)
 
 
 async def launch(runtime: Runtime, builder: Callable[[Runtime], Awaitable[Service]]) -> Running:

@@ -3,13 +3,15 @@ structured JSON logs carrying run_id and trace_id."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -26,15 +28,32 @@ run_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("runbox_run_id"
 log = logging.getLogger(__name__)
 
 
-def setup_tracing(service: str, *, instance_id: str = "") -> TracerProvider:
-    """This service's tracer provider, configured by the standard OTEL_* variables.
+@dataclass
+class Tracing:
+    """A service's tracing: the SDK provider, and whether its spans leave the process."""
 
-    Spans always get real ids (logs and events carry them). They leave the process only
-    when an OTLP endpoint is set (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
-    OTEL_EXPORTER_OTLP_ENDPOINT): then a BatchSpanProcessor sends them over OTLP, gRPC or
-    http/protobuf by OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL (default grpc, as the Python
-    SDK's). The sampler comes from OTEL_TRACES_SAMPLER[_ARG]; service.name is
-    runbox-<service> unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES name one."""
+    provider: TracerProvider
+    exporting: bool
+
+    @property
+    def spans(self) -> trace.TracerProvider:
+        """Where a service's own spans (RPC clients, transactions, events, runs) come from:
+        the SDK provider when exporting; otherwise one whose spans only carry the trace on
+        (ContextTracer), so nothing is recorded that nobody will read."""
+        return self.provider if self.exporting else _CONTEXT_ONLY
+
+
+def setup_tracing(service: str, *, instance_id: str = "") -> Tracing:
+    """This service's tracing, configured by the standard OTEL_* variables.
+
+    Spans leave the process only when an OTLP endpoint is set
+    (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT): then a
+    BatchSpanProcessor sends them over OTLP, gRPC or http/protobuf by
+    OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL (default grpc, as the Python SDK's). The sampler
+    comes from OTEL_TRACES_SAMPLER[_ARG]; service.name is runbox-<service> unless
+    OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES name one. Without an endpoint only the
+    RPC server spans are made (their ids go into logs, runs and events) and every other
+    span just carries the trace context on."""
     detected = OTELResourceDetector().detect()
     attributes: dict[str, str] = {"service.namespace": "runbox"}
     if not detected.attributes.get(SERVICE_NAME):
@@ -45,7 +64,35 @@ def setup_tracing(service: str, *, instance_id: str = "") -> TracerProvider:
     exporter = otlp_exporter(os.environ)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider
+    return Tracing(provider, exporting=exporter is not None)
+
+
+class ContextTracer(trace.Tracer):
+    """A tracer that records nothing: its "span" is the parent's context, made current, so
+    trace ids still flow into metadata, headers, events and logs at the cost of a context
+    switch. (The API's no-op tracer would drop the parent's context.)"""
+
+    def start_span(  # type: ignore[override]
+        self, name: str, context: otel_context.Context | None = None, *args: Any, **kwargs: Any
+    ) -> trace.Span:
+        return trace.NonRecordingSpan(trace.get_current_span(context).get_span_context())
+
+    @contextlib.contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self, name: str, context: otel_context.Context | None = None, *args: Any, **kwargs: Any
+    ) -> Iterator[trace.Span]:
+        span = self.start_span(name, context)
+        with trace.use_span(span, end_on_exit=False):
+            yield span
+
+
+class _ContextTracerProvider(trace.TracerProvider):
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return _CONTEXT_TRACER
+
+
+_CONTEXT_TRACER = ContextTracer()
+_CONTEXT_ONLY = _ContextTracerProvider()
 
 
 def otlp_exporter(env: Mapping[str, str]) -> SpanExporter | None:
@@ -106,8 +153,8 @@ def enum_name(enum: Any, value: int) -> str:
 
 
 def tracer_of(provider: trace.TracerProvider | None, name: str) -> trace.Tracer:
-    """A tracer from `provider`; a no-op one when there is none (tests, tools)."""
-    return (provider or trace.NoOpTracerProvider()).get_tracer(name)
+    """A tracer from `provider`; one that only carries the trace on when there is none."""
+    return (provider or _CONTEXT_ONLY).get_tracer(name)
 
 
 def has_context(headers: Mapping[str, str] | None) -> bool:

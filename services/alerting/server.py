@@ -51,7 +51,7 @@ def _catalogue_tags(settings: AlertingSettings, runtime: Runtime) -> CatalogueTa
         settings.catalogue.address,
         token=settings.auth.service_token.get_secret_value(),
         default_timeout_s=settings.catalogue.timeout_s,
-        tracer_provider=runtime.tracer_provider,
+        tracer_provider=runtime.span_provider,
     )
 
     async def close() -> None:

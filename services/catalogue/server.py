@@ -68,7 +68,7 @@ async def build(runtime: Runtime) -> Service:
             settings.scheduler.address,
             token=settings.auth.service_token.get_secret_value(),
             default_timeout_s=settings.scheduler.timeout_s,
-            tracer_provider=runtime.tracer_provider,
+            tracer_provider=runtime.span_provider,
         )
 
         async def close_channel() -> None:

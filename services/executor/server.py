@@ -109,7 +109,7 @@ async def build(runtime: Runtime) -> Service:
             settings.catalogue.address,
             token=token,
             default_timeout_s=settings.catalogue.timeout_s,
-            tracer_provider=runtime.tracer_provider,
+            tracer_provider=runtime.span_provider,
         )
         if token
         else None

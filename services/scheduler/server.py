@@ -61,14 +61,14 @@ async def build(runtime: Runtime) -> Service:
         settings.catalogue.address,
         token=token,
         default_timeout_s=settings.catalogue.timeout_s,
-        tracer_provider=runtime.tracer_provider,
+        tracer_provider=runtime.span_provider,
     )
     executors = ExecutorSet(
         settings.executors,
         dns_target=settings.executors_dns,
         refresh_s=settings.executors_dns_refresh_s,
         token=token,
-        tracer_provider=runtime.tracer_provider,
+        tracer_provider=runtime.span_provider,
     )
     metrics = SchedulerMetrics(runtime.registry)
     backlog = OutboxBacklog(OUTBOX, sessions, runtime.registry, runtime.service)

@@ -26,7 +26,13 @@ from services.executor.runners.base import Outcome
 from services.executor.tracing import RunTracing, finish
 from shared import db
 from shared.settings import DatabaseSettings
-from shared.telemetry import inject_context, otlp_exporter, setup_tracing, shutdown_tracing
+from shared.telemetry import (
+    extract_context,
+    inject_context,
+    otlp_exporter,
+    setup_tracing,
+    shutdown_tracing,
+)
 
 SECRET = "hunter2-trace-canary"
 PARAMETER = "plain-parameter-value-77"
@@ -54,12 +60,21 @@ def processors(provider: TracerProvider) -> tuple[object, ...]:
 
 
 def test_setup_without_endpoint_installs_no_exporter() -> None:
-    """No OTLP endpoint: no span processor at all, yet spans still get real ids."""
-    provider = setup_tracing("scheduler", instance_id="scheduler-1")
+    """No OTLP endpoint: no span processor at all; RPC server spans still get real ids and
+    the service's own spans only carry the trace on (nothing recorded)."""
+    tracing = setup_tracing("scheduler", instance_id="scheduler-1")
+    provider = tracing.provider
+    assert not tracing.exporting
     assert processors(provider) == ()
-    with provider.get_tracer("t").start_as_current_span("s") as span:
-        assert span.get_span_context().is_valid
-        assert inject_context()["traceparent"].startswith("00-")
+    with provider.get_tracer("t").start_as_current_span("s") as server:
+        assert server.get_span_context().is_valid
+        incoming = inject_context()["traceparent"]
+        own = tracing.spans.get_tracer("runs")
+        with own.start_as_current_span("scheduler.dispatch") as span:
+            assert not span.is_recording()
+            assert inject_context()["traceparent"] == incoming
+        detached = own.start_span("executor.run", context=extract_context({}))
+        assert not detached.get_span_context().is_valid
     assert provider.resource.attributes["service.name"] == "runbox-scheduler"
     assert provider.resource.attributes["service.instance.id"] == "scheduler-1"
     shutdown_tracing(provider)
@@ -70,11 +85,12 @@ def test_setup_with_endpoint_installs_batched_otlp_grpc_exporter(
 ) -> None:
     """OTEL_EXPORTER_OTLP_ENDPOINT alone: spans go out in batches over OTLP/gRPC."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
-    provider = setup_tracing("executor")
-    (processor,) = processors(provider)
+    tracing = setup_tracing("executor")
+    (processor,) = processors(tracing.provider)
     assert isinstance(processor, BatchSpanProcessor)
     assert isinstance(processor.span_exporter, GrpcExporter)
-    shutdown_tracing(provider)
+    assert tracing.exporting and tracing.spans is tracing.provider
+    shutdown_tracing(tracing.provider)
 
 
 def test_traces_endpoint_and_http_protocol_select_http_exporter() -> None:
@@ -114,7 +130,7 @@ def test_service_name_and_resource_attributes_come_from_env(
     """OTEL_SERVICE_NAME overrides runbox-<service>; OTEL_RESOURCE_ATTRIBUTES are kept."""
     monkeypatch.setenv("OTEL_SERVICE_NAME", "sched-eu-1")
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=staging")
-    attributes = setup_tracing("scheduler").resource.attributes
+    attributes = setup_tracing("scheduler").provider.resource.attributes
     assert attributes["service.name"] == "sched-eu-1"
     assert attributes["deployment.environment"] == "staging"
 
@@ -122,7 +138,7 @@ def test_service_name_and_resource_attributes_come_from_env(
 def test_sampler_comes_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """OTEL_TRACES_SAMPLER=always_off: spans are not sampled (ids still made)."""
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
-    span = setup_tracing("alerting").get_tracer("t").start_span("s")
+    span = setup_tracing("alerting").provider.get_tracer("t").start_span("s")
     assert not span.is_recording()
     assert span.get_span_context().is_valid
 
