@@ -49,12 +49,12 @@ def up(
     """Start a local stack: nats-server + the four services, until Ctrl-C or SIGTERM."""
     from cli import stack as dev_stack
 
+    per_service = _service_settings(settings, allow_unsandboxed=allow_unsandboxed)
     # Ctrl-C even when started with SIGINT ignored (a background job of a script), and
     # SIGTERM (a supervisor, `kill`) stop the services too instead of orphaning them.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
-    per_service = _service_settings(settings, allow_unsandboxed=allow_unsandboxed)
     render.console.print(f"[bold]starting Runbox[/] (state in {var})")
     running = dev_stack.up(var, base_port=base_port, say=render.console.print, settings=per_service)
     render.console.print(f"  nats       {running.nats.url}")

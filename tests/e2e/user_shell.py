@@ -52,13 +52,15 @@ class Started:
         raise AssertionError(f"{needle!r} never printed; output:\n{self.text()[-6000:]}")
 
 
-def start(argv: list[str], log: Path, cwd: Path = REPO) -> Started:
+def start(
+    argv: list[str], log: Path, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> Started:
     """Start ARGV in its own session (as a shell's job) with output to LOG."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             argv,
             cwd=cwd,
-            env=user_env(),
+            env=env or user_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -72,27 +74,37 @@ def hint_commands(output: str) -> list[str]:
     return [line.strip() for line in after.splitlines() if line.strip()]
 
 
-def run_shell(commands: list[str], cwd: Path = REPO, timeout: float = 180) -> dict[str, str]:
-    """Run COMMANDS in one bash (as typed into one shell), stopping at the first that fails;
-    each command's output by command."""
-    script = "set -euo pipefail\n" + "".join(
-        f"echo '{_MARK}{i}'\n{c}\n" for i, c in enumerate(commands)
-    )
+@dataclass
+class Ran:
+    """One command run in the shell: its exit status and what it printed on stdout."""
+
+    code: int
+    output: str
+
+
+def run_shell(
+    commands: list[str], cwd: Path = REPO, env: dict[str, str] | None = None, timeout: float = 240
+) -> dict[str, Ran]:
+    """Run COMMANDS one after the other in one bash, as typed into one shell (variables and
+    exports carry over); each command's exit status and output."""
+    lines = ["set -uo pipefail"]
+    for i, command in enumerate(commands):
+        # The status first; then a newline, in case the output did not end with one.
+        lines += [f"echo '{_MARK}{i}'", command, "status=$?", "echo", f'echo "{_MARK}rc $status"']
     done = subprocess.run(
-        ["bash", "-c", script],
+        ["bash", "-c", "\n".join(lines) + "\n"],
         cwd=cwd,
-        env=user_env(),
+        env=env or user_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
-    parts = re.split(rf"^{re.escape(_MARK)}(\d+)\n", done.stdout, flags=re.M)
-    outputs = {commands[int(parts[i])]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
-    assert done.returncode == 0, (
-        f"a command failed (exit {done.returncode}) after {len(outputs)} started:\n"
-        f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    found = re.findall(
+        rf"^{re.escape(_MARK)}(\d+)\n(.*?)^{re.escape(_MARK)}rc (\d+)$", done.stdout, re.M | re.S
     )
-    return outputs
+    ran = {commands[int(i)]: Ran(int(code), output) for i, output, code in found}
+    assert len(ran) == len(commands), f"the shell stopped early:\n{done.stdout}\n{done.stderr}"
+    return ran
 
 
 def health(config_file: Path) -> dict[str, str]:
