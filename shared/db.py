@@ -5,7 +5,6 @@ service's own database."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -31,6 +30,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool, QueuePool
 from sqlalchemy.types import TypeEngine
 
+from shared.db_tracing import TracedTransactions, TransactionSpan
 from shared.migration_lock import migration_lock
 from shared.settings import DatabaseSettings
 from shared.telemetry import ContextTracer
@@ -291,65 +291,13 @@ def sessionmaker(
     if engine.dialect.name == "sqlite":
         base, attributes["_turn"] = _TakingTurns, _Turn()
     if tracer is not None and not isinstance(tracer, ContextTracer):  # spans recorded
-        attributes["_span"] = _TransactionSpan(tracer, service, engine.dialect.name)
-        base = type("TracedSession", (_TracedTransactions, base), attributes)
+        attributes["_span"] = TransactionSpan(tracer, service, engine.dialect.name)
+        base = type("TracedSession", (TracedTransactions, base), attributes)
     elif attributes:
         base = type("SQLiteSession", (base,), attributes)
     if base is AsyncSession:
         return async_sessionmaker(engine, expire_on_commit=False)
     return async_sessionmaker(engine, class_=base, expire_on_commit=False)
-
-
-class _TransactionSpan:
-    """What a traced session's transactions are named and tagged with."""
-
-    def __init__(self, tracer: trace.Tracer, service: str, dialect: str) -> None:
-        self.tracer = tracer
-        self.name = f"db.transaction {service}".strip()
-        self.attributes = {"db.system": _DB_SYSTEMS.get(dialect, dialect)}
-
-
-_DB_SYSTEMS = {"mysql": "mariadb"}  # OpenTelemetry's db.system names
-
-
-class _TracedTransactions(AsyncSession):
-    """A session whose `begin()` transactions are each a span (waiting for a turn, the
-    statements and the commit)."""
-
-    _span: _TransactionSpan
-
-    def begin(self) -> Any:
-        return _InSpan(self._span, super().begin())
-
-
-class _InSpan:
-    """The span of one transaction, inside a traced operation only: background loops'
-    polls and marks (no span current) would each make a one-span trace."""
-
-    def __init__(self, span: _TransactionSpan, transaction: Any) -> None:
-        self._scope: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if trace.get_current_span().get_span_context().is_valid:
-            self._scope = span.tracer.start_as_current_span(
-                span.name, kind=trace.SpanKind.CLIENT, attributes=span.attributes
-            )
-        self._transaction = transaction
-
-    async def __aenter__(self) -> Any:
-        self._scope.__enter__()
-        try:
-            return await self._transaction.__aenter__()
-        except BaseException as exc:
-            self._scope.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        try:
-            result = await self._transaction.__aexit__(*exc)
-        except BaseException as error:  # the commit failed
-            self._scope.__exit__(type(error), error, error.__traceback__)
-            raise
-        self._scope.__exit__(*exc)
-        return result
 
 
 class _Turn:
