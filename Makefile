@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv protos run test test-unit test-integration test-e2e check lint types protos-check protos-breaking bench sandbox-image images docker clean
+.PHONY: help venv protos run test k8s-check test-unit test-integration test-e2e check lint types protos-check protos-breaking bench sandbox-image images docker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -25,6 +25,10 @@ docker: ## install and start a Docker engine if none is reachable
 
 sandbox-image: ## build the Python sandbox image offline (mmdebstrap + docker import)
 	bash deploy/sandbox/build-image.sh
+
+k8s-check: $(STAMP) ## render and check the Kubernetes manifests (kustomize, schemas, checkov)
+	bash deploy/k8s/install-tools.sh
+	$(BIN)/pytest -q -p no:cacheprovider tests/e2e/test_k8s_manifests.py
 
 images: ## build every deployable image offline, tagged with the version (IMAGES_ARGS: --force, names)
 	bash deploy/images/build.sh $(IMAGES_ARGS)

@@ -47,20 +47,36 @@ def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return [*spec.get("initContainers", []), *spec.get("containers", [])]
 
 
-def env_settings(objs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    """Service -> the variables its container gets from its ConfigMaps (later ones win)."""
-    maps = {o["metadata"]["name"]: o.get("data", {}) for o in objs if o["kind"] == "ConfigMap"}
-    out: dict[str, dict[str, str]] = {}
+def service_containers(
+    objs: list[dict[str, Any]],
+) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(service, workload, container) for every container running `python -m services.<svc>`
+    (the Deployments' and the migration Job's)."""
+    out = []
     for obj in objs:
-        if obj["kind"] != "Deployment":
-            continue
-        service = obj["metadata"]["name"]
-        (container,) = [c for c in containers(obj) if c["name"] == service]
-        env: dict[str, str] = {}
-        for source in container.get("envFrom", []):
-            env.update(maps[source["configMapRef"]["name"]])
-        out[service] = env
+        for container in containers(obj):
+            command = container.get("command", [])
+            if command[:2] == ["python", "-m"] and command[2].startswith("services."):
+                out.append((command[2].removeprefix("services."), obj, container))
     return out
+
+
+def container_env(objs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """The variables a container gets from its ConfigMaps (a later source wins)."""
+    maps = {o["metadata"]["name"]: o.get("data", {}) for o in objs if o["kind"] == "ConfigMap"}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(maps[source["configMapRef"]["name"]])
+    return env
+
+
+def env_settings(objs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Service -> the variables its Deployment's container gets."""
+    return {
+        service: container_env(objs, container)
+        for service, obj, container in service_containers(objs)
+        if obj["kind"] == "Deployment"
+    }
 
 
 def _known(model: type[BaseModel], path: list[str]) -> bool:
@@ -75,12 +91,13 @@ def _known(model: type[BaseModel], path: list[str]) -> bool:
     return getattr(annotation, "__origin__", None) is dict
 
 
-def secret_files(objs: list[dict[str, Any]], deployment: dict[str, Any]) -> dict[str, bytes]:
-    """Path -> content of every file the service container sees from a mounted Secret."""
+def secret_files(
+    objs: list[dict[str, Any]], workload: dict[str, Any], container: dict[str, Any]
+) -> dict[str, bytes]:
+    """Path -> content of every file the container sees from a mounted Secret."""
     secrets = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Secret"}
-    spec = pod_spec(deployment)
+    spec = pod_spec(workload)
     volumes = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
-    (container,) = [c for c in spec["containers"] if c["name"] == deployment["metadata"]["name"]]
     files: dict[str, bytes] = {}
     for mount in container.get("volumeMounts", []):
         if mount["name"] not in volumes:

@@ -26,9 +26,11 @@ from tests.e2e.k8s_objects import (
     CRD_KINDS,
     allowed_edges,
     containers,
+    container_env,
     env_settings,
     pod_spec,
     secret_files,
+    service_containers,
     settings_problems,
 )
 
@@ -276,14 +278,14 @@ def test_services_use_native_grpc_probes_on_their_grpc_port(
 def test_services_accept_their_configured_settings_and_secrets(
     objects: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
-    """Each service knows every variable its ConfigMaps set and starts its settings (and its
-    principals) from them and the files of its mounted Secrets."""
+    """Each service container (and migration step) knows every variable its ConfigMaps set and
+    loads its settings and principals from them and the files of its mounted Secrets."""
     for name in ("overlays/dev", "overlays/production"):
-        objs = objects[name]
-        deployments = named(objs, "Deployment")
-        for service, env in env_settings(objs).items():
-            files = secret_files(objs, deployments[service])
-            assert settings_problems(service, env, files, tmp_path) == [], (name, service)
+        for service, obj, container in service_containers(objects[name]):
+            env = container_env(objects[name], container)
+            files = secret_files(objects[name], obj, container)
+            where = (name, obj["metadata"]["name"], container["name"])
+            assert settings_problems(service, env, files, tmp_path) == [], where
 
 
 def test_scheduler_finds_executors_through_the_headless_service(
