@@ -105,7 +105,7 @@ def otlp_exporter(env: Mapping[str, str]) -> SpanExporter | None:
     )
     if not endpoint or env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
-    if env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() in ("none", ""):
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
         return None
     protocol = (
         env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")

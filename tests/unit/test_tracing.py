@@ -25,6 +25,7 @@ from runbox.executor.v1 import executor_pb2
 from services.executor.runners.base import Outcome
 from services.executor.tracing import RunTracing, finish
 from shared import db
+from shared.jetstream import DurableConsumer, consume_context
 from shared.settings import DatabaseSettings
 from shared.telemetry import (
     extract_context,
@@ -224,3 +225,56 @@ def test_run_spans_name_the_run_never_its_parameters_or_secrets(
     for recorded_span in spans.values():
         said = _strings(recorded_span)
         assert SECRET not in said and PARAMETER not in said
+
+
+class FakeMsg:
+    """What DurableConsumer reads of a JetStream message."""
+
+    def __init__(self, msg_id: str, headers: dict[str, str]) -> None:
+        self.subject = f"runbox.events.run.{msg_id}"
+        self.data = b""
+        self.headers = {**headers, "Nats-Msg-Id": msg_id}
+        self.acked = False
+
+    async def ack(self) -> None:
+        self.acked = True
+
+
+async def test_batch_consume_spans_each_continue_their_own_trace(
+    recorded: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """A fetched batch: one consume span per traced message, each the child of its own
+    producer's span; consume_context finds each; an untraced message makes none."""
+    provider, exporter = recorded
+    producer = provider.get_tracer("producer")
+    parents: dict[str, int] = {}
+    messages = []
+    for msg_id in ("a", "b"):
+        with producer.start_as_current_span(f"publish {msg_id}") as span:
+            parents[msg_id] = span.get_span_context().span_id
+            messages.append(FakeMsg(msg_id, inject_context()))
+    messages.append(FakeMsg("progress", {}))
+    seen: dict[str, int | None] = {}
+
+    async def handle(batch: list[FakeMsg]) -> None:
+        for msg in batch:
+            found = consume_context(msg.headers["Nats-Msg-Id"])
+            seen[msg.headers["Nats-Msg-Id"]] = (
+                None if found is None else trace.get_current_span(found).get_span_context().span_id
+            )
+
+    consumer = DurableConsumer(
+        None,  # type: ignore[arg-type]
+        stream="s",
+        durable="scheduler",
+        filter_subject="runbox.events.run.>",
+        handler=handle,  # type: ignore[arg-type]
+        batch_handler=handle,  # type: ignore[arg-type]
+        tracer=provider.get_tracer("consumer"),
+    )
+    assert await consumer._dispatch_batch(messages)  # type: ignore[arg-type]
+    consumed = [s for s in exporter.get_finished_spans() if s.name == "consume scheduler"]
+    assert sorted(s.parent.span_id for s in consumed) == sorted(parents.values())  # type: ignore[union-attr]
+    by_message = {s.attributes["messaging.message.id"]: s.context.span_id for s in consumed}  # type: ignore[index]
+    assert seen == {"a": by_message["a"], "b": by_message["b"], "progress": None}
+    assert all(m.acked for m in messages)
