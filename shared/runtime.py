@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 
 from shared import jetstream
 from shared.auth import Authenticator
@@ -87,10 +87,12 @@ def build_runtime(service: str, settings: ServiceSettings) -> Runtime:
     # No `<counter>_created` series: they double what every scrape stores and no rule or
     # dashboard reads them (process-wide; checked when a registry is collected).
     disable_created_metrics()  # type: ignore[no-untyped-call]
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total, resident memory, fds
     return Runtime(
         service=service,
         settings=settings,
-        registry=CollectorRegistry(),
+        registry=registry,
         tracing=setup_tracing(service, instance_id=settings.instance_id),
         authenticator=Authenticator.from_config(
             settings.auth.principals_file, settings.auth.principals
