@@ -214,16 +214,22 @@ r="\$1"
 install -m 0755 "$HERE/postgres/entrypoint.sh" "\$r/usr/local/bin/runbox-postgres"
 # Debian's package makes a "main" cluster and a snakeoil TLS key: neither belongs in an image.
 rm -rf "\$r/var/lib/postgresql/15" "\$r/etc/postgresql/15" "\$r/etc/ssl/private/ssl-cert-snakeoil.key" "\$r/etc/ssl/certs/ssl-cert-snakeoil.pem"
-mkdir -p "\$r/var/lib/postgresql/data" "\$r/var/run/postgresql"
-chown 999:999 "\$r/var/lib/postgresql" "\$r/var/lib/postgresql/data" "\$r/var/run/postgresql"
+mkdir -p "\$r/var/lib/postgresql/data"
+chown 999:999 "\$r/var/lib/postgresql" "\$r/var/lib/postgresql/data"
 chmod 0700 "\$r/var/lib/postgresql/data"
 HOOK
+  # Without PostgreSQL's LLVM JIT (libLLVM and z3, ~130 MB of the image): when the
+  # provider library is missing PostgreSQL runs every query without JIT, as jit=off.
   debian_rootfs "$WORK/postgres.tar" postgresql-15 \
+    --dpkgopt='path-exclude=/usr/lib/postgresql/*/lib/llvmjit*' \
+    --dpkgopt='path-exclude=/usr/lib/postgresql/*/lib/bitcode/*' \
+    --dpkgopt='path-exclude=/usr/lib/*-linux-gnu/libLLVM-*' \
+    --dpkgopt='path-exclude=/usr/lib/*-linux-gnu/libz3.so*' \
     --essential-hook="sh $WORK/pg-user.sh \"\$1\"" \
     --customize-hook="sh $WORK/pg-hook.sh \"\$1\""
   import_rootfs "$WORK/postgres.tar" "$PREFIX/postgres:$VERSION" runbox-postgres \
     "PostgreSQL 15 (Debian postgresql-15) for Runbox" \
-    --change 'ENV LANG=C.UTF-8 PGDATA=/var/lib/postgresql/data' \
+    --change 'ENV LANG=C.UTF-8 PGDATA=/var/lib/postgresql/data PGHOST=/tmp' \
     --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'USER 999:999' --change 'WORKDIR /var/lib/postgresql' \
     --change 'EXPOSE 5432' \
@@ -237,7 +243,10 @@ build_prometheus() {
   cat > "$WORK/prom-hook.sh" <<'HOOK'
 set -eu; mkdir -p "$1/prometheus" && chown 998:998 "$1/prometheus" && chmod 0750 "$1/prometheus"
 HOOK
+  # moment-timezone's raw data (~210 MB) is not what the web UI loads (the
+  # *-with-data.min.js bundles are).
   debian_rootfs "$WORK/prometheus.tar" prometheus \
+    --dpkgopt='path-exclude=/usr/share/javascript/moment-timezone/data/*' \
     --essential-hook="sh $WORK/prom-user.sh \"\$1\"" \
     --customize-hook="sh $WORK/prom-hook.sh \"\$1\""
   import_rootfs "$WORK/prometheus.tar" "$PREFIX/prometheus:$VERSION" runbox-prometheus \

@@ -11,6 +11,9 @@ set -euo pipefail
 
 PGDATA="${PGDATA:-/var/lib/postgresql/data}"
 export PGDATA
+# The Unix socket: /run is empty in the image and root-owned; /tmp is writable (a tmpfs
+# or emptyDir with a read-only root).
+SOCKETS="${PGHOST:-/tmp}"
 say() { echo "runbox-postgres: $*" >&2; }
 
 initialise() {
@@ -41,7 +44,7 @@ initialise() {
 create_databases() {
   local names="${POSTGRES_DATABASES:-}" name
   [ -n "$names" ] || return 0
-  pg_ctl -D "$PGDATA" -w -o "-c listen_addresses='' -k /var/run/postgresql" start >&2
+  pg_ctl -D "$PGDATA" -w -o "-c listen_addresses='' -k $SOCKETS" start >&2
   IFS=',' read -r -a list <<< "$names"
   for name in "${list[@]}"; do
     name="$(echo "$name" | tr -d '[:space:]')"
@@ -52,7 +55,7 @@ create_databases() {
       exit 1
     fi
     say "creating database $name"
-    psql -v ON_ERROR_STOP=1 -h /var/run/postgresql -U postgres -d postgres -q \
+    psql -v ON_ERROR_STOP=1 -h "$SOCKETS" -U postgres -d postgres -q \
       -c "CREATE DATABASE \"$name\" OWNER postgres" >&2
   done
   pg_ctl -D "$PGDATA" -m fast -w stop >&2
@@ -63,7 +66,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
 fi
 # SIGTERM (docker stop, Kubernetes) becomes PostgreSQL's fast shutdown (SIGINT):
 # its own SIGTERM would wait for every client to disconnect.
-postgres -D "$PGDATA" -k /var/run/postgresql "$@" &
+postgres -D "$PGDATA" -k "$SOCKETS" "$@" &
 pid=$!
 trap 'kill -INT "$pid"' TERM INT
 status=0
