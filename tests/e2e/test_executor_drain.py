@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -87,7 +88,7 @@ class Client:
         request = scheduler_pb2.GetRunRequest(id=run_id)
         return self.scheduler.GetRun(request, metadata=self.md, timeout=10)
 
-    def wait(self, run_id: str, states: set[int], timeout: float = 90) -> scheduler_pb2.Run:
+    def wait(self, run_id: str, states: set[Any], timeout: float = 90) -> scheduler_pb2.Run:
         deadline = time.monotonic() + timeout
         run = self.get(run_id)
         while run.state not in states and time.monotonic() < deadline:
@@ -118,7 +119,7 @@ def refused_while_draining(
         try:
             executor_pb2_grpc.ExecutorServiceStub(channel).Execute(request, metadata=md, timeout=10)
         except grpc.RpcError as exc:
-            return exc.code()  # type: ignore[no-any-return]
+            return exc.code()
     return None
 
 
