@@ -35,18 +35,19 @@ def check(address: str, *, service: str = "", deadline_s: float = DEADLINE_S) ->
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(request, timeout=deadline_s)
         except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else None
-            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-            name = code.name if code is not None else "ERROR"
-            return (
-                f"{address}: {name}: {(details or '').splitlines()[0] if details else ''}".rstrip(
-                    ": "
-                )
-            )
+            return f"{address}: {_describe(exc)}"
     if response.status == SERVING:
         return None
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     return f"{address}: {status}"
+
+
+def _describe(exc: grpc.RpcError) -> str:
+    """The status code and the first line of the details of a failed call."""
+    if not isinstance(exc, grpc.Call):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    details = (exc.details() or "").strip().splitlines()
+    return f"{exc.code().name}: {details[0]}" if details else exc.code().name
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
