@@ -8,18 +8,13 @@ not yet marked (the relay marks in the background within a fraction of a second)
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.tasks import stop_gracefully
-
-log = logging.getLogger(__name__)
+from shared.sampler import Sampler
 
 
 class OutboxBacklog:
@@ -36,7 +31,6 @@ class OutboxBacklog:
     ) -> None:
         self._table = table
         self._sessions = sessions
-        self._interval = interval_s
         self.unsent = Gauge(
             f"runbox_{service}_outbox_unsent_events",
             "Events committed to the outbox and not yet published to JetStream.",
@@ -47,8 +41,7 @@ class OutboxBacklog:
             "Age of the oldest unsent outbox event (0 when none waits).",
             registry=registry,
         )
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._sampler = Sampler(self.measure, name="outbox-backlog", interval_s=interval_s)
 
     async def measure(self) -> tuple[int, float]:
         """Count the unsent rows once and set the gauges; (unsent, oldest age in seconds)."""
@@ -71,17 +64,7 @@ class OutboxBacklog:
         return int(count), age
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="outbox-backlog")
+        self._sampler.start()
 
     async def stop(self, timeout_s: float = 5.0) -> None:
-        self._stopping.set()
-        await stop_gracefully(self._task, timeout_s)
-
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.measure()
-            except Exception as exc:  # the database is away: the gauges keep their last value
-                log.warning("outbox backlog not measured: %s", type(exc).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+        await self._sampler.stop(timeout_s)

@@ -47,6 +47,13 @@ class SchedulerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.active_runs = Gauge(
+            "runbox_scheduler_active_runs",
+            "Runs not ended, by state (pending, queued, running); every replica counts the "
+            "whole table (aggregate with max).",
+            ["state"],
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "runbox_scheduler_consumer_lag_messages",
             "Run events in the stream not yet delivered to the scheduler's consumer.",

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from runbox.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from services.scheduler.backlog import RunBacklog
 from services.scheduler.catalogue import CatalogueClient
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.consumer import RunEventHandler
@@ -72,6 +73,7 @@ async def build(runtime: Runtime) -> Service:
     )
     metrics = SchedulerMetrics(runtime.registry)
     backlog = OutboxBacklog(OUTBOX, sessions, runtime.registry, runtime.service)
+    run_backlog = RunBacklog(sessions, metrics)
     lag = ConsumerLag(
         js, stream=settings.nats.stream, durable="scheduler", gauge=metrics.consumer_lag
     )
@@ -173,6 +175,7 @@ async def build(runtime: Runtime) -> Service:
         sweeper.start()
         firing.start()
         backlog.start()
+        run_backlog.start()
         await lag.start()
 
     async def close_channels() -> None:
@@ -182,7 +185,7 @@ async def build(runtime: Runtime) -> Service:
     runtime.on_shutdown.extend(
         [engine.dispose, close_channels, outbox.stop, consumer.stop, dispatcher.stop, firing.stop]
     )
-    runtime.on_shutdown.extend([backlog.stop, lag.stop])
+    runtime.on_shutdown.extend([backlog.stop, run_backlog.stop, lag.stop])
     runtime.on_shutdown.append(sweeper.stop)  # first: it ends runs through the outbox
     servicer = SchedulerServicer(  # type: ignore[abstract]
         runs,

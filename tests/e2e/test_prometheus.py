@@ -201,6 +201,11 @@ def test_prometheus_scrapes_every_service_and_a_run_moves_its_series(
         return health if health == dict.fromkeys(JOBS, "up") else None
 
     eventually(targets_up, "every Runbox target up")
+    for target in prometheus.api("targets")["activeTargets"]:
+        with urllib.request.urlopen(target["scrapeUrl"], timeout=10) as response:
+            body = response.read().decode()
+        assert "_created" not in body, target["scrapeUrl"]  # disable_created_metrics at start
+        assert "process_resident_memory_bytes" in body, target["scrapeUrl"]
     python = '{execution_type="python",resource_class="small"}'
     for expr in (
         "runbox_scheduler_runs_submitted_total >= 1",
@@ -214,6 +219,7 @@ def test_prometheus_scrapes_every_service_and_a_run_moves_its_series(
         "runbox_scheduler_consumer_lag_messages",
         "runbox_alerting_consumer_lag_messages",
         "runbox_scheduler_outbox_unsent_events",
+        'runbox_scheduler_active_runs{state="pending"}',
         "runbox_db_query_duration_seconds_count",
     ):
         eventually(lambda expr=expr: prometheus.query(expr), expr)  # type: ignore[misc]
