@@ -9,6 +9,8 @@ from typing import Any
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.telemetry import current_span
+
 
 class TransactionSpan:
     """What a traced session's transactions are named and tagged with."""
@@ -39,8 +41,8 @@ class _InSpan:
     def __init__(self, span: TransactionSpan, transaction: Any) -> None:
         self._scope: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if trace.get_current_span().get_span_context().is_valid:
-            self._scope = span.tracer.start_as_current_span(
-                span.name, kind=trace.SpanKind.CLIENT, attributes=span.attributes
+            self._scope = current_span(
+                span.tracer, span.name, kind=trace.SpanKind.CLIENT, attributes=span.attributes
             )
         self._transaction = transaction
 

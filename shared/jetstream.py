@@ -32,6 +32,7 @@ from shared.telemetry import (
     RUN_STATE,
     SCRIPT_NAME,
     ContextTracer,
+    current_span,
     enum_name,
     extract_context,
     has_context,
@@ -246,14 +247,14 @@ class DurableConsumer:
             spans = []
             for msg in traced:
                 span = stack.enter_context(
-                    self._tracer.start_as_current_span(
+                    current_span(
+                        self._tracer,
                         f"consume {self._durable}",
                         context=extract_context(msg.headers),
                         kind=trace.SpanKind.CONSUMER,
                         attributes=self._attributes(msg, len(messages))
                         if self._recording
                         else None,
-                        end_on_exit=True,
                     )
                 )
                 spans.append(span)

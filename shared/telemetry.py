@@ -144,6 +144,33 @@ EXECUTION_TYPE = "runbox.execution_type"
 RUN_STATE = "runbox.run.state"
 
 
+@contextlib.contextmanager
+def current_span(
+    tracer: trace.Tracer,
+    name: str,
+    *,
+    context: otel_context.Context | None = None,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+    attributes: Mapping[str, str | int | bool] | None = None,
+) -> Iterator[trace.Span]:
+    """A span made current for the block. An exception marks it ERROR with the exception's
+    type only: messages (a driver's SQL parameters, a script's error text) never go into a
+    span, unlike the SDK's default exception recording."""
+    with tracer.start_as_current_span(
+        name,
+        context=context,
+        kind=kind,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+            raise
+
+
 def enum_name(enum: Any, value: int) -> str:
     """A protobuf enum value's name for a span attribute (the number if it has none)."""
     try:

@@ -33,7 +33,7 @@ from services.alerting.notices import Effects, Notices
 from services.alerting.store import LoadedRule, RuleCache
 from shared.consumer_lag import ConsumerLag
 from shared.jetstream import consume_context
-from shared.telemetry import RUN_ID, SCRIPT_NAME, run_id_var
+from shared.telemetry import RUN_ID, SCRIPT_NAME, current_span, run_id_var
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,8 @@ class EventRecorder:
             SCRIPT_NAME: occ.script_name,
             "runbox.rules": len(rules),
         }
-        with self._tracer.start_as_current_span(
-            "alerting.evaluate", context=parent, attributes=attributes
+        with current_span(
+            self._tracer, "alerting.evaluate", context=parent, attributes=attributes
         ) as span:
             queued = effects.queued
             await record_success(session, occ, now)

@@ -41,7 +41,7 @@ from services.alerting.metrics import AlertingMetrics
 from services.alerting.models import ChannelRow, DeliveryRow
 from services.alerting.store import channel_to_proto
 from shared.tasks import WakeableLoop
-from shared.telemetry import extract_context, has_context, tracer_of
+from shared.telemetry import current_span, extract_context, has_context, tracer_of
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,8 @@ class DeliveryWorker(WakeableLoop):
             "runbox.alert.id": str(row.payload.get("alert_id", "")),
             "runbox.rule.id": str(row.payload.get("rule_id", "")),
         }
-        with self._tracer.start_as_current_span(
+        with current_span(
+            self._tracer,
             "alerting.deliver",
             context=extract_context(carrier),
             kind=trace.SpanKind.CLIENT,

@@ -17,6 +17,7 @@ from shared.telemetry import (
     RUN_ID,
     RUN_STATE,
     SCRIPT_NAME,
+    current_span,
     enum_name,
     extract_context,
     inject_context,
@@ -46,9 +47,7 @@ class RunTracing:
     @contextlib.contextmanager
     def sandbox(self, request: executor_pb2.ExecuteRequest) -> Iterator[trace.Span]:
         """The run in its runner (content, sandbox hand-over, the script, its collection)."""
-        with self._tracer.start_as_current_span(
-            "sandbox.run", attributes=_identity(request)
-        ) as span:
+        with current_span(self._tracer, "sandbox.run", attributes=_identity(request)) as span:
             yield span
 
 

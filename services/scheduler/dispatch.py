@@ -31,6 +31,7 @@ from shared.telemetry import (
     EXECUTION_TYPE,
     RUN_ID,
     SCRIPT_NAME,
+    current_span,
     enum_name,
     extract_context,
     inject_context,
@@ -166,7 +167,8 @@ class Dispatcher(WakeableLoop):
     def _span(self, row: RunRow) -> Any:
         """The span of one run's hand-over, in the trace of the request that submitted it
         (its context is kept on the run row), so the run's trace goes on past SubmitRun."""
-        return self._tracer.start_as_current_span(
+        return current_span(
+            self._tracer,
             "scheduler.dispatch",
             context=extract_context(row.trace_context),
             attributes={

@@ -28,6 +28,7 @@ from shared import db
 from shared.jetstream import DurableConsumer, consume_context
 from shared.settings import DatabaseSettings
 from shared.telemetry import (
+    current_span,
     extract_context,
     inject_context,
     otlp_exporter,
@@ -278,3 +279,20 @@ async def test_batch_consume_spans_each_continue_their_own_trace(
     by_message = {s.attributes["messaging.message.id"]: s.context.span_id for s in consumed}  # type: ignore[index]
     assert seen == {"a": by_message["a"], "b": by_message["b"], "progress": None}
     assert all(m.acked for m in messages)
+
+
+def test_failure_inside_span_records_its_type_not_its_message(
+    recorded: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """An exception in a span marks it ERROR with the exception's type only (a driver's
+    message can quote SQL parameters)."""
+    provider, exporter = recorded
+    with (
+        pytest.raises(ValueError),
+        current_span(provider.get_tracer("t"), "db.transaction scheduler"),
+    ):
+        raise ValueError(f"[parameters: ('{SECRET}',)]")
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code == trace.StatusCode.ERROR
+    assert span.status.description == "ValueError"
+    assert SECRET not in _strings(span) and not span.events
