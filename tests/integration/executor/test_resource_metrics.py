@@ -98,12 +98,16 @@ async def test_sandbox_run_moves_every_resource_metric(
         lambda: sample(registry, "runbox_executor_sandbox_memory_bytes", **py) >= HELD,
         "the run's current memory",
     )
-    running = sample(registry, "runbox_executor_sandbox_containers_running", resource_class="small")
+    small = {"resource_class": "small"}
+    scrape = {  # one collection, so both gauges see the same containers
+        point.name: point.value
+        for family in registry.collect()
+        for point in family.samples
+        if point.labels == small
+    }
+    running = scrape["runbox_executor_sandbox_containers_running"]
     assert running >= 1
-    reserved = sample(
-        registry, "runbox_executor_sandbox_memory_reserved_bytes", resource_class="small"
-    )
-    assert reserved == running * 256 * MIB
+    assert scrape["runbox_executor_sandbox_memory_reserved_bytes"] == running * 256 * MIB
     body = generate_latest(registry).decode()
     assert request.run_id not in body and "_created" not in body
     await asyncio.to_thread(release, tmp_path / "work")
