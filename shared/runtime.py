@@ -89,15 +89,16 @@ def build_runtime(service: str, settings: ServiceSettings) -> Runtime:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)  # process_cpu_seconds_total, resident memory, fds
+    instance_id = settings.instance_id or f"{service}-{socket.gethostname()}-{os.getpid()}"
     return Runtime(
         service=service,
         settings=settings,
         registry=registry,
-        tracing=setup_tracing(service, instance_id=settings.instance_id),
+        tracing=setup_tracing(service, instance_id=instance_id),
         authenticator=Authenticator.from_config(
             settings.auth.principals_file, settings.auth.principals
         ),
-        instance_id=settings.instance_id or f"{service}-{socket.gethostname()}-{os.getpid()}",
+        instance_id=instance_id,
     )
 
 
