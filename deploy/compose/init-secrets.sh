@@ -5,9 +5,11 @@
 #   <dir>/principals.json        both principals, tokens stored only as SHA-256 digests
 #   <dir>/postgres.password      PostgreSQL superuser password
 #   <dir>/grafana-admin.password Grafana's admin password (profile grafana)
-# and deploy/compose/.env with DOCKER_GID (the group owning the Docker socket) when missing.
+# and, for the default DIR, deploy/compose/.env with DOCKER_GID (the group owning the Docker
+# socket) when missing.
 #
-# Usage: deploy/compose/init-secrets.sh [DIR]   (default: deploy/compose/secrets)
+# Usage: deploy/compose/init-secrets.sh [DIR]   (default: deploy/compose/secrets; another DIR
+#        is then given to compose as RUNBOX_SECRETS_DIR)
 #
 # The directory is 0700 (only its owner on the host reads it). The files are 0644 because
 # compose bind-mounts them as they are (docker-compose ignores uid/mode outside swarm) and
@@ -52,7 +54,7 @@ mv "$dir/principals.json.tmp" "$dir/principals.json"
 
 # The executor joins the socket's group to reach the engine (the image has no docker group).
 socket="${DOCKER_SOCKET:-/var/run/docker.sock}"
-if [[ ! -e "$here/.env" ]] && [[ -S "$socket" ]]; then
+if [[ $# -eq 0 ]] && [[ ! -e "$here/.env" ]] && [[ -S "$socket" ]]; then
     echo "DOCKER_GID=$(stat -c %g "$socket")" >"$here/.env"
     echo "made $here/.env (DOCKER_GID of $socket)"
 fi

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
 from tests.conftest import docker_available, require
 
@@ -171,6 +172,28 @@ class ComposeStack:
         self.compose("down", "-v", "--remove-orphans", timeout=240)
 
 
+def test_compose_file_validates_with_pinned_images(tmp_path: Path) -> None:
+    """compose.yaml passes docker-compose's Compose Specification schema (with and without the
+    grafana profile); every image is pinned, runbox/* to the project's version, never latest;
+    every port is published on 127.0.0.1."""
+    require(shutil.which("docker-compose") is not None, "docker-compose missing")
+    run("bash", str(COMPOSE_DIR / "init-secrets.sh"), str(tmp_path / "secrets"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBOX_", "DOCKER_"))}
+    env["RUNBOX_SECRETS_DIR"] = str(tmp_path / "secrets")
+    base = ["docker-compose", "-f", str(COMPOSE_DIR / "compose.yaml"), "--profile", "grafana"]
+    config = yaml.safe_load(run(*base, "config", env=env))
+    services = config["services"]
+    assert "grafana" in services
+    for name, service in services.items():
+        image = service["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository and tag and tag != "latest", f"{name}: {image} is not pinned"
+        if repository.startswith("runbox/"):
+            assert tag == VERSION, f"{name}: {image} is not the project's version {VERSION}"
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
     require(docker_available(), "no Docker engine reachable (make docker)")
@@ -269,6 +292,27 @@ def test_executor_killed_run_ends_lost_and_retry_succeeds(stack: ComposeStack) -
     runs = json.loads(stack.cli("runs", "list", "--script", "sleeper", "--limit", "0", "--json"))
     assert sorted(_state(r) for r in runs) == ["LOST", "SUCCEEDED"]
     assert json.loads(stack.cli("deadletters", "--json")) == []
+
+
+@pytest.mark.timeout(180)
+def test_crashed_service_restarted_by_restart_policy(stack: ComposeStack) -> None:
+    """The scheduler's process killed inside its container (a crash, not a manual stop) is
+    started again by `restart: unless-stopped`, healthy, with its runs kept in PostgreSQL."""
+    before = stack.containers()["scheduler"]
+    # tini is PID 1; its one child is the service.
+    kill = "kill -KILL $(cat /proc/1/task/1/children)"
+    run("docker", "exec", before["Id"], "sh", "-c", kill)
+
+    def restarted_and_healthy() -> bool | None:
+        after = stack.containers()["scheduler"]
+        if after["RestartCount"] <= before["RestartCount"]:
+            return None
+        return True if after["State"].get("Health", {}).get("Status") == "healthy" else None
+
+    eventually(restarted_and_healthy, 120, "the scheduler restarted and healthy")
+    stack.addresses["scheduler"] = stack.port("scheduler", 50051)
+    runs = json.loads(stack.cli("runs", "list", "--limit", "0", "--json"))
+    assert {r["script"]["name"] for r in runs} == {"hello", "sleeper"}
 
 
 @pytest.mark.timeout(300)
