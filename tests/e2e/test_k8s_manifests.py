@@ -25,8 +25,8 @@ from tests.conftest import require
 from tests.e2e.k8s_objects import (
     CRD_KINDS,
     allowed_edges,
-    containers,
     container_env,
+    containers,
     env_settings,
     pod_spec,
     secret_files,
