@@ -90,13 +90,16 @@ async def test_health_command_without_port_is_usage_error() -> None:
     assert code == 2 and "RUNBOX_GRPC__PORT" in err
 
 
-async def test_migrate_command_brings_sqlite_to_head_and_exits_0(tmp_path: Path) -> None:
-    """`python -m services.alerting migrate` creates the schema at head and exits 0."""
-    database = tmp_path / "state" / "alerting.db"
+@pytest.mark.parametrize("service", ["catalogue", "scheduler", "executor", "alerting"])
+async def test_migrate_command_brings_sqlite_to_head_and_exits_0(
+    service: str, tmp_path: Path
+) -> None:
+    """`python -m services.<svc> migrate` creates the schema at head and exits 0."""
+    database = tmp_path / "state" / f"{service}.db"
     code, out, err = await _run(
         sys.executable,
         "-m",
-        "services.alerting",
+        f"services.{service}",
         "migrate",
         env={"RUNBOX_DATABASE__URL": f"sqlite+aiosqlite:///{database}"},
     )
@@ -105,7 +108,7 @@ async def test_migrate_command_brings_sqlite_to_head_and_exits_0(tmp_path: Path)
     with engine.connect() as conn:
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     engine.dispose()
-    script = ScriptDirectory(str(ROOT / "services" / "alerting" / "migrations"))
+    script = ScriptDirectory(str(ROOT / "services" / service / "migrations"))
     assert version == script.get_current_head()
 
 
