@@ -257,6 +257,25 @@ def test_containers_are_hardened_except_the_dind_sidecar(
     assert privileged == {("executor", "dind")}
 
 
+def test_dind_sidecar_listens_on_its_pod_local_unix_socket_only(
+    objects: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The privileged engine serves no TCP port: only a socket on a volume of its own pod."""
+    (executor,) = [
+        o for o in objects["base"] if o["metadata"]["name"] == "executor" and pod_spec(o)
+    ]
+    spec = pod_spec(executor)
+    (dind,) = [c for c in spec["initContainers"] if c["name"] == "dind"]
+    assert dind["restartPolicy"] == "Always"  # a native sidecar
+    # Given flags only, the image's entrypoint would add tcp://0.0.0.0:2375 (TLS off).
+    assert dind["args"][0] == "dockerd"
+    hosts = [a.split("=", 1)[1] for a in dind["args"] if a.startswith(("--host=", "-H="))]
+    assert hosts == ["unix:///run/dind/docker.sock"]
+    assert "ports" not in dind
+    (socket_volume,) = [v for v in spec["volumes"] if v["name"] == "dind-socket"]
+    assert socket_volume["emptyDir"] is not None
+
+
 def test_services_use_native_grpc_probes_on_their_grpc_port(
     objects: dict[str, list[dict[str, Any]]],
 ) -> None:
