@@ -39,9 +39,9 @@ K8S = ROOT / "deploy" / "k8s"
 TOOLS = ROOT / ".tools" / "k8s"
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 CRD_VALIDATOR = K8S / "validate" / "validate-crds.mjs"
-# The oldest Kubernetes the manifests support: native sidecars (the executor's dind) are on by
-# default from 1.29; the schemas of 1.30 are the pinned check.
-KUBERNETES_VERSION = "1.30.0"
+# The oldest Kubernetes the manifests support (native sidecars, the executor's dind, are on by
+# default from 1.29) and the newest whose schemas kubernetes-validate 1.37.0 ships.
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 SERVICES = ("catalogue", "scheduler", "executor", "alerting")
 
 # name -> (kustomization directory in the copied tree, components rendered on top of it)
@@ -148,11 +148,13 @@ def test_validate_objects_against_kubernetes_schemas_passes(
             if obj["kind"] in CRD_KINDS:
                 crd_objects.append(obj)
                 continue
-            try:
-                kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                where = ".".join(str(p) for p in exc.path)
-                pytest.fail(f"{name}: {obj['kind']}/{obj['metadata']['name']} {where}: {exc}")
+            for version in KUBERNETES_VERSIONS:
+                try:
+                    kubernetes_validate.validate(obj, version, strict=True)
+                except kubernetes_validate.ValidationError as exc:
+                    where = ".".join(str(p) for p in exc.path)
+                    what = f"{obj['kind']}/{obj['metadata']['name']}"
+                    pytest.fail(f"{name} on Kubernetes {version}: {what} {where}: {exc}")
     assert {o["kind"] for o in crd_objects} == CRD_KINDS
     node = shutil.which("node")
     installed = (K8S / "validate" / "node_modules" / "@kubernetes-models").exists()
