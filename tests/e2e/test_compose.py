@@ -29,6 +29,7 @@ from tests.conftest import docker_available, require
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "deploy" / "compose"
 RULES = REPO / "deploy" / "prometheus" / "rules"
+DOCKER_SOCKET = Path("/var/run/docker.sock")
 FILES = [COMPOSE_DIR / "compose.yaml", Path(__file__).with_name("compose.override.yaml")]
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 IMAGES = [f"runbox/{name}:{VERSION}" for name in ("runbox", "nats", "postgres", "prometheus")]
@@ -89,7 +90,7 @@ class ComposeStack:
         self.env.update(
             RUNBOX_VERSION=VERSION,
             RUNBOX_SECRETS_DIR=str(self.secrets),
-            DOCKER_GID=str(Path("/var/run/docker.sock").stat().st_gid),
+            DOCKER_GID=str(DOCKER_SOCKET.stat().st_gid),
             **{f"RUNBOX_{svc.upper()}_PORT": "0" for svc in [*SERVICES, "prometheus"]},
         )
 
@@ -197,6 +198,7 @@ def test_compose_file_validates_with_pinned_images(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
     require(docker_available(), "no Docker engine reachable (make docker)")
+    require(DOCKER_SOCKET.is_socket(), f"no Docker socket at {DOCKER_SOCKET} for the executor")
     require(
         shutil.which("docker-compose") is not None,
         "docker-compose missing (apt-get install docker-compose)",
@@ -211,7 +213,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
         eventually(stack.all_healthy, 240, "every compose service healthy")
         stack.started()
         print(f"compose up -> all healthy: {time.monotonic() - started:.1f} s")
-        print(run("docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}"))
+        names = [c["Name"].lstrip("/") for c in stack.containers().values()]
+        print(run("docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *names))
         yield stack
     finally:
         stack.down()
@@ -321,7 +324,14 @@ def test_compose_down_leaves_nothing_behind(stack: ComposeStack) -> None:
     its executor started."""
     assert stack.owner.startswith("executor-")
     sandboxes = f"label=org.runbox.owner={stack.owner}"
-    assert run("docker", "ps", "-q", "--filter", sandboxes).split(), "warm sandboxes expected"
+    warm = run("docker", "ps", "-q", "--filter", sandboxes).split()
+    assert warm, "warm sandboxes expected"
+    for sandbox in json.loads(run("docker", "inspect", *warm)):
+        # Started on the host engine as the executor asks: no network, read-only, uid 10001.
+        assert sandbox["HostConfig"]["NetworkMode"] == "none"
+        assert sandbox["HostConfig"]["ReadonlyRootfs"] is True
+        assert sandbox["Config"]["User"] == "10001:10001"
+        assert sandbox["Config"]["Image"] == f"runbox/sandbox-python:{VERSION}"
 
     stack.down()
     project = f"label=com.docker.compose.project={stack.project}"
