@@ -22,6 +22,9 @@ initialise() {
     say "POSTGRES_PASSWORD_FILE must name a non-empty file (the superuser's password) on first start"
     exit 1
   fi
+  # PGDATA may be a subdirectory of the volume (a fresh volume's root can hold
+  # lost+found, which initdb refuses): made here when the volume lets us.
+  mkdir -p "$PGDATA" 2>/dev/null || true
   if [ ! -w "$PGDATA" ]; then
     say "$PGDATA is not writable by uid $(id -u): give the volume to uid 999 (Kubernetes: fsGroup 999)"
     exit 1
