@@ -1,12 +1,15 @@
-"""The upgrade procedure of docs/upgrades.md, one service at a time: the previous
-release's four services serve its own state; this release's `migrate` runs while they
-do; then catalogue, executor, scheduler and alerting are replaced in that order, and a
-run of an old script version succeeds at every step, through services of both releases."""
+"""The upgrade and rollback procedures of docs/upgrades.md, one service at a time: the
+previous release's four services serve its own state; this release's `migrate` runs
+while they do; then catalogue, executor, scheduler and alerting are replaced in that
+order, and rolled back in the reverse one (with the documented data step before the old
+scheduler); a run of an old script version succeeds at every step, through services of
+both releases, and the old state reads the same at the end of each way."""
 
 from __future__ import annotations
 
 import io
 import signal
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -72,6 +75,18 @@ class RollingStack(dev_stack.Stack):
         with urllib.request.urlopen(url, timeout=10) as reply:
             return b"_created" in reply.read()
 
+    def roll_back(self, name: str) -> None:
+        """SIGTERM this release's process of a service, start the previous release's."""
+        proc = self.processes[name]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0, f"new {name} did not stop cleanly"
+        if name == "scheduler":
+            strip_new_usage_fields(self.var / "scheduler.db")
+        self.old.add(name)
+        self.spawn(name)
+        self.wait_healthy(name, 120)
+        assert self.runs_old_code(name), f"{name} does not run the old code"
+
     def migrate(self, name: str) -> None:
         """This release's `python -m services.<name> migrate` on the service's database."""
         env = dev_stack.service_env(
@@ -85,6 +100,18 @@ class RollingStack(dev_stack.Stack):
             timeout=120,
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def strip_new_usage_fields(database: Path) -> None:
+    """docs/upgrades.md's data step before 0.1.0's scheduler starts again: runs recorded
+    by 0.2.0 carry usage.sandbox, and 0.1.0 fails every ListRuns page holding one
+    (INTERNAL: its ParseDict does not ignore unknown fields)."""
+    with sqlite3.connect(database) as conn:
+        conn.execute(
+            "UPDATE runs SET usage = json_remove(usage, '$.sandbox') "
+            "WHERE json_extract(usage, '$.sandbox') IS NOT NULL"
+        )
+    conn.close()
 
 
 def extract_release(commit: str, target: Path) -> Path:
@@ -134,8 +161,10 @@ def old_stack(tmp_path: Path) -> Iterator[RollingStack]:
 
 
 @pytest.mark.timeout(600)
-def test_services_upgraded_one_at_a_time_keep_running(old_stack: RollingStack) -> None:
-    """Each step of the documented order leaves a stack where an old script version runs."""
+def test_services_upgraded_and_rolled_back_one_at_a_time_keep_running(
+    old_stack: RollingStack,
+) -> None:
+    """Each step of the documented upgrade and rollback leaves a stack where old versions run."""
     expected = load_expected(PREVIOUS, "sqlite")
     reader = reader_of(old_stack)
     try:
@@ -147,5 +176,10 @@ def test_services_upgraded_one_at_a_time_keep_running(old_stack: RollingStack) -
             check_new_run(reader, expected, f"new-{name}")
         assert not old_stack.old
         check_unchanged(reader, expected)
+        for name in reversed(ORDER):
+            old_stack.roll_back(name)
+            check_new_run(reader, expected, f"old-{name}")
+        check_unchanged(reader, expected)
+        assert len(reader.runs()) == len(expected["runs"]) + 9
     finally:
         reader.close()
