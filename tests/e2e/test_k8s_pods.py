@@ -73,15 +73,17 @@ def start_pod(runner: PodRunner, obj: dict[str, Any], **extra: Any) -> list[Any]
 
 
 def wait_started(runner: PodRunner, run: Any, container: dict[str, Any]) -> None:
-    """Until the container's startup probe (else its readiness probe) passes."""
-    probe = container.get("startupProbe") or container.get("readinessProbe")
-    if probe:
-        wait_for(
-            lambda: probe_passes(runner, run, container, probe),
-            f"{run.name} passing {probe}",
-            150,
-            lambda: str(run.logs().decode(errors="replace")),
-        )
+    """Until the startup probe passes, then each of readiness and liveness too (in that
+    order, as the kubelet runs them once a container has started)."""
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container.get(kind)
+        if probe:
+            wait_for(
+                lambda probe=probe: probe_passes(runner, run, container, probe),
+                f"{run.name} passing its {kind} {probe}",
+                150,
+                lambda: str(run.logs().decode(errors="replace")),
+            )
 
 
 @pytest.fixture
