@@ -123,7 +123,7 @@ wheel_target() {
     --abi cp311 --abi abi3 --abi none
   for minor in $(seq 5 36); do printf '%s\n' --platform "manylinux_2_${minor}_$ARCH"; done
   printf '%s\n' --platform "manylinux2014_$ARCH" --platform "manylinux2010_$ARCH" \
-    --platform "manylinux1_$ARCH" --platform "linux_$ARCH"
+    --platform "manylinux1_$ARCH"
 }
 
 # The versions the tests ran with when a dev venv exists, else the project's pins.
