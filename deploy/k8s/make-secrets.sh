@@ -37,5 +37,5 @@ principals = {"principals": [
 ]}
 (d / "principals.json").write_text(json.dumps(principals, indent=2) + "\n")
 PY
-printf '%s\n' '*' '!.gitignore' > "$dir/.gitignore"
+printf '*\n' > "$dir/.gitignore"  # ignores itself too: nothing here is ever committed
 echo "secrets in $dir: service-token, admin.token, principals.json, database-password"
