@@ -60,7 +60,11 @@ protos-check: $(STAMP) ## fail if regenerating the protos changes anything
 # The release whose clients and services this one must still talk to (docs/upgrades.md).
 PREVIOUS_RELEASE ?= cd73b66
 protos-breaking: $(STAMP) ## fail if the protos break wire/source compatibility with PREVIOUS_RELEASE
-	$(BIN)/buf breaking protos --against '.git#ref=$(PREVIOUS_RELEASE),subdir=protos'
+	@# The old protos come from git archive, not buf's own git input: buf clones the
+	@# repository for that, which fails in a local clone (CI's fresh clone of main).
+	@rm -rf .protos-previous && mkdir -p .protos-previous
+	git archive $(PREVIOUS_RELEASE) protos | tar -x -C .protos-previous
+	$(BIN)/buf breaking protos --against .protos-previous/protos; rc=$$?; rm -rf .protos-previous; exit $$rc
 
 bench: $(STAMP) ## run the benchmarks (installs the `bench` extra: Celery for the scheduler's baseline)
 	$(BIN)/python -m pip install -q -e '.[bench]' -c deploy/dev/constraints.txt
