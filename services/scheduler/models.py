@@ -53,6 +53,9 @@ class RunRow(Base):
     exit_message: Mapped[str] = mapped_column(Text, default="")
     exit_signal: Mapped[int] = mapped_column(Integer, default=0)
     usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # ResourceUsage.sandbox, kept out of `usage`: a 0.1.0 replica parses that JSON strictly
+    # and fails on a key it does not know (docs/upgrades.md, version skew).
+    sandbox: Mapped[str] = mapped_column(String(16), default="", server_default="")
     stdout_tail: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     stderr_tail: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     output_truncated: Mapped[bool] = mapped_column(default=False)

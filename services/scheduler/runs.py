@@ -699,7 +699,7 @@ def _apply_fields(row: RunRow, event: events_pb2.RunEvent) -> None:
         )
         row.exit_code, row.failure_reason = event.exit.exit_code, event.exit.reason
         row.exit_message, row.exit_signal = event.exit.message, event.exit.signal
-        row.usage = _dict(event.usage)
+        row.usage, row.sandbox = usage_columns(event.usage)
         row.stdout_tail, row.stderr_tail = event.output.stdout, event.output.stderr
         row.output_truncated = event.output.truncated
         row.stdout_total, row.stderr_total = (
@@ -707,6 +707,15 @@ def _apply_fields(row: RunRow, event: events_pb2.RunEvent) -> None:
             event.output.stderr_total_bytes,
         )
         row.result = json_format.MessageToDict(event.result)
+
+
+def usage_columns(usage: common_pb2.ResourceUsage) -> tuple[dict[str, Any], str]:
+    """A run's usage as stored: the JSON of the fields release 0.1.0 knows, and the sandbox
+    apart (its own column), so a 0.1.0 replica can still read the run."""
+    known = common_pb2.ResourceUsage()
+    known.CopyFrom(usage)
+    known.ClearField("sandbox")
+    return _dict(known), usage.sandbox
 
 
 def column_values(row: RunRow) -> dict[str, Any]:

@@ -33,6 +33,14 @@ def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
+def stored_usage(row: RunRow) -> common_pb2.ResourceUsage:
+    """A run's usage from its JSON and its sandbox column (runs.usage_columns)."""
+    usage = json_format.ParseDict(row.usage, common_pb2.ResourceUsage())
+    if row.sandbox:
+        usage.sandbox = row.sandbox
+    return usage
+
+
 def run_to_proto(row: RunRow) -> scheduler_pb2.Run:
     """A run as clients see it; secret parameters show as ***."""
     params = struct_pb2.Struct()
@@ -59,7 +67,7 @@ def run_to_proto(row: RunRow) -> scheduler_pb2.Run:
             message=row.exit_message,
             signal=row.exit_signal,
         ),
-        usage=json_format.ParseDict(row.usage, common_pb2.ResourceUsage()),
+        usage=stored_usage(row),
         output=common_pb2.OutputTail(
             stdout=row.stdout_tail,
             stderr=row.stderr_tail,

@@ -172,6 +172,12 @@ class StateReader:
         for channel in self.channels.values():
             channel.close()
 
+    def use_scheduler(self, address: str) -> None:
+        """Talk to another scheduler replica."""
+        self.channels["scheduler"].close()
+        self.channels["scheduler"] = grpc.insecure_channel(address)
+        self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self.channels["scheduler"])
+
     def _all(self, call: Any, request: Any, field: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         while True:
