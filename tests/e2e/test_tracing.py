@@ -363,7 +363,16 @@ EXPECTED = [
 
 
 def missing(spans: list[Span]) -> list[tuple[str, str]]:
-    return [(svc, name) for svc, name in EXPECTED if not named(spans, name, svc)]
+    """Expected spans not yet received; the scheduler consumes a run's QUEUED and STARTED
+    events before its FINISHED one, so its consume span must be the one that applied FAILED."""
+    absent = [(svc, name) for svc, name in EXPECTED if not named(spans, name, svc)]
+    if not [
+        s
+        for s in named(spans, "consume scheduler", "scheduler")
+        if s.attributes.get("runbox.run.state") == "RUN_STATE_FAILED"
+    ]:
+        absent.append(("scheduler", "consume scheduler (FAILED)"))
+    return absent
 
 
 async def whole_trace(collector: Collector, trace_id: bytes) -> list[Span]:

@@ -22,8 +22,13 @@ _MARK = "### runbox-test command: "
 
 
 def user_env() -> dict[str, str]:
-    """The test's environment as a user's shell has it: no RUNBOX_* of the test's own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOX_")}
+    """The test's environment as a user's shell has it: no RUNBOX_* of the test's own, and
+    none of the variables an outer `make test` sets (a nested make would print
+    "Entering directory" lines a user never sees)."""
+    make_vars = {"MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("RUNBOX_") and k not in make_vars
+    }
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
