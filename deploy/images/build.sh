@@ -13,7 +13,8 @@
 #   runbox/postgres:V    Debian postgresql-15, an entrypoint that initialises PGDATA
 #   runbox/prometheus:V  Debian prometheus, promtool included
 #   runbox/sandbox-python:V  deploy/sandbox/build-image.sh's image, tagged
-# An image whose tag exists is skipped unless --force. Prints
+# An image whose tag exists is skipped unless --force (the service image also when its
+# io.runbox.source-digest label says it was built from other sources). Prints
 # "<tag> <image id> <size in bytes>" per image on stdout; progress and build
 # times on stderr. docs/images.md describes the images.
 #
@@ -53,6 +54,10 @@ fi
 VERSION="$("$PYTHON" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$ROOT/pyproject.toml")"
 PREFIX="${IMAGES_PREFIX:-runbox}"
 REVISION="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
+# The git trees the service image is made of: an existing runbox image built from other
+# trees is stale and rebuilt (a commit touching only docs or tests keeps it).
+SOURCE_DIGEST="$(git -C "$ROOT" rev-parse HEAD:services HEAD:shared HEAD:cli HEAD:runbox \
+  HEAD:pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)"
 SOURCE="${IMAGE_SOURCE:-$(git -C "$ROOT" remote get-url origin 2>/dev/null || echo unknown)}"
 LICENSES="Apache-2.0"
 CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -84,7 +89,7 @@ import_rootfs() {
 build() {
   local tag="$1"
   shift
-  if image_exists "$tag" && [ "$FORCE" = 0 ]; then
+  if image_exists "$tag" && [ "$FORCE" = 0 ] && ! stale "$tag"; then
     say "$tag exists; skipped (--force rebuilds)"
     summary "$tag"
     return
@@ -99,6 +104,15 @@ build() {
     docker image rm "$old" >/dev/null 2>&1 || true  # best effort: still used or tagged
   fi
   summary "$tag"
+}
+
+# True for a service image whose source digest label is not this checkout's.
+stale() {
+  [ "$1" = "$PREFIX/runbox:$VERSION" ] || return 1
+  local built
+  built="$(docker image inspect "$1" --format '{{index .Config.Labels "io.runbox.source-digest"}}' 2>/dev/null || true)"
+  [ "$built" = "$SOURCE_DIGEST" ] && return 1
+  say "$1 was built from other sources (${built:-unknown}, now $SOURCE_DIGEST); rebuilding"
 }
 
 build_base() {
@@ -161,6 +175,7 @@ build_runbox() {
   cp "$HERE/runbox/Dockerfile.offline" "$ctx/Dockerfile"
   while IFS='=' read -r key value; do labels+=(--label "$key=$value"); done \
     < <(oci_labels runbox "Runbox services (catalogue, scheduler, executor, alerting): python -m services.<name>")
+  labels+=(--label "io.runbox.source-digest=$SOURCE_DIGEST")
   docker build -q --network=none --build-arg "BASE=$BASE" --build-arg "VERSION=$VERSION" \
     "${labels[@]}" -t "$PREFIX/runbox:$VERSION" "$ctx" >/dev/null
   rm -rf "$ctx" "$WORK/src"
