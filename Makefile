@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help venv protos run test k8s-check test-unit test-integration test-e2e check lint types protos-check protos-breaking bench sandbox-image images docker clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	bash deploy/dev/venv.sh
