@@ -54,7 +54,6 @@ FailureReasonName = Literal[
     "lost",
     "infrastructure",
     "invalid_config",
-    "no_sandbox",
 ]
 
 

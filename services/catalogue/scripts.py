@@ -259,6 +259,10 @@ class Catalogue:
         fields = paths or list(MUTABLE)
         if "tags" in fields and (tag_problems := _tag_problems(script.tags, "script.tags")):
             raise InvalidArgument("invalid tags", tag_problems)
+        if "default_retry" in fields and (
+            retry := retry_problems(script.default_retry, "script.default_retry")
+        ):
+            raise InvalidArgument("invalid retry policy", retry)
         async with self._sessions() as session, session.begin():
             row = await _script(session, script.name)
             before = _digest_script(row)
@@ -726,6 +730,20 @@ def _new_script_row(script: catalogue_pb2.Script, actor: str, idempotency_key: s
     )
 
 
+def retry_problems(retry: common_pb2.RetryPolicy, field: str) -> list[FieldViolation]:
+    """NO_SANDBOX is not retryable: the executor has no sandbox until an operator gives it
+    one, and 0.1.0 services cannot read a stored policy naming it (docs/upgrades.md)."""
+    return [
+        FieldViolation(
+            f"{field}.retry_on[{i}]",
+            "no_sandbox is not retryable: give the executor a Docker sandbox "
+            "(or allow unsandboxed runs) instead",
+        )
+        for i, reason in enumerate(retry.retry_on)
+        if reason == common_pb2.FAILURE_REASON_NO_SANDBOX
+    ]
+
+
 def _check_script(script: catalogue_pb2.Script) -> None:
     problems = []
     why = name_problem(script.name)
@@ -740,6 +758,7 @@ def _check_script(script: catalogue_pb2.Script) -> None:
             )
         )
     problems += _tag_problems(script.tags, "script.tags")
+    problems += retry_problems(script.default_retry, "script.default_retry")
     if len(script.description) > 10_000:
         problems.append(FieldViolation("script.description", "at most 10000 characters"))
     if problems:

@@ -97,6 +97,14 @@ def policy_violations(retry: common_pb2.RetryPolicy, prefix: str) -> list[FieldV
     for i, reason in enumerate(retry.retry_on):
         if reason not in known:
             add(f"retry_on[{i}]", f"unknown failure reason {reason}")
+        elif reason == common_pb2.FAILURE_REASON_NO_SANDBOX:
+            # Not until an operator gives the executor a sandbox; and 0.1.0 services
+            # cannot read a stored policy naming it (docs/upgrades.md).
+            add(
+                f"retry_on[{i}]",
+                "no_sandbox is not retryable: give the executor a Docker sandbox "
+                "(or allow unsandboxed runs) instead",
+            )
     return bad
 
 

@@ -91,3 +91,32 @@ async def test_create_script_publishes_created_event_with_msg_id(stub: Stub, nat
         assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == "announced:created"
     finally:
         await nc.close()
+
+
+async def test_no_sandbox_in_default_retry_refused_invalid_argument(stub: Stub) -> None:
+    """A default retry policy naming no_sandbox is INVALID_ARGUMENT at create and update, and
+    the stored policy is unchanged."""
+    from google.protobuf import field_mask_pb2
+
+    from shared.status import from_rpc_error
+
+    reasons = [common_pb2.FAILURE_REASON_LOST, common_pb2.FAILURE_REASON_NO_SANDBOX]
+    bad = common_pb2.RetryPolicy(max_attempts=2, retry_on=reasons)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.CreateScript(_create("no-sandbox-retry", default_retry=bad))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = [v.field for v in from_rpc_error(err.value).violations]  # type: ignore[attr-defined]
+    assert fields == ["script.default_retry.retry_on[1]"]
+
+    good = common_pb2.RetryPolicy(max_attempts=2, retry_on=[common_pb2.FAILURE_REASON_LOST])
+    await stub.CreateScript(_create("no-sandbox-retry", default_retry=good))
+    script = catalogue_pb2.Script(name="no-sandbox-retry", execution_type=PY, default_retry=bad)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.UpdateScript(
+            catalogue_pb2.UpdateScriptRequest(
+                script=script, update_mask=field_mask_pb2.FieldMask(paths=["default_retry"])
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    got = await stub.GetScript(catalogue_pb2.GetScriptRequest(name="no-sandbox-retry"))
+    assert got.default_retry == good

@@ -136,6 +136,10 @@ def test_successor_keeps_inputs_and_points_at_its_parent() -> None:
         ({"max_attempts": 2, "oom_memory_factor": 1000}, "retry.oom_memory_factor"),
         ({"max_attempts": 2, "oom_memory_cap_bytes": -1}, "retry.oom_memory_cap_bytes"),
         ({"max_attempts": 2, "retry_on": [99]}, "retry.retry_on[0]"),
+        (
+            {"max_attempts": 2, "retry_on": [RS.FAILURE_REASON_LOST, RS.FAILURE_REASON_NO_SANDBOX]},
+            "retry.retry_on[1]",
+        ),
     ],
 )
 def test_check_policy_names_the_bad_field(fields: dict[str, object], bad_field: str) -> None:
