@@ -303,8 +303,9 @@ class Runs:
         for many in self.on_terminal_many:
             await many(session, rows)
 
-    def _after_change(self, row: RunRow) -> None:
-        self._outbox.notify()
+    def _after_change(self, row: RunRow, *, relay: bool = True) -> None:
+        if relay:
+            self._outbox.notify()
         self._watchers.notify(Change(row.id))
         if sm.is_terminal(row.state):
             self._metrics.finished.labels(
@@ -509,8 +510,12 @@ class Runs:
                 ended[row.id] = row
             if finished:
                 await self._ended_many(session, finished)
+        # Applying an executor's event stages nothing of the scheduler's own, unless a run's
+        # end did (a retry, a dead letter): only then is there anything for the relay.
+        if Outbox.staged_in(session):
+            self._outbox.notify()
         for row in ended.values():
-            self._after_change(row)
+            self._after_change(row, relay=False)
         return changed
 
     # Leases: an executor's events keep a QUEUED or RUNNING run's lease; past it, it is LOST.
