@@ -303,10 +303,13 @@ class Runs:
         for many in self.on_terminal_many:
             await many(session, rows)
 
-    def _after_change(self, row: RunRow, *, relay: bool = True) -> None:
+    def _after_change(self, row: RunRow, *, relay: bool = True, own: bool = False) -> None:
+        """After a commit that changed `row`: wake the relay (unless the caller knows nothing
+        was staged) and the run's watchers, who get the row itself when `own` (the object is
+        this commit's alone, so it shows exactly what was committed)."""
         if relay:
             self._outbox.notify()
-        self._watchers.notify(Change(row.id))
+        self._watchers.notify(Change(row.id, row=row if own else None))
         if sm.is_terminal(row.state):
             self._metrics.finished.labels(
                 RS.Name(row.state).removeprefix("RUN_STATE_").lower()
@@ -515,7 +518,7 @@ class Runs:
         if Outbox.staged_in(session):
             self._outbox.notify()
         for row in ended.values():
-            self._after_change(row, relay=False)
+            self._after_change(row, relay=False, own=True)
         return changed
 
     # Leases: an executor's events keep a QUEUED or RUNNING run's lease; past it, it is LOST.
