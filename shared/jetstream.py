@@ -316,6 +316,7 @@ class _Puller:
         self._sub: Subscription | None = None
         self._inbox = ""
         self._asked = 0  # messages asked for, not delivered, in requests still open
+        self._asked_at = -PULL_EXPIRES_S  # loop time of the last request
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
@@ -334,17 +335,20 @@ class _Puller:
 
     async def next_batch(self) -> list[Msg]:
         """The first message to arrive and every one already queued behind it, up to a
-        batch; empty when a request ended without one (or none came for two request
-        lifetimes: the request was lost with a connection, and is asked again)."""
+        batch; empty when a request ended without one, or none came for a request's
+        lifetime (asked again then, so a request lost with a connection is renewed)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._asked_at >= PULL_EXPIRES_S:
+            self._asked = 0  # the last request is over, whether or not its status came
         if self._asked <= self._batch // 2:
             more = self._batch - self._asked
             request = {"batch": more, "expires": int(PULL_EXPIRES_S * 1e9)}
             await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
             self._asked += more
+            self._asked_at = now
         try:
-            item = await asyncio.wait_for(self._queue.get(), PULL_EXPIRES_S * 2)
+            item = await asyncio.wait_for(self._queue.get(), PULL_EXPIRES_S)
         except TimeoutError:
-            self._asked = 0
             return []
         messages: list[Msg] = []
         while True:
