@@ -23,6 +23,7 @@ from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from runbox.executor.v1 import executor_pb2
 from runbox.scheduler.v1 import scheduler_pb2
+from services.scheduler import handoff
 from services.scheduler import state as sm
 from services.scheduler.catalogue import CatalogueClient
 from services.scheduler.metrics import SchedulerMetrics
@@ -173,7 +174,9 @@ class Runs:
         return row, {n: _secret_text(raw.get(n)) for n in row.secret_names if n in raw}
 
     async def stage(self, session: AsyncSession, row: RunRow) -> None:
-        """Add a prepared run and its SUBMITTED event to the caller's transaction."""
+        """Add a prepared run and its SUBMITTED event to the caller's transaction (claimed
+        for a direct hand-off when the submit asked for one: handoff.py)."""
+        await handoff.claim_in(session, row)
         session.add(row)
         await session.flush()
         await self._event(session, row, events_pb2.RUN_EVENT_TYPE_SUBMITTED, "submitted")

@@ -171,7 +171,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def SubmitRun(
         self, request: scheduler_pb2.SubmitRunRequest, context: Ctx
     ) -> scheduler_pb2.Run:
-        row = await self._runs.submit(request, actor=current_principal().name)
+        with self._dispatcher.direct() as direct:
+            row = await self._runs.submit(request, actor=current_principal().name)
+        self._dispatcher.hand(row, direct)  # sent now, not at the next dispatch round
         return run_to_proto(row)
 
     async def GetRun(self, request: scheduler_pb2.GetRunRequest, context: Ctx) -> scheduler_pb2.Run:
