@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime
@@ -15,6 +16,7 @@ import nats
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -150,6 +152,7 @@ class DurableConsumer:
         self._retry_delay = retry_delay_s
         self._task: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._puller: _Puller | None = None
         self._stopping = asyncio.Event()
         # When more messages were waiting after the last fetch: the stream time of the last
         # one handled (what the service has read up to); None when it is caught up.
@@ -164,40 +167,50 @@ class DurableConsumer:
             ack_wait=self._ack_wait,
             max_ack_pending=self._batch * 4,
         )
+        # Creates the durable consumer if it is missing (as it always has); its own fetch is
+        # not used: the puller below keeps a pull request open instead.
         sub = await self._js.pull_subscribe(
             self._filter, durable=self._durable, stream=self._stream, config=config
         )
         self._sub = sub
-        self._task = asyncio.create_task(self._loop(sub), name=f"consumer:{self._durable}")
+        self._puller = _Puller(self._js, self._stream, self._durable, self._batch)
+        await self._puller.start()
+        self._task = asyncio.create_task(self._loop(self._puller), name=f"consumer:{self._durable}")
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Let the current batch finish, then unsubscribe (so a drain never waits)."""
         self._stopping.set()
+        if self._puller is not None:
+            self._puller.wake()
         await stop_gracefully(self._task, timeout_s)
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        for sub in (self._puller, self._sub):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
-    async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _loop(self, puller: _Puller) -> None:
+        """Handle what the server pushed, as soon as it arrives: the first message waiting
+        and every one queued behind it (up to a batch) go to the handler together, so a
+        burst is applied in few transactions and a lone event without delay."""
         while not self._stopping.is_set():
             try:
-                messages = await sub.fetch(self._batch, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                self.read_through = None  # nothing was waiting
-                continue
+                messages = await puller.next_batch()
             except (Exception, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and being_cancelled():
                     raise
                 if self._stopping.is_set():
                     return
-                log.exception("fetch failed on %s; retrying", self._durable)
+                log.exception("pull failed on %s; retrying", self._durable)
                 await asyncio.sleep(self._retry_delay)
+                continue
+            if not messages:
+                self.read_through = None  # nothing was waiting
                 continue
             batched = self._batch_handler is not None and len(messages) > 1
             if not (batched and await self._dispatch_batch(messages)):
                 for msg in messages:
                     await self._dispatch(msg)
-            self.read_through = _behind(messages[-1]) if messages else None
+            self.read_through = _behind(messages[-1])
 
     async def _dispatch_batch(self, messages: list[Msg]) -> bool:
         """The whole fetch to the batch handler; False if it failed (then each message goes
@@ -282,6 +295,77 @@ class DurableConsumer:
         if self._describe is not None:
             attributes.update(self._describe(msg))
         return attributes
+
+
+# How long one pull request stays open on the server; an idle consumer renews it this often.
+PULL_EXPIRES_S = 1.0
+
+
+class _Puller:
+    """A durable pull consumer's messages as the server pushes them, without fetch rounds:
+    one pull request for up to a batch is kept open (renewed when half of it was delivered,
+    or when it ended), and each message is queued the moment it arrives."""
+
+    def __init__(self, js: JetStreamContext, stream: str, durable: str, batch: int) -> None:
+        # nats-py (2.x) has no continuous pull: its fetch() asks anew and waits each round.
+        # The request below is the JetStream API its fetch() uses, on the same connection.
+        self._nc: NATS = js._nc
+        self._next = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._batch = batch
+        self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._sub: Subscription | None = None
+        self._inbox = ""
+        self._asked = 0  # messages asked for, not delivered, in requests still open
+        self._asked_at = -PULL_EXPIRES_S  # loop time of the last request
+
+    async def start(self) -> None:
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._arrived)
+
+    async def _arrived(self, msg: Msg) -> None:
+        self._queue.put_nowait(msg)
+
+    def wake(self) -> None:
+        """Make a waiting next_batch() return (at stop)."""
+        self._queue.put_nowait(None)
+
+    async def unsubscribe(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def next_batch(self) -> list[Msg]:
+        """The first message to arrive and every one already queued behind it, up to a
+        batch; empty when a request ended without one, or none came for a request's
+        lifetime (asked again then, so a request lost with a connection is renewed)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._asked_at >= PULL_EXPIRES_S:
+            self._asked = 0  # the last request is over, whether or not its status came
+        if self._asked <= self._batch // 2:
+            more = self._batch - self._asked
+            request = {"batch": more, "expires": int(PULL_EXPIRES_S * 1e9)}
+            await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
+            self._asked += more
+            self._asked_at = now
+        try:
+            item = await asyncio.wait_for(self._queue.get(), PULL_EXPIRES_S)
+        except TimeoutError:
+            return []
+        messages: list[Msg] = []
+        while True:
+            if item is not None and self._is_message(item):
+                messages.append(item)
+            if len(messages) >= self._batch or self._queue.empty():
+                return messages
+            item = self._queue.get_nowait()
+
+    def _is_message(self, msg: Msg) -> bool:
+        """True for a stream message; a status (408 expired, 409 ended by a server limit)
+        means a request is over: ask again."""
+        if JetStreamContext.is_status_msg(msg) is None:
+            self._asked = max(self._asked - 1, 0)
+            return True
+        self._asked = 0
+        return False
 
 
 def _behind(msg: Msg) -> datetime | None:

@@ -41,6 +41,8 @@ from shared.telemetry import ContextTracer, extract_context, has_context, inject
 
 log = logging.getLogger(__name__)
 
+_STAGED = "runbox_outbox_staged"  # Session.info key: events staged in this session
+
 
 def outbox_table(metadata: MetaData) -> Table:
     """The outbox table, added to a service's own metadata (and migrations)."""
@@ -127,6 +129,7 @@ class Outbox:
         (a batch may carry several runs' trace contexts: none is taken from the caller)."""
         if not messages:
             return
+        session.info[_STAGED] = session.info.get(_STAGED, 0) + len(messages)
         now = datetime.now(UTC)
         await session.execute(
             insert(self._table),
@@ -141,6 +144,12 @@ class Outbox:
                 for m in messages
             ],
         )
+
+    @staticmethod
+    def staged_in(session: AsyncSession) -> int:
+        """How many events this session's transactions staged (so a caller that does not
+        know whether anything it called staged one wakes the relay only when it did)."""
+        return int(session.info.get(_STAGED, 0))
 
     def notify(self) -> None:
         """Wake the relay after a commit so events go out without waiting a poll."""

@@ -5,6 +5,7 @@ twice (e.g. after a crash before it was marked QUEUED) still runs once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -19,6 +20,7 @@ from opentelemetry import trace
 
 from runbox.common.v1 import common_pb2
 from runbox.executor.v1 import executor_pb2
+from services.scheduler import handoff
 from services.scheduler.executors import Executor, ExecutorSet
 from services.scheduler.firing import FiresFirst
 from services.scheduler.metrics import SchedulerMetrics
@@ -92,6 +94,8 @@ class Dispatcher(WakeableLoop):
         tracer: trace.Tracer | None = None,
     ) -> None:
         super().__init__(interval_s)
+        # Runs handed over directly after their submit (handoff.py), until Execute answered.
+        self._handing: dict[str, asyncio.Task[None]] = {}
         self._tracer = tracer or tracer_of(None, __name__)
         self._first = first or FiresFirst()
         self._claim_s = claim_s
@@ -109,6 +113,61 @@ class Dispatcher(WakeableLoop):
 
     async def step(self) -> int:
         return await self.dispatch_once()
+
+    def submitted(self) -> None:
+        """The runs' on_submitted hook: a run submitted inside `direct()` is counted there
+        for `hand` to send; any other (a fire, a retry, a replay) wakes the loop."""
+        current = handoff.current()
+        if current is not None:
+            current.submitted += 1
+            return
+        self.notify()
+
+    def direct(self) -> contextlib.AbstractContextManager[handoff.Handoff]:
+        """Where a run submitted now goes, decided before its transaction (handoff.py):
+        nowhere (the loop takes it) under concurrency limits (counted by rounds), while
+        fires go first, or with no executor ready."""
+        ready = not (self._limits.enabled or not self._first.is_idle() or self.stopping)
+        return handoff.direct(
+            handoff.Handoff(
+                candidates=self._available() if ready else [],
+                claim_s=self._claim_s,
+            )
+        )
+
+    def hand(self, row: RunRow, direct: handoff.Handoff) -> None:
+        """After the commit: send the run its submit claimed to an executor now, in the
+        background; a new run not claimed so is the loop's (woken)."""
+        if not direct.submitted:
+            return  # an idempotent repeat: nothing new
+        if direct.claimed != row.id:
+            self._metrics.handoffs.labels("round").inc()
+            self.notify()
+            return
+        self._metrics.handoffs.labels("direct").inc()
+        task = asyncio.create_task(self._hand(row, direct.candidates), name=f"hand:{row.id}")
+        self._handing[row.id] = task
+        task.add_done_callback(lambda _: self._handing.pop(row.id, None))
+
+    async def _hand(self, row: RunRow, candidates: list[Executor]) -> None:
+        """Execute for one claimed run; a failure leaves it to the loop (after its claim)."""
+        try:
+            with self._span(row) as span:
+                answer = await self._dispatch(row, candidates, recorded=True)
+                span.set_attribute("runbox.dispatch.accepted", answer is not None)
+            if answer is not None:
+                await self._runs.mark_dispatched_many([answer])
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("dispatch: hand-off of run %s failed; a round sends it", row.id)
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the step and the direct hand-offs in flight, then stop."""
+        await super().stop(timeout_s)
+        pending = list(self._handing.values())
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
 
     async def dispatch_once(self) -> int:
         """One round; returns how many runs were handed to an executor. Runs of a script at

@@ -344,6 +344,10 @@ class FiresFirst:
     def idle(self) -> None:
         self._idle.set()
 
+    def is_idle(self) -> bool:
+        """No burst of fires is being recorded now."""
+        return self._idle.is_set()
+
     async def wait(self) -> None:
         if self._idle.is_set():
             return

@@ -24,6 +24,13 @@ class SchedulerMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.handoffs = Counter(
+            "runbox_scheduler_submit_handoffs_total",
+            "How SubmitRun's new runs went to dispatch: direct (sent right after the commit) "
+            "or round (left to the dispatch loop).",
+            ["path"],
+            registry=registry,
+        )
         self.events = Counter(
             "runbox_scheduler_events_applied_total",
             "Run events consumed, by result.",

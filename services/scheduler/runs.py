@@ -23,6 +23,7 @@ from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from runbox.executor.v1 import executor_pb2
 from runbox.scheduler.v1 import scheduler_pb2
+from services.scheduler import handoff
 from services.scheduler import state as sm
 from services.scheduler.catalogue import CatalogueClient
 from services.scheduler.metrics import SchedulerMetrics
@@ -173,7 +174,9 @@ class Runs:
         return row, {n: _secret_text(raw.get(n)) for n in row.secret_names if n in raw}
 
     async def stage(self, session: AsyncSession, row: RunRow) -> None:
-        """Add a prepared run and its SUBMITTED event to the caller's transaction."""
+        """Add a prepared run and its SUBMITTED event to the caller's transaction (claimed
+        for a direct hand-off when the submit asked for one: handoff.py)."""
+        await handoff.claim_in(session, row)
         session.add(row)
         await session.flush()
         await self._event(session, row, events_pb2.RUN_EVENT_TYPE_SUBMITTED, "submitted")
@@ -303,9 +306,13 @@ class Runs:
         for many in self.on_terminal_many:
             await many(session, rows)
 
-    def _after_change(self, row: RunRow) -> None:
-        self._outbox.notify()
-        self._watchers.notify(Change(row.id))
+    def _after_change(self, row: RunRow, *, relay: bool = True, own: bool = False) -> None:
+        """After a commit that changed `row`: wake the relay (unless the caller knows nothing
+        was staged) and the run's watchers, who get the row itself when `own` (the object is
+        this commit's alone, so it shows exactly what was committed)."""
+        if relay:
+            self._outbox.notify()
+        self._watchers.notify(Change(row.id, row=row if own else None))
         if sm.is_terminal(row.state):
             self._metrics.finished.labels(
                 RS.Name(row.state).removeprefix("RUN_STATE_").lower()
@@ -509,8 +516,12 @@ class Runs:
                 ended[row.id] = row
             if finished:
                 await self._ended_many(session, finished)
+        # Applying an executor's event stages nothing of the scheduler's own, unless a run's
+        # end did (a retry, a dead letter): only then is there anything for the relay.
+        if Outbox.staged_in(session):
+            self._outbox.notify()
         for row in ended.values():
-            self._after_change(row)
+            self._after_change(row, relay=False, own=True)
         return changed
 
     # Leases: an executor's events keep a QUEUED or RUNNING run's lease; past it, it is LOST.

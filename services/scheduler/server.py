@@ -119,7 +119,7 @@ async def build(runtime: Runtime) -> Service:
         first=first,
         tracer=runtime.tracer("dispatch"),
     )
-    runs.on_submitted.append(dispatcher.notify)
+    runs.on_submitted.append(dispatcher.submitted)
     run_events = RunEventHandler(runs, metrics, first=first)
     consumer = DurableConsumer(
         js,

@@ -171,7 +171,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def SubmitRun(
         self, request: scheduler_pb2.SubmitRunRequest, context: Ctx
     ) -> scheduler_pb2.Run:
-        row = await self._runs.submit(request, actor=current_principal().name)
+        with self._dispatcher.direct() as direct:
+            row = await self._runs.submit(request, actor=current_principal().name)
+        self._dispatcher.hand(row, direct)  # sent now, not at the next dispatch round
         return run_to_proto(row)
 
     async def GetRun(self, request: scheduler_pb2.GetRunRequest, context: Ctx) -> scheduler_pb2.Run:
@@ -213,7 +215,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                             )
                         )
                     continue
-                row = await self._runs.get(request.id)
+                # The committed row from the change feed when it moves the run forward;
+                # otherwise (a poll, another replica's change, a hand-back) read it back.
+                fed = change.row if change is not None else None
+                row = (
+                    fed
+                    if fed is not None and sm.can_move(last, fed.state)
+                    else await self._runs.get(request.id)
+                )
                 if row.state != last:
                     last = row.state
                     yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row))

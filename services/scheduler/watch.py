@@ -6,15 +6,22 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.scheduler.models import RunRow
 
 
 @dataclass(frozen=True)
 class Change:
-    """Something happened to a run: its state changed, or output arrived."""
+    """Something happened to a run: its state changed, or output arrived. `row`, when set,
+    is the run as the transaction that changed it committed it (no one else holds that
+    object), so a watcher need not read it back."""
 
     run_id: str
     log_stream: str = ""
     log_data: bytes = b""
+    row: RunRow | None = None
 
 
 class Watchers:

@@ -359,6 +359,31 @@ async def test_run_executes_once_when_scheduler_killed_before_execute_reaches_ex
     assert len(proxy.answered(EXECUTE)) == 1  # only the new scheduler's call got through
 
 
+async def test_submitted_run_executes_once_when_scheduler_killed_during_direct_handoff(
+    stack: Stack,
+) -> None:
+    """With the dispatch sweep an hour away, SubmitRun's direct hand-off alone sends Execute
+    (held); kill -9 of the scheduler then; a new one on the same database, its sweep as
+    usual, dispatches the run from what the submit committed: it runs once, SUCCEEDED."""
+    proxy = await with_proxy(stack)
+    ledger = stack.tmp / "ledger"
+    await stack.publish("counted", counting_script(ledger))
+    stub = await stack.start_scheduler(DISPATCH_INTERVAL_S="3600")
+    proxy.hold(EXECUTE)
+    run = await submit(stub, "counted")
+    [held] = await proxy.wait_held(1)  # no round runs within the hour: the hand-off sent it
+    assert stack.scheduler is not None
+    await stack.scheduler.kill()
+    await asyncio.wait_for(held.abandoned.wait(), 10)
+
+    await stack.scheduler.stop()  # gone already: closes its client and log
+    stack.scheduler = None  # the next one gets the FAST sweep, on the same database
+    stub = await stack.start_scheduler()
+    final = await eventually(lambda: get(stub, run.id), lambda r: r.state in TERMINAL)
+    await assert_ran_once(stack, final, ledger)
+    assert len(proxy.answered(EXECUTE)) == 1  # only the new scheduler's call got through
+
+
 async def test_run_executes_once_when_killed_scheduler_execute_arrives_late(
     stack: Stack,
 ) -> None:

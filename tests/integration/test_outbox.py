@@ -168,3 +168,55 @@ async def test_a_failure_in_the_memory_path_falls_back_to_the_table(setup: Any) 
     assert await outbox.flush(js) == 3
     sub = await js.pull_subscribe(f"{subject}.>", durable=None, stream=stream)
     assert [m.data.decode() for m in await sub.fetch(6, timeout=5)] == ids
+
+
+async def _start_idle(outbox: Outbox, js: Any, sessions: Any, table: Any, subject: str) -> None:
+    """Start the relay and wait until its start-up scan is over (it published a probe row
+    staged before the start), so what follows is not picked up by that scan."""
+    await _add(outbox, sessions, subject, ["probe"])
+    outbox.start(js)
+    for _ in range(250):
+        if await _unsent(table, sessions) == 0:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the relay's start-up scan did not publish the probe")
+
+
+async def _received(js: Any, stream: str, subject: str, count: int) -> list[str]:
+    """The first `count` messages of the stream, waiting for them to be published."""
+    sub = await js.pull_subscribe(f"{subject}.>", durable=None, stream=stream)
+    received: list[str] = []
+    while len(received) < count:
+        received += [m.data.decode() for m in await sub.fetch(count - len(received), timeout=30)]
+    return received
+
+
+async def test_notified_commit_goes_out_without_the_sweep(setup: Any) -> None:
+    """A commit followed by notify() reaches NATS at once: the sweep (an hour) never runs."""
+    table, sessions, js, stream, subject = setup
+    outbox = Outbox(table, sessions, poll_interval_s=3600, mark_interval_s=0.05)
+    await _start_idle(outbox, js, sessions, table, subject)
+    try:
+        await _add(outbox, sessions, subject, ["w0", "w1"])
+        outbox.notify()
+        assert await _received(js, stream, subject, 3) == ["probe", "w0", "w1"]
+    finally:
+        await outbox.stop()
+
+
+async def test_commit_whose_wake_was_lost_goes_out_with_the_sweep(setup: Any) -> None:
+    """Rows committed without notify() or committed() (memory lost) are published by the
+    periodic sweep, in order, and marked."""
+    table, sessions, js, stream, subject = setup
+    outbox = Outbox(table, sessions, poll_interval_s=0.05, mark_interval_s=0.05)
+    await _start_idle(outbox, js, sessions, table, subject)
+    try:
+        await _add(outbox, sessions, subject, ["s0", "s1"])  # no wake
+        assert await _received(js, stream, subject, 3) == ["probe", "s0", "s1"]
+        for _ in range(250):
+            if await _unsent(table, sessions) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert await _unsent(table, sessions) == 0
+    finally:
+        await outbox.stop()

@@ -67,6 +67,36 @@ async def test_per_script_limit_holds_back_only_that_script(
         await path.close()
 
 
+async def test_submitted_runs_dispatched_without_waiting_for_a_round(
+    tmp_path: Path, nats_server: Any, tokens: Any
+) -> None:
+    """With the dispatch sweep an hour away, runs submitted one after another and four at
+    once reach the executor, each handed over by its SubmitRun (no round), and succeed."""
+    path = await start_run_path(
+        tmp_path,
+        nats_server.url,
+        tokens,
+        executor={"max_concurrent_runs": 8},
+        scheduler={"dispatch_interval_s": 3600},
+    )
+    try:
+        await path.publish("quick", "print('ok')\n")
+        stub = path.scheduler_stub()
+        first = await stub.SubmitRun(submit_request("quick"))
+        assert (await wait_terminal(stub, first.id)).state == RS.RUN_STATE_SUCCEEDED
+        together = await asyncio.gather(
+            *(stub.SubmitRun(submit_request("quick")) for _ in range(4))
+        )
+        ended = [await wait_terminal(stub, run.id) for run in together]
+        assert [run.state for run in ended] == [RS.RUN_STATE_SUCCEEDED] * 4
+        registry = path.scheduler.runtime.registry
+        handoffs = "runbox_scheduler_submit_handoffs_total"
+        assert registry.get_sample_value(handoffs, {"path": "direct"}) == 5
+        assert registry.get_sample_value(handoffs, {"path": "round"}) is None
+    finally:
+        await path.close()
+
+
 async def test_global_limit_and_an_override_per_script(
     tmp_path: Path, nats_server: Any, tokens: Any
 ) -> None:

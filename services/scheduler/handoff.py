@@ -1,0 +1,91 @@
+"""The direct hand-off of a submitted run: SubmitRun's run goes to an executor right after
+its commit, without waiting for a dispatch round (docs/scheduler.md, "Dispatch").
+
+SubmitRun submits inside `Dispatcher.direct()`, which picks the executor first. The
+transaction that inserts the run (`Runs.stage`) then claims it as a round would
+(`claim_in`): it goes in already claimed for `claim_s` and recorded as sent to that
+executor, so no round of any replica takes it, unless a run that should go first is
+waiting (higher priority, or as high and older) or its script is quarantined. After the
+commit the dispatcher sends Execute at once, with no other statement before it. Anything
+not taken so (limits, fires going first, no executor ready, a run ahead) is left to the
+dispatch loop, which stays the sweep for what memory lost: a replica that dies between
+the commit and Execute leaves a claim that expires, and any replica's round sends the run
+(to the recorded executor first, which runs a run id once)."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import exists, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from runbox.common.v1.common_pb2 import RunState as RS
+from services.scheduler.executors import Executor
+from services.scheduler.models import QuarantineRow, RunRow
+
+
+@dataclass
+class Handoff:
+    """One SubmitRun's hand-off: where its run goes (no candidates: the loop takes it), and
+    what the submit did (`claimed`: the run id it inserted claimed; `submitted`: how many
+    new runs it committed, 0 for an idempotent repeat)."""
+
+    candidates: list[Executor] = field(default_factory=list)
+    claim_s: float = 30.0
+    claimed: str | None = None
+    submitted: int = 0
+
+
+_DIRECT: contextvars.ContextVar[Handoff | None] = contextvars.ContextVar(
+    "runbox_direct_handoff", default=None
+)
+
+
+@contextlib.contextmanager
+def direct(handoff: Handoff) -> Iterator[Handoff]:
+    """Submit inside this block to have its run claimed for `handoff`."""
+    token = _DIRECT.set(handoff)
+    try:
+        yield handoff
+    finally:
+        _DIRECT.reset(token)
+
+
+def current() -> Handoff | None:
+    """The hand-off of the submit in progress in this task, if it asked for one."""
+    return _DIRECT.get()
+
+
+async def claim_in(session: AsyncSession, row: RunRow) -> None:
+    """In the transaction inserting `row` (before it is added): claim it for the current
+    hand-off, unless there is none, or a dispatchable run should go first, or its script is
+    quarantined (one SELECT; the row goes in claimed, nothing more is written)."""
+    handoff = _DIRECT.get()
+    if handoff is None or not handoff.candidates:
+        return
+    now = datetime.now(UTC)
+    quarantined = exists().where(
+        QuarantineRow.script_name == row.script_name, QuarantineRow.released_at.is_(None)
+    )
+    ahead = exists().where(
+        RunRow.state == RS.RUN_STATE_PENDING,
+        or_(RunRow.next_dispatch_at.is_(None), RunRow.next_dispatch_at <= now),
+        RunRow.id != row.id,
+        RunRow.script_name.not_in(
+            select(QuarantineRow.script_name).where(QuarantineRow.released_at.is_(None))
+        ),
+        or_(
+            RunRow.priority > row.priority,
+            (RunRow.priority == row.priority) & (RunRow.created_at <= row.created_at),
+        ),
+    )
+    if await session.scalar(select(or_(quarantined, ahead))):
+        return
+    row.next_dispatch_at = now + timedelta(seconds=handoff.claim_s)
+    row.executor_address = handoff.candidates[0].address
+    row.dispatch_attempted_at = now
+    handoff.claimed = row.id
