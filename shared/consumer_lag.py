@@ -3,16 +3,10 @@ server so it moves even while nothing is delivered (a consumer stuck or behind).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
 from nats.js import JetStreamContext
 from prometheus_client import Gauge
 
-from shared.tasks import stop_gracefully
-
-log = logging.getLogger(__name__)
+from shared.sampler import Sampler
 
 
 class ConsumerLag:
@@ -31,9 +25,9 @@ class ConsumerLag:
         self._stream = stream
         self._durable = durable
         self._gauge = gauge
-        self._interval = interval_s
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        # The sampler stops on an event, not cancel(): on Python 3.11 a cancel that lands
+        # while a NATS request completes can be swallowed.
+        self._sampler = Sampler(self.poll_once, name=f"lag:{durable}", interval_s=interval_s)
 
     async def poll_once(self) -> int:
         """Read num_pending once and publish it; returns the value."""
@@ -43,19 +37,8 @@ class ConsumerLag:
         return pending
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=f"lag:{self._durable}")
+        self._sampler.start()
 
     async def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop polling. An event, not cancel(): on Python 3.11 a cancel that lands while a
-        NATS request completes can be swallowed."""
-        self._stopping.set()
-        await stop_gracefully(self._task, timeout_s)
-
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.poll_once()
-            except Exception as exc:
-                log.warning("consumer lag poll failed: %s", type(exc).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+        """Stop polling."""
+        await self._sampler.stop(timeout_s)
