@@ -3,6 +3,7 @@ on a free loopback port; used by `runbox up` and by the test suite."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -23,8 +24,41 @@ def find_binary() -> str:
     return found
 
 
+# Ports handed out by this process, so two picks never return the same one.
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port nothing listens on, for a server started later by another process.
+
+    Picked below the kernel's ephemeral range: a port got by binding to 0 comes from that
+    range, and between this pick and the server's bind any outgoing connection on the
+    machine may take it as its local port (CI saw EADDRINUSE from exactly that). Ports
+    below the range are only ever taken by an explicit bind, which the check below sees.
+    """
+    low = _ephemeral_low()
+    candidates = list(range(max(1024, low - 12000), low))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            # The servers bind with SO_REUSEADDR too, so a TIME_WAIT leftover is no obstacle.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # a machine whose ephemeral range starts near 1024
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

@@ -364,8 +364,14 @@ EXPECTED = [
 
 def missing(spans: list[Span]) -> list[tuple[str, str]]:
     """Expected spans not yet received; the scheduler consumes a run's QUEUED and STARTED
-    events before its FINISHED one, so its consume span must be the one that applied FAILED."""
+    events before its FINISHED one, so its consume span must be the one that applied FAILED.
+    A span whose parent has not arrived yet counts as missing that parent: each service
+    exports in its own batches, so a consumer's span can arrive before its publisher's."""
     absent = [(svc, name) for svc, name in EXPECTED if not named(spans, name, svc)]
+    ids = {s.id for s in spans}
+    absent += [
+        (s.service, f"parent of {s.name}") for s in spans if s.parent and s.parent not in ids
+    ]
     if not [
         s
         for s in named(spans, "consume scheduler", "scheduler")
@@ -377,10 +383,13 @@ def missing(spans: list[Span]) -> list[tuple[str, str]]:
 
 async def whole_trace(collector: Collector, trace_id: bytes) -> list[Span]:
     """The trace once every expected span arrived (the services export every 100 ms)."""
-    async with asyncio.timeout(60):
-        while missing(collector.trace(trace_id)):
-            collector.arrived.clear()
-            await collector.arrived.wait()
+    try:
+        async with asyncio.timeout(60):
+            while missing(collector.trace(trace_id)):
+                collector.arrived.clear()
+                await collector.arrived.wait()
+    except TimeoutError:
+        pytest.fail(f"the trace never completed; missing: {missing(collector.trace(trace_id))}")
     return collector.trace(trace_id)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
+from cli import natsd
 from shared.runtime import Running, Service, build_runtime, launch
 from shared.settings import ServiceSettings
 
@@ -47,12 +47,6 @@ async def _run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str,
     return proc.returncode, out.decode(), err.decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_health_command_exits_0_when_serving(server: Running) -> None:
     """runbox-health ADDRESS exits 0, silent, against a SERVING server."""
     assert HEALTH, "runbox-health is not installed next to this python (pip install -e .)"
@@ -77,7 +71,7 @@ async def test_health_command_exits_1_when_not_serving(server: Running) -> None:
 
 async def test_health_command_exits_1_when_nothing_listens() -> None:
     """A refused connection exits 1 with UNAVAILABLE on one line, within the deadline."""
-    port = _free_port()
+    port = natsd.free_port()
     code, _, err = await _run(HEALTH, f"127.0.0.1:{port}")
     assert code == 1
     lines = err.strip().splitlines()
@@ -118,7 +112,7 @@ async def test_migrate_command_unreachable_database_exits_1_password_hidden(
     """A database nobody listens on exits 1; the log shows the URL with the password masked."""
     secret = tmp_path / "password"
     secret.write_text("hunter2-secret\n")
-    url = f"postgresql+asyncpg://runbox@127.0.0.1:{_free_port()}/scheduler"
+    url = f"postgresql+asyncpg://runbox@127.0.0.1:{natsd.free_port()}/scheduler"
     code, out, err = await _run(
         sys.executable,
         "-m",

@@ -7,7 +7,6 @@ import asyncio
 import gc
 import json
 import logging
-import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from google.protobuf.duration_pb2 import Duration
 
+from cli import natsd
 from runbox.alerting.v1 import alerting_pb2
 from services.alerting.channels import (
     DELIVERY_HEADER,
@@ -60,12 +60,6 @@ def notification(**changes: Any) -> Notification:
     }
     values.update(changes)
     return Notification(**values)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- SMTP -----------------------------------------------------------------------------------
@@ -128,7 +122,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 def start_smtp(**kwargs: Any) -> Iterator[Smtp]:
     mailbox = Mailbox()
-    port = free_port()
+    port = natsd.free_port()
     controller = Controller(mailbox, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     try:
@@ -257,7 +251,7 @@ async def test_send_email_without_required_starttls_is_not_retryable(smtp_startt
 
 async def test_send_email_unreachable_server_is_retryable() -> None:
     """Nothing listening: a retryable error naming host and port."""
-    port = free_port()
+    port = natsd.free_port()
     with pytest.raises(DeliveryError) as caught:
         await send(email_channel(port), notification(), ChannelPolicy(smtp_timeout_s=2))
     assert caught.value.retryable

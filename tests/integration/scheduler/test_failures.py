@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
+from cli import natsd
 from runbox.catalogue.v1 import catalogue_pb2
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
@@ -674,18 +674,12 @@ def _processes_under(path: str) -> list[int]:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_executor_killed_mid_run_is_lost_then_retried(
     tmp_path: Path, nats_server, tokens
 ) -> None:  # type: ignore[no-untyped-def]
     """kill -9 of an executor process while its run is RUNNING: heartbeats stop, the lease
     expires, the run ends LOST and its retry (attempt 2, parent_run_id) is created."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{natsd.free_port()}"
     stack = await start_run_path(
         tmp_path,
         nats_server.url,
