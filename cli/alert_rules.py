@@ -266,7 +266,10 @@ def rule_list_cmd(as_json: JsonFlag = False) -> None:
             escape(condition_text(r.condition)),
             str(len(r.channel_ids)),
         )
-    render.console.print(table if rules else "no rules found")
+    if rules:
+        render.print_table(table)
+    else:
+        render.console.print("no rules found")
 
 
 RuleId = Annotated[str, typer.Argument(help="Rule id.")]
@@ -433,7 +436,10 @@ def channel_list_cmd(as_json: JsonFlag = False) -> None:
         table.add_column(column)
     for c in channels:
         table.add_row(c.id, escape(c.name), "yes" if c.enabled else "no", escape(channel_target(c)))
-    render.console.print(table if channels else "no channels found")
+    if channels:
+        render.print_table(table)
+    else:
+        render.console.print("no channels found")
 
 
 ChannelId = Annotated[str, typer.Argument(help="Channel id.")]

@@ -98,7 +98,10 @@ def alert_list_cmd(
     if as_json:
         render.print_json([render.to_dict(a) for a in alerts])
     else:
-        render.console.print(alerts_table(alerts) if alerts else "no alerts found")
+        if alerts:
+            render.print_table(alerts_table(alerts))
+        else:
+            render.console.print("no alerts found")
 
 
 AlertId = Annotated[str, typer.Argument(help="Alert id.")]
@@ -198,7 +201,10 @@ def silence_list_cmd(
             escape(s.created_by),
             escape(s.comment) or "-",
         )
-    render.console.print(table if silences else "no silences found")
+    if silences:
+        render.print_table(table)
+    else:
+        render.console.print("no silences found")
 
 
 @silence_app.command("expire")
@@ -254,7 +260,10 @@ def deliveries_list_cmd(
             when(d.create_time),
             escape(d.last_error) or "-",
         )
-    render.console.print(table if deliveries else "no deliveries found")
+    if deliveries:
+        render.print_table(table)
+    else:
+        render.console.print("no deliveries found")
 
 
 @delivery_app.command("retry")

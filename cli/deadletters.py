@@ -60,7 +60,10 @@ def deadletters_cmd(
             escape(letter.reason) or "-",
             letter.replay_run_id or "-",
         )
-    render.console.print(table if letters else "no dead letters")
+    if letters:
+        render.print_table(table)
+    else:
+        render.console.print("no dead letters")
 
 
 def quarantines_cmd(as_json: JsonFlag = False) -> None:
@@ -85,7 +88,10 @@ def quarantines_cmd(as_json: JsonFlag = False) -> None:
             str(q.consecutive_failures),
             escape(q.reason) or "-",
         )
-    render.console.print(table if quarantines else "no quarantined scripts")
+    if quarantines:
+        render.print_table(table)
+    else:
+        render.console.print("no quarantined scripts")
 
 
 @quarantine_app.command("release")

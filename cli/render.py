@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from runbox.common.v1 import common_pb2
@@ -15,6 +16,21 @@ from runbox.scheduler.v1 import scheduler_pb2
 
 console = Console()
 err_console = Console(stderr=True)
+TABLE_MAX_WIDTH = 200
+
+
+def print_table(table: Table, out: Console | None = None) -> None:
+    """Print a table at its natural width (up to TABLE_MAX_WIDTH, where long text columns
+    wrap): a narrow terminal (or a pipe, 80 columns) wraps its lines rather than the table
+    cutting IDs and names to "…", which a user could then not copy into the next command."""
+    out = out or console
+    natural = Measurement.get(out, out.options.update(max_width=10_000), table)
+    width = out.width
+    out.width = max(width, min(natural.maximum, max(natural.minimum, TABLE_MAX_WIDTH)))
+    try:
+        out.print(table)
+    finally:
+        out.width = width
 
 
 def state_name(state: int) -> str:

@@ -253,7 +253,10 @@ def list_cmd(
     if as_json:
         render.print_json([render.to_dict(r) for r in runs])
     else:
-        render.console.print(render.runs_table(runs) if runs else "no runs found")
+        if runs:
+            render.print_table(render.runs_table(runs))
+        else:
+            render.console.print("no runs found")
 
 
 @app.command("show")

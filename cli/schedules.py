@@ -546,7 +546,10 @@ def list_cmd(
     if as_json:
         render.print_json([render.to_dict(s) for s in schedules])
     else:
-        render.console.print(schedules_table(schedules) if schedules else "no schedules found")
+        if schedules:
+            render.print_table(schedules_table(schedules))
+        else:
+            render.console.print("no schedules found")
 
 
 ScheduleId = Annotated[str, typer.Argument(help="Schedule id.")]
@@ -614,7 +617,10 @@ def preview_cmd(
         table.add_column(column)
     for number, fire in enumerate(reply.fire_times, 1):
         table.add_row(str(number), fire.local, fire.utc.ToJsonString())
-    render.console.print(table if reply.fire_times else "no upcoming fire times")
+    if reply.fire_times:
+        render.print_table(table)
+    else:
+        render.console.print("no upcoming fire times")
 
 
 @app.command("pause")
@@ -678,7 +684,10 @@ def fires_cmd(schedule_id: ScheduleId, as_json: JsonFlag = False) -> None:
             escape(fire.reason) or "-",
             fire.record_time.ToJsonString() if fire.HasField("record_time") else "-",
         )
-    render.console.print(table if fires else "no fires recorded")
+    if fires:
+        render.print_table(table)
+    else:
+        render.console.print("no fires recorded")
 
 
 @app.command("stats")

@@ -206,7 +206,7 @@ def print_version(version: catalogue_pb2.ScriptVersion) -> None:
     if version.changelog:
         out.print(f"  changelog {escape(version.changelog)}")
     if version.parameters:
-        out.print(parameters_table(list(version.parameters)))
+        render.print_table(parameters_table(list(version.parameters)), out)
 
 
 def _list_request(
@@ -266,7 +266,10 @@ def list_cmd(
     if as_json:
         render.print_json([render.to_dict(s) for s in scripts])
     else:
-        render.console.print(scripts_table(scripts) if scripts else "no scripts found")
+        if scripts:
+            render.print_table(scripts_table(scripts))
+        else:
+            render.console.print("no scripts found")
 
 
 def _is_exact(version: str) -> bool:
@@ -327,7 +330,7 @@ def versions_cmd(
     if as_json:
         render.print_json([render.to_dict(v) for v in versions])
     else:
-        render.console.print(versions_table(versions))
+        render.print_table(versions_table(versions))
 
 
 def _set_state(ref: str, reason: str, *, yank: bool, as_json: bool) -> None:

@@ -33,7 +33,7 @@ def list_cmd(as_json: JsonFlag = False) -> None:
     if as_json:
         render.print_json([render.to_dict(t) for t in templates])
     else:
-        render.console.print(templates_table(templates))
+        render.print_table(templates_table(templates))
 
 
 def templates_table(templates: list[catalogue_pb2.Script]) -> Table:

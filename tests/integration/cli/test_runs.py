@@ -99,6 +99,20 @@ async def test_runs_show_prints_details(stack: Stack) -> None:
     assert run_id in shown and "SUCCEEDED" in shown and "shown output" in shown
 
 
+async def test_runs_list_prints_whole_ids_in_80_columns(stack: Stack, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A pipe (80 columns, no COLUMNS) gets whole IDs, states and names: the table's lines
+    wrap instead, so an ID copied from `runs list` works in `runs show`."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    await stack.path.publish("a-rather-long-script-name", "print('x')\n")
+    run_id = await _submit(stack, "a-rather-long-script-name")
+    await _terminal(stack, run_id)
+    table = (await stack.cli.ok("runs", "list")).stdout
+    assert "…" not in table, table
+    assert run_id in table and "a-rather-long-script-name" in table and "SUCCEEDED" in table
+    copied = next(word for word in table.split() if word.startswith(run_id[:8]))
+    assert run_id in (await stack.cli.ok("runs", "show", copied)).stdout
+
+
 async def test_runs_cancel_then_watch_exits_130(stack: Stack) -> None:
     """Cancelling a running run ends it CANCELLED; watching it exits 130 like `run --follow`;
     cancelling it again is FAILED_PRECONDITION, exit 2."""
