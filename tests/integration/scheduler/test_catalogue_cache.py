@@ -15,6 +15,7 @@ from google.protobuf import struct_pb2
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from runbox.common.v1 import common_pb2
 from runbox.scheduler.v1 import scheduler_pb2
+from services.scheduler.catalogue import CatalogueClient
 from shared.clients import open_channel
 from shared.status import from_rpc_error
 from tests.integration.stack import RunPath, start_run_path
@@ -169,3 +170,79 @@ async def test_yank_and_delete_drop_cached_pinned_versions(path: RunPath) -> Non
         path, lambda c: c.DeleteScript(catalogue_pb2.DeleteScriptRequest(name="gone"))
     )
     await eventually_code(stub, submit("gone", "1.0.1", n=1, token="t"), grpc.StatusCode.NOT_FOUND)
+
+
+def _value(raw: object) -> struct_pb2.Value:
+    holder = struct_pb2.Struct()
+    holder.update({"v": raw})
+    return holder.fields["v"]
+
+
+CHOICES = catalogue_pb2.ParameterRules(allowed_values=[_value("a"), _value("b")])
+EVERY_TYPE = [
+    catalogue_pb2.ParameterDefinition(name=name, type=kind, rules=rules)
+    for name, kind, rules in [
+        ("s", PT.PARAMETER_TYPE_STRING, catalogue_pb2.ParameterRules(pattern="[a-z]+")),
+        ("i", PT.PARAMETER_TYPE_INTEGER, catalogue_pb2.ParameterRules(min_value=0)),
+        ("f", PT.PARAMETER_TYPE_FLOAT, None),
+        ("b", PT.PARAMETER_TYPE_BOOLEAN, None),
+        ("j", PT.PARAMETER_TYPE_JSON, None),
+        ("e", PT.PARAMETER_TYPE_EMAIL, None),
+        ("u", PT.PARAMETER_TYPE_URL, None),
+        ("t", PT.PARAMETER_TYPE_TEXT, None),
+        ("sel", PT.PARAMETER_TYPE_SELECT, CHOICES),
+        ("multi", PT.PARAMETER_TYPE_MULTISELECT, CHOICES),
+        ("file", PT.PARAMETER_TYPE_FILE, None),
+        ("d", PT.PARAMETER_TYPE_DATE, None),
+        ("dt", PT.PARAMETER_TYPE_DATETIME, None),
+    ]
+] + [
+    catalogue_pb2.ParameterDefinition(name="p", type=PT.PARAMETER_TYPE_PASSWORD, required=True),
+    catalogue_pb2.ParameterDefinition(
+        name="when_b",
+        type=PT.PARAMETER_TYPE_STRING,
+        required=True,
+        condition=catalogue_pb2.ParameterCondition(parameter="b", equals=_value(True)),
+    ),
+]
+GOOD = {"p": "pw", "s": "abc", "i": "4", "f": "2.5", "b": "no", "j": '{"k": [1]}'}
+CASES = [
+    GOOD,
+    {**GOOD, "e": "ops@example.com", "u": "https://example.com/x", "t": "a\nb", "sel": "a"},
+    {**GOOD, "multi": "a, b", "d": "2026-11-24", "dt": "2026-11-24T10:30:00+01:00"},
+    {**GOOD, "file": {"name": "x.txt", "content_type": "Text/Plain", "content_base64": "aGk="}},
+    {**GOOD, "b": True, "when_b": "x"},
+    {**GOOD, "b": True},
+    {**GOOD, "when_b": "x"},
+    {**GOOD, "s": "ABC", "i": -1, "f": "NaN", "e": "a@b@c", "u": "mailto:x", "sel": "z"},
+    {**GOOD, "multi": ["a", "a"], "d": "2026-02-30", "dt": "yesterday", "j": "{no", "x": 1},
+    {"s": "abc"},
+]
+
+
+async def answer(call: Awaitable[object]) -> object:
+    """A validation's outcome, comparable: the response, or the error's code and fields."""
+    try:
+        result = await call
+    except Exception as exc:
+        violations = getattr(exc, "violations", [])
+        return type(exc).__name__, sorted((v.field, v.description) for v in violations)
+    validated = getattr(result, "validated", result)
+    return validated.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+async def test_local_validation_gives_the_catalogues_answer(path: RunPath, case: int) -> None:
+    """Every type, a condition and a secret: the cached local answer equals ValidateParameters'."""
+    await path.publish("types", "print(1)\n", params=EVERY_TYPE)
+    values = struct_pb2.Struct()
+    values.update(CASES[case])
+    ref = common_pb2.ScriptRef(name="types", version="1.0.0")
+    async with open_channel(path.catalogue.address, token=path.tokens.admin) as channel:
+        client = CatalogueClient(channel, cache_ttl_s=60, outage_ttl_s=60)
+        await client.check(ref, struct_pb2.Struct(fields={"p": _value("x")}))  # cached
+        local = await answer(client.check(ref, values, fresh=True))
+        # The warm-up's ResolveVersion + GetScript, and ValidateParameters when p (a secret,
+        # whose default the catalogue would not tell) is left out.
+        assert client.calls == (2 if "p" in CASES[case] else 3)
+        assert local == await answer(client.validate(ref, values))
