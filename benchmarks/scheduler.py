@@ -611,7 +611,9 @@ async def runbox_roundtrip(args: argparse.Namespace, env: Env) -> dict[str, Any]
             async def one() -> float:
                 started, wall = time.perf_counter(), time.time()
                 run = await stub.SubmitRun(
-                    pb.SubmitRunRequest(script=common_pb2.ScriptRef(name=SCRIPT))
+                    pb.SubmitRunRequest(
+                        script=common_pb2.ScriptRef(name=SCRIPT, version=args.script_version)
+                    )
                 )
                 async for reply in stub.WatchRun(pb.WatchRunRequest(id=run.id), timeout=60):
                     if reply.HasField("run") and sm.is_terminal(reply.run.state):
@@ -647,9 +649,17 @@ async def runbox_roundtrip(args: argparse.Namespace, env: Env) -> dict[str, Any]
             for samples in [*phases.values(), *hops.values()]:
                 samples.clear()
             log(f"runbox: {args.runs} runs, {args.concurrency} in flight")
+            services = {"catalogue": catalogue, "executor": executor, "scheduler": scheduler}
+            cpu0 = {name: proc_usage(svc.proc.pid)[0] for name, svc in services.items()}
             began = time.perf_counter()
             samples = await lanes(args.runs, args.concurrency, one)
             result: dict[str, Any] = summary(samples, time.perf_counter() - began, "runbox", "runs")
+            cpu = {
+                name: (proc_usage(svc.proc.pid)[0] - cpu0[name]) * 1000 / args.runs
+                for name, svc in services.items()
+            }
+            result["runbox_cpu_ms_per_run"] = round(sum(cpu.values()), 2)
+            result["runbox_cpu_ms_per_run_by_service"] = {n: round(v, 2) for n, v in cpu.items()}
             result["runbox_phases_p50_ms"] = {
                 name: pct(values, 1000)[0] for name, values in phases.items()
             }
@@ -824,6 +834,9 @@ def main() -> None:
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
     parser.add_argument("--only", choices=["", "firing", "roundtrip"], default="")
+    parser.add_argument(
+        "--script-version", default="", help="version selector of the round trip's submits"
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy the services' logs here at the end")
     parser.add_argument("--celery-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

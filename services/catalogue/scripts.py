@@ -21,9 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from runbox.catalogue.v1 import catalogue_pb2
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
-from services.catalogue import parameters, versions
+from services.catalogue import versions
 from services.catalogue.blobs import BlobStore
 from services.catalogue.models import AuditRow, ScriptRow, ScriptTagRow, VersionRow
+from shared import parameters
 from shared.errors import (
     AlreadyExists,
     FailedPrecondition,

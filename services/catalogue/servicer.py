@@ -12,9 +12,10 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from runbox.common.v1 import common_pb2
-from services.catalogue import parameters, templates
+from services.catalogue import templates
 from services.catalogue.models import ScriptRow, VersionRow
 from services.catalogue.scripts import Catalogue, Resolved
+from shared import parameters
 from shared.auth import require
 from shared.errors import FailedPrecondition, InvalidArgument
 from shared.interceptors import current_principal

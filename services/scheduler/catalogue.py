@@ -1,29 +1,50 @@
-"""The scheduler's view of the catalogue: parameter validation and script
-defaults over gRPC, with catalogue errors mapped back to domain errors so a
-caller sees NOT_FOUND / INVALID_ARGUMENT (with field details) unchanged.
+"""The scheduler's view of the catalogue: script versions and their compiled parameter
+schemas, fetched once and validated here with the catalogue's own code
+(shared/parameters.py), so a warm submit makes no catalogue call. Catalogue errors are
+mapped back to domain errors, so a caller sees NOT_FOUND / INVALID_ARGUMENT (with field
+details) / FAILED_PRECONDITION unchanged.
 
-`check` (what a run needs: the resolved version, validated values and the script's
-defaults) is cached per (script ref, parameter values) for a short TTL and dropped at
-once when the catalogue publishes a ScriptEvent for the script (a version published,
-deprecated or yanked, the script updated or deleted), as the catalogue's own
-resolution cache is. Schedule fires use it: a fire validated from the cache gets the
-answer the catalogue would give, up to that event's delivery (milliseconds). SubmitRun
-asks fresh (a client that just published a version gets it) and refreshes the cache.
-Requests with secret values are never cached, and concurrent misses for one key share
-one call."""
+What is cached, per script name: for each selector asked (and each exact version resolved),
+the resolved ScriptVersion, the script (its defaults) and the compiled ParameterSet, plus a
+memo of validated answers without secrets. The catalogue stays the source of truth:
+
+- Every ScriptEvent for a script (any catalogue replica's: a version published, deprecated
+  or yanked, the script updated, deleted or restored) drops all of that script's entries.
+  The subscription is a core NATS one per replica (`follow`): every replica must see every
+  event, and only events from now on matter (the cache starts empty).
+- Read-your-writes for SubmitRun (`fresh=True`): an exact version ("1.2.3") is served from
+  the cache, since a version's definitions never change; any other selector (latest, a
+  range) is resolved by the catalogue (one ResolveVersion call, no validation there), since
+  a client that has just published a version must get it, and the event saying so may
+  still be on its way. The version it names is then validated from the cache. Schedule
+  fires (`fresh=False`) also take cached "latest" answers: they get the catalogue's answer
+  up to an event's delivery (milliseconds).
+- When the subscription is down (NATS disconnected, or not started), entries older than
+  `outage_ttl_s` are not served; after a reconnect everything is dropped (events may have
+  been missed). `cache_ttl_s` bounds every entry in any case (0: no cache at all).
+- The catalogue never returns the defaults of secret parameters, so a request that leaves a
+  secret parameter out is validated by the catalogue (ValidateParameters), as are versions
+  whose definitions no longer compile here (the catalogue answers FAILED_PRECONDITION).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+import semver
 from cachetools import TTLCache
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
+from nats.aio.client import Client as NATS
 
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from runbox.common.v1 import common_pb2
+from shared import parameters
 from shared.errors import InvalidArgument, Unavailable
+from shared.jetstream import follow_script_changes
 from shared.status import from_rpc_error
 
 _PASS_THROUGH = {
@@ -32,7 +53,7 @@ _PASS_THROUGH = {
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.PERMISSION_DENIED,
 }
-_Key = tuple[str, bytes, bytes]
+_MEMO_PER_VERSION = 256  # validated answers kept per cached version
 
 
 @dataclass(frozen=True)
@@ -43,63 +64,70 @@ class Checked:
     script: catalogue_pb2.Script
 
 
+@dataclass
+class _Entry:
+    """One resolution: the version, the script's defaults, the compiled schema (None: it
+    does not compile here, the catalogue validates), and answers already validated."""
+
+    version: catalogue_pb2.ScriptVersion
+    script: catalogue_pb2.Script
+    schema: parameters.ParameterSet | None
+    secrets: frozenset[str]
+    at: float
+    answers: dict[bytes, Checked] = field(default_factory=dict)
+
+
+def _exact(selector: str) -> bool:
+    """Whether a selector names one version (its resolution cannot change but by an event)."""
+    return semver.Version.is_valid(selector)
+
+
+def _compile(version: catalogue_pb2.ScriptVersion) -> parameters.ParameterSet | None:
+    try:
+        return parameters.compile_definitions(version.parameters)
+    except InvalidArgument:
+        return None  # accepted under older rules: the catalogue says what to do
+
+
+def _relative(error: InvalidArgument) -> InvalidArgument:
+    """Field paths relative to the SubmitRun request (values.x -> parameters.x)."""
+    for v in error.violations:
+        v_field = v.field.replace("values.", "parameters.", 1).replace("ref.", "script.", 1)
+        object.__setattr__(v, "field", v_field)
+    return error
+
+
 class CatalogueClient:
-    """Calls the catalogue with this service's own token."""
+    """Calls the catalogue with this service's own token; caches what SubmitRun needs."""
 
     def __init__(
-        self, channel: grpc.aio.Channel, *, cache_ttl_s: float = 0.0, cache_entries: int = 10_000
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        cache_ttl_s: float = 0.0,
+        outage_ttl_s: float = 1.0,
+        cache_entries: int = 10_000,
     ) -> None:
         self._stub = catalogue_pb2_grpc.CatalogueServiceStub(channel)
-        self._cache: TTLCache[_Key, Checked] | None = (
+        # Script name -> selector or exact version -> entry.
+        self._cache: TTLCache[str, dict[str, _Entry]] | None = (
             TTLCache(maxsize=cache_entries, ttl=cache_ttl_s) if cache_ttl_s > 0 else None
         )
-        self._inflight: dict[_Key, asyncio.Future[Checked]] = {}
+        self._outage_ttl_s = min(outage_ttl_s, cache_ttl_s)
+        self._inflight: dict[tuple[str, str], asyncio.Future[_Entry]] = {}
         # Bumped by every invalidation: an answer that raced with one is not cached.
         self._generation = 0
+        self._nc: NATS | None = None
+        self._reconnects = 0
         self.hits = 0
         self.misses = 0
+        self.calls = 0  # catalogue RPCs made
 
-    async def check(
-        self, ref: common_pb2.ScriptRef, values: struct_pb2.Struct, *, fresh: bool = False
-    ) -> Checked:
-        """Validate `values` for `ref` and fetch the script, from the cache when it can
-        (`fresh`: ask the catalogue, and cache its answer)."""
-        if self._cache is None:
-            return await self._fetch(ref, values)
-        key = (
-            ref.name,
-            ref.SerializeToString(deterministic=True),
-            values.SerializeToString(deterministic=True),
-        )
-        cached = None if fresh else self._cache.get(key)
-        if cached is not None:
-            self.hits += 1
-            return cached
-        waiting = None if fresh else self._inflight.get(key)
-        if waiting is not None:
-            return await asyncio.shield(waiting)
-        self.misses += 1
-        future: asyncio.Future[Checked] = asyncio.get_running_loop().create_future()
-        if not fresh:
-            self._inflight[key] = future
-        generation = self._generation
-        try:
-            checked = await self._fetch(ref, values)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" warning without waiters
-            raise
-        else:
-            future.set_result(checked)
-            if generation == self._generation and not checked.validated.secret_names:
-                self._cache[key] = checked
-            return checked
-        finally:
-            if self._inflight.get(key) is future:
-                del self._inflight[key]
+    async def follow(self, nc: NATS, prefix: str) -> None:
+        """Subscribe to the catalogue's ScriptEvents; until then, entries live `outage_ttl_s`."""
+        await follow_script_changes(nc, prefix, self.invalidate)
+        self._nc, self._reconnects = nc, nc.stats["reconnects"]
+        self.invalidate()  # what was cached before the subscription may have missed events
 
     @property
     def generation(self) -> int:
@@ -118,19 +146,126 @@ class CatalogueClient:
             return
         if name is None:
             self._cache.clear()
-            return
-        for key in [k for k in self._cache if k[0] == name]:
-            self._cache.pop(key, None)
+        else:
+            self._cache.pop(name, None)
 
-    async def _fetch(self, ref: common_pb2.ScriptRef, values: struct_pb2.Struct) -> Checked:
-        validated, script = await asyncio.gather(
-            self.validate(ref, values), self.get_script(ref.name)
+    async def check(
+        self, ref: common_pb2.ScriptRef, values: struct_pb2.Struct, *, fresh: bool = False
+    ) -> Checked:
+        """Resolve `ref` and validate `values` for it, from the cache where it can (`fresh`:
+        a selector other than an exact version is resolved by the catalogue)."""
+        if self._cache is None:
+            validated, script = await asyncio.gather(
+                self.validate(ref, values), self.get_script(ref.name)
+            )
+            return Checked(validated, script)
+        selector = ref.version.strip()
+        if fresh and not _exact(selector):
+            version = await self.resolve(ref)
+            entry = self._cached(ref.name, version.version)
+            if entry is None or entry.version != version:
+                entry = await self._load(ref, version.version, version)
+        else:
+            entry = self._cached(ref.name, selector) or await self._load(ref, selector, None)
+        return await self._validate(entry, values)
+
+    def _cached(self, name: str, selector: str) -> _Entry | None:
+        assert self._cache is not None
+        nc = self._nc
+        if nc is not None and nc.stats["reconnects"] != self._reconnects:
+            self._reconnects = nc.stats["reconnects"]
+            self.invalidate()  # events published while disconnected are lost
+        entry = self._cache.get(name, {}).get(selector)
+        if entry is None:
+            return None
+        live = nc is not None and nc.is_connected
+        if not live and time.monotonic() - entry.at >= self._outage_ttl_s:
+            return None
+        self.hits += 1
+        return entry
+
+    async def _load(
+        self, ref: common_pb2.ScriptRef, key: str, version: catalogue_pb2.ScriptVersion | None
+    ) -> _Entry:
+        """Fetch (once for concurrent callers) and cache the entry for `ref` under `key`."""
+        waiting = self._inflight.get((ref.name, key))
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        self.misses += 1
+        future: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
+        self._inflight[(ref.name, key)] = future
+        generation = self._generation
+        try:
+            entry = await self._fetch(ref, version)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        else:
+            future.set_result(entry)
+            if generation == self._generation and self._cache is not None:
+                scripts = self._cache.setdefault(ref.name, {})
+                scripts[key] = scripts[entry.version.version] = entry
+            return entry
+        finally:
+            if self._inflight.get((ref.name, key)) is future:
+                del self._inflight[(ref.name, key)]
+
+    async def _fetch(
+        self, ref: common_pb2.ScriptRef, version: catalogue_pb2.ScriptVersion | None
+    ) -> _Entry:
+        if version is None:
+            version, script = await asyncio.gather(self.resolve(ref), self.get_script(ref.name))
+        else:
+            script = await self.get_script(ref.name)
+        assert version is not None
+        secrets = frozenset(d.name for d in version.parameters if parameters.is_secret(d))
+        return _Entry(version, script, _compile(version), secrets, time.monotonic())
+
+    async def _validate(self, entry: _Entry, values: struct_pb2.Struct) -> Checked:
+        """The catalogue's ValidateParameters answer for the entry's version, computed here."""
+        key = values.SerializeToString(deterministic=True)
+        known = entry.answers.get(key)
+        if known is not None:
+            return known
+        raw: dict[str, Any] = json_format.MessageToDict(values)
+        if entry.schema is None or not entry.secrets <= raw.keys():
+            # Secret defaults are withheld from us, and an old definition is the catalogue's
+            # to judge: ask it, about the version this entry resolved to.
+            pinned = common_pb2.ScriptRef(
+                name=entry.version.script_name, version=entry.version.version
+            )
+            return Checked(await self.validate(pinned, values), entry.script)
+        try:
+            validated = entry.schema.validate(raw)
+        except InvalidArgument as exc:
+            raise _relative(exc) from None
+        normalised = struct_pb2.Struct()
+        normalised.update(validated.values)
+        checked = Checked(
+            catalogue_pb2.ValidateParametersResponse(
+                version=entry.version, values=normalised, secret_names=sorted(validated.secrets)
+            ),
+            entry.script,
         )
-        return Checked(validated, script)
+        if not validated.secrets and len(entry.answers) < _MEMO_PER_VERSION:
+            entry.answers[key] = checked
+        return checked
+
+    async def resolve(self, ref: common_pb2.ScriptRef) -> catalogue_pb2.ScriptVersion:
+        self.calls += 1
+        try:
+            return await self._stub.ResolveVersion(catalogue_pb2.ResolveVersionRequest(ref=ref))
+        except grpc.aio.AioRpcError as exc:
+            raise self._map(exc) from None
 
     async def validate(
         self, ref: common_pb2.ScriptRef, values: struct_pb2.Struct
     ) -> catalogue_pb2.ValidateParametersResponse:
+        self.calls += 1
         try:
             return await self._stub.ValidateParameters(
                 catalogue_pb2.ValidateParametersRequest(ref=ref, values=values)
@@ -139,6 +274,7 @@ class CatalogueClient:
             raise self._map(exc) from None
 
     async def get_script(self, name: str) -> catalogue_pb2.Script:
+        self.calls += 1
         try:
             return await self._stub.GetScript(catalogue_pb2.GetScriptRequest(name=name))
         except grpc.aio.AioRpcError as exc:
@@ -148,12 +284,5 @@ class CatalogueClient:
     def _map(exc: grpc.aio.AioRpcError) -> Exception:
         error = from_rpc_error(exc)
         if exc.code() in _PASS_THROUGH:
-            if isinstance(error, InvalidArgument):
-                # Field paths are relative to the SubmitRun request.
-                for v in error.violations:
-                    v_field = v.field.replace("values.", "parameters.", 1).replace(
-                        "ref.", "script.", 1
-                    )
-                    object.__setattr__(v, "field", v_field)
-            return error
+            return _relative(error) if isinstance(error, InvalidArgument) else error
         return Unavailable(f"catalogue unavailable: {exc.code().name}: {error.message}")

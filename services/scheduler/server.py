@@ -25,7 +25,7 @@ from services.scheduler.watch import Watchers
 from shared import db
 from shared.clients import open_channel
 from shared.consumer_lag import ConsumerLag
-from shared.jetstream import DurableConsumer, follow_script_changes, run_event_attributes
+from shared.jetstream import DurableConsumer, run_event_attributes
 from shared.outbox import Outbox
 from shared.outbox_backlog import OutboxBacklog
 from shared.runtime import Runtime, Service
@@ -164,9 +164,7 @@ async def build(runtime: Runtime) -> Service:
 
     async def start() -> None:
         assert runtime.nats is not None
-        await follow_script_changes(
-            runtime.nats, settings.nats.subjects_prefix, catalogue.invalidate
-        )
+        await catalogue.follow(runtime.nats, settings.nats.subjects_prefix)
         await executors.start()
         outbox.start(js)
         await consumer.start()

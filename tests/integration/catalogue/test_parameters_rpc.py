@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from runbox.common.v1 import common_pb2
-from services.catalogue import parameters
+from shared import parameters
 from shared.status import from_rpc_error
 from tests.integration.catalogue.support import publish
 

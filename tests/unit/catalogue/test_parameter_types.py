@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 from jsonschema import Draft202012Validator
 
 from runbox.catalogue.v1 import catalogue_pb2
-from services.catalogue import parameters
+from shared import parameters
 from shared.errors import InvalidArgument
 
 PT = catalogue_pb2.ParameterType

@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from runbox.catalogue.v1 import catalogue_pb2
-from services.catalogue import parameters
+from shared import parameters
 from shared.errors import InvalidArgument
 
 PT = catalogue_pb2.ParameterType

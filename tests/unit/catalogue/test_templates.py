@@ -7,7 +7,8 @@ from google.protobuf import field_mask_pb2
 
 from runbox.catalogue.v1 import catalogue_pb2
 from runbox.common.v1 import common_pb2
-from services.catalogue import parameters, templates
+from services.catalogue import templates
+from shared import parameters
 from shared.errors import FailedPrecondition, InvalidArgument
 
 SOURCE = b"""#!/bin/sh
