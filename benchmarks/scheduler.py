@@ -479,7 +479,7 @@ async def firing(args: argparse.Namespace, env: Env) -> dict[str, Any]:
             create_s = time.perf_counter() - began
             log(f"firing: created in {create_s:.1f} s; first fires at {start:%H:%M:%S}")
             await wait_until(start - timedelta(seconds=1))
-            cpu0 = sum(proc_usage(s.proc.pid)[0] for s in schedulers)
+            cpu0 = [proc_usage(s.proc.pid)[0] for s in schedulers]
             wall0 = time.monotonic()
             for minute in range(args.minutes):
                 nominal = start + minute * MINUTE
@@ -502,7 +502,7 @@ async def firing(args: argparse.Namespace, env: Env) -> dict[str, Any]:
             if not await ended(stub, 60):
                 log("firing: runs still active in the scheduler 60 s after their FINISHED")
             usage = [proc_usage(s.proc.pid) for s in schedulers]
-            cpu1 = sum(cpu for cpu, _, _ in usage)
+            spent = [cpu - before for (cpu, _, _), before in zip(usage, cpu0, strict=True)]
             rss, hwm = max(u[1] for u in usage), max(u[2] for u in usage)
             wall = time.monotonic() - wall0
             log("firing: reading runs back")
@@ -575,9 +575,10 @@ async def firing(args: argparse.Namespace, env: Env) -> dict[str, Any]:
         "duplicate_executes": noop.executes - len(noop.received),
         "scheduler_rss_mb": rss,
         "scheduler_rss_peak_mb": hwm,
-        "scheduler_cpu_s": round(cpu1 - cpu0, 1),
-        "scheduler_cpu_share": round((cpu1 - cpu0) / wall, 3),
-        "scheduler_cpu_ms_per_run": round(1000 * (cpu1 - cpu0) / max(1, len(runs)), 2),
+        "scheduler_cpu_s": round(sum(spent), 1),
+        "scheduler_cpu_s_per_replica": [round(cpu, 1) for cpu in spent],
+        "scheduler_cpu_share": round(sum(spent) / wall, 3),
+        "scheduler_cpu_ms_per_run": round(1000 * sum(spent) / max(1, len(runs)), 2),
     }
     log(f"firing: {json.dumps(result)}")
     return result
