@@ -619,8 +619,11 @@ def summary(samples: list[float], wall: float, prefix: str, unit: str) -> dict[s
 class RunboxClient:
     """Round trips of the no-op run through one scheduler, split into phases and hops."""
 
-    def __init__(self, stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub) -> None:
+    def __init__(
+        self, stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub, script_version: str = ""
+    ) -> None:
         self._stub = stub
+        self._script = common_pb2.ScriptRef(name=SCRIPT, version=script_version)
         self.phases: dict[str, list[float]] = {name: [] for name in PHASES}
         # When each RunEvent reached NATS (this process's clock): splits the phases at the
         # hops between the services (EVENT_MARKS).
@@ -638,9 +641,7 @@ class RunboxClient:
     async def one(self) -> float:
         """SubmitRun -> SUCCEEDED on WatchRun, in seconds."""
         started, wall = time.perf_counter(), time.time()
-        run = await self._stub.SubmitRun(
-            pb.SubmitRunRequest(script=common_pb2.ScriptRef(name=SCRIPT))
-        )
+        run = await self._stub.SubmitRun(pb.SubmitRunRequest(script=self._script))
         async for reply in self._stub.WatchRun(pb.WatchRunRequest(id=run.id), timeout=60):
             if reply.HasField("run") and sm.is_terminal(reply.run.state):
                 if reply.run.state != RS.RUN_STATE_SUCCEEDED:
@@ -679,11 +680,12 @@ def services_cpu(services: list[Process]) -> dict[str, float]:
     return out
 
 
-def cpu_per_run(before: dict[str, float], after: dict[str, float], runs: int) -> dict[str, float]:
+def cpu_per_run(before: dict[str, float], after: dict[str, float], runs: int) -> dict[str, Any]:
     """runbox_cpu_ms_per_run (catalogue + scheduler + executor) and per service."""
     spent = {name: 1000 * (after[name] - before[name]) / runs for name in before}
-    out = {"runbox_cpu_ms_per_run": round(sum(spent[name] for name in SERVICES), 2)}
+    out: dict[str, Any] = {"runbox_cpu_ms_per_run": round(sum(spent[name] for name in SERVICES), 2)}
     out |= {f"runbox_cpu_ms_per_run_{name}": round(ms, 2) for name, ms in spent.items()}
+    out["runbox_cpu_ms_per_run_by_service"] = {name: round(spent[name], 2) for name in SERVICES}
     return out
 
 
@@ -716,7 +718,8 @@ async def runbox_roundtrip(
         services = [catalogue, scheduler, executor]
         tap_nc = await nats.connect(env.nats_url)
         async with open_channel(scheduler.address, token=env.admin) as channel:
-            client = RunboxClient(scheduler_pb2_grpc.SchedulerServiceStub(channel))
+            stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+            client = RunboxClient(stub, args.script_version)
             await tap_nc.subscribe(f"{PREFIX}.run.>", cb=client.tap)
             await lanes(warmup(args.runs), 1, client.one)
             for concurrency in concurrencies:
@@ -929,6 +932,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
     parser.add_argument("--only", choices=["", "firing", "roundtrip"], default="")
+    parser.add_argument(
+        "--script-version", default="", help="version selector of the round trip's submits"
+    )
     parser.add_argument("--smoke", action="store_true", help="a small size, for tests")
     parser.add_argument("--keep-logs", type=Path, help="copy the services' logs here at the end")
     parser.add_argument("--celery-worker", action="store_true", help=argparse.SUPPRESS)

@@ -93,6 +93,8 @@ def test_smoke_roundtrip_prints_every_figure_at_each_concurrency() -> None:
             for name in ("catalogue", "scheduler", "executor")
         )
         assert math.isclose(line[f"runbox_cpu_ms_per_run{suffix}"], services, abs_tol=0.05)
+        by_service = line[f"runbox_cpu_ms_per_run_by_service{suffix}"]
+        assert set(by_service) == {"catalogue", "scheduler", "executor"}
     # The unsuffixed figures are the reference concurrency's.
     assert line["runbox_roundtrip_p50_ms"] == line["runbox_roundtrip_p50_ms_c4"]
     assert line["p50_ratio_vs_celery"] == round(
