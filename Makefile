@@ -68,7 +68,7 @@ protos-breaking: $(STAMP) ## fail if the protos break wire/source compatibility 
 
 bench: $(STAMP) ## run the benchmarks (installs the `bench` extra: Celery for the scheduler's baseline)
 	$(BIN)/python -m pip install -q -e '.[bench]' -c deploy/dev/constraints.txt
-	@shopt -s nullglob; for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@shopt -s nullglob; for b in benchmarks/*.py; do grep -q "__main__" $$b || continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean: ## remove .venv and local state under ./var
 	rm -rf $(VENV) var

@@ -4,7 +4,9 @@ trip of a no-op run against Celery with Redis.
 (a) Firing. --schedules cron schedules `* * * * *` (UTC) are created through CreateSchedule on a
 real scheduler (`python -m services.scheduler`, its own process; a fresh SQLite file, or a fresh
 database on the PostgreSQL server of --database-url) with a real catalogue (its own process)
-holding one no-op script. Their concurrency policy is ALLOW, so every nominal time should create
+holding one no-op script. --replicas N (a server database only) starts N scheduler processes,
+each its own instance id, on the same database, catalogue, executor and NATS; the schedules are
+created and the runs read back through the first, and every figure covers all of them. Their concurrency policy is ALLOW, so every nominal time should create
 a run whatever the runs before it do; their window starts at the first minute boundary after the
 creations are expected to be done and ends just after --minutes boundaries, so each fires
 --minutes times (fewer if it was created after the start). The executor is a no-op
@@ -14,31 +16,42 @@ and fields, built by services/executor/events.py), so runs complete and the sche
 of its per-run work (dispatch, applying events, on_terminal hooks). Measured per fire:
 
 - lateness: the run's create_time minus its nominal time (ListRuns after the window; the nominal
-  time is in the run's idempotency key `schedule:<id>:<nominal UTC>`). Two more, for reading
-  it: the FIRED ScheduleEvent received by this process (committed and published) and the
-  Execute received by the no-op executor (dispatched), each minus the nominal time;
+  time is in the run's idempotency key `schedule:<id>:<nominal UTC>`), 0 for a run made ahead
+  of its nominal time (it is due then, at the earliest; runs_created_ahead counts them). Two
+  more: the FIRED ScheduleEvent received by this process (committed and published) and the
+  Execute received by the no-op executor (execute_lateness), each minus the nominal time;
 - duplicates: (schedule, nominal time) pairs with more than one run;
 - misses: nominal times of the window (every minute from each schedule's first next_fire_time to
   the window's last boundary) without a run, once every one of them has a fire record (or after
   RECORD_WAIT_S); the records by outcome (fired, skipped, missed) are reported beside them;
-- the scheduler's RSS (VmRSS once every run ended, and VmHWM, its peak) and CPU seconds
-  (utime + stime from /proc/<pid>/stat) from the first boundary until every run ended.
+- the scheduler's RSS (VmRSS once every run ended, and VmHWM, its peak; the largest replica's)
+  and CPU seconds (utime + stime from /proc/<pid>/stat, all replicas) from the first boundary
+  until every run ended, also per run.
 
-(b) Round trip. --runs runs of a no-op LOCAL script (the allow-listed /bin/true) through a real
-catalogue, executor (backend local) and scheduler, each its own process, --concurrency in
-flight: SubmitRun -> SUCCEEDED on WatchRun (the scheduler's own state, pushed when it applies
-the executor's FINISHED event). Against Celery with Redis (database 15 of --redis-url, flushed
-before and after; nothing else on the server is touched): a worker process with --concurrency
-prefork processes and a no-op task; apply_async -> result.get(), --concurrency in flight.
+(b) Round trip. For each of --concurrencies (default 1,4,32) in turn, --runs runs of a no-op
+LOCAL script (the allow-listed /bin/true) through a real catalogue, executor (backend local) and
+scheduler, each its own process (started once for every concurrency), that many in flight:
+SubmitRun -> SUCCEEDED on WatchRun (the scheduler's own state, pushed when it applies the
+executor's FINISHED event). Right after, against Celery with Redis (database 15 of --redis-url,
+flushed before and after; nothing else on the server is touched): a worker process with that
+many prefork processes and a no-op task; apply_async -> result.get(), that many in flight.
 Throughput is completed runs (tasks) over wall time at that concurrency. Same N, same
 concurrency, same run; --runs / 20 (at least 10) warm-up round trips on each side first.
-runbox_phases_p50_ms splits the Runbox round trip by the run's own timestamps (PHASES).
+runbox_phases_p50_ms splits the Runbox round trip by the run's own timestamps (PHASES) and
+runbox_event_hops_p50_ms by the RunEvents tapped on NATS (EVENT_MARKS). runbox_cpu_ms_per_run is
+the CPU (utime + stime, /proc/<pid>/stat) of catalogue + scheduler + executor during the measured
+runs over their number, also per service (the executor's reaped children, the /bin/true
+processes, apart). Each figure has the suffix _c<in flight>; those of --concurrency (default 4)
+are also given without it. scheduler_report.py builds the line: ratios to Celery, the targets of
+issue 15 and `met`.
 
 Progress goes to stderr; the last line on stdout is one JSON object. --only runs one part;
---keep-logs keeps the services' logs (the temporary directory is removed at the end).
+--smoke is a small size (20 schedules x 1 minute, 40 runs) for tests; --keep-logs keeps the
+services' logs (the temporary directory is removed at the end).
 
     pip install -e '.[bench]'   # celery[redis]; Redis listening on --redis-url
     .venv/bin/python benchmarks/scheduler.py [--schedules 10000 --minutes 5] [--runs 2000]
+        [--concurrencies 1,4,32] [--database-url postgresql+asyncpg://... [--replicas 2]]
 """
 
 from __future__ import annotations
@@ -78,6 +91,7 @@ try:
 except ImportError as missing:  # the `bench` extra
     raise SystemExit(f"{missing.name} is missing: pip install -e '.[bench]'") from missing
 
+from benchmarks import scheduler_report as report  # noqa: E402
 from benchmarks.catalogue import postgres_database  # noqa: E402
 from cli import natsd  # noqa: E402
 from cli.stack import ensure_tokens, wait_healthy  # noqa: E402
@@ -127,11 +141,17 @@ def ts(value: datetime) -> timestamp_pb2.Timestamp:
     return out
 
 
-def proc_usage(pid: int) -> tuple[float, float, float]:
-    """CPU seconds (user + system), VmRSS and VmHWM (MB) of a process."""
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of a process, and of its waited-for children."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def proc_usage(pid: int) -> tuple[float, float, float]:
+    """CPU seconds (user + system), VmRSS and VmHWM (MB) of a process."""
+    cpu, _ = proc_cpu(pid)
     memory = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
@@ -172,12 +192,14 @@ class Env:
     part: str = ""  # names each service's database and log file
     started: list[Process] = field(default_factory=list)
 
-    async def spawn(self, name: str, **extra: str) -> Process:
-        """`python -m services.<name>` on a free loopback port, healthy, logging to a file."""
+    async def spawn(self, name: str, label: str = "", **extra: str) -> Process:
+        """`python -m services.<name>` on a free loopback port, healthy, logging to a file;
+        label (default name) names its instance id and log file (replicas of one service)."""
+        label = label or name
         port = natsd.free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOX_")}
         env.update(
-            RUNBOX_INSTANCE_ID=f"{name}-bench",
+            RUNBOX_INSTANCE_ID=f"{label}-bench",
             RUNBOX_GRPC__HOST="127.0.0.1",
             RUNBOX_GRPC__PORT=str(port),
             RUNBOX_METRICS__PORT="-1",
@@ -189,7 +211,7 @@ class Env:
             PYTHONUNBUFFERED="1",
         )
         env.update(extra)
-        log_file = self.tmp / f"{name}-{self.part}.log"
+        log_file = self.tmp / f"{label}-{self.part}.log"
         proc = launch([sys.executable, "-m", f"services.{name}"], env, log_file)
         process = Process(name, proc, f"127.0.0.1:{port}")
         self.started.append(process)
@@ -429,12 +451,18 @@ async def firing(args: argparse.Namespace, env: Env) -> dict[str, Any]:
     try:
         catalogue = await env.spawn("catalogue", RUNBOX_BLOB_DIR=str(env.tmp / f"blobs-{env.part}"))
         await publish_noop(catalogue.address, env.admin)
-        scheduler = await env.spawn(
-            "scheduler",
-            RUNBOX_DATABASE__URL=database_url,
-            RUNBOX_CATALOGUE__ADDRESS=catalogue.address,
-            RUNBOX_EXECUTORS=json.dumps([f"127.0.0.1:{executor_port}"]),
-        )
+        # Replicas one after the other (each migrates the shared database, or finds it done).
+        schedulers = [
+            await env.spawn(
+                "scheduler",
+                label=f"scheduler-{i}" if args.replicas > 1 else "",
+                RUNBOX_DATABASE__URL=database_url,
+                RUNBOX_CATALOGUE__ADDRESS=catalogue.address,
+                RUNBOX_EXECUTORS=json.dumps([f"127.0.0.1:{executor_port}"]),
+            )
+            for i in range(args.replicas)
+        ]
+        scheduler = schedulers[0]  # creates the schedules and reads the runs back
         events = FireEvents()
         await js.subscribe(f"{PREFIX}.schedule.>", cb=events.on_message, ordered_consumer=True)
         lead = timedelta(seconds=15 + args.schedules / CREATE_RATE_GUESS)
@@ -451,7 +479,8 @@ async def firing(args: argparse.Namespace, env: Env) -> dict[str, Any]:
             create_s = time.perf_counter() - began
             log(f"firing: created in {create_s:.1f} s; first fires at {start:%H:%M:%S}")
             await wait_until(start - timedelta(seconds=1))
-            cpu0, _, _ = proc_usage(scheduler.proc.pid)
+            cpu0 = [proc_usage(s.proc.pid)[0] for s in schedulers]
+            own0 = time.process_time()
             wall0 = time.monotonic()
             for minute in range(args.minutes):
                 nominal = start + minute * MINUTE
@@ -473,7 +502,10 @@ async def firing(args: argparse.Namespace, env: Env) -> dict[str, Any]:
                 log(f"firing: {fired - noop.finished} runs not reported by the executor in 120 s")
             if not await ended(stub, 60):
                 log("firing: runs still active in the scheduler 60 s after their FINISHED")
-            cpu1, rss, hwm = proc_usage(scheduler.proc.pid)
+            usage = [proc_usage(s.proc.pid) for s in schedulers]
+            own = time.process_time() - own0
+            spent = [cpu - before for (cpu, _, _), before in zip(usage, cpu0, strict=True)]
+            rss, hwm = max(u[1] for u in usage), max(u[2] for u in usage)
             wall = time.monotonic() - wall0
             log("firing: reading runs back")
             runs = await all_runs(stub)
@@ -488,12 +520,18 @@ async def firing(args: argparse.Namespace, env: Env) -> dict[str, Any]:
     dispatch: list[float] = []
     states: Counter[str] = Counter()
     unexpected = 0
+    ahead = 0
     for run in runs:
         at = nominal_of(run)
         if at is None or (run.schedule_id, at) not in expected:
             continue
         per_fire[(run.schedule_id, at)] += 1
-        lateness.append((run.create_time.ToDatetime(UTC) - at).total_seconds())
+        # A run made ahead of its nominal time (materialised by the lookahead) is due, at the
+        # earliest, at that time: it counts as on time here; when it was handed over is the
+        # Execute lateness.
+        created = (run.create_time.ToDatetime(UTC) - at).total_seconds()
+        ahead += created < 0
+        lateness.append(max(0.0, created))
         if run.id in noop.received:
             dispatch.append(noop.received[run.id] - at.timestamp())
         states[RS.Name(run.state).removeprefix("RUN_STATE_").lower()] += 1
@@ -519,6 +557,7 @@ async def firing(args: argparse.Namespace, env: Env) -> dict[str, Any]:
         "schedules": args.schedules,
         "minutes": args.minutes,
         "database": make_url(database_url).get_backend_name(),
+        "scheduler_replicas": args.replicas,
         "create_s": round(create_s, 1),
         "expected_fires": len(expected),
         "runs": sum(per_fire.values()),
@@ -526,18 +565,25 @@ async def firing(args: argparse.Namespace, env: Env) -> dict[str, Any]:
         "lateness_p50_s": late_p50,
         "lateness_p99_s": late_p99,
         "lateness_max_s": round(max(lateness), 3) if lateness else None,
+        "runs_created_ahead": ahead,
         "fired_event_lateness_p50_s": event_p50,
         "fired_event_lateness_p99_s": event_p99,
-        "dispatch_lateness_p50_s": dispatch_p50,
-        "dispatch_lateness_p99_s": dispatch_p99,
+        "execute_lateness_p50_s": dispatch_p50,
+        "execute_lateness_p99_s": dispatch_p99,
+        "executes_received": len(dispatch),
         "duplicates": sum(n - 1 for n in per_fire.values() if n > 1),
         "misses": len(expected - set(per_fire)),
         "fire_records": dict(outcome_counts),
         "duplicate_executes": noop.executes - len(noop.received),
         "scheduler_rss_mb": rss,
         "scheduler_rss_peak_mb": hwm,
-        "scheduler_cpu_s": round(cpu1 - cpu0, 1),
-        "scheduler_cpu_share": round((cpu1 - cpu0) / wall, 3),
+        "scheduler_cpu_s": round(sum(spent), 1),
+        "scheduler_cpu_s_per_replica": [round(cpu, 1) for cpu in spent],
+        "scheduler_cpu_share": round(sum(spent) / wall, 3),
+        "scheduler_cpu_ms_per_run": round(1000 * sum(spent) / max(1, len(runs)), 2),
+        # The benchmark's own process (the no-op executor, the ScheduleEvent subscription):
+        # near 1.0, its event loop is a bottleneck and the lateness figures include it.
+        "benchmark_process_cpu_share": round(own / wall, 3),
     }
     log(f"firing: {json.dumps(result)}")
     return result
@@ -570,18 +616,97 @@ def summary(samples: list[float], wall: float, prefix: str, unit: str) -> dict[s
     }
 
 
-async def runbox_roundtrip(args: argparse.Namespace, env: Env) -> dict[str, Any]:
+class RunboxClient:
+    """Round trips of the no-op run through one scheduler, split into phases and hops."""
+
+    def __init__(
+        self, stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub, script_version: str = ""
+    ) -> None:
+        self._stub = stub
+        self._script = common_pb2.ScriptRef(name=SCRIPT, version=script_version)
+        self.phases: dict[str, list[float]] = {name: [] for name in PHASES}
+        # When each RunEvent reached NATS (this process's clock): splits the phases at the
+        # hops between the services (EVENT_MARKS).
+        self.seen: dict[tuple[str, int], float] = {}
+        self.hops: dict[str, list[float]] = {name: [] for name in EVENT_MARKS}
+
+    async def tap(self, msg: Any) -> None:
+        event = events_pb2.RunEvent.FromString(msg.data)
+        self.seen.setdefault((event.run_id, event.type), time.time())
+
+    def clear(self) -> None:
+        for samples in [*self.phases.values(), *self.hops.values()]:
+            samples.clear()
+
+    async def one(self) -> float:
+        """SubmitRun -> SUCCEEDED on WatchRun, in seconds."""
+        started, wall = time.perf_counter(), time.time()
+        run = await self._stub.SubmitRun(pb.SubmitRunRequest(script=self._script))
+        async for reply in self._stub.WatchRun(pb.WatchRunRequest(id=run.id), timeout=60):
+            if reply.HasField("run") and sm.is_terminal(reply.run.state):
+                if reply.run.state != RS.RUN_STATE_SUCCEEDED:
+                    raise RuntimeError(f"run {run.id}: {RS.Name(reply.run.state)} {reply.run.exit}")
+                elapsed = time.perf_counter() - started
+                self._split(run.id, reply.run, wall, elapsed)
+                return elapsed
+        raise RuntimeError(f"run {run.id}: WatchRun ended before the run did")
+
+    def _split(self, run_id: str, run: pb.Run, wall: float, elapsed: float) -> None:
+        marks = [wall, *(t.ToDatetime(UTC).timestamp() for t in timeline(run)), wall + elapsed]
+        for name, (begin, end) in zip(PHASES, pairwise(marks), strict=True):
+            self.phases[name].append(end - begin)
+        points = dict(zip(("submit", "created", "started", "finished", "seen"), marks, strict=True))
+        for name, (first, kind, last) in EVENT_MARKS.items():
+            at = self.seen.get((run_id, kind))
+            if at is not None:
+                self.hops[name].append(at - points[first] if last == "" else points[last] - at)
+
+    def breakdown(self) -> dict[str, Any]:
+        return {
+            "runbox_phases_p50_ms": {k: pct(v, 1000)[0] for k, v in self.phases.items()},
+            "runbox_event_hops_p50_ms": {k: pct(v, 1000)[0] for k, v in self.hops.items()},
+        }
+
+
+def services_cpu(services: list[Process]) -> dict[str, float]:
+    """CPU seconds per service (utime + stime), and of the executor's reaped children (the
+    runs' processes: /bin/true)."""
+    out: dict[str, float] = {}
+    for service in services:
+        own, children = proc_cpu(service.proc.pid)
+        out[service.name] = own
+        if service.name == "executor":
+            out["executor_children"] = children
+    return out
+
+
+def cpu_per_run(before: dict[str, float], after: dict[str, float], runs: int) -> dict[str, Any]:
+    """runbox_cpu_ms_per_run (catalogue + scheduler + executor) and per service."""
+    spent = {name: 1000 * (after[name] - before[name]) / runs for name in before}
+    out: dict[str, Any] = {"runbox_cpu_ms_per_run": round(sum(spent[name] for name in SERVICES), 2)}
+    out |= {f"runbox_cpu_ms_per_run_{name}": round(ms, 2) for name, ms in spent.items()}
+    out["runbox_cpu_ms_per_run_by_service"] = {name: round(spent[name], 2) for name in SERVICES}
+    return out
+
+
+async def runbox_roundtrip(
+    args: argparse.Namespace, env: Env, tmp: Path, concurrencies: list[int]
+) -> dict[str, Any]:
+    """Runbox at each concurrency, Celery right after it (same window), on one set of
+    services; each concurrency's figures with the suffix _c<concurrency>."""
     database_url, drop = await scheduler_database(args, env)
+    results: dict[str, Any] = {}
     try:
         catalogue = await env.spawn("catalogue", RUNBOX_BLOB_DIR=str(env.tmp / f"blobs-{env.part}"))
         await publish_noop(catalogue.address, env.admin)
+        most = max(concurrencies)
         executor = await env.spawn(
             "executor",
             RUNBOX_CATALOGUE__ADDRESS=catalogue.address,
             RUNBOX_SANDBOX__BACKEND="local",
             RUNBOX_LOCAL__COMMANDS=json.dumps({"true": "/bin/true"}),
-            RUNBOX_MAX_CONCURRENT_RUNS=str(args.concurrency),
-            RUNBOX_MAX_QUEUED_RUNS=str(args.concurrency * 4),
+            RUNBOX_MAX_CONCURRENT_RUNS=str(most),
+            RUNBOX_MAX_QUEUED_RUNS=str(most * 4),
             RUNBOX_WORK_DIR=str(env.tmp / "work"),
         )
         scheduler = await env.spawn(
@@ -590,89 +715,35 @@ async def runbox_roundtrip(args: argparse.Namespace, env: Env) -> dict[str, Any]
             RUNBOX_CATALOGUE__ADDRESS=catalogue.address,
             RUNBOX_EXECUTORS=json.dumps([executor.address]),
         )
+        services = [catalogue, scheduler, executor]
+        tap_nc = await nats.connect(env.nats_url)
         async with open_channel(scheduler.address, token=env.admin) as channel:
-            stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub = (
-                scheduler_pb2_grpc.SchedulerServiceStub(channel)
-            )
-
-            phases: dict[str, list[float]] = {name: [] for name in PHASES}
-            # When each RunEvent reached NATS (this process's clock): splits the phases at the
-            # hops between the services (EVENT_MARKS).
-            seen: dict[tuple[str, int], float] = {}
-            hops: dict[str, list[float]] = {name: [] for name in EVENT_MARKS}
-
-            async def tap(msg: Any) -> None:
-                event = events_pb2.RunEvent.FromString(msg.data)
-                seen.setdefault((event.run_id, event.type), time.time())
-
-            tap_nc = await nats.connect(env.nats_url)
-            await tap_nc.subscribe(f"{PREFIX}.run.>", cb=tap)
-
-            async def one() -> float:
-                started, wall = time.perf_counter(), time.time()
-                run = await stub.SubmitRun(
-                    pb.SubmitRunRequest(
-                        script=common_pb2.ScriptRef(name=SCRIPT, version=args.script_version)
-                    )
-                )
-                async for reply in stub.WatchRun(pb.WatchRunRequest(id=run.id), timeout=60):
-                    if reply.HasField("run") and sm.is_terminal(reply.run.state):
-                        if reply.run.state != RS.RUN_STATE_SUCCEEDED:
-                            raise RuntimeError(
-                                f"run {run.id}: {RS.Name(reply.run.state)} {reply.run.exit}"
-                            )
-                        elapsed = time.perf_counter() - started
-                        marks = [
-                            wall,
-                            *(t.ToDatetime(UTC).timestamp() for t in timeline(reply.run)),
-                            wall + elapsed,
-                        ]
-                        for name, (begin, end) in zip(PHASES, pairwise(marks), strict=True):
-                            phases[name].append(end - begin)
-                        points = {
-                            "submit": wall,
-                            "created": marks[1],
-                            "started": marks[2],
-                            "finished": marks[3],
-                            "seen": wall + elapsed,
-                        }
-                        for name, (begin, kind, end) in EVENT_MARKS.items():
-                            at = seen.get((run.id, kind))
-                            if at is not None:
-                                hops[name].append(
-                                    at - points[begin] if end == "" else points[end] - at
-                                )
-                        return elapsed
-                raise RuntimeError(f"run {run.id}: WatchRun ended before the run did")
-
-            await lanes(warmup(args.runs), 1, one)
-            for samples in [*phases.values(), *hops.values()]:
-                samples.clear()
-            log(f"runbox: {args.runs} runs, {args.concurrency} in flight")
-            services = {"catalogue": catalogue, "executor": executor, "scheduler": scheduler}
-            cpu0 = {name: proc_usage(svc.proc.pid)[0] for name, svc in services.items()}
-            began = time.perf_counter()
-            samples = await lanes(args.runs, args.concurrency, one)
-            result: dict[str, Any] = summary(samples, time.perf_counter() - began, "runbox", "runs")
-            cpu = {
-                name: (proc_usage(svc.proc.pid)[0] - cpu0[name]) * 1000 / args.runs
-                for name, svc in services.items()
-            }
-            result["runbox_cpu_ms_per_run"] = round(sum(cpu.values()), 2)
-            result["runbox_cpu_ms_per_run_by_service"] = {n: round(v, 2) for n, v in cpu.items()}
-            result["runbox_phases_p50_ms"] = {
-                name: pct(values, 1000)[0] for name, values in phases.items()
-            }
-            result["runbox_event_hops_p50_ms"] = {
-                name: pct(values, 1000)[0] for name, values in hops.items()
-            }
-            await tap_nc.close()
+            stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+            client = RunboxClient(stub, args.script_version)
+            await tap_nc.subscribe(f"{PREFIX}.run.>", cb=client.tap)
+            await lanes(warmup(args.runs), 1, client.one)
+            for concurrency in concurrencies:
+                client.clear()
+                log(f"runbox: {args.runs} runs, {concurrency} in flight")
+                cpu0 = services_cpu(services)
+                began = time.perf_counter()
+                samples = await lanes(args.runs, concurrency, client.one)
+                wall = time.perf_counter() - began
+                cpu1 = services_cpu(services)
+                runbox = summary(samples, wall, "runbox", "runs")
+                runbox |= cpu_per_run(cpu0, cpu1, len(samples)) | client.breakdown()
+                log(f"runbox: {runbox}")
+                celery = await asyncio.to_thread(celery_roundtrip, args, tmp, concurrency)
+                results |= report.suffixed(runbox | celery, concurrency)
+        await tap_nc.close()
     finally:
         env.stop_all()
         if drop is not None:
             await drop()
-    log(f"runbox: {result}")
-    return result
+    return results
+
+
+SERVICES = ("catalogue", "scheduler", "executor")
 
 
 # Where a Runbox round trip goes, between the client's clock and the run's own timestamps
@@ -735,7 +806,8 @@ def celery_worker(redis_url: str, concurrency: int) -> None:
     )
 
 
-def celery_roundtrip(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def celery_roundtrip(args: argparse.Namespace, tmp: Path, concurrency: int) -> dict[str, Any]:
+    """A worker with `concurrency` prefork processes, `concurrency` tasks in flight."""
     url = f"{args.redis_url.rstrip('/')}/{CELERY_DB}"
     db = redis.Redis.from_url(url)
     db.flushdb()
@@ -745,7 +817,7 @@ def celery_roundtrip(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             __file__,
             "--celery-worker",
             f"--redis-url={args.redis_url}",
-            f"--concurrency={args.concurrency}",
+            f"--concurrency={concurrency}",
         ],
         None,
         tmp / "celery.log",
@@ -774,9 +846,9 @@ def celery_roundtrip(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 with lock:
                     samples.append(elapsed)
 
-        log(f"celery: {args.runs} tasks, {args.concurrency} in flight")
+        log(f"celery: {args.runs} tasks, {concurrency} in flight")
         began = time.perf_counter()
-        threads = [threading.Thread(target=lane) for _ in range(args.concurrency)]
+        threads = [threading.Thread(target=lane) for _ in range(concurrency)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -813,33 +885,78 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             results["firing"] = await firing(args, env)
         if args.only in ("", "roundtrip"):
             env.part = "roundtrip"
-            results["runbox"] = await runbox_roundtrip(args, env)
-            results["celery"] = await asyncio.to_thread(celery_roundtrip, args, tmp)
+            results["roundtrip"] = await runbox_roundtrip(args, env, tmp, args.concurrencies)
         return results
     finally:
         env.stop_all()
         server.stop()
 
 
-def main() -> None:
+def concurrencies(text: str) -> list[int]:
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        values = []
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"positive integers separated by commas, not {text!r}")
+    return values
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--schedules", type=int, default=10_000)
-    parser.add_argument("--minutes", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--schedules", type=int, help="default 10000 (--smoke: 20)")
+    parser.add_argument("--minutes", type=int, help="default 5 (--smoke: 1)")
+    parser.add_argument("--runs", type=int, help="per concurrency; default 2000 (--smoke: 40)")
+    parser.add_argument(
+        "--concurrencies",
+        type=concurrencies,
+        default=[1, 4, 32],
+        help="round trips in flight, each measured in turn (default 1,4,32)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="the reference concurrency: its figures also appear without the _c<n> suffix",
+    )
     parser.add_argument(
         "--database-url",
         default="",
         help="a PostgreSQL server to give the scheduler a fresh database on; default SQLite",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="scheduler processes for the firing part, sharing the --database-url database",
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
     parser.add_argument("--only", choices=["", "firing", "roundtrip"], default="")
     parser.add_argument(
         "--script-version", default="", help="version selector of the round trip's submits"
     )
+    parser.add_argument("--smoke", action="store_true", help="a small size, for tests")
     parser.add_argument("--keep-logs", type=Path, help="copy the services' logs here at the end")
     parser.add_argument("--celery-worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for name, full, smoke in (("schedules", 10_000, 20), ("minutes", 5, 1), ("runs", 2000, 40)):
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if args.smoke else full)
+    if args.replicas < 1:
+        parser.error("--replicas: at least 1")
+    if args.replicas > 1 and not args.database_url:
+        parser.error(
+            "--replicas > 1 needs a server database (--database-url postgresql+asyncpg://...):"
+            " scheduler replicas share one database, which SQLite (the default) cannot serve"
+        )
+    if args.concurrency < 1:
+        parser.error("--concurrency: at least 1")
+    args.concurrencies = sorted({*args.concurrencies, args.concurrency})
+    return args
+
+
+def main() -> None:
+    args = parse()
     if args.celery_worker:
         celery_worker(f"{args.redis_url.rstrip('/')}/{CELERY_DB}", args.concurrency)
         return
@@ -852,45 +969,14 @@ def main() -> None:
                 args.keep_logs.mkdir(parents=True, exist_ok=True)
                 for service_log in Path(tmp_name).glob("*.log"):
                     shutil.copy(service_log, args.keep_logs)
-    fire = results.get("firing", {})
-    runbox, celery = results.get("runbox", {}), results.get("celery", {})
-    out: dict[str, Any] = {
-        "benchmark": "scheduler",
-        "schedules": fire.get("schedules"),
-        "minutes": fire.get("minutes"),
-        "lateness_p50_s": fire.get("lateness_p50_s"),
-        "lateness_p99_s": fire.get("lateness_p99_s"),
-        "duplicates": fire.get("duplicates"),
-        "misses": fire.get("misses"),
-        "scheduler_rss_mb": fire.get("scheduler_rss_mb"),
-        "scheduler_cpu_s": fire.get("scheduler_cpu_s"),
-        "runs": args.runs if runbox else None,
-        "concurrency": args.concurrency,
-        **runbox,
-        **celery,
-        "firing": fire or None,
-        "targets": {
-            "lateness_p99_s": 1.0,
-            "duplicates": 0,
-            "misses": 0,
-            "runbox_roundtrip_p50_ms": "< celery_roundtrip_p50_ms",
-            "runbox_runs_per_s": ">= celery_tasks_per_s",
-        },
-    }
-    meets: dict[str, bool] = {}
-    if fire:
-        meets |= {
-            "lateness_p99": fire["lateness_p99_s"] <= 1.0,
-            "duplicates": fire["duplicates"] == 0,
-            "misses": fire["misses"] == 0,
-        }
-    if runbox and celery:
-        meets |= {
-            "roundtrip_p50": runbox["runbox_roundtrip_p50_ms"] < celery["celery_roundtrip_p50_ms"],
-            "throughput": runbox["runbox_runs_per_s"] >= celery["celery_tasks_per_s"],
-        }
-    out["meets_targets"] = meets
-    print(json.dumps(out))
+    line = report.build_line(
+        results.get("firing", {}),
+        results.get("roundtrip", {}),
+        args.concurrencies,
+        args.concurrency,
+        args.runs,
+    )
+    print(json.dumps(line))
 
 
 if __name__ == "__main__":
