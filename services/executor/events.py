@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from services.executor.models import OUTBOX
+from services.executor.outbox_writer import SqliteOutboxWriter
 from services.executor.results import result_struct
 from services.executor.runners.base import Outcome
 from shared.outbox import Outbox, OutboxMessage
@@ -117,14 +118,21 @@ def finished_fields(
 
 
 class EventPublisher:
-    """Stages events in the executor's outbox and wakes the relay."""
+    """Stages events in the executor's outbox and wakes the relay. With a `writer` (the
+    executor's SQLite file) each transaction is one hop to the writer's thread; otherwise
+    it goes through SQLAlchemy sessions (any dialect)."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox, prefix: str
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        outbox: Outbox,
+        prefix: str,
+        writer: SqliteOutboxWriter | None = None,
     ) -> None:
         self._sessions = sessions
         self._outbox = outbox
         self._prefix = prefix
+        self._writer_db = writer
         self._pending: list[tuple[events_pb2.RunEvent, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -132,6 +140,8 @@ class EventPublisher:
         """When a process of this executor (on this database) accepted the run: its QUEUED
         event, always its first (sequence 1), is in the outbox; None if it is not. Survives a
         restart, unlike the memory of accepted run ids."""
+        if self._writer_db is not None:
+            return await self._writer_db.created_at(event_id(run_id, attempt, 1))
         async with self._sessions() as session:
             staged: datetime | None = await session.scalar(
                 select(OUTBOX.c.created_at).where(OUTBOX.c.msg_id == event_id(run_id, attempt, 1))
@@ -177,8 +187,11 @@ class EventPublisher:
             )
             for event in events
         ]
-        async with self._sessions() as session, session.begin():
-            await self._outbox.add_many(session, messages)
+        if self._writer_db is not None:
+            await self._writer_db.insert(messages)
+        else:
+            async with self._sessions() as session, session.begin():
+                await self._outbox.add_many(session, messages)
         self._outbox.committed(messages)
 
 
