@@ -133,7 +133,7 @@ class EventPublisher:
         self._outbox = outbox
         self._prefix = prefix
         self._writer_db = writer
-        self._pending: list[tuple[events_pb2.RunEvent, asyncio.Future[None]]] = []
+        self._pending: list[tuple[list[events_pb2.RunEvent], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def accepted_at(self, run_id: str, attempt: int) -> datetime | None:
@@ -150,21 +150,28 @@ class EventPublisher:
             return None
         return staged if staged.tzinfo else staged.replace(tzinfo=UTC)
 
-    async def publish(self, event: events_pb2.RunEvent) -> None:
-        """Stage one event, durably, before returning. Events published while a write is in
-        flight share the next transaction (group commit): one commit for many concurrent
-        runs' events, in the order they were published."""
+    def stage(self, events: Sequence[events_pb2.RunEvent]) -> asyncio.Future[None]:
+        """Queue events for the next transaction, in call order, without waiting: the future
+        is done once they are committed. Events staged while a write is in flight share the
+        next transaction (group commit): one commit for many runs' events. Building an event
+        and staging it with no await in between keeps each run's sequence numbers in outbox
+        order, and a run's next event never waits for its previous one's commit."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((event, future))
+        future.add_done_callback(_retrieved)  # a caller that stops waiting loses no error
+        self._pending.append((list(events), future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending())
-        await future
+        return future
+
+    async def publish(self, event: events_pb2.RunEvent) -> None:
+        """Stage one event, durably, before returning."""
+        await self.stage([event])
 
     async def _write_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                await self.publish_many([event for event, _ in batch])
+                await self._commit([event for events, _ in batch for event in events])
             except Exception as exc:  # every waiter sees the failure of its transaction
                 for _, future in batch:
                     if not future.done():
@@ -174,8 +181,8 @@ class EventPublisher:
                     if not future.done():
                         future.set_result(None)
 
-    async def publish_many(self, events: Sequence[events_pb2.RunEvent]) -> None:
-        """Stage several events in one transaction (a heartbeat tick covers every run)."""
+    async def _commit(self, events: Sequence[events_pb2.RunEvent]) -> None:
+        """Write events in one transaction and hand them to the relay."""
         if not events:
             return
         messages = [
@@ -193,6 +200,11 @@ class EventPublisher:
             async with self._sessions() as session, session.begin():
                 await self._outbox.add_many(session, messages)
         self._outbox.committed(messages)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 # Progress events: no trace context in their headers, so they make no publish or consume
