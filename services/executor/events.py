@@ -163,10 +163,6 @@ class EventPublisher:
             self._writer = asyncio.create_task(self._write_pending())
         return future
 
-    async def publish(self, event: events_pb2.RunEvent) -> None:
-        """Stage one event, durably, before returning."""
-        await self.stage([event])
-
     async def _write_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
