@@ -197,6 +197,10 @@ class ExecutorSettings(ServiceSettings):
     database: DatabaseSettings = Field(
         default_factory=lambda: DatabaseSettings(url="sqlite+aiosqlite:///var/executor.db")
     )
+    # SQLite's `synchronous` for the outbox writes (docs/executor.md, "Event durability"):
+    # NORMAL survives a crash of the executor process, not a power loss; FULL survives both
+    # at the cost of an fsync per commit.
+    outbox_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     catalogue: ClientSettings = Field(default_factory=ClientSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     work_dir: str = "var/executor"

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from services.executor.models import OUTBOX
+from services.executor.outbox_writer import SqliteOutboxWriter
 from services.executor.results import result_struct
 from services.executor.runners.base import Outcome
 from shared.outbox import Outbox, OutboxMessage
@@ -117,21 +118,30 @@ def finished_fields(
 
 
 class EventPublisher:
-    """Stages events in the executor's outbox and wakes the relay."""
+    """Stages events in the executor's outbox and wakes the relay. With a `writer` (the
+    executor's SQLite file) each transaction is one hop to the writer's thread; otherwise
+    it goes through SQLAlchemy sessions (any dialect)."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], outbox: Outbox, prefix: str
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        outbox: Outbox,
+        prefix: str,
+        writer: SqliteOutboxWriter | None = None,
     ) -> None:
         self._sessions = sessions
         self._outbox = outbox
         self._prefix = prefix
-        self._pending: list[tuple[events_pb2.RunEvent, asyncio.Future[None]]] = []
+        self._writer_db = writer
+        self._pending: list[tuple[list[events_pb2.RunEvent], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def accepted_at(self, run_id: str, attempt: int) -> datetime | None:
         """When a process of this executor (on this database) accepted the run: its QUEUED
         event, always its first (sequence 1), is in the outbox; None if it is not. Survives a
         restart, unlike the memory of accepted run ids."""
+        if self._writer_db is not None:
+            return await self._writer_db.created_at(event_id(run_id, attempt, 1))
         async with self._sessions() as session:
             staged: datetime | None = await session.scalar(
                 select(OUTBOX.c.created_at).where(OUTBOX.c.msg_id == event_id(run_id, attempt, 1))
@@ -140,21 +150,24 @@ class EventPublisher:
             return None
         return staged if staged.tzinfo else staged.replace(tzinfo=UTC)
 
-    async def publish(self, event: events_pb2.RunEvent) -> None:
-        """Stage one event, durably, before returning. Events published while a write is in
-        flight share the next transaction (group commit): one commit for many concurrent
-        runs' events, in the order they were published."""
+    def stage(self, events: Sequence[events_pb2.RunEvent]) -> asyncio.Future[None]:
+        """Queue events for the next transaction, in call order, without waiting: the future
+        is done once they are committed. Events staged while a write is in flight share the
+        next transaction (group commit): one commit for many runs' events. Building an event
+        and staging it with no await in between keeps each run's sequence numbers in outbox
+        order, and a run's next event never waits for its previous one's commit."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((event, future))
+        future.add_done_callback(_retrieved)  # a caller that stops waiting loses no error
+        self._pending.append((list(events), future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending())
-        await future
+        return future
 
     async def _write_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                await self.publish_many([event for event, _ in batch])
+                await self._commit([event for events, _ in batch for event in events])
             except Exception as exc:  # every waiter sees the failure of its transaction
                 for _, future in batch:
                     if not future.done():
@@ -164,8 +177,8 @@ class EventPublisher:
                     if not future.done():
                         future.set_result(None)
 
-    async def publish_many(self, events: Sequence[events_pb2.RunEvent]) -> None:
-        """Stage several events in one transaction (a heartbeat tick covers every run)."""
+    async def _commit(self, events: Sequence[events_pb2.RunEvent]) -> None:
+        """Write events in one transaction and hand them to the relay."""
         if not events:
             return
         messages = [
@@ -177,9 +190,17 @@ class EventPublisher:
             )
             for event in events
         ]
-        async with self._sessions() as session, session.begin():
-            await self._outbox.add_many(session, messages)
+        if self._writer_db is not None:
+            await self._writer_db.insert(messages)
+        else:
+            async with self._sessions() as session, session.begin():
+                await self._outbox.add_many(session, messages)
         self._outbox.committed(messages)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 # Progress events: no trace context in their headers, so they make no publish or consume

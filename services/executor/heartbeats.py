@@ -23,8 +23,8 @@ class Heartbeats:
     """Every interval, one outbox transaction with a HEARTBEAT per active run.
 
     A heartbeat carries the state consumers were last told (never one they have not
-    seen yet), is staged under the run's publishing lock (so its sequence number is in
-    outbox order with the run's other events), and is never sent once FINISHED is built.
+    seen yet: it is staged after that event), its sequence number is in outbox order with
+    the run's other events, and it is never sent once FINISHED is built.
     """
 
     def __init__(
@@ -60,23 +60,11 @@ class Heartbeats:
                 log.exception("heartbeat tick failed")
 
     async def beat(self) -> int:
-        """Publish one heartbeat per eligible run; returns how many were sent."""
-        held: list[ActiveRun] = []
-        try:
-            for run in self._runs():
-                # A run busy publishing another event needs no heartbeat this tick.
-                if run.finished or not run.queued.is_set() or run.publishing.locked():
-                    continue
-                await run.publishing.acquire()
-                if run.finished:  # the lock was just handed to the run's FINISHED
-                    run.publishing.release()
-                    continue
-                held.append(run)
-            events = [
-                build_event(r.ctx, events_pb2.RUN_EVENT_TYPE_HEARTBEAT, r.reported) for r in held
-            ]
-            await self._publisher.publish_many(events)
-            return len(events)
-        finally:
-            for run in held:
-                run.publishing.release()
+        """Publish one heartbeat per eligible run; returns how many were sent. Built and
+        staged with no await in between, so each is in outbox order with the run's other
+        events (EventPublisher.stage) and none follows a FINISHED."""
+        held = [run for run in self._runs() if not run.finished and run.queued is not None]
+        events = [build_event(r.ctx, events_pb2.RUN_EVENT_TYPE_HEARTBEAT, r.reported) for r in held]
+        if events:
+            await self._publisher.stage(events)
+        return len(events)

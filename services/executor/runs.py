@@ -52,20 +52,17 @@ class ActiveRun:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     shutdown: bool = False
     streams: dict[str, StreamCapture] = field(default_factory=dict)
-    # Set once QUEUED is in the outbox: the run starts without waiting for that write, and
-    # its STARTED event waits for it, so events stay in order.
-    queued: asyncio.Event = field(default_factory=asyncio.Event)
-    # Held while one of the run's events is built and staged, so that sequence numbers
-    # are in outbox order (the live flusher, STARTED, heartbeats and FINISHED race).
-    publishing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Done once QUEUED is committed (Execute answers then); the run starts without waiting
+    # for it. Events are built and staged with no await in between (EventPublisher.stage),
+    # so a run's sequence numbers follow the outbox order with no lock and none of its
+    # events waits for the commit of the one before.
+    queued: asyncio.Future[None] | None = None
     # The state the last lifecycle event told consumers; heartbeats repeat it.
     reported: int = RS.RUN_STATE_QUEUED
     # Holds a slot: it started (or is fetching its content) and is no longer handed back.
     in_slot: bool = False
     # FINISHED was built: no event of this run follows it.
     finished: bool = False
-    # Staging the STARTED event, once the runner said the run started.
-    announced: asyncio.Task[None] | None = None
     # The run's span, from acceptance to FINISHED (its context is in every event).
     span: trace.Span = trace.INVALID_SPAN
 
@@ -158,11 +155,10 @@ class RunManager:
             self._accepted.pop(next(iter(self._accepted)))
         self._metrics.active_runs.inc()
         self._heartbeats.ensure_started()
+        # QUEUED first, then the run may start; answered once QUEUED is durable.
+        run.queued = self._stage(run, events_pb2.RUN_EVENT_TYPE_QUEUED, RS.RUN_STATE_QUEUED)
         run.task = asyncio.create_task(self._run(run), name=f"run:{request.run_id}")
-        try:
-            await self._emit(run, events_pb2.RUN_EVENT_TYPE_QUEUED, RS.RUN_STATE_QUEUED)
-        finally:
-            run.queued.set()
+        await asyncio.shield(run.queued)
         return run.accepted_at, True
 
     def _held(self, run_id: str) -> datetime | None:
@@ -325,16 +321,12 @@ class RunManager:
             else:
                 loop.call_soon_threadsafe(run.streams[stream].feed, data)
 
-        async def announce(at: datetime) -> None:
-            await run.queued.wait()
-            await self._emit(
+        async def on_started(at: datetime) -> None:
+            # STARTED is staged, not waited for: the run goes on while it is committed.
+            run.state = RS.RUN_STATE_RUNNING
+            self._stage(
                 run, events_pb2.RUN_EVENT_TYPE_STARTED, RS.RUN_STATE_RUNNING, started_at=_ts(at)
             )
-
-        async def on_started(at: datetime) -> None:
-            # STARTED is staged beside the run, not in its way (FINISHED waits for it).
-            run.state = RS.RUN_STATE_RUNNING
-            run.announced = asyncio.create_task(announce(at))
             if run.cancel_requested:  # cancelled (or shut down) while it was being set up
                 cancels.append(asyncio.create_task(runner.cancel(request.run_id)))
 
@@ -350,7 +342,6 @@ class RunManager:
             await asyncio.gather(flusher, *cancels, return_exceptions=True)
 
     async def _flush_live(self, run: ActiveRun) -> None:
-        await run.queued.wait()
         while True:
             await asyncio.sleep(LIVE_FLUSH_S)
             for name, capture in run.streams.items():
@@ -362,29 +353,30 @@ class RunManager:
                         else events_pb2.LOG_STREAM_STDERR
                     )
                     chunk = events_pb2.LogChunk(stream=stream, data=data, offset=offset)
-                    await self._emit(run, events_pb2.RUN_EVENT_TYPE_LOG, None, log=chunk)
+                    await self._stage(run, events_pb2.RUN_EVENT_TYPE_LOG, None, log=chunk)
 
-    async def _emit(self, run: ActiveRun, kind: int, state: int | None, **fields: object) -> None:
-        """Build and stage one event of the run (state None: the last reported one)."""
-        async with run.publishing:
-            if run.finished:
-                return
-            event = build_event(run.ctx, kind, run.reported if state is None else state, **fields)
-            run.finished = kind == events_pb2.RUN_EVENT_TYPE_FINISHED
-            await self._publisher.publish(event)
-            run.reported = event.state
+    def _stage(
+        self, run: ActiveRun, kind: int, state: int | None, **fields: object
+    ) -> asyncio.Future[None]:
+        """Build and stage one event of the run (state None: the last reported one), with no
+        await in between; the future is done once it is committed."""
+        if run.finished:  # nothing follows FINISHED
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        event = build_event(run.ctx, kind, run.reported if state is None else state, **fields)
+        run.finished = kind == events_pb2.RUN_EVENT_TYPE_FINISHED
+        run.reported = event.state
+        return self._publisher.stage([event])
 
     async def _finish(self, run: ActiveRun, outcome: Outcome) -> None:
-        await run.queued.wait()  # events stay in order: QUEUED, STARTED, then FINISHED
-        if run.announced is not None:
-            await asyncio.gather(run.announced, return_exceptions=True)
         empty = (b"", 0, False)
         stdout = run.streams["stdout"].summary() if run.streams else empty
         stderr = run.streams["stderr"].summary() if run.streams else empty
         _redact(outcome, Redactor(run.request.secret_parameters.values()))
         for warning in outcome.warnings:
             log.warning("run: %s", warning)
-        await self._emit(
+        await self._stage(
             run,
             events_pb2.RUN_EVENT_TYPE_FINISHED,
             outcome.state,

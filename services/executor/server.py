@@ -12,6 +12,7 @@ from services.executor.content import ContentSource
 from services.executor.events import EventPublisher
 from services.executor.metrics import ExecutorMetrics
 from services.executor.models import OUTBOX
+from services.executor.outbox_writer import SqliteOutboxWriter, sqlite_file
 from services.executor.pool import sandbox_owner
 from services.executor.runners.base import RunnerRegistry
 from services.executor.runners.command_runner import CommandRunner
@@ -99,6 +100,12 @@ async def build(runtime: Runtime) -> Service:
     )
     sessions = db.sessionmaker(engine, tracer=runtime.tracer("db"), service=runtime.service)
     outbox = Outbox(OUTBOX, sessions, tracer=runtime.tracer("outbox"))
+    sqlite_path = sqlite_file(settings.database.url)
+    writer = (
+        SqliteOutboxWriter(sqlite_path, settings.outbox_synchronous)
+        if sqlite_path is not None
+        else None
+    )
     js = await runtime.connect_nats()
     metrics = ExecutorMetrics(runtime.registry)
     backlog = OutboxBacklog(OUTBOX, sessions, runtime.registry, runtime.service)
@@ -120,7 +127,7 @@ async def build(runtime: Runtime) -> Service:
         registry=registry,
         content=ContentSource(channel),
         metrics=metrics,
-        publisher=EventPublisher(sessions, outbox, settings.nats.subjects_prefix),
+        publisher=EventPublisher(sessions, outbox, settings.nats.subjects_prefix, writer),
         tracer=runtime.tracer("runs"),
     )
 
@@ -142,6 +149,8 @@ async def build(runtime: Runtime) -> Service:
         await runs.shutdown(settings.grpc.shutdown_grace_s)
 
     # Hooks run last-added first: runs drain, runners close, the relay stops.
+    if writer is not None:
+        runtime.on_shutdown.append(writer.close)  # after everything below
     runtime.on_shutdown.extend([engine.dispose, backlog.stop, outbox.stop, close, drain_runs])
     return Service(
         registrations=[

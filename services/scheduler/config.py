@@ -65,6 +65,15 @@ class SchedulerSettings(ServiceSettings):
     # Keep it above 3 x the executors' RUNBOX_HEARTBEAT_INTERVAL_S.
     lease_s: float = Field(default=20.0, gt=0, le=86400)
     lease_sweep_interval_s: float = Field(default=1.0, gt=0, le=300)
+    # How long the durable consumer "scheduler" waits for an event's ack before delivering it
+    # again (applies when the consumer is created). After a restart the lease sweeper waits
+    # lease_s + this before its first sweep: events a killed process held unacked come back
+    # by then (docs/scheduler.md, "Leases").
+    events_ack_wait_s: float = Field(default=30.0, gt=0, le=3600)
+    # TEST ONLY, off (empty) by default: a file path; the event consumer writes the run id of
+    # the first FINISHED event it receives there and then holds it forever, unapplied and
+    # unacked (tests/e2e/test_scheduler_faults.py kills the process at that point).
+    fault_hold_finished_file: str = ""
     # A script whose last `quarantine_failures` runs all failed within the window is quarantined
     # (its PENDING runs wait until ReleaseQuarantine); 0 turns quarantine off.
     quarantine_failures: int = Field(default=5, ge=0, le=1000)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
@@ -20,11 +22,28 @@ class RunEventHandler:
     """Idempotent and forward-only: redelivered or old events change nothing."""
 
     def __init__(
-        self, runs: Runs, metrics: SchedulerMetrics, *, first: FiresFirst | None = None
+        self,
+        runs: Runs,
+        metrics: SchedulerMetrics,
+        *,
+        first: FiresFirst | None = None,
+        hold_finished_file: str = "",
     ) -> None:
         self._runs = runs
         self._metrics = metrics
         self._first = first or FiresFirst()
+        self._hold_file = hold_finished_file
+
+    async def _hold_if_finished(self, events: list[events_pb2.RunEvent]) -> None:
+        """TEST ONLY (setting fault_hold_finished_file, empty by default): on the first
+        FINISHED event, write its run id to that file and never apply it nor ack it, so a
+        test can kill -9 the process between a FINISHED event's delivery and its apply."""
+        finished = [e.run_id for e in events if e.type == events_pb2.RUN_EVENT_TYPE_FINISHED]
+        if not self._hold_file or not finished:
+            return
+        log.warning("fault injection: holding FINISHED of %s unapplied", finished)
+        await asyncio.to_thread(Path(self._hold_file).write_text, "\n".join(finished))
+        await asyncio.Event().wait()  # until the process is killed
 
     async def __call__(self, msg: Msg) -> None:
         try:
@@ -34,6 +53,7 @@ class RunEventHandler:
             self._metrics.events.labels("invalid").inc()
             return
         run_id_var.set(event.run_id)
+        await self._hold_if_finished([event])
         changed = await self._runs.apply(event)
         self._metrics.events.labels("applied" if changed else "ignored").inc()
 
@@ -48,5 +68,6 @@ class RunEventHandler:
             except DecodeError:
                 log.warning("undecodable run event on %s; dropped", msg.subject)
                 self._metrics.events.labels("invalid").inc()
+        await self._hold_if_finished(events)
         for changed in await self._runs.apply_many(events):
             self._metrics.events.labels("applied" if changed else "ignored").inc()

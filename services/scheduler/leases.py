@@ -6,9 +6,10 @@ sweeper only reads them. Each lost run is ended in its own transaction by Runs.l
 (FINISHED event through the outbox, on_terminal hooks: retry or dead letter), which is safe
 with several scheduler replicas sweeping the same table.
 
-The first sweep waits one lease after start: leases in the table are as old as the process's
-downtime, and the heartbeats that renew them may still wait in the stream; by then the
-consumer has caught up and every live executor has heartbeated again."""
+The first sweep waits a lease plus the events' ack wait after start (server.py): leases in the
+table are as old as the process's downtime, the heartbeats that renew them may still wait in
+the stream, and events a killed predecessor held unacked come back after the ack wait; by
+then the consumer has caught up and every live executor has heartbeated again."""
 
 from __future__ import annotations
 

@@ -120,7 +120,9 @@ async def build(runtime: Runtime) -> Service:
         tracer=runtime.tracer("dispatch"),
     )
     runs.on_submitted.append(dispatcher.submitted)
-    run_events = RunEventHandler(runs, metrics, first=first)
+    run_events = RunEventHandler(
+        runs, metrics, first=first, hold_finished_file=settings.fault_hold_finished_file
+    )
     consumer = DurableConsumer(
         js,
         stream=settings.nats.stream,
@@ -128,6 +130,7 @@ async def build(runtime: Runtime) -> Service:
         filter_subject=f"{settings.nats.subjects_prefix}.run.>",
         handler=run_events,
         batch_handler=run_events.many,
+        ack_wait_s=settings.events_ack_wait_s,
         tracer=runtime.tracer("consumer"),
         describe=run_event_attributes,
     )
@@ -136,7 +139,9 @@ async def build(runtime: Runtime) -> Service:
         runs,
         metrics,
         interval_s=settings.lease_sweep_interval_s,
-        start_delay_s=settings.lease_s,
+        # Events a killed predecessor held unacked come back only after the ack wait: a run
+        # whose FINISHED it held must not end LOST before that event is applied.
+        start_delay_s=settings.lease_s + settings.events_ack_wait_s,
         read_through=lambda: consumer.read_through,
     )
     schedule_events = ScheduleEvents(outbox, settings.nats.subjects_prefix)

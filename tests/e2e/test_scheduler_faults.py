@@ -59,6 +59,7 @@ FAST = {
     "DISPATCH_CLAIM_S": "1",
     "LEASE_S": "6",
     "LEASE_SWEEP_INTERVAL_S": "0.2",
+    "EVENTS_ACK_WAIT_S": "3",
     "EXECUTOR_BACKOFF_S": "0.2",
     "WATCH_POLL_S": "0.2",
 }

@@ -53,6 +53,7 @@ MIB = 1024 * 1024
 FAST = {
     "lease_s": 2.0,
     "lease_sweep_interval_s": 0.2,
+    "events_ack_wait_s": 2.0,  # the first sweep waits a lease + this after start
     "quarantine_failures": 3,
     "quarantine_window_s": 600,
 }

@@ -1,0 +1,102 @@
+"""The executor's outbox writes on SQLite in one thread hop each.
+
+Through SQLAlchemy and aiosqlite a transaction is several hops to aiosqlite's thread (begin,
+cursor, execute, commit, close) plus the ORM session's bookkeeping; the executor stages every
+run event (QUEUED, STARTED, FINISHED, heartbeats) and answers Execute after its QUEUED commit,
+so that cost is on every run's path. Here one `sqlite3` connection lives in one thread of its
+own, and a group commit (BEGIN IMMEDIATE, one executemany, COMMIT) or a lookup is one call
+into it. Rows are the ones `shared.outbox.Outbox.add_many` writes (same columns, same stored
+time format), so the relay, its marks and the backlog gauge read them as before."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from sqlalchemy.engine import make_url
+
+from shared.outbox import OutboxMessage
+
+# SQLAlchemy's SQLite DATETIME storage format (what the ORM path wrote and reads back).
+_STORED = "%Y-%m-%d %H:%M:%S.%f"
+_INSERT = "INSERT INTO outbox (msg_id, subject, payload, headers, created_at) VALUES (?,?,?,?,?)"
+_CREATED_AT = "SELECT created_at FROM outbox WHERE msg_id = ?"
+
+
+def sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL; None for another dialect or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return parsed.database
+
+
+class SqliteOutboxWriter:
+    """Inserts outbox rows and looks them up, on a connection owned by one thread.
+
+    `synchronous` is SQLite's: NORMAL (in WAL mode a commit survives a crash of the process,
+    not a power loss or an OS crash: the last commits may be lost then) or FULL (each commit
+    is synced to disk too, at the cost of an fsync per group commit)."""
+
+    def __init__(self, path: str, synchronous: str = "NORMAL", busy_timeout_s: float = 30) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._busy_timeout_s = busy_timeout_s
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="outbox-writer")
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self._path,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,  # transactions are explicit
+                check_same_thread=False,  # created and used in the writer thread only
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._conn = conn
+        return self._conn
+
+    async def insert(self, messages: Sequence[OutboxMessage]) -> None:
+        """Stage messages in one transaction, committed when this returns."""
+        now = datetime.now(UTC).strftime(_STORED)
+        rows = [(m.msg_id, m.subject, m.payload, json.dumps(m.headers), now) for m in messages]
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows)
+
+    def _insert(self, rows: list[tuple[str, str, bytes, str, str]]) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")  # takes the write lock now (the busy timeout applies)
+        try:
+            conn.executemany(_INSERT, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def created_at(self, msg_id: str) -> datetime | None:
+        """When the row of `msg_id` was staged, or None."""
+        stored = await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._created_at, msg_id
+        )
+        if stored is None:
+            return None
+        return datetime.fromisoformat(stored).replace(tzinfo=UTC)
+
+    def _created_at(self, msg_id: str) -> str | None:
+        row = self._connection().execute(_CREATED_AT, (msg_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, close)
+        self._thread.shutdown(wait=True)
