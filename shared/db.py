@@ -280,6 +280,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def transaction_span(
+    tracer: trace.Tracer | None, service: str, dialect: str
+) -> TransactionSpan | None:
+    """How a service's transactions are traced; None when spans are not recorded."""
+    if tracer is None or isinstance(tracer, ContextTracer):
+        return None
+    return TransactionSpan(tracer, service, dialect)
+
+
 def sessionmaker(
     engine: AsyncEngine, *, tracer: trace.Tracer | None = None, service: str = ""
 ) -> async_sessionmaker[Any]:
@@ -290,8 +299,9 @@ def sessionmaker(
     attributes: dict[str, Any] = {}
     if engine.dialect.name == "sqlite":
         base, attributes["_turn"] = _TakingTurns, _Turn()
-    if tracer is not None and not isinstance(tracer, ContextTracer):  # spans recorded
-        attributes["_span"] = TransactionSpan(tracer, service, engine.dialect.name)
+    span = transaction_span(tracer, service, engine.dialect.name)
+    if span is not None:
+        attributes["_span"] = span
         base = type("TracedSession", (TracedTransactions, base), attributes)
     elif attributes:
         base = type("SQLiteSession", (base,), attributes)

@@ -34,16 +34,22 @@ class TracedTransactions(AsyncSession):
         return _InSpan(self._span, super().begin())
 
 
-class _InSpan:
+def transaction_scope(span: TransactionSpan | None) -> contextlib.AbstractContextManager[Any]:
     """The span of one transaction, inside a traced operation only: background loops'
-    polls and marks (no span current) would each make a one-span trace."""
+    polls and marks (no span current) would each make a one-span trace. Also for writers
+    that bypass sessions (the executor's SQLite outbox writer)."""
+    if span is None or not trace.get_current_span().get_span_context().is_valid:
+        return contextlib.nullcontext()
+    return current_span(
+        span.tracer, span.name, kind=trace.SpanKind.CLIENT, attributes=span.attributes
+    )
+
+
+class _InSpan:
+    """A session transaction in its transaction_scope."""
 
     def __init__(self, span: TransactionSpan, transaction: Any) -> None:
-        self._scope: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if trace.get_current_span().get_span_context().is_valid:
-            self._scope = current_span(
-                span.tracer, span.name, kind=trace.SpanKind.CLIENT, attributes=span.attributes
-            )
+        self._scope = transaction_scope(span)
         self._transaction = transaction
 
     async def __aenter__(self) -> Any:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.engine import make_url
 
+from shared.db_tracing import TransactionSpan, transaction_scope
 from shared.outbox import OutboxMessage
 
 # SQLAlchemy's SQLite DATETIME storage format (what the ORM path wrote and reads back).
@@ -42,8 +43,15 @@ class SqliteOutboxWriter:
     not a power loss or an OS crash: the last commits may be lost then) or FULL (each commit
     is synced to disk too, at the cost of an fsync per group commit)."""
 
-    def __init__(self, path: str, synchronous: str = "NORMAL", busy_timeout_s: float = 30) -> None:
+    def __init__(
+        self,
+        path: str,
+        synchronous: str = "NORMAL",
+        busy_timeout_s: float = 30,
+        span: TransactionSpan | None = None,
+    ) -> None:
         self._path = path
+        self._span = span  # each insert is a "db.transaction <service>" span, as sessions' are
         self._synchronous = synchronous
         self._busy_timeout_s = busy_timeout_s
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="outbox-writer")
@@ -66,7 +74,8 @@ class SqliteOutboxWriter:
         """Stage messages in one transaction, committed when this returns."""
         now = datetime.now(UTC).strftime(_STORED)
         rows = [(m.msg_id, m.subject, m.payload, json.dumps(m.headers), now) for m in messages]
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows)
+        with transaction_scope(self._span):
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows)
 
     def _insert(self, rows: list[tuple[str, str, bytes, str, str]]) -> None:
         conn = self._connection()

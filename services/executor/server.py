@@ -98,11 +98,16 @@ async def build(runtime: Runtime) -> Service:
     engine = db.create_engine(
         settings.database, metrics=db.DatabaseMetrics(runtime.registry, runtime.service)
     )
-    sessions = db.sessionmaker(engine, tracer=runtime.tracer("db"), service=runtime.service)
+    db_tracer = runtime.tracer("db")
+    sessions = db.sessionmaker(engine, tracer=db_tracer, service=runtime.service)
     outbox = Outbox(OUTBOX, sessions, tracer=runtime.tracer("outbox"))
     sqlite_path = sqlite_file(settings.database.url)
     writer = (
-        SqliteOutboxWriter(sqlite_path, settings.outbox_synchronous)
+        SqliteOutboxWriter(
+            sqlite_path,
+            settings.outbox_synchronous,
+            span=db.transaction_span(db_tracer, runtime.service, "sqlite"),
+        )
         if sqlite_path is not None
         else None
     )
