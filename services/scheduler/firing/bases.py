@@ -167,6 +167,16 @@ class Bases:
         )
         base.template = self._messages.template(values, ref)
 
+    def cached(self, row: Row[Any]) -> Base | None:
+        """The base of `row` if one is cached and its catalogue answer still current."""
+        base = self._bases.get((row.id, row.definition, aware(row.created_at)))
+        if base is None:
+            return None
+        catalogue = self._runs.catalogue
+        if base.generation != catalogue.generation or time.monotonic() >= base.fresh_until:
+            return None
+        return base
+
     def schedule_of(self, row: Any) -> pb.Schedule:
         """The definition of `row` (`due_columns`), from its base when there is one."""
         base = self._bases.get((row.id, row.definition, aware(row.created_at)))

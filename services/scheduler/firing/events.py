@@ -80,8 +80,11 @@ class FireMessages:
         run_id: str,
         nominal: datetime,
         created: datetime,
+        state: int = 0,
     ) -> list[OutboxMessage]:
-        """A FIRED fire's run SUBMITTED and schedule FIRED events, from its template."""
+        """A FIRED fire's run SUBMITTED and schedule FIRED events, from its template (the
+        run's `state` when it is not the template's, PENDING: SCHEDULED for a fire recorded
+        ahead of its time)."""
         occurred = timestamp(created)
         run_event_id = f"{run_id}:scheduler:submitted"
         fired_id = f"schedule:{schedule_id}:{iso(nominal)}:FIRED"
@@ -91,7 +94,10 @@ class FireMessages:
                 run_event_id,
                 template.run_event
                 + events_pb2.RunEvent(
-                    event_id=run_event_id, run_id=run_id, occurred_at=occurred
+                    event_id=run_event_id,
+                    run_id=run_id,
+                    occurred_at=occurred,
+                    state=state,  # type: ignore[arg-type]
                 ).SerializeToString(),
                 template.run_headers,
             ),

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -15,11 +15,21 @@ from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
+from services.scheduler.batches import chunks
 from services.scheduler.firing.bases import Bases, due_columns
 from services.scheduler.firing.events import FireMessages
 from services.scheduler.firing.planning import FiringSettings, Prepared, aware, iso
-from services.scheduler.firing.records import Quick, Records, claim, due, insert_quick
+from services.scheduler.firing.records import (
+    Quick,
+    Records,
+    claim,
+    due,
+    insert_quick,
+    promote_due,
+    withdraw,
+)
 from services.scheduler.firing.run_end import RunEnd
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import RunRow, ScheduleRow
@@ -82,8 +92,13 @@ class Firing(WakeableLoop):
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         first: FiresFirst | None = None,
+        on_due: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(settings.tick_s)
+        # Called when SCHEDULED runs became PENDING (dispatch wakes).
+        self._on_due = on_due
+        # The earliest due time of a SCHEDULED run this replica recorded.
+        self._next_run_due: datetime | None = None
         self._sessions = sessions
         self._runs = runs
         self._schedules = schedules
@@ -120,9 +135,10 @@ class Firing(WakeableLoop):
     def wait_s(self) -> float:
         """Until the next tick: at most the tick interval, less when the lookahead saw a
         fire due sooner (so a burst starts on its second, not up to a tick after)."""
-        if self._next_due is None:
+        soonest = [at for at in (self._next_due, self._next_run_due) if at is not None]
+        if not soonest:
             return self._interval
-        left = (self._next_due - self._clock()).total_seconds()
+        left = (min(soonest) - self._clock()).total_seconds()
         return min(self._interval, max(left, 0.0))
 
     async def tick(self) -> int:
@@ -147,9 +163,85 @@ class Firing(WakeableLoop):
                 self.first.busy()
         finally:
             self.first.idle()
+        await self._promote(self._clock())
         if not self._stopping:
             await self._warm(self._clock())
+        if not self._stopping:
+            steps += await self._ahead(self._clock())
         return steps
+
+    async def withdraw(self, session: AsyncSession, schedule_id: str, why: str) -> None:
+        """Schedules' hook, in the transaction pausing, changing or deleting a schedule: its
+        fires recorded ahead and not yet due are withdrawn (records.withdraw), their runs'
+        CANCELLED events staged."""
+        for run in await withdraw(session, schedule_id, why, self._clock()):
+            await self._runs.stage_event(
+                session, run, events_pb2.RUN_EVENT_TYPE_FINISHED, "cancelled"
+            )
+
+    async def _promote(self, now: datetime) -> int:
+        """One statement: the SCHEDULED runs due by now become PENDING (dispatchable), and
+        dispatch is woken to hand them over in bulk."""
+        if self._next_run_due is not None and self._next_run_due <= now:
+            self._next_run_due = None
+        promoted = await promote_due(self._sessions, now)
+        if promoted:
+            self._on_due()
+        return promoted
+
+    async def _ahead(self, now: datetime) -> int:
+        """Record the fires of ALLOW schedules due in the next `ahead` before their time
+        (records.py, `ahead`), in rounds of up to `batch` schedules; each fire's run waits
+        SCHEDULED until due. The schedules are read again, locked (SKIP LOCKED) on servers,
+        in each round's transaction, so a schedule changed or taken by another replica
+        meanwhile is left alone; fires of other policies are recorded at their time (they
+        decide on the state of earlier runs)."""
+        if self._settings.ahead <= timedelta(0):
+            return 0
+        until = now + min(self._settings.ahead, self._settings.lookahead)
+        async with self._sessions() as session:
+            rows = await due(session, until, WARM_LIMIT, after=now, lock=False)
+        ready: list[str] = []
+        for row in rows:
+            base = self._bases.cached(row)
+            if base is None:  # e.g. created inside the window the lookahead already warmed
+                try:
+                    base = await self._bases.get(row)
+                except Exception as exc:  # recorded at its time, the general way if need be
+                    log.debug("schedule %s not recorded ahead: %r", row.id, exc)
+                    continue
+            if base.values is not None:
+                ready.append(row.id)
+        recorded = 0
+        for chunk in chunks(ready, self._settings.batch):
+            recorded += await self._ahead_round(list(chunk), now, until)
+        return recorded
+
+    async def _ahead_round(self, ids: list[str], now: datetime, until: datetime) -> int:
+        messages: list[OutboxMessage] = []
+        quick: list[Quick] = []
+        try:
+            async with self._sessions() as session, session.begin():
+                for row in await due(session, until, len(ids), after=now, ids=ids):
+                    base = self._bases.cached(row)
+                    if base is not None and base.values is not None:
+                        nominal = aware(row.next_fire_at)
+                        quick.append(self._records.quick(row, nominal, base, ahead=True))
+                if not quick:
+                    return 0
+                await insert_quick(session, quick)
+                messages.extend(m for q in quick for m in q.messages)
+                await self._outbox.add_many(session, messages)
+        except IntegrityError:
+            log.info("a fire recorded ahead was recorded meanwhile: left to its time")
+            return 0
+        self._outbox.committed(messages)
+        for q in quick:
+            self._metrics.fires.labels("fired").inc()
+            at = q.run["next_dispatch_at"]
+            if self._next_run_due is None or at < self._next_run_due:
+                self._next_run_due = at
+        return len(quick)
 
     async def _warm(self, now: datetime) -> None:
         """Ahead of the fires due in the next `lookahead`: parse their schedules, compute

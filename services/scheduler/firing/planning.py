@@ -37,6 +37,9 @@ class FiringSettings:
     default_window: timedelta = timedelta(hours=1)
     # How far ahead fires are prepared for (caches warmed); 0 turns it off.
     lookahead: timedelta = timedelta(seconds=10)
+    # How far ahead fires of ALLOW schedules are recorded, their runs SCHEDULED until due
+    # (within the lookahead); 0 records every fire at its time.
+    ahead: timedelta = timedelta(seconds=5)
 
 
 class Plan(enum.Enum):

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from runbox.common.v1 import common_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
 from services.scheduler import triggers as tr
-from services.scheduler.firing.bases import RUNS_ENCODED, Base, Bases, due_columns
+from services.scheduler.firing.bases import RUNS, RUNS_ENCODED, Base, Bases, due_columns
 from services.scheduler.firing.events import FireMessages
 from services.scheduler.firing.planning import (
     ACTIVE_STATES,
@@ -49,6 +50,7 @@ from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavail
 from shared.outbox import OutboxMessage
 
 log = logging.getLogger(__name__)
+RS = common_pb2.RunState
 SS = pb.ScheduleState
 FO = pb.FireOutcome
 # Fires of one round prepared at once (each may wait for the catalogue on a cache miss).
@@ -93,9 +95,18 @@ async def insert_quick(session: AsyncSession, quick: list[Quick]) -> None:
     )
 
 
-async def due(session: AsyncSession, now: datetime, limit: int) -> Sequence[Row[Any]]:
-    """Up to `limit` due ACTIVE schedules, oldest fire first; locked (SKIP LOCKED: replicas
-    take different ones) on servers."""
+async def due(
+    session: AsyncSession,
+    now: datetime,
+    limit: int,
+    *,
+    after: datetime | None = None,
+    ids: Sequence[str] = (),
+    lock: bool = True,
+) -> Sequence[Row[Any]]:
+    """Up to `limit` ACTIVE schedules whose next fire is due by `now` (and later than
+    `after`; among `ids` when given), oldest fire first; locked (SKIP LOCKED: replicas take
+    different ones) on servers."""
     query = (
         select(*due_columns())
         .where(ScheduleRow.state == SS.SCHEDULE_STATE_ACTIVE)
@@ -103,9 +114,65 @@ async def due(session: AsyncSession, now: datetime, limit: int) -> Sequence[Row[
         .order_by(ScheduleRow.next_fire_at)
         .limit(limit)
     )
-    if session.get_bind().dialect.name != "sqlite":
+    if after is not None:
+        query = query.where(ScheduleRow.next_fire_at > after)
+    if ids:
+        query = query.where(ScheduleRow.id.in_(list(ids)))
+    if lock and session.get_bind().dialect.name != "sqlite":
         query = query.with_for_update(skip_locked=True)
     return (await session.execute(query)).all()
+
+
+async def promote_due(sessions: async_sessionmaker[AsyncSession], now: datetime) -> int:
+    """SCHEDULED runs due by `now` become PENDING, in one statement; how many."""
+    async with sessions() as session, session.begin():
+        result = await session.execute(
+            update(RUNS)
+            .where(RUNS.c.state == RS.RUN_STATE_SCHEDULED, RUNS.c.next_dispatch_at <= now)
+            .values(state=RS.RUN_STATE_PENDING, updated_at=now)
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def withdraw(
+    session: AsyncSession, schedule_id: str, why: str, now: datetime
+) -> list[RunRow]:
+    """In the caller's transaction (a schedule paused, changed or deleted): its fires
+    recorded ahead whose nominal time is still to come are withdrawn, so a stale fire never runs:
+    the run ends CANCELLED (its idempotency key freed) and the fire record is removed, so the
+    nominal time can be fired again by what the schedule is now. The runs, for their
+    events."""
+    runs = list(
+        (
+            await session.scalars(
+                select(RunRow)
+                .join(FireRow, FireRow.run_id == RunRow.id)
+                .where(FireRow.schedule_id == schedule_id, FireRow.nominal_at > now)
+                .where(RunRow.state == RS.RUN_STATE_SCHEDULED)
+                .with_for_update(of=RunRow)
+            )
+        ).all()
+    )
+    if not runs:
+        return []
+    for run in runs:
+        run.state, run.failure_reason = RS.RUN_STATE_CANCELLED, common_pb2.FAILURE_REASON_CANCELLED
+        run.exit_message = f"withdrawn before its time: {why}"
+        run.finished_at = run.updated_at = now
+        run.idempotency_key = None
+    await session.execute(
+        delete(FIRES).where(
+            FIRES.c.schedule_id == schedule_id, FIRES.c.run_id.in_([r.id for r in runs])
+        )
+    )
+    schedule = await session.get(ScheduleRow, schedule_id)
+    if schedule is not None:  # its last fire is the last one that stays
+        schedule.last_fire_at = await session.scalar(
+            select(func.max(FireRow.nominal_at)).where(
+                FireRow.schedule_id == schedule_id, FireRow.run_id.is_not(None)
+            )
+        )
+    return runs
 
 
 async def claim(session: AsyncSession, schedule_id: str) -> ScheduleRow | None:
@@ -145,9 +212,10 @@ class Records:
         self._settings = settings
         self._clock = clock
 
-    def quick(self, row: Row[Any], nominal: datetime, base: Base) -> Quick:
+    def quick(self, row: Row[Any], nominal: datetime, base: Base, *, ahead: bool = False) -> Quick:
         """One fire on time of an ALLOW schedule: its run, fire record, the schedule's
-        advance and the two events, from the schedule's base."""
+        advance and the two events, from the schedule's base. `ahead`: recorded before its
+        nominal time, the run SCHEDULED (made PENDING when due, see loop.py)."""
         schedule_id, created = row.id, self._clock()
         key = run_key(schedule_id, nominal)
         run_id = uuid.uuid4().hex
@@ -165,6 +233,8 @@ class Records:
             next_dispatch_at=nominal
             + jitter(schedule_id, nominal, base.schedule.jitter.ToTimedelta()),
         )
+        if ahead:
+            run["state"] = RS.RUN_STATE_SCHEDULED
         following = base.next_after(nominal)
         return Quick(
             schedule_id=schedule_id,
@@ -195,6 +265,7 @@ class Records:
                 run_id=run_id,
                 nominal=nominal,
                 created=created,
+                state=RS.RUN_STATE_SCHEDULED if ahead else 0,
             ),
         )
 
