@@ -55,6 +55,8 @@ SS = pb.ScheduleState
 FO = pb.FireOutcome
 # Fires of one round prepared at once (each may wait for the catalogue on a cache miss).
 PREPARE_CONCURRENCY = 16
+# Runs made PENDING per statement on servers (bounded IN lists).
+PROMOTE_CHUNK = 1000
 FIRES = cast(Table, FireRow.__table__)
 SCHEDULES = cast(Table, ScheduleRow.__table__)
 
@@ -124,14 +126,26 @@ async def due(
 
 
 async def promote_due(sessions: async_sessionmaker[AsyncSession], now: datetime) -> int:
-    """SCHEDULED runs due by `now` become PENDING, in one statement; how many."""
+    """SCHEDULED runs due by `now` become PENDING; how many. On SQLite (one writer) one
+    UPDATE; on servers the due rows are first taken with FOR UPDATE SKIP LOCKED, so
+    replicas promoting at the same second split the rows instead of waiting on (or
+    deadlocking over) each other's."""
+    due = (RUNS.c.state == RS.RUN_STATE_SCHEDULED) & (RUNS.c.next_dispatch_at <= now)
+    promote = update(RUNS).values(state=RS.RUN_STATE_PENDING, updated_at=now)
     async with sessions() as session, session.begin():
-        result = await session.execute(
-            update(RUNS)
-            .where(RUNS.c.state == RS.RUN_STATE_SCHEDULED, RUNS.c.next_dispatch_at <= now)
-            .values(state=RS.RUN_STATE_PENDING, updated_at=now)
+        if session.get_bind().dialect.name == "sqlite":
+            result = await session.execute(promote.where(due))
+            return int(getattr(result, "rowcount", 0) or 0)
+        ids = list(
+            (
+                await session.scalars(
+                    select(RUNS.c.id).where(due).with_for_update(skip_locked=True)
+                )
+            ).all()
         )
-    return int(getattr(result, "rowcount", 0) or 0)
+        for chunk in range(0, len(ids), PROMOTE_CHUNK):
+            await session.execute(promote.where(RUNS.c.id.in_(ids[chunk : chunk + PROMOTE_CHUNK])))
+    return len(ids)
 
 
 async def withdraw(

@@ -647,7 +647,13 @@ async def test_two_schedulers_on_a_server_database_share_fires_without_duplicate
             async def count() -> bool:
                 return len(await database.fires(created.id)) >= 6
 
+            async def promoted() -> bool:
+                """A fire recorded ahead became PENDING when due (the locked promotion)."""
+                runs = await database.runs(created.id)
+                return any(r.state == RS.RUN_STATE_PENDING for r in runs)
+
             await until(count)
+            await until(promoted)
             await path.scheduler_stub().PauseSchedule(pb.PauseScheduleRequest(id=created.id))
             fires, runs = await database.fires(created.id), await database.runs(created.id)
             assert {f.outcome for f in fires} == {FO.FIRE_OUTCOME_FIRED}
