@@ -62,6 +62,16 @@ def due_columns() -> tuple[Any, ...]:
     )
 
 
+def _key(row: Any) -> tuple[str, str, Any]:
+    """The cache key of a schedule version (`due_columns`): its id, definition text and
+    creation time. Drivers differ in what the definition comes back as (SQLite: the stored
+    text; asyncpg: decoded JSON), so a decoded one is encoded again, canonically."""
+    text = row.definition
+    if not isinstance(text, str):
+        text = json.dumps(text, sort_keys=True)
+    return (row.id, text, aware(row.created_at))
+
+
 @dataclass(frozen=True)
 class ScheduleId:
     id: str
@@ -113,10 +123,10 @@ class Bases:
     async def get(self, row: Row[Any]) -> Base:
         """The base of `row` (`due_columns`). Raises Unavailable when the catalogue cannot
         be reached."""
-        key = (row.id, row.definition, aware(row.created_at))
+        key = _key(row)
         base = self._bases.get(key)
         if base is None:
-            schedule = parse_definition(row.definition)
+            schedule = parse_definition(key[1])
             spec = schedule_spec.check_timing(schedule, anchor=aware(row.created_at))
             base = self._bases[key] = Base(schedule, spec)
         schedule = base.schedule
@@ -169,7 +179,7 @@ class Bases:
 
     def cached(self, row: Row[Any]) -> Base | None:
         """The base of `row` if one is cached and its catalogue answer still current."""
-        base = self._bases.get((row.id, row.definition, aware(row.created_at)))
+        base = self._bases.get(_key(row))
         if base is None:
             return None
         catalogue = self._runs.catalogue
@@ -179,10 +189,11 @@ class Bases:
 
     def schedule_of(self, row: Any) -> pb.Schedule:
         """The definition of `row` (`due_columns`), from its base when there is one."""
-        base = self._bases.get((row.id, row.definition, aware(row.created_at)))
+        key = _key(row)
+        base = self._bases.get(key)
         if base is not None:
             return base.schedule
-        return parse_definition(row.definition)
+        return parse_definition(key[1])
 
     def parsed(self, row: ScheduleRow) -> tuple[pb.Schedule, tr.Spec]:
         """The definition and trigger of an ORM row, parsed once per version of the row

@@ -652,6 +652,12 @@ async def test_two_schedulers_on_a_server_database_share_fires_without_duplicate
                 runs = await database.runs(created.id)
                 return any(r.state == RS.RUN_STATE_PENDING for r in runs)
 
+            async def ahead() -> bool:
+                """A fire recorded ahead of its time (its run SCHEDULED)."""
+                runs = await database.runs(created.id)
+                return any(r.state == RS.RUN_STATE_SCHEDULED for r in runs)
+
+            await until(ahead)
             await until(count)
             await until(promoted)
             await path.scheduler_stub().PauseSchedule(pb.PauseScheduleRequest(id=created.id))
