@@ -297,6 +297,19 @@ class NoopExecutor(executor_pb2_grpc.ExecutorServiceServicer):
             accepted_at=ts(datetime.now(UTC)),
         )
 
+    async def ExecuteBatch(
+        self, request: executor_pb2.ExecuteBatchRequest, context: Any
+    ) -> executor_pb2.ExecuteBatchResponse:
+        """Each run as Execute takes it (the real executor's batch does the same)."""
+        return executor_pb2.ExecuteBatchResponse(
+            results=[
+                executor_pb2.ExecuteResult(
+                    run_id=run.run_id, accepted=await self.Execute(run, context)
+                )
+                for run in request.runs
+            ]
+        )
+
     async def _report(self, request: executor_pb2.ExecuteRequest) -> None:
         ctx = RunContext(
             run_id=request.run_id,

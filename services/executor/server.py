@@ -35,6 +35,7 @@ SERVICE = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 MIGRATIONS = Path(__file__).parent / "migrations"
 PERMISSIONS = {
     f"/{SERVICE}/Execute": "script_execution:manage",
+    f"/{SERVICE}/ExecuteBatch": "script_execution:manage",
     f"/{SERVICE}/Cancel": "script_execution:manage",
     f"/{SERVICE}/ListActiveRuns": "script_execution:read",
     f"/{SERVICE}/GetPoolStatus": "script_execution:read",

@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 
 from runbox.common.v1 import common_pb2
 from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
+from services.executor.batch import execute_batch
 from services.executor.pool import WarmPool
 from services.executor.runs import RunManager
 
@@ -37,6 +38,11 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             newly_accepted=new,
             accepted_at=_ts(accepted_at),
         )
+
+    async def ExecuteBatch(
+        self, request: executor_pb2.ExecuteBatchRequest, context: Ctx
+    ) -> executor_pb2.ExecuteBatchResponse:
+        return await execute_batch(self._runs.accept, self._runs.executor_id, request)
 
     async def Cancel(
         self, request: executor_pb2.CancelRequest, context: Ctx

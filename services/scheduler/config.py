@@ -60,6 +60,9 @@ class SchedulerSettings(ServiceSettings):
     fire_batch: int = Field(default=500, ge=1, le=100_000)
     fires_per_schedule_per_tick: int = Field(default=100, ge=1, le=100_000)
     fire_lookahead_s: float = Field(default=10.0, ge=0, le=300)
+    # Fires of ALLOW schedules due within this are recorded ahead, their runs SCHEDULED until
+    # due (capped by the lookahead); 0: every fire is recorded at its time.
+    fire_ahead_s: float = Field(default=5.0, ge=0, le=300)
     # A QUEUED or RUNNING run whose executor sent nothing (heartbeat, log, state) for this long
     # ends LOST: 3 x the executor's default heartbeat interval (5 s) + 5 s for delivery lag.
     # Keep it above 3 x the executors' RUNBOX_HEARTBEAT_INTERVAL_S.

@@ -9,7 +9,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +20,7 @@ from opentelemetry import trace
 
 from runbox.common.v1 import common_pb2
 from runbox.executor.v1 import executor_pb2
-from services.scheduler import handoff
+from services.scheduler import batches, handoff
 from services.scheduler.executors import Executor, ExecutorSet
 from services.scheduler.firing import FiresFirst
 from services.scheduler.metrics import SchedulerMetrics
@@ -63,11 +63,9 @@ class ConcurrencyLimits:
         return self.scripts.get(name, self.per_script)
 
 
-_BUSY = {
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-}
+_BUSY = batches.BUSY
+# A run an executor accepted: (run id, executor id, executor address).
+Accepted = tuple[str, str, str]
 
 
 class Dispatcher(WakeableLoop):
@@ -209,19 +207,118 @@ class Dispatcher(WakeableLoop):
             if candidates and _needs_record(row, candidates[0])
         }
         await self._runs.record_attempts(first)
-        gate = asyncio.Semaphore(self._parallel)
-
-        async def send(row: RunRow, candidates: list[Executor]) -> tuple[str, str, str] | None:
-            async with gate:
-                with self._span(row) as span:
-                    answer = await self._dispatch(row, candidates, recorded=row.id in first)
-                    span.set_attribute("runbox.dispatch.accepted", answer is not None)
-                    return answer
-
-        answers = await asyncio.gather(*(send(row, candidates) for row, candidates in plans))
+        answers = await self._hand_over(plans, set(first))
         accepted = [answer for answer in answers if answer is not None]
         await self._runs.mark_dispatched_many(accepted)
         return len(accepted)
+
+    async def _hand_over(
+        self, plans: list[tuple[RunRow, list[Executor]]], recorded: set[str]
+    ) -> list[Accepted | None]:
+        """Send a round's runs: in ExecuteBatch calls per executor (batches.py), or one
+        Execute each to an executor without it; at most `parallel` calls in flight."""
+        gate = asyncio.Semaphore(self._parallel)
+        single: list[tuple[RunRow, list[Executor]]] = []
+        grouped: dict[str, list[tuple[RunRow, list[Executor]]]] = {}
+        for row, candidates in plans:
+            if len(plans) > 1 and candidates and candidates[0].batches:
+                grouped.setdefault(candidates[0].address, []).append((row, candidates))
+            else:
+                single.append((row, candidates))
+
+        async def one(row: RunRow, candidates: list[Executor]) -> Accepted | None:
+            async with gate:
+                return await self._send(row, candidates, recorded=row.id in recorded)
+
+        async def group(items: list[tuple[RunRow, list[Executor]]]) -> list[Accepted | None]:
+            async with gate:
+                return await self._send_batch(items, recorded)
+
+        calls = [
+            group(list(chunk)) for items in grouped.values() for chunk in batches.chunks(items)
+        ]
+        answers = await asyncio.gather(
+            *calls, *(one(row, candidates) for row, candidates in single)
+        )
+        out: list[Accepted | None] = []
+        for answer in answers:
+            out.extend(answer if isinstance(answer, list) else [answer])
+        return out
+
+    async def _send(
+        self, row: RunRow, candidates: list[Executor], *, recorded: bool
+    ) -> Accepted | None:
+        with self._span(row) as span:
+            answer = await self._dispatch(row, candidates, recorded=recorded)
+            span.set_attribute("runbox.dispatch.accepted", answer is not None)
+            return answer
+
+    async def _send_batch(
+        self, items: list[tuple[RunRow, list[Executor]]], recorded: set[str]
+    ) -> list[Accepted | None]:
+        """One ExecuteBatch to the first candidate of `items`; each run's answer handled as
+        its Execute answer would be. A failed call falls back to one Execute per run
+        (UNIMPLEMENTED, or an error the runs should each get) or waits (no answer)."""
+        executor = items[0][1][0]
+        rows = [row for row, _ in items]
+        spans = [
+            self._tracer.start_span(
+                "scheduler.dispatch",
+                context=extract_context(row.trace_context),
+                attributes=self._attributes(row),
+            )
+            for row in rows
+        ]
+        try:
+            result = await batches.send(
+                batches.Batch(executor, rows, spans), self._request, timeout_s=10
+            )
+            if isinstance(result, grpc.StatusCode):
+                if result not in _BUSY:
+                    fallback = asyncio.Semaphore(self._parallel)
+
+                    async def one(row: RunRow, candidates: list[Executor]) -> Accepted | None:
+                        async with fallback:
+                            return await self._send(row, candidates, recorded=row.id in recorded)
+
+                    return await batches.each(items, one)
+                refusal = batches.Refusal(result, "no answer to ExecuteBatch")
+                return [await self._refused(row, c, executor, refusal) for row, c in items]
+            answers: list[Accepted | None] = []
+            for (row, candidates), span, answer in zip(items, spans, result, strict=True):
+                span.set_attribute("runbox.dispatch.accepted", isinstance(answer, str))
+                if isinstance(answer, str):
+                    executor.backoff_s = 0.0
+                    self._metrics.dispatch.labels("accepted").inc()
+                    answers.append((row.id, answer, executor.address))
+                else:
+                    answers.append(await self._refused(row, candidates, executor, answer))
+            return answers
+        finally:
+            for span in spans:
+                span.end()
+
+    async def _refused(
+        self,
+        row: RunRow,
+        candidates: list[Executor],
+        executor: Executor,
+        refusal: batches.Refusal,
+    ) -> Accepted | None:
+        """A run of a batch the executor did not take, handled as in `_dispatch`."""
+        if refusal.code in _BUSY:
+            self._metrics.dispatch.labels("busy").inc()
+            self._back_off(executor)
+            full = refusal.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # Refused for room: the next candidate may take it; no answer: it waits.
+            return await self._dispatch(row, candidates[1:] if full else [], recorded=False)
+        self._metrics.dispatch.labels("rejected").inc()
+        await self._runs.fail(
+            row.id,
+            reason_of(refusal.code, refusal.subjects),
+            f"executor refused the run: {refusal.code.name}: {refusal.message}",
+        )
+        return None
 
     def _span(self, row: RunRow) -> Any:
         """The span of one run's hand-over, in the trace of the request that submitted it
@@ -230,13 +327,17 @@ class Dispatcher(WakeableLoop):
             self._tracer,
             "scheduler.dispatch",
             context=extract_context(row.trace_context),
-            attributes={
-                RUN_ID: row.id,
-                SCRIPT_NAME: row.script_name,
-                EXECUTION_TYPE: enum_name(common_pb2.ExecutionType, row.execution_type),
-                "runbox.attempt": row.attempt,
-            },
+            attributes=self._attributes(row),
         )
+
+    @staticmethod
+    def _attributes(row: RunRow) -> dict[str, str | int]:
+        return {
+            RUN_ID: row.id,
+            SCRIPT_NAME: row.script_name,
+            EXECUTION_TYPE: enum_name(common_pb2.ExecutionType, row.execution_type),
+            "runbox.attempt": row.attempt,
+        }
 
     def _available(self) -> list[Executor]:
         ready = self._executors.ready()
@@ -317,7 +418,7 @@ class Dispatcher(WakeableLoop):
         executor.backoff_s = min(max(executor.backoff_s * 2, self._backoff), self._backoff_max)
         executor.busy_until = time.monotonic() + executor.backoff_s
 
-    def _request(self, row: RunRow) -> executor_pb2.ExecuteRequest:
+    def _request(self, row: RunRow, span: trace.Span | None = None) -> executor_pb2.ExecuteRequest:
         parameters = struct_pb2.Struct()
         parameters.update(row.parameters)
         config = struct_pb2.Struct()
@@ -341,17 +442,26 @@ class Dispatcher(WakeableLoop):
             parent_run_id=row.parent_run_id or "",
             # The executor's run continues from the dispatch span (from the submit's trace
             # when nothing traces here).
-            trace_context=inject_context() or row.trace_context,
+            trace_context=(
+                inject_context(context=trace.set_span_in_context(span))
+                if span is not None
+                else inject_context()
+            )
+            or row.trace_context,
         )
 
 
 def refusal_reason(exc: grpc.aio.AioRpcError) -> int:
+    """Why a run an executor refused fails (see `reason_of`)."""
+    error = from_rpc_error(exc)
+    subjects = [v.field for v in error.violations] if isinstance(error, FailedPrecondition) else []
+    return reason_of(exc.code(), subjects)
+
+
+def reason_of(code: grpc.StatusCode, subjects: Sequence[str]) -> int:
     """Why a run an executor refused fails: NO_SANDBOX when the executor has no sandbox for
     it (a PreconditionFailure on sandbox.allow_unsandboxed), else INVALID_CONFIG."""
-    error = from_rpc_error(exc)
-    if isinstance(error, FailedPrecondition) and any(
-        v.field == NO_SANDBOX_SUBJECT for v in error.violations
-    ):
+    if code == grpc.StatusCode.FAILED_PRECONDITION and NO_SANDBOX_SUBJECT in subjects:
         return common_pb2.FAILURE_REASON_NO_SANDBOX
     return common_pb2.FAILURE_REASON_INVALID_CONFIG
 

@@ -31,6 +31,8 @@ class Executor:
     stub: executor_pb2_grpc.ExecutorServiceAsyncStub
     backoff_s: float = 0.0
     busy_until: float = 0.0
+    # False once the executor answered ExecuteBatch UNIMPLEMENTED (older than 0.3.0).
+    batches: bool = True
 
 
 def parse_target(target: str) -> tuple[str, int]:

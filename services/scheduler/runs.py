@@ -260,14 +260,14 @@ class Runs:
         return rows[:size], token
 
     async def cancel_pending(self, run_id: str) -> RunRow | None:
-        """Cancel a run no executor holds yet; None if it is past PENDING."""
+        """Cancel a run no executor holds yet (SCHEDULED or PENDING); None if it is past."""
         async with self._sessions() as session, session.begin():
             row = await session.get(RunRow, run_id, with_for_update=True)
             if row is None:
                 raise NotFound("run", run_id)
             if sm.is_terminal(row.state):
                 raise FailedPrecondition(f"run {run_id} already ended ({RS.Name(row.state)})")
-            if row.state != RS.RUN_STATE_PENDING:
+            if row.state not in (RS.RUN_STATE_PENDING, RS.RUN_STATE_SCHEDULED):
                 return None
             self._finish(
                 row,

@@ -161,6 +161,12 @@ class Statistics:
     fires_by_outcome: dict[str, int] = field(default_factory=dict)
 
 
+class AheadFires(Protocol):
+    """Fires recorded before their time (services/scheduler/firing)."""
+
+    async def withdraw(self, session: AsyncSession, schedule_id: str, why: str) -> None: ...
+
+
 class Schedules:
     """The schedule table's domain operations."""
 
@@ -178,6 +184,9 @@ class Schedules:
         self._clock = clock
         # Called after a commit that may move a next fire (the firing loop wakes early).
         self.on_change: list[Callable[[], None]] = []
+        # Withdraws a schedule's fires recorded ahead of their time (firing), inside the
+        # transaction that pauses, changes or deletes it.
+        self.ahead: AheadFires | None = None
         # Called after a schedule is deleted, with its id (firing cancels its held runs).
         self.on_delete: list[Callable[[str], Awaitable[None]]] = []
 
@@ -308,6 +317,7 @@ class Schedules:
                 due = _aware(row.next_fire_at)
                 if due <= now:
                     await self._skip_due(session, row, due, now)
+            await self._withdraw(session, row.id, "the schedule was updated")
             row.definition = _to_dict(merged)
             row.name, row.script_name = merged.name, merged.script.name
             if row.state == SS.SCHEDULE_STATE_ACTIVE:
@@ -343,9 +353,14 @@ class Schedules:
             session, SE.SCHEDULE_EVENT_TYPE_FIRE_SKIPPED, row, key=key, nominal=due, reason=reason
         )
 
+    async def _withdraw(self, session: AsyncSession, schedule_id: str, why: str) -> None:
+        if self.ahead is not None:
+            await self.ahead.withdraw(session, schedule_id, why)
+
     async def delete(self, schedule_id: str) -> str:
         async with self._sessions() as session, session.begin():
             row = await self._locked(session, schedule_id)
+            await self._withdraw(session, row.id, "the schedule was deleted")
             await session.delete(row)
         for hook in self.on_delete:
             await hook(schedule_id)
@@ -361,6 +376,7 @@ class Schedules:
                     "schedule can be paused (resume it instead)"
                 )
             was = row.state
+            await self._withdraw(session, row.id, "the schedule was paused")
             row.state, row.next_fire_at = SS.SCHEDULE_STATE_PAUSED, None
             row.pause_reason = reason[:1000] or row.pause_reason
             row.updated_at = self._clock()

@@ -160,9 +160,12 @@ async def build(runtime: Runtime) -> Service:
             per_schedule=settings.fires_per_schedule_per_tick,
             default_window=timedelta(seconds=settings.catch_up_default_window_s),
             lookahead=timedelta(seconds=settings.fire_lookahead_s),
+            ahead=timedelta(seconds=settings.fire_ahead_s),
         ),
         first=first,
+        on_due=dispatcher.notify,
     )
+    schedules.ahead = firing
     schedules.on_change.append(firing.notify)
     schedules.on_delete.append(firing.schedule_deleted)
     runs.on_terminal_many.append(firing.runs_ended)

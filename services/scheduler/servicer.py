@@ -85,6 +85,9 @@ def run_to_proto(row: RunRow) -> scheduler_pb2.Run:
         finish_time=_ts(row.finished_at),
     )
     json_format.ParseDict(row.result, run.result)
+    due = _ts(row.next_dispatch_at) if row.state == common_pb2.RUN_STATE_SCHEDULED else None
+    if due is not None:
+        run.due_time.CopyFrom(due)
     if row.started_at and row.finished_at:
         run.duration.CopyFrom(duration_pb2.Duration())
         run.duration.FromTimedelta(row.finished_at - row.started_at)

@@ -15,13 +15,18 @@ TERMINAL = frozenset(
         RS.RUN_STATE_LOST,
     }
 )
-_RANK: dict[int, int] = {RS.RUN_STATE_PENDING: 1, RS.RUN_STATE_QUEUED: 2, RS.RUN_STATE_RUNNING: 3}
+_RANK: dict[int, int] = {
+    RS.RUN_STATE_SCHEDULED: 1,
+    RS.RUN_STATE_PENDING: 2,
+    RS.RUN_STATE_QUEUED: 3,
+    RS.RUN_STATE_RUNNING: 4,
+}
 
 
 def rank(state: int) -> int:
-    """PENDING 1 < QUEUED 2 < RUNNING 3 < any terminal 4; unknown 0."""
+    """SCHEDULED 1 < PENDING 2 < QUEUED 3 < RUNNING 4 < any terminal 5; unknown 0."""
     if state in TERMINAL:
-        return 4
+        return 5
     return _RANK.get(state, 0)
 
 

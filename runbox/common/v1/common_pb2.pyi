@@ -31,6 +31,7 @@ class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_STATE_TIMED_OUT: _ClassVar[RunState]
     RUN_STATE_CANCELLED: _ClassVar[RunState]
     RUN_STATE_LOST: _ClassVar[RunState]
+    RUN_STATE_SCHEDULED: _ClassVar[RunState]
 
 class FailureReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -77,6 +78,7 @@ RUN_STATE_FAILED: RunState
 RUN_STATE_TIMED_OUT: RunState
 RUN_STATE_CANCELLED: RunState
 RUN_STATE_LOST: RunState
+RUN_STATE_SCHEDULED: RunState
 FAILURE_REASON_UNSPECIFIED: FailureReason
 FAILURE_REASON_EXIT_CODE: FailureReason
 FAILURE_REASON_OOM_KILLED: FailureReason

@@ -82,6 +82,32 @@ class ExecuteResponse(_message.Message):
     accepted_at: _timestamp_pb2.Timestamp
     def __init__(self, run_id: _Optional[str] = ..., executor_id: _Optional[str] = ..., newly_accepted: _Optional[bool] = ..., accepted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class ExecuteBatchRequest(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[ExecuteRequest]
+    def __init__(self, runs: _Optional[_Iterable[_Union[ExecuteRequest, _Mapping]]] = ...) -> None: ...
+
+class ExecuteBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ExecuteResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ExecuteResult, _Mapping]]] = ...) -> None: ...
+
+class ExecuteResult(_message.Message):
+    __slots__ = ("run_id", "accepted", "code", "message", "subjects")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    accepted: ExecuteResponse
+    code: int
+    message: str
+    subjects: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., accepted: _Optional[_Union[ExecuteResponse, _Mapping]] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., subjects: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class CancelRequest(_message.Message):
     __slots__ = ("run_id", "reason")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

@@ -41,6 +41,11 @@ class ExecutorServiceStub:
                 request_serializer=runbox_dot_executor_dot_v1_dot_executor__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=runbox_dot_executor_dot_v1_dot_executor__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
+        self.ExecuteBatch = channel.unary_unary(
+                '/runbox.executor.v1.ExecutorService/ExecuteBatch',
+                request_serializer=runbox_dot_executor_dot_v1_dot_executor__pb2.ExecuteBatchRequest.SerializeToString,
+                response_deserializer=runbox_dot_executor_dot_v1_dot_executor__pb2.ExecuteBatchResponse.FromString,
+                _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/runbox.executor.v1.ExecutorService/Cancel',
                 request_serializer=runbox_dot_executor_dot_v1_dot_executor__pb2.CancelRequest.SerializeToString,
@@ -67,6 +72,16 @@ class ExecutorServiceServicer:
         """Accepts a run for execution (QUEUED). Idempotent on run_id: executing
         the same run id again returns the first acceptance. RESOURCE_EXHAUSTED
         when the executor is full.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecuteBatch(self, request, context):
+        """Accepts several runs in one call, each exactly as Execute would (idempotent
+        on run_id): one result per run, in the order asked. At most 500 runs a
+        call (INVALID_ARGUMENT above). Added in 0.3.0: a scheduler falls back to
+        Execute when an executor answers UNIMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +115,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.Execute,
                     request_deserializer=runbox_dot_executor_dot_v1_dot_executor__pb2.ExecuteRequest.FromString,
                     response_serializer=runbox_dot_executor_dot_v1_dot_executor__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'ExecuteBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExecuteBatch,
+                    request_deserializer=runbox_dot_executor_dot_v1_dot_executor__pb2.ExecuteBatchRequest.FromString,
+                    response_serializer=runbox_dot_executor_dot_v1_dot_executor__pb2.ExecuteBatchResponse.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
@@ -146,6 +166,33 @@ class ExecutorService:
             '/runbox.executor.v1.ExecutorService/Execute',
             runbox_dot_executor_dot_v1_dot_executor__pb2.ExecuteRequest.SerializeToString,
             runbox_dot_executor_dot_v1_dot_executor__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runbox.executor.v1.ExecutorService/ExecuteBatch',
+            runbox_dot_executor_dot_v1_dot_executor__pb2.ExecuteBatchRequest.SerializeToString,
+            runbox_dot_executor_dot_v1_dot_executor__pb2.ExecuteBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,12 @@ class ExecutorServiceStub:
     the same run id again returns the first acceptance. RESOURCE_EXHAUSTED
     when the executor is full.
     """
+    ExecuteBatch: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ExecuteBatchRequest, _executor_pb2.ExecuteBatchResponse]
+    """Accepts several runs in one call, each exactly as Execute would (idempotent
+    on run_id): one result per run, in the order asked. At most 500 runs a
+    call (INVALID_ARGUMENT above). Added in 0.3.0: a scheduler falls back to
+    Execute when an executor answers UNIMPLEMENTED.
+    """
     Cancel: _grpc.UnaryUnaryMultiCallable[_executor_pb2.CancelRequest, _executor_pb2.CancelResponse]
     """Cancels a run: SIGTERM, a grace period, then kill."""
     ListActiveRuns: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListActiveRunsRequest, _executor_pb2.ListActiveRunsResponse]
@@ -58,6 +64,12 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     """Accepts a run for execution (QUEUED). Idempotent on run_id: executing
     the same run id again returns the first acceptance. RESOURCE_EXHAUSTED
     when the executor is full.
+    """
+    ExecuteBatch: _aio.UnaryUnaryMultiCallable[_executor_pb2.ExecuteBatchRequest, _executor_pb2.ExecuteBatchResponse]  # type: ignore[assignment]
+    """Accepts several runs in one call, each exactly as Execute would (idempotent
+    on run_id): one result per run, in the order asked. At most 500 runs a
+    call (INVALID_ARGUMENT above). Added in 0.3.0: a scheduler falls back to
+    Execute when an executor answers UNIMPLEMENTED.
     """
     Cancel: _aio.UnaryUnaryMultiCallable[_executor_pb2.CancelRequest, _executor_pb2.CancelResponse]  # type: ignore[assignment]
     """Cancels a run: SIGTERM, a grace period, then kill."""
@@ -80,6 +92,18 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Accepts a run for execution (QUEUED). Idempotent on run_id: executing
         the same run id again returns the first acceptance. RESOURCE_EXHAUSTED
         when the executor is full.
+        """
+
+    @_abc_1.abstractmethod
+    def ExecuteBatch(
+        self,
+        request: _executor_pb2.ExecuteBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ExecuteBatchResponse, _abc.Awaitable[_executor_pb2.ExecuteBatchResponse]]:
+        """Accepts several runs in one call, each exactly as Execute would (idempotent
+        on run_id): one result per run, in the order asked. At most 500 runs a
+        call (INVALID_ARGUMENT above). Added in 0.3.0: a scheduler falls back to
+        Execute when an executor answers UNIMPLEMENTED.
         """
 
     @_abc_1.abstractmethod

@@ -98,7 +98,7 @@ FIRE_OUTCOME_MISSED: FireOutcome
 FIRE_OUTCOME_QUEUED: FireOutcome
 
 class Run(_message.Message):
-    __slots__ = ("id", "script", "script_version", "sha256", "execution_type", "state", "parameters", "priority", "labels", "attempt", "parent_run_id", "schedule_id", "idempotency_key", "limits", "retry", "exit", "usage", "output", "result", "artifacts", "executor_id", "create_time", "queue_time", "start_time", "finish_time", "duration", "submitted_by", "dead_lettered", "retry_run_id")
+    __slots__ = ("id", "script", "script_version", "sha256", "execution_type", "state", "parameters", "priority", "labels", "attempt", "parent_run_id", "schedule_id", "idempotency_key", "limits", "retry", "exit", "usage", "output", "result", "artifacts", "executor_id", "create_time", "queue_time", "start_time", "finish_time", "duration", "submitted_by", "dead_lettered", "retry_run_id", "due_time")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,7 @@ class Run(_message.Message):
     SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
     RETRY_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    DUE_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     script: _common_pb2.ScriptRef
     script_version: str
@@ -164,7 +165,8 @@ class Run(_message.Message):
     submitted_by: str
     dead_lettered: bool
     retry_run_id: str
-    def __init__(self, id: _Optional[str] = ..., script: _Optional[_Union[_common_pb2.ScriptRef, _Mapping]] = ..., script_version: _Optional[str] = ..., sha256: _Optional[str] = ..., execution_type: _Optional[_Union[_common_pb2.ExecutionType, str]] = ..., state: _Optional[_Union[_common_pb2.RunState, str]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., attempt: _Optional[int] = ..., parent_run_id: _Optional[str] = ..., schedule_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., limits: _Optional[_Union[_common_pb2.ResourceLimits, _Mapping]] = ..., retry: _Optional[_Union[_common_pb2.RetryPolicy, _Mapping]] = ..., exit: _Optional[_Union[_common_pb2.ExitInfo, _Mapping]] = ..., usage: _Optional[_Union[_common_pb2.ResourceUsage, _Mapping]] = ..., output: _Optional[_Union[_common_pb2.OutputTail, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., artifacts: _Optional[_Iterable[_Union[_common_pb2.Artifact, _Mapping]]] = ..., executor_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., submitted_by: _Optional[str] = ..., dead_lettered: _Optional[bool] = ..., retry_run_id: _Optional[str] = ...) -> None: ...
+    due_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., script: _Optional[_Union[_common_pb2.ScriptRef, _Mapping]] = ..., script_version: _Optional[str] = ..., sha256: _Optional[str] = ..., execution_type: _Optional[_Union[_common_pb2.ExecutionType, str]] = ..., state: _Optional[_Union[_common_pb2.RunState, str]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., attempt: _Optional[int] = ..., parent_run_id: _Optional[str] = ..., schedule_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., limits: _Optional[_Union[_common_pb2.ResourceLimits, _Mapping]] = ..., retry: _Optional[_Union[_common_pb2.RetryPolicy, _Mapping]] = ..., exit: _Optional[_Union[_common_pb2.ExitInfo, _Mapping]] = ..., usage: _Optional[_Union[_common_pb2.ResourceUsage, _Mapping]] = ..., output: _Optional[_Union[_common_pb2.OutputTail, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., artifacts: _Optional[_Iterable[_Union[_common_pb2.Artifact, _Mapping]]] = ..., executor_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queue_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., submitted_by: _Optional[str] = ..., dead_lettered: _Optional[bool] = ..., retry_run_id: _Optional[str] = ..., due_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SubmitRunRequest(_message.Message):
     __slots__ = ("script", "parameters", "priority", "timeout", "retry", "idempotency_key", "labels", "limits")

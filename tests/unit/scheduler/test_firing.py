@@ -10,7 +10,7 @@ import pytest
 
 from runbox.scheduler.v1 import scheduler_pb2 as pb
 from services.scheduler import triggers as tr
-from services.scheduler.firing import Plan, count_expired, jitter, plan, run_key
+from services.scheduler.firing.planning import Plan, count_expired, jitter, plan, run_key
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
@@ -73,7 +73,7 @@ def test_count_expired_counts_up_to_the_cutoff() -> None:
 def test_count_expired_is_capped_and_still_lands_at_the_cutoff(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("services.scheduler.firing.EXPIRED_COUNT_CAP", 50)
+    monkeypatch.setattr("services.scheduler.firing.planning.EXPIRED_COUNT_CAP", 50)
     spec = every_second(NOW - timedelta(hours=1))
     count, last, following = count_expired(spec, NOW - 100 * S, NOW - 10 * S)
     assert (count, last, following) == (50, NOW - 51 * S, NOW - 10 * S)
