@@ -210,7 +210,7 @@ class DurableConsumer:
             if not (batched and await self._dispatch_batch(messages)):
                 for msg in messages:
                     await self._dispatch(msg)
-            self.read_through = _behind(messages[-1])
+            self.read_through = _behind(messages[-1], buffered=puller.buffered())
 
     async def _dispatch_batch(self, messages: list[Msg]) -> bool:
         """The whole fetch to the batch handler; False if it failed (then each message goes
@@ -325,6 +325,12 @@ class _Puller:
     async def _arrived(self, msg: Msg) -> None:
         self._queue.put_nowait(msg)
 
+    def buffered(self) -> int:
+        """Messages the server already delivered to this process, not yet taken by
+        next_batch(): the stream's num_pending no longer counts them."""
+        in_client = self._sub.pending_msgs if self._sub is not None else 0
+        return self._queue.qsize() + in_client
+
     def wake(self) -> None:
         """Make a waiting next_batch() return (at stop)."""
         self._queue.put_nowait(None)
@@ -368,13 +374,14 @@ class _Puller:
         return False
 
 
-def _behind(msg: Msg) -> datetime | None:
-    """The stream time of `msg` if more messages wait after it, else None."""
+def _behind(msg: Msg, buffered: int = 0) -> datetime | None:
+    """The stream time of `msg` if more messages wait after it (in the stream, or already
+    delivered to this process and not handled yet), else None."""
     try:
         metadata = msg.metadata
     except Exception:  # not a JetStream message
         return None
-    return metadata.timestamp if metadata.num_pending else None
+    return metadata.timestamp if metadata.num_pending or buffered else None
 
 
 async def follow_script_changes(

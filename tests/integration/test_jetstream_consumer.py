@@ -135,3 +135,54 @@ async def test_failed_batch_is_retried_one_by_one(js: Any) -> None:
     finally:
         await consumer.stop()
     assert recorder.batches == [["a"], ["b"], ["c"]]
+
+
+async def test_read_through_counts_messages_delivered_but_not_handled(js: Any) -> None:
+    """Messages published while a batch is being handled reach this process at once (the
+    pull request is open), so the stream reports nothing pending: the consumer must still
+    say it has read only up to the handled message (the lease sweeper's cutoff), until the
+    buffered ones are handled too."""
+    context, stream, subject = js
+    entered, release, four = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    seen: list[tuple[str, object, object]] = []
+
+    async def handler(msg: Msg) -> None:
+        seen.append((msg.data.decode(), consumer.read_through, msg.metadata.timestamp))
+        if len(seen) == 4:
+            four.set()
+        if msg.data == b"first":
+            entered.set()
+            await release.wait()
+
+    consumer = DurableConsumer(
+        context,
+        stream=stream,
+        durable="test",
+        filter_subject=f"{subject}.>",
+        handler=handler,
+        batch=16,
+    )
+    await consumer.start()
+    try:
+        await context.publish(f"{subject}.x", b"first")
+        await asyncio.wait_for(entered.wait(), 10)
+        for body in (b"second", b"third"):
+            await context.publish(f"{subject}.x", body)
+        puller = consumer._puller
+        assert puller is not None
+        for _ in range(1000):  # both delivered to this process, not handled
+            if puller.buffered() >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert puller.buffered() == 2
+        release.set()
+        assert await _settled(context, stream)
+        await context.publish(f"{subject}.x", b"last")
+        await asyncio.wait_for(four.wait(), 10)
+    finally:
+        await consumer.stop()
+    assert [body for body, _, _ in seen] == ["first", "second", "third", "last"]
+    assert seen[0][1] is None
+    # After "first" two more were here, unhandled: read only up to first's stream time.
+    assert seen[1][1] == seen[0][2] is not None, seen
+    assert seen[3][1] is None, seen  # caught up again
