@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -535,8 +535,19 @@ class Schedules:
 
     @staticmethod
     async def _locked(session: AsyncSession, schedule_id: str) -> ScheduleRow:
+        """The schedule, locked for the caller's transaction. SQLite has no row locks and
+        its transaction begins at the first write, so there the first statement is a write
+        (updated_at set to itself), which takes the database's write lock: what the caller
+        reads next (the fires to withdraw) cannot change before it commits, even from
+        another scheduler on the same file."""
         if not schedule_id:
             raise InvalidArgument.field("id", "schedule id is required")
+        if session.get_bind().dialect.name == "sqlite":
+            await session.execute(
+                update(ScheduleRow)
+                .where(ScheduleRow.id == schedule_id)
+                .values(updated_at=ScheduleRow.updated_at)
+            )
         row = await session.get(ScheduleRow, schedule_id, with_for_update=True)
         if row is None:
             raise NotFound("schedule", schedule_id)

@@ -52,13 +52,15 @@ RUNS_ENCODED = Table(
 
 def due_columns() -> tuple[Any, ...]:
     """What a round reads of each due schedule. The definition comes as its stored text (not
-    decoded): it keys the caches of parsed definitions and fire bases."""
+    decoded): it keys the caches of parsed definitions and fire bases. `updated_at` is the
+    version a bulk fire's advance checks (records.insert_quick)."""
     return (
         ScheduleRow.id,
         ScheduleRow.script_name,
         ScheduleRow.next_fire_at,
         type_coerce(ScheduleRow.definition, Text).label("definition"),
         ScheduleRow.created_at,
+        ScheduleRow.updated_at,
     )
 
 

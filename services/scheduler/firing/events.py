@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
 from services.scheduler.firing.planning import iso, timestamp
@@ -84,10 +85,14 @@ class FireMessages:
     ) -> list[OutboxMessage]:
         """A FIRED fire's run SUBMITTED and schedule FIRED events, from its template (the
         run's `state` when it is not the template's, PENDING: SCHEDULED for a fire recorded
-        ahead of its time)."""
+        ahead of its time). The FIRED event of a fire recorded ahead names its run in its
+        id: that fire may be withdrawn and its nominal time fired again by another run, whose
+        FIRED event must not collide with the first's (the outbox's unique message id,
+        JetStream's duplicate window)."""
         occurred = timestamp(created)
         run_event_id = f"{run_id}:scheduler:submitted"
-        fired_id = f"schedule:{schedule_id}:{iso(nominal)}:FIRED"
+        ahead = f":{run_id}" if state == common_pb2.RUN_STATE_SCHEDULED else ""
+        fired_id = f"schedule:{schedule_id}:{iso(nominal)}{ahead}:FIRED"
         return [
             OutboxMessage(
                 f"{self.prefix}.run.{run_id}",

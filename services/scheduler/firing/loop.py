@@ -11,28 +11,28 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
-from sqlalchemy import Row, select
+from sqlalchemy import Row, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
 from services.scheduler.batches import chunks
 from services.scheduler.firing.bases import Bases, due_columns
 from services.scheduler.firing.events import FireMessages
 from services.scheduler.firing.planning import FiringSettings, Prepared, aware, iso
 from services.scheduler.firing.records import (
+    Moved,
     Quick,
     Records,
     claim,
     due,
     insert_quick,
     promote_due,
-    withdraw,
+    withdraw_staged,
 )
 from services.scheduler.firing.run_end import RunEnd
 from services.scheduler.metrics import SchedulerMetrics
-from services.scheduler.models import RunRow, ScheduleRow
+from services.scheduler.models import FireRow, RunRow, ScheduleRow
 from services.scheduler.runs import Runs, cancel_run
 from services.scheduler.schedules import ScheduleEvents, Schedules
 from shared.errors import FailedPrecondition, NotFound, Unavailable
@@ -174,10 +174,7 @@ class Firing(WakeableLoop):
         """Schedules' hook, in the transaction pausing, changing or deleting a schedule: its
         fires recorded ahead and not yet due are withdrawn (records.withdraw), their runs'
         CANCELLED events staged."""
-        for run in await withdraw(session, schedule_id, why, self._clock()):
-            await self._runs.stage_event(
-                session, run, events_pb2.RUN_EVENT_TYPE_FINISHED, "cancelled"
-            )
+        await withdraw_staged(session, self._runs, schedule_id, why, self._clock())
 
     async def _promote(self, now: datetime) -> int:
         """One statement: the SCHEDULED runs due by now become PENDING (dispatchable), and
@@ -232,8 +229,8 @@ class Firing(WakeableLoop):
                 await insert_quick(session, quick)
                 messages.extend(m for q in quick for m in q.messages)
                 await self._outbox.add_many(session, messages)
-        except IntegrityError:
-            log.info("a fire recorded ahead was recorded meanwhile: left to its time")
+        except (IntegrityError, Moved):
+            log.info("a schedule recorded ahead changed or fired meanwhile: left to its time")
             return 0
         self._outbox.committed(messages)
         for q in quick:
@@ -318,8 +315,8 @@ class Firing(WakeableLoop):
                     await insert_quick(session, quick)
                     messages.extend(m for q in quick for m in q.messages)
                 await self._outbox.add_many(session, messages)
-        except IntegrityError:
-            log.info("a fire of this round was recorded meanwhile: firing one by one")
+        except (IntegrityError, Moved):
+            log.info("a schedule of this round changed or fired meanwhile: firing one by one")
             ids = [schedule_id for schedule_id, _, _ in done] + [q.schedule_id for q in quick]
             return sum([await self._step(schedule_id) for schedule_id in ids])
         await self._committed(done, messages, now)
@@ -350,12 +347,45 @@ class Firing(WakeableLoop):
                 await self._outbox.add_many(session, messages)
         except IntegrityError:
             log.info("fire of %s already recorded", schedule_id)
+            await self._past_recorded(schedule_id, prepared)
             return 0
         except Unavailable as exc:
             log.warning("schedule %s not fired yet: %s", schedule_id, exc.message)
             return 0
         await self._committed([(schedule_id, prepared, outcome)], messages, now)
         return 1
+
+    async def _past_recorded(self, schedule_id: str, prepared: Prepared) -> None:
+        """A nominal time already has its fire record but the schedule still points at it
+        (its fire was recorded ahead and the schedule was moved back onto it, e.g. resumed
+        before a fire that should have been withdrawn): it has fired, so the schedule is
+        moved past it rather than retry it, and fail on its key, every tick. A schedule
+        already advanced (the usual case: another loop recorded it) is left alone."""
+        nominal, following = prepared.nominal, prepared.following
+        async with self._sessions() as session, session.begin():
+            moved = await session.execute(
+                update(ScheduleRow)
+                .where(ScheduleRow.id == schedule_id, ScheduleRow.next_fire_at == nominal)
+                .where(ScheduleRow.state == SS.SCHEDULE_STATE_ACTIVE)
+                .where(
+                    select(FireRow.nominal_at)
+                    .where(FireRow.schedule_id == schedule_id, FireRow.nominal_at == nominal)
+                    .exists()
+                )
+                .values(
+                    next_fire_at=following,
+                    updated_at=self._clock(),
+                    state=SS.SCHEDULE_STATE_ACTIVE
+                    if following is not None
+                    else SS.SCHEDULE_STATE_COMPLETED,
+                )
+            )
+        if getattr(moved, "rowcount", 0):
+            log.warning(
+                "schedule %s pointed at %s, which already has its fire: moved past it",
+                schedule_id,
+                iso(nominal),
+            )
 
     async def _committed(
         self,

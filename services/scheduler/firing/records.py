@@ -24,6 +24,7 @@ from sqlalchemy import Row, Table, bindparam, delete, func, insert, select, upda
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from runbox.common.v1 import common_pb2
+from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
 from services.scheduler import triggers as tr
 from services.scheduler.firing.bases import RUNS, RUNS_ENCODED, Base, Bases, due_columns
@@ -74,18 +75,28 @@ class Quick:
     messages: list[OutboxMessage]
 
 
+class Moved(Exception):
+    """A schedule of a bulk round changed (paused, updated, deleted, fired by another
+    scheduler) after the round read it: nothing of the round was written."""
+
+
 async def insert_quick(session: AsyncSession, quick: list[Quick]) -> None:
-    """Insert the runs and fire records and advance the schedules of a round's bulk fires,
-    a statement each (several rows per statement). The schedules were read in this
-    transaction (locked on servers; SQLite's writers take turns), so the advance is
-    conditional only as a guard."""
-    await session.execute(insert(RUNS_ENCODED), [q.run for q in quick])
-    await session.execute(insert(FIRES), [q.fire for q in quick])
-    await session.execute(
+    """Advance the schedules of a round's bulk fires, then insert their runs and fire
+    records, a statement each (several rows per statement). The advance comes first and
+    is the claim: it matches only a schedule still ACTIVE, at the nominal time and at the
+    version (`updated_at`) the round read. On servers the round read the schedules locked,
+    so it always matches; on SQLite a read takes no lock and the transaction begins at its
+    first write, so a scheduler on the same file may have paused, changed or fired a
+    schedule in between: the advance, the first write, sees that, and raises Moved (the
+    caller's transaction rolls back) rather than record a fire the schedule no longer
+    has. Drivers that do not count the rows of a many-row UPDATE (asyncpg) are on servers."""
+    result = await session.execute(
         update(SCHEDULES)
         .where(
             SCHEDULES.c.id == bindparam("b_id"),
+            SCHEDULES.c.state == SS.SCHEDULE_STATE_ACTIVE,
             SCHEDULES.c.next_fire_at == bindparam("b_nominal"),
+            SCHEDULES.c.updated_at == bindparam("b_updated"),
         )
         .values(
             next_fire_at=bindparam("n_next"),
@@ -95,6 +106,12 @@ async def insert_quick(session: AsyncSession, quick: list[Quick]) -> None:
         ),
         [q.advance for q in quick],
     )
+    dialect = session.get_bind().dialect
+    matched = getattr(result, "rowcount", -1)
+    if dialect.supports_sane_multi_rowcount and matched != len(quick):
+        raise Moved(f"{len(quick) - matched} of {len(quick)} schedules changed since read")
+    await session.execute(insert(RUNS_ENCODED), [q.run for q in quick])
+    await session.execute(insert(FIRES), [q.fire for q in quick])
 
 
 async def due(
@@ -189,6 +206,14 @@ async def withdraw(
     return runs
 
 
+async def withdraw_staged(
+    session: AsyncSession, runs: Runs, schedule_id: str, why: str, now: datetime
+) -> None:
+    """`withdraw`, and the withdrawn runs' CANCELLED (FINISHED) events staged."""
+    for run in await withdraw(session, schedule_id, why, now):
+        await runs.stage_event(session, run, events_pb2.RUN_EVENT_TYPE_FINISHED, "cancelled")
+
+
 async def claim(session: AsyncSession, schedule_id: str) -> ScheduleRow | None:
     query = select(ScheduleRow).where(ScheduleRow.id == schedule_id)
     if session.get_bind().dialect.name != "sqlite":
@@ -266,6 +291,7 @@ class Records:
             advance={
                 "b_id": schedule_id,
                 "b_nominal": nominal,
+                "b_updated": row.updated_at,
                 "n_next": following,
                 "n_last": nominal,
                 "n_updated": created,

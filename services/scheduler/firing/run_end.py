@@ -18,7 +18,7 @@ from runbox.scheduler.v1 import scheduler_pb2 as pb
 from services.scheduler.firing.bases import Bases, due_columns
 from services.scheduler.firing.events import FireMessages
 from services.scheduler.firing.planning import FAILED_STATES, HELD_UNTIL, aware, held, iso
-from services.scheduler.firing.records import SCHEDULES, active_runs
+from services.scheduler.firing.records import SCHEDULES, active_runs, withdraw_staged
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import FireRow, RunRow, ScheduleRow
 from services.scheduler.runs import Runs
@@ -222,6 +222,14 @@ class RunEnd:
             return
         row.next_fire_at, row.updated_at = None, self._clock()
         row.pause_reason = f"{name}d by its failure action: {reason}"
+        # As PauseSchedule does: its fires recorded ahead and not yet due are withdrawn.
+        await withdraw_staged(
+            session,
+            self._runs,
+            row.id,
+            f"the schedule was {name}d by its failure action",
+            row.updated_at,
+        )
         await self._messages.stage(
             session, kind, row, key=f"failure:{run.id}", run_id=run.id, reason=row.pause_reason
         )

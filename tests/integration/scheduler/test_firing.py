@@ -170,6 +170,13 @@ async def run_state(db: Db, run_id: str, state: int) -> bool:
     return row is not None and row.state == state
 
 
+async def due_fires(db: Db, schedule_id: str, n: int) -> bool:
+    """At least n fires due by now. Fires are recorded ahead of their time too, and a pause
+    withdraws those: only the due ones stay to be checked after it."""
+    now = datetime.now(UTC)
+    return len([f for f in await db.fires(schedule_id) if aware(f.nominal_at) <= now]) >= n
+
+
 def assert_one_run_per_fire(schedule_id: str, fires: list[FireRow], runs: list[RunRow]) -> None:
     """Every run belongs to exactly one fire (its key names the fire's nominal time)."""
     with_runs = [f for f in fires if f.run_id]
@@ -203,9 +210,7 @@ async def test_fires_once_per_nominal_time_across_a_restart(path: RunPath, db: D
     )
 
     async def count(n: int) -> bool:
-        """At least n fires due by now (fires are recorded ahead of their time too)."""
-        now = datetime.now(UTC)
-        return len([f for f in await db.fires(created.id) if aware(f.nominal_at) <= now]) >= n
+        return await due_fires(db, created.id, n)
 
     await until(lambda: count(3))
     await path.restart_scheduler(pause_s=0.5)
@@ -237,10 +242,7 @@ async def test_two_schedulers_on_one_database_fire_each_time_once(path: RunPath,
     try:
         created = await path.scheduler_stub().CreateSchedule(schedule())
 
-        async def count() -> bool:
-            return len(await db.fires(created.id)) >= 8
-
-        await until(count)
+        await until(lambda: due_fires(db, created.id, 8))
         await path.scheduler_stub().PauseSchedule(pb.PauseScheduleRequest(id=created.id))
     finally:
         await second.stop()
@@ -644,9 +646,6 @@ async def test_two_schedulers_on_a_server_database_share_fires_without_duplicate
         try:
             created = await path.scheduler_stub().CreateSchedule(schedule())
 
-            async def count() -> bool:
-                return len(await database.fires(created.id)) >= 6
-
             async def promoted() -> bool:
                 """A fire recorded ahead became PENDING when due (the locked promotion)."""
                 runs = await database.runs(created.id)
@@ -658,7 +657,7 @@ async def test_two_schedulers_on_a_server_database_share_fires_without_duplicate
                 return any(r.state == RS.RUN_STATE_SCHEDULED for r in runs)
 
             await until(ahead)
-            await until(count)
+            await until(lambda: due_fires(database, created.id, 6))
             await until(promoted)
             await path.scheduler_stub().PauseSchedule(pb.PauseScheduleRequest(id=created.id))
             fires, runs = await database.fires(created.id), await database.runs(created.id)
