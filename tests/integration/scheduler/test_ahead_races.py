@@ -19,6 +19,7 @@ from services.scheduler.firing import loop, run_key
 from services.scheduler.models import FireRow, ScheduleRow
 from tests.integration.scheduler.test_firing import (
     FO,
+    HOURLY,
     RS,
     Db,
     _starting_in,
@@ -35,6 +36,7 @@ from tests.integration.scheduler.test_firing import (
 from tests.integration.stack import RunPath
 
 __all__ = ["db", "path"]  # the fixtures
+FORBID = pb.CONCURRENCY_POLICY_FORBID
 
 
 async def _pause_elsewhere(db: Db, schedule_id: str) -> None:
@@ -194,3 +196,34 @@ async def test_fires_withdrawn_by_a_change_are_fired_again_each_once(
         run_key(created.id, aware(f.nominal_at)) for f in late
     }
     assert len(again) == len(late)
+
+
+async def test_a_schedule_pointing_at_a_recorded_fire_moves_past_it(path: RunPath, db: Db) -> None:
+    """A schedule whose next fire already has its record (left by the races above in a
+    database written before they were closed) is moved past it when due: the record stays
+    the only one of that nominal time, and the schedule is not stuck failing on its key."""
+    stub = path.scheduler_stub()
+    created = await stub.CreateSchedule(
+        schedule(HOURLY, start_time=_starting_in(2).schedule.start_time, concurrency=FORBID)
+    )
+    nominal = created.next_fire_time.ToDatetime(UTC)
+    async with db.sessions() as session, session.begin():
+        session.add(
+            FireRow(
+                schedule_id=created.id,
+                nominal_at=nominal,
+                outcome=FO.FIRE_OUTCOME_FIRED,
+                run_id=None,
+                reason="left behind",
+                recorded_at=datetime.now(UTC),
+            )
+        )
+
+    async def moved_on() -> bool:
+        row = await db.schedule(created.id)
+        return row.next_fire_at is not None and aware(row.next_fire_at) > nominal
+
+    await until(moved_on)
+    fires = await db.fires(created.id)
+    assert [(aware(f.nominal_at), f.reason) for f in fires] == [(nominal, "left behind")]
+    assert aware((await db.schedule(created.id)).next_fire_at) == nominal + timedelta(hours=1)
