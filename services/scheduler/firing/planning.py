@@ -36,10 +36,10 @@ class FiringSettings:
     # The catch-up window of a schedule without catch_up_deadline.
     default_window: timedelta = timedelta(hours=1)
     # How far ahead fires are prepared for (caches warmed); 0 turns it off.
-    lookahead: timedelta = timedelta(seconds=10)
+    lookahead: timedelta = timedelta(seconds=30)
     # How far ahead fires of ALLOW schedules are recorded, their runs SCHEDULED until due
     # (within the lookahead); 0 records every fire at its time.
-    ahead: timedelta = timedelta(seconds=5)
+    ahead: timedelta = timedelta(seconds=25)
 
 
 class Plan(enum.Enum):

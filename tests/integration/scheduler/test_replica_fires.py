@@ -50,10 +50,14 @@ SECONDS = 11
 LEAD_S = 10
 GRACE_S = 15.0
 # A short firing tick (the brief allows it); the rest as deployed (dispatch every 1 s).
+# Fires are recorded at most 2 s ahead (not the default 25 s): a window longer than half the
+# run would have every fire recorded before replica B stops, and the survivor nothing to take
+# over.
 REPLICA: dict[str, Any] = {
     "fire_tick_s": 0.2,
     "misfire_grace_s": GRACE_S,
     "dispatch_interval_s": 1.0,
+    "fire_ahead_s": 2.0,
 }
 
 
