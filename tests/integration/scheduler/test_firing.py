@@ -705,8 +705,10 @@ async def test_an_update_records_the_due_fire_it_overtakes_as_skipped(
     stub = path.scheduler_stub()
     later = timestamp_pb2.Timestamp()
     later.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
-    for _ in range(5):
+    for _ in range(20):
         created = await stub.CreateSchedule(schedule(every_s=60, start_time=later))
+        # Let the tick that the create woke end first (else it may fire what we make due).
+        await asyncio.sleep(0.3)
         due = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
         await db.set_next_fire(created.id, due)  # due now, behind the loop's back
         update = pb.UpdateScheduleRequest(
@@ -714,9 +716,14 @@ async def test_an_update_records_the_due_fire_it_overtakes_as_skipped(
             update_mask=field_mask_pb2.FieldMask(paths=["name"]),
         )
         updated = await stub.UpdateSchedule(update)
-        fires = await db.fires(created.id)
         # The loop, still busy with the create's wake-up, may claim the fire first (then
-        # it is FIRED, rightly): try again with a new schedule.
+        # it is FIRED, rightly; its claim commits before its fire record, so the record may
+        # show only after the update returned): try again with a new schedule.
+        for _ in range(50):
+            fires = await db.fires(created.id)
+            if fires:
+                break
+            await asyncio.sleep(0.1)
         if not (fires and fires[0].outcome == FO.FIRE_OUTCOME_FIRED):
             break
     assert updated.name == "renamed"
