@@ -11,13 +11,13 @@ import collections
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from runbox.common.v1 import common_pb2
 from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
 from runbox.scheduler.v1 import scheduler_pb2
 from services.scheduler.batches import BATCH_SIZE
+from tests.integration.scheduler.test_dispatch_batch import serve
 from tests.integration.scheduler.test_runs import submit_request
 from tests.integration.stack import start_run_path
 
@@ -91,10 +91,7 @@ async def test_a_burst_goes_in_one_round_of_few_batches_each_run_once(
     calls and every run is sent once; with a limit of 200 only the 200 oldest are sent
     (once each), the others stay PENDING."""
     stub_executor = Acceptor()
-    server = grpc.aio.server()
-    executor_pb2_grpc.add_ExecutorServiceServicer_to_server(stub_executor, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, port = await serve(stub_executor)
     path = await start_run_path(
         tmp_path,
         nats_server.url,
