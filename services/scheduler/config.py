@@ -44,7 +44,7 @@ class SchedulerSettings(ServiceSettings):
     # How long a run with secret parameters waits for the replica holding their values.
     secret_handoff_grace_s: float = Field(default=30.0, ge=0, le=3600)
     # Runs claimed per dispatch round, and Execute calls in flight at once within one.
-    dispatch_batch: int = Field(default=100, ge=1, le=10_000)
+    dispatch_batch: int = Field(default=1000, ge=1, le=10_000)
     dispatch_parallel: int = Field(default=16, ge=1, le=1000)
     # Backoff for an executor that answered RESOURCE_EXHAUSTED / UNAVAILABLE.
     executor_backoff_s: float = 0.5

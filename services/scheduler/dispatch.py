@@ -198,7 +198,6 @@ class Dispatcher(WakeableLoop):
             sending.append(row)
             total += 1
             active[row.script_name] = active.get(row.script_name, 0) + 1
-        await self._runs.release(held_back)
         plans = [(row, self._candidates(row)) for row in sending]
         # Where each run goes first, recorded before it is sent, should the answer be lost.
         first = {
@@ -209,7 +208,8 @@ class Dispatcher(WakeableLoop):
         await self._runs.record_attempts(first)
         answers = await self._hand_over(plans, set(first))
         accepted = [answer for answer in answers if answer is not None]
-        await self._runs.mark_dispatched_many(accepted)
+        # The answers and the release of the runs held back: one write.
+        await self._runs.mark_dispatched_many(accepted, release=held_back)
         return len(accepted)
 
     async def _hand_over(

@@ -37,6 +37,8 @@ from shared.telemetry import inject_context
 RS = common_pb2.RunState
 # States in which an executor holds a run and its lease runs.
 LEASED = (RS.RUN_STATE_QUEUED, RS.RUN_STATE_RUNNING)
+# Runs claimed per UPDATE statement (bounded IN lists).
+CLAIM_CHUNK = 1000
 
 
 def _now() -> datetime:
@@ -355,13 +357,17 @@ class Runs:
             inject_context(dict(trace_context or {})),
         )
 
-    async def mark_dispatched_many(self, accepted: Sequence[tuple[str, str, str]]) -> None:
+    async def mark_dispatched_many(
+        self, accepted: Sequence[tuple[str, str, str]], release: Sequence[str] = ()
+    ) -> None:
         """Record the executors that accepted runs ((run id, executor id, address) each) and
-        move the runs to QUEUED unless events already moved them on, in one transaction.
+        move the runs to QUEUED unless events already moved them on, in one transaction
+        (with the release of the round's runs held back, `release`: one write a round).
         Conditional UPDATEs that decide on each row's state as it is when written: the
         executor's own events may be applied meanwhile (on SQLite a read-then-write could put
         QUEUED back over them)."""
         if not accepted:
+            await self.release(release)
             return
         pending = RunRow.state == RS.RUN_STATE_PENDING
         now = _now()
@@ -369,6 +375,7 @@ class Runs:
         for run_id, executor_id, address in accepted:
             by_executor.setdefault((executor_id, address), []).append(run_id)
         async with self._sessions() as session, session.begin():
+            await self._release(session, release)
             for (executor_id, address), run_ids in by_executor.items():
                 await session.execute(
                     update(RunRow)
@@ -420,10 +427,20 @@ class Runs:
             .limit(limit)
             .with_for_update(skip_locked=True, of=RunRow)
         )
+        until = now + timedelta(seconds=claim_s)
         async with self._sessions() as session, session.begin():
             rows = (await session.scalars(query)).all()
-            for row in rows:
-                row.next_dispatch_at = now + timedelta(seconds=claim_s)
+            ids = [row.id for row in rows]
+            # The claim in one UPDATE per chunk (not one per row: rounds are large).
+            for chunk in range(0, len(ids), CLAIM_CHUNK):
+                await session.execute(
+                    update(RunRow)
+                    .where(RunRow.id.in_(ids[chunk : chunk + CLAIM_CHUNK]))
+                    .values(next_dispatch_at=until)
+                    .execution_options(synchronize_session=False)
+                )
+        for row in rows:
+            row.next_dispatch_at = until
         return rows
 
     async def release(self, run_ids: Sequence[str]) -> None:
@@ -431,11 +448,17 @@ class Runs:
         if not run_ids:
             return
         async with self._sessions() as session, session.begin():
+            await self._release(session, run_ids)
+
+    @staticmethod
+    async def _release(session: AsyncSession, run_ids: Sequence[str]) -> None:
+        if run_ids:
             await session.execute(
                 update(RunRow)
                 .where(RunRow.id.in_(list(run_ids)))
                 .where(RunRow.state == RS.RUN_STATE_PENDING)
                 .values(next_dispatch_at=None)
+                .execution_options(synchronize_session=False)
             )
 
     async def record_attempt(self, run_id: str, address: str) -> None:

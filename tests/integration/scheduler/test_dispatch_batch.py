@@ -54,6 +54,15 @@ class Proxy(executor_pb2_grpc.ExecutorServiceServicer):
         return await self.target.ListActiveRuns(request)
 
 
+async def serve(servicer: executor_pb2_grpc.ExecutorServiceServicer) -> tuple[Any, int]:
+    """A started gRPC server on loopback answering ExecutorService with `servicer`; its port."""
+    server = grpc.aio.server()
+    executor_pb2_grpc.add_ExecutorServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
 async def _burst(path: RunPath, proxy: Proxy) -> list[str]:
     """One run that the proxy holds in its round, seven submitted meanwhile (taken together
     by the next round), then the gate opened; the ids of all eight."""
@@ -77,10 +86,7 @@ async def test_round_hands_its_runs_over_in_one_batch_or_falls_back_to_execute(
     ExecuteBatch gets them one Execute each, is asked for a batch once only, and runs
     every run exactly once."""
     proxy = Proxy(batches=batches)
-    server = grpc.aio.server()
-    executor_pb2_grpc.add_ExecutorServiceServicer_to_server(proxy, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, port = await serve(proxy)
     # Under a concurrency limit runs go through dispatch rounds (no direct hand-off).
     path = await start_run_path(
         tmp_path,
