@@ -264,7 +264,13 @@ async def start_second_scheduler(
 
 
 async def downtime(path: RunPath, db: Db, schedule_ids: list[str], seconds: int) -> None:
-    """Stop the scheduler, move each schedule's next fire `seconds` back, start it again."""
+    """Stop the scheduler, move each schedule's next fire `seconds` back, start it again.
+    Only meaningful without fires recorded ahead (fire_ahead_s=0: the caller's scheduler):
+    those would sit between the moved next fire and now, so the simulated downtime would be
+    shorter than `seconds` and its nominal times already recorded."""
+    assert path.scheduler_settings.get("fire_ahead_s") == 0, (
+        "start the scheduler with fire_ahead_s=0"
+    )
     await path.scheduler.stop()
     for schedule_id in schedule_ids:
         row = await db.schedule(schedule_id)
@@ -283,6 +289,7 @@ async def test_catch_up_skip_latest_all_after_downtime(path: RunPath, db: Db) ->
     """After 30 s of downtime with a 10 s catch-up deadline and a 2 s grace: fires older than
     the deadline are one MISSED row counting them; within it SKIP records each as MISSED,
     LATEST fires only the most recent, ALL fires each; every nominal time is accounted for."""
+    await path.restart_scheduler_with(fire_ahead_s=0)  # see downtime()
     stub = path.scheduler_stub()
     deadline = duration_pb2.Duration(seconds=10)
     policies = [pb.CATCH_UP_POLICY_SKIP, pb.CATCH_UP_POLICY_LATEST, pb.CATCH_UP_POLICY_ALL]
