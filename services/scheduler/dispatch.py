@@ -63,7 +63,6 @@ class ConcurrencyLimits:
         return self.scripts.get(name, self.per_script)
 
 
-_BUSY = batches.BUSY
 # A run an executor accepted: (run id, executor id, executor address).
 Accepted = tuple[str, str, str]
 
@@ -274,7 +273,7 @@ class Dispatcher(WakeableLoop):
                 batches.Batch(executor, rows, spans), self._request, timeout_s=10
             )
             if isinstance(result, grpc.StatusCode):
-                if result not in _BUSY:
+                if result not in batches.BUSY:
                     fallback = asyncio.Semaphore(self._parallel)
 
                     async def one(row: RunRow, candidates: list[Executor]) -> Accepted | None:
@@ -306,7 +305,7 @@ class Dispatcher(WakeableLoop):
         refusal: batches.Refusal,
     ) -> Accepted | None:
         """A run of a batch the executor did not take, handled as in `_dispatch`."""
-        if refusal.code in _BUSY:
+        if refusal.code in batches.BUSY:
             self._metrics.dispatch.labels("busy").inc()
             self._back_off(executor)
             full = refusal.code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -395,7 +394,7 @@ class Dispatcher(WakeableLoop):
                 self._back_off(executor)
                 break
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in _BUSY:
+                if exc.code() in batches.BUSY:
                     self._metrics.dispatch.labels("busy").inc()
                     self._back_off(executor)
                     if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
