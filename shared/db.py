@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -273,11 +274,27 @@ def create_engine(
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")  # first: the statements below may wait on a lock
+    cursor.execute("PRAGMA journal_mode")
+    if str(cursor.fetchone()[0]).lower() != "wal":  # an in-memory database, or not migrated
+        cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def ensure_wal(database: str, busy_timeout_s: float = 30) -> None:
+    """Make a SQLite file WAL (persistent: stored in the file). Done once, at migration,
+    before the service opens other connections: switching the mode needs the file to
+    itself, and a connection switching it while another one reads or writes can fail at
+    once with "database is locked" (seen in CI), whatever its busy timeout."""
+    conn = sqlite3.connect(database, timeout=busy_timeout_s, isolation_level=None)
+    try:
+        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+        if str(mode).lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+    finally:
+        conn.close()
 
 
 def transaction_span(
@@ -397,10 +414,15 @@ def _upgrade_locked(cfg: Config) -> None:
 async def upgrade(migrations_dir: Path, url: str) -> None:
     """`alembic upgrade head`, run in a thread because env.py drives its own loop, under
     the service's database-level migration lock (shared.migration_lock): a migration job,
-    a service starting and a second replica take turns instead of racing on one schema."""
+    a service starting and a second replica take turns instead of racing on one schema.
+    A SQLite file is made WAL here, before the service opens its connections."""
+    sqlite_file = None
     if make_url(url).get_backend_name() == "sqlite":
         database = make_url(url).database
         if database and database != ":memory:":
+            sqlite_file = database
             Path(database).parent.mkdir(parents=True, exist_ok=True)
     async with migration_lock(engine_url(url), migrations_dir.parent.name):
         await asyncio.to_thread(_upgrade_locked, alembic_config(migrations_dir, url))
+        if sqlite_file is not None:
+            await asyncio.to_thread(ensure_wal, sqlite_file)

@@ -65,12 +65,9 @@ class SqliteOutboxWriter:
                 isolation_level=None,  # transactions are explicit
                 check_same_thread=False,  # created and used in the writer thread only
             )
-            # The service's engine made the file WAL at start (migrations). Setting the mode
-            # again takes a lock without waiting on the busy timeout ("database is locked"
-            # while the relay writes, seen in CI), so it is set only if it is not WAL yet.
-            (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
-            if str(mode).lower() != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
+            # The file is WAL since the service's migration (shared.db.ensure_wal, stored in
+            # the file). Not switched here: switching while the relay reads or writes fails
+            # at once with "database is locked" (seen in CI), whatever the busy timeout.
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             self._conn = conn
         return self._conn

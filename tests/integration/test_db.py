@@ -4,7 +4,10 @@ moving as the engine is used."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -12,7 +15,17 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from shared.db import DatabaseMetrics, UTCDateTime, create_engine, key_string, statement_kind
+from services.executor.outbox_writer import SqliteOutboxWriter
+from services.executor.server import MIGRATIONS as EXECUTOR_MIGRATIONS
+from shared.db import (
+    DatabaseMetrics,
+    UTCDateTime,
+    create_engine,
+    key_string,
+    statement_kind,
+    upgrade,
+)
+from shared.outbox import OutboxMessage
 from shared.settings import DatabaseSettings
 
 POOL = {"service": "svc", "pool": "main"}
@@ -165,3 +178,33 @@ async def test_timestamps_and_keys_behave_alike_on_every_dialect(database_url: s
         assert [k for (k,) in ordered] == ["Name", "name", "name "]
     finally:
         await engine.dispose()
+
+
+async def test_migration_makes_a_sqlite_file_wal_before_the_service_opens_it(
+    tmp_path: Path,
+) -> None:
+    """CI once failed an Execute with "database is locked": the migrated file was still in
+    rollback-journal mode, so the executor's outbox writer switched it to WAL on its first
+    use while the relay held a lock. The switch is made once, at migration, so no
+    connection the service opens later has to."""
+    path = tmp_path / "executor.db"
+    await upgrade(EXECUTOR_MIGRATIONS, f"sqlite+aiosqlite:///{path}")
+    fresh = sqlite3.connect(path)
+    try:
+        assert fresh.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        fresh.close()
+    # The relay holds the write lock when the writer is first used: the writer waits for it.
+    relay = sqlite3.connect(path, isolation_level=None)
+    relay.execute("BEGIN IMMEDIATE")
+    writer = SqliteOutboxWriter(str(path), busy_timeout_s=10)
+    try:
+        staged = asyncio.create_task(writer.insert([OutboxMessage("s", "m1", b"x")]))
+        await asyncio.sleep(0.3)
+        assert not staged.done()
+        relay.execute("COMMIT")
+        await staged
+        assert await writer.created_at("m1") is not None
+    finally:
+        relay.close()
+        await writer.close()
