@@ -99,7 +99,6 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -376,32 +375,48 @@ def spawn_helper() -> None:
 # --- gRPC -------------------------------------------------------------------------------------
 
 
+class Child:
+    """This file run as a child process (`--child ...`), talking over its stdin and stdout;
+    closing its stdin tells it to end."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        assert proc.stdin is not None and proc.stdout is not None
+        self.stdin, self.stdout = proc.stdin, proc.stdout
+
+    async def line(self) -> str:
+        return (await self.stdout.readline()).decode().strip()
+
+    async def close(self) -> bytes:
+        """Ends the child; what it wrote after its last line read."""
+        self.stdin.close()
+        try:
+            rest = await asyncio.wait_for(self.stdout.read(), 10)
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            raise
+        return rest
+
+
 @contextlib.asynccontextmanager
-async def grpc_server(variant: str, token: str) -> AsyncIterator[tuple[subprocess.Popen[str], int]]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--child", "grpc", variant, hash_token(token)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+async def child_process(*argv: str) -> AsyncIterator[Child]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--child",
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
         cwd=ROOT,
     )
+    child = Child(proc)
     try:
-        assert proc.stdout is not None
-        port = int(await asyncio.to_thread(proc.stdout.readline))
-        yield proc, port
+        yield child
     finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.stdin is not None:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        if proc.returncode is None:
+            await child.close()
 
 
 def client_channel(variant: str, address: str, token: str) -> grpc.aio.Channel:
@@ -417,7 +432,8 @@ async def grpc_variant(variant: str, size: Sizes) -> dict[str, dict[str, float]]
     metadata = None if variant == "runbox" else (("authorization", f"Bearer {token}"),)
     request = pb.SubmitRunRequest(script=common_pb2.ScriptRef(name="noop"))
     watch = pb.WatchRunRequest(id="run")
-    async with grpc_server(variant, token) as (server, port):
+    async with child_process("grpc", variant, hash_token(token)) as server:
+        port = int(await server.line())
         channel = client_channel(variant, f"127.0.0.1:{port}", token)
         async with channel:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
@@ -432,9 +448,9 @@ async def grpc_variant(variant: str, size: Sizes) -> dict[str, dict[str, float]]
             out = {}
             for name, op, count in (("unary", unary, size.unary), ("stream", stream, size.stream)):
                 await timed(size.warmup, op)
-                client0, server0 = self_cpu(), pid_cpu(server.pid)
+                client0, server0 = self_cpu(), pid_cpu(server.proc.pid)
                 samples = await timed(count, op)
-                client1, server1 = self_cpu(), pid_cpu(server.pid)
+                client1, server1 = self_cpu(), pid_cpu(server.proc.pid)
                 out[f"grpc_{name}_{variant}"] = {
                     "client_cpu_us": per_op_us(client1 - client0, count),
                     "server_cpu_us": per_op_us(server1 - server0, count),
@@ -477,7 +493,9 @@ class Publisher:
 async def jetstream_part(nats_url: str, nats_pid: int, size: Sizes) -> dict[str, dict[str, float]]:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    await jetstream.ensure_stream(js, NatsSettings(url=nats_url, stream=STREAM, subjects_prefix=PREFIX))
+    await jetstream.ensure_stream(
+        js, NatsSettings(url=nats_url, stream=STREAM, subjects_prefix=PREFIX)
+    )
     publisher = Publisher(js, f"{PREFIX}.publish.run")
     await timed(size.warmup, publisher.one)
     own0, server0 = self_cpu(), pid_cpu(nats_pid)
@@ -491,26 +509,9 @@ async def jetstream_part(nats_url: str, nats_pid: int, size: Sizes) -> dict[str,
         }
     }
     durable = f"floor-{uuid.uuid4().hex[:8]}"
-    consumer = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--child",
-            "consume",
-            nats_url,
-            durable,
-            str(size.warmup),
-            str(size.consume),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert consumer.stdout is not None
-    try:
-        line = await asyncio.to_thread(consumer.stdout.readline)
-        if line.strip() != "ready":
+    consumer_argv = ("consume", nats_url, durable, str(size.warmup), str(size.consume))
+    async with child_process(*consumer_argv) as consumer:
+        if (line := await consumer.line()) != "ready":
             raise RuntimeError(f"consumer: {line!r}")
         publisher = Publisher(js, f"{PREFIX}.{durable}.run")
 
@@ -519,15 +520,13 @@ async def jetstream_part(nats_url: str, nats_pid: int, size: Sizes) -> dict[str,
             await asyncio.sleep(CONSUME_GAP_S)
 
         await timed(size.warmup, paced)
-        if (await asyncio.to_thread(consumer.stdout.readline)).strip() != "warm":
-            raise RuntimeError("consumer: no warm line")
-        cpu0, server0 = pid_cpu(consumer.pid), pid_cpu(nats_pid)
+        if (line := await consumer.line()) != "warm":
+            raise RuntimeError(f"consumer: {line!r}")
+        cpu0, server0 = pid_cpu(consumer.proc.pid), pid_cpu(nats_pid)
         await timed(size.consume, paced)
-        result = json.loads(await asyncio.to_thread(consumer.stdout.readline))
-        cpu1, server1 = pid_cpu(consumer.pid), pid_cpu(nats_pid)
-    finally:
-        stop(consumer)
-        await nc.close()
+        result = json.loads(await consumer.line())
+        cpu1, server1 = pid_cpu(consumer.proc.pid), pid_cpu(nats_pid)
+    await nc.close()
     out["jetstream_consume"] = {
         "consumer_cpu_us": per_op_us(cpu1 - cpu0, size.consume),
         "nats_server_cpu_us_with_publish": per_op_us(server1 - server0, size.consume),
@@ -690,7 +689,8 @@ async def spawn_part(size: Sizes) -> dict[str, dict[str, float]]:
         await proc.wait()
 
     async def with_posix_spawn() -> None:
-        os.waitpid(os.posix_spawn(TRUE, [TRUE], {}), 0)
+        # Blocking on purpose: the cheapest way a process can start and reap another.
+        os.waitpid(os.posix_spawn(TRUE, [TRUE], {}), 0)  # noqa: ASYNC221, ASYNC222
 
     await measure("asyncio", lambda: with_asyncio([TRUE]))
     chain = limited_argv()
@@ -702,34 +702,24 @@ async def spawn_part(size: Sizes) -> dict[str, dict[str, float]]:
 
 
 async def spawn_with_helper(size: Sizes) -> dict[str, float]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        __file__,
-        "--child",
-        "spawn-helper",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    stdin, stdout = proc.stdin, proc.stdout
+    warmup = size.warmup // 5 + 1
     request = f"{TRUE}\n".encode()
+    async with child_process("spawn-helper") as helper:
 
-    async def op() -> None:
-        stdin.write(request)
-        await stdout.readline()
+        async def op() -> None:
+            helper.stdin.write(request)
+            await helper.stdout.readline()
 
-    await timed(size.warmup // 5 + 1, op)
-    own0, helper0 = self_cpu(), pid_cpu(proc.pid)
-    samples = await timed(size.spawn, op)
-    own1, helper1 = self_cpu(), pid_cpu(proc.pid)
-    # The helper's children's CPU over the warm-up and the measured spawns.
-    stdin.close()
-    kids = float((await stdout.read()).split()[-1])
-    await proc.wait()
+        await timed(warmup, op)
+        own0, helper0 = self_cpu(), pid_cpu(helper.proc.pid)
+        samples = await timed(size.spawn, op)
+        own1, helper1 = self_cpu(), pid_cpu(helper.proc.pid)
+        # The helper's children's CPU over the warm-up and the measured spawns.
+        kids = float((await helper.close()).split()[-1])
     return {
         "parent_cpu_us": per_op_us(own1 - own0, size.spawn),
         "helper_cpu_us": per_op_us(helper1 - helper0, size.spawn),
-        "child_cpu_us": per_op_us(kids, size.spawn + size.warmup // 5 + 1),
+        "child_cpu_us": per_op_us(kids, size.spawn + warmup),
         "latency_p50_us": p50_us(samples),
     }
 
@@ -758,16 +748,24 @@ class Paths:
 
 
 TODAY = Paths(
-    rpc="runbox", scheduler_commit="sqlite_orm_async", executor_commit="sqlite_raw_thread", spawn="spawn_asyncio"
+    rpc="runbox",
+    scheduler_commit="sqlite_orm_async",
+    executor_commit="sqlite_raw_thread",
+    spawn="spawn_asyncio",
 )
 
 
 def cheapest(p: dict[str, dict[str, float]]) -> Paths:
+    """Each kind of work at its cheapest measured path (CPU of the services' side)."""
+    rpc = min(
+        GRPC_VARIANTS,
+        key=lambda v: p[f"grpc_unary_{v}"]["client_cpu_us"] + p[f"grpc_unary_{v}"]["server_cpu_us"],
+    )
     commits = [f"sqlite_{name}" for name in SQLITE_PATHS]
     commit = min(commits, key=lambda k: p[k]["cpu_us"])
     spawns = [k for k in p if k.startswith("spawn_") and k != "spawn_asyncio_limited"]
     spawn = min(spawns, key=lambda k: spawn_service_cpu(p[k]))
-    return Paths(rpc="plain", scheduler_commit=commit, executor_commit=commit, spawn=spawn)
+    return Paths(rpc=rpc, scheduler_commit=commit, executor_commit=commit, spawn=spawn)
 
 
 def spawn_service_cpu(figures: dict[str, float]) -> float:
@@ -853,7 +851,9 @@ def compose(p: dict[str, dict[str, float]]) -> dict[str, Any]:
 # --- main -------------------------------------------------------------------------------------
 
 
-async def one_round(tmp: Path, server: natsd.NatsServer, size: Sizes) -> dict[str, dict[str, float]]:
+async def one_round(
+    tmp: Path, server: natsd.NatsServer, size: Sizes
+) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for variant in GRPC_VARIANTS:
         log(f"grpc {variant}")
