@@ -45,24 +45,25 @@ CPU is utime + stime: getrusage(RUSAGE_SELF) for this process, the sum of
 /proc/<pid>/task/*/schedstat run times (the same time at ns resolution; /proc/<pid>/stat
 counts 10 ms ticks) for child processes. Latency is wall time per operation, p50.
 
-Per-run counts (RUN_COUNTS) were measured on main at 10170db by instrumenting a real round
-trip (benchmarks/scheduler.py's setup, backend local, SQLite, 100 runs at 1 in flight): the
-services' /metrics deltas (runbox_<svc>_rpc_requests_total, runbox_db_pool_checkouts_total,
-runbox_db_query_duration_seconds_count), the JetStream stream's message count and the
-durable consumers' delivered counts, a count of the executor outbox writer's calls, and the
-WatchRun replies seen by the client. Per run: SubmitRun and WatchRun (client -> scheduler),
-ResolveVersion (scheduler -> catalogue), Execute (scheduler -> executor); 4 JetStream
-events (SUBMITTED by the scheduler, QUEUED, STARTED, FINISHED by the executor), each consumed
-by the scheduler's durable consumer; 7.8 SQLAlchemy transactions in the scheduler (6.6
-SELECT, 3.3 UPDATE, 2.0 INSERT statements); in the executor 3 outbox-writer commits, 1 lookup,
-0.24 SQLAlchemy transactions (the relay's marks); 3.6 WatchRun messages; one spawn.
+Per-run counts (RUN_COUNTS) were measured by benchmarks/floor_counts.py on main at 10170db
+(a real round trip: benchmarks/scheduler.py's setup, backend local, SQLite, 100 runs at 1 in
+flight; the services' /metrics deltas, JetStream stream and consumer counts, the executor's
+outbox writer calls, the WatchRun messages the client got). Per run: SubmitRun and WatchRun
+(client -> scheduler), ResolveVersion (scheduler -> catalogue), Execute (scheduler ->
+executor); 4 RunEvents published (SUBMITTED by the scheduler, QUEUED, STARTED, FINISHED by
+the executor), each consumed by the scheduler's durable consumer; 7.8 SQLAlchemy transactions
+in the scheduler (6.6 SELECT, 3.3 UPDATE, 2.0 INSERT statements); in the executor 3
+outbox-writer commits, 1 lookup and 0.24 SQLAlchemy transactions (the relay's marks); 3.6
+WatchRun messages; one spawn. `--counts FILE` takes a floor_counts.py line instead (and puts
+its measured CPU per service and idle CPU beside the floor).
 
 Composition (assumptions):
 
-- floor_cpu_ms_per_run: the three services' side of every primitive at those counts, each
-  service using the path it uses today: SubmitRun's and WatchRun's server side (the stream
-  set-up once, plus one more stream message's worth per further message, approximated by
-  (stream - unary server CPU) each), ResolveVersion and Execute (client and server side), the
+- floor_cpu_ms_per_run (and _by_service): the three services' side of every primitive at
+  those counts, each service using the path it uses today: SubmitRun's and WatchRun's
+  server side (the stream set-up once, plus one more stream message's worth per further
+  message, approximated by (stream - unary server CPU) each), ResolveVersion and Execute
+  (client and server side), the
   4 publishes (publisher side) and 4 consumptions, 7.8 orm_async transactions (scheduler),
   4 raw_thread transactions (executor) + 0.24 orm_async, and the spawn's parent side
   (asyncio). The benchmark client's side of SubmitRun / WatchRun, nats-server and the
@@ -71,12 +72,13 @@ Composition (assumptions):
   besides these primitives (protobuf <-> domain, state machine, building events, asyncio
   tasks, logging, metrics outside the interceptor) is what the floor leaves out: the
   measured total minus the floor is the design's share.
-- floor_cpu_ms_per_run_lean: the same counts, each at the cheapest measured path
-  (plain gRPC, raw_thread commits, the cheapest spawn): what the counts alone cost.
-- floor_cpu_ms_per_run_minimal: the fewest primitives a durable run through three services
-  and JetStream needs (MINIMAL_COUNTS): SubmitRun, Execute, one WatchRun message, one
-  commit per durable state change in each service (submit, accept, finish, apply), 2
-  events published and consumed (QUEUED / FINISHED), one spawn, all at the cheapest path.
+- floor_cpu_ms_per_run_lean: the same counts, each kind of work at the measured path with
+  the least CPU (gRPC setup, SQLite path, spawn; `lean_paths`): what the counts alone cost.
+- floor_cpu_ms_per_run_minimal: the fewest primitives a durable run through two services
+  and JetStream needs (MINIMAL_COUNTS), at those cheapest paths: SubmitRun, Execute, one
+  WatchRun message, one commit per durable state change in each service (scheduler: submit,
+  apply the end; executor: accept, finish), one event published and consumed (FINISHED: the
+  acceptance is Execute's answer), one spawn; no catalogue call (a cached version).
 - floor_latency_ms_c1: the critical path at 1 in flight, p50s added: SubmitRun's request
   half (unary / 2), ResolveVersion, the submit commit, Execute (answered after the QUEUED
   commit), the spawn, the FINISHED commit, JetStream publish -> delivered to the consumer,
@@ -84,9 +86,10 @@ Composition (assumptions):
   opening and STARTED overlap the run and are left out. `_lean` the same at the cheapest
   paths.
 
-Progress on stderr; one JSON line on stdout. Default ~2-3 minutes; --smoke ~10 s.
+Progress on stderr; one JSON line on stdout. Default ~1.5-2 minutes; --smoke ~15 s.
 
-    .venv/bin/python benchmarks/floor.py [--rounds 3] [--scale 1.0] [--smoke]
+    .venv/bin/python benchmarks/floor_counts.py > counts.json   # optional, ~40 s
+    .venv/bin/python benchmarks/floor.py [--counts counts.json] [--rounds 3] [--scale 1.0]
 """
 
 from __future__ import annotations
@@ -167,8 +170,8 @@ MINIMAL_COUNTS: dict[str, float] = {
     "rpc_resolveversion": 0,
     "rpc_execute": 1,
     "jetstream_publishes_scheduler": 0,
-    "jetstream_publishes_executor": 2,
-    "jetstream_consumptions_scheduler": 2,
+    "jetstream_publishes_executor": 1,
+    "jetstream_consumptions_scheduler": 1,
     "sqlite_transactions_scheduler_orm": 2,
     "sqlite_transactions_executor_raw_thread": 2,
     "sqlite_transactions_executor_orm": 0,
@@ -775,29 +778,49 @@ def spawn_service_cpu(figures: dict[str, float]) -> float:
 
 def cpu_breakdown_us(
     p: dict[str, dict[str, float]], counts: dict[str, float], paths: Paths
-) -> dict[str, float]:
-    """The three services' CPU per run, by primitive, in µs."""
+) -> dict[str, dict[str, float]]:
+    """The three services' CPU per run, by service and primitive, in µs."""
     unary, stream = p[f"grpc_unary_{paths.rpc}"], p[f"grpc_stream_{paths.rpc}"]
+    # A WatchRun of n messages: the one-message stream, plus (stream - unary) per further one.
     extra_message = max(stream["server_cpu_us"] - unary["server_cpu_us"], 0.0)
-    watch = counts["rpc_watchrun_streams"] * stream["server_cpu_us"] + extra_message * max(
-        counts["rpc_watchrun_messages"] - counts["rpc_watchrun_streams"], 0
-    )
-    both_sides = unary["client_cpu_us"] + unary["server_cpu_us"]
-    publishes = counts["jetstream_publishes_scheduler"] + counts["jetstream_publishes_executor"]
+    further = max(counts["rpc_watchrun_messages"] - counts["rpc_watchrun_streams"], 0)
+    publish = p["jetstream_publish"]["publisher_cpu_us"]
+    orm, raw = p[paths.scheduler_commit]["cpu_us"], p[paths.executor_commit]["cpu_us"]
     return {
-        "rpc_submitrun_server": counts["rpc_submitrun"] * unary["server_cpu_us"],
-        "rpc_watchrun_server": watch,
-        "rpc_resolveversion": counts["rpc_resolveversion"] * both_sides,
-        "rpc_execute": counts["rpc_execute"] * both_sides,
-        "jetstream_publish": publishes * p["jetstream_publish"]["publisher_cpu_us"],
-        "jetstream_consume": counts["jetstream_consumptions_scheduler"]
-        * p["jetstream_consume"]["consumer_cpu_us"],
-        "sqlite_scheduler": counts["sqlite_transactions_scheduler_orm"]
-        * p[paths.scheduler_commit]["cpu_us"],
-        "sqlite_executor": counts["sqlite_transactions_executor_raw_thread"]
-        * p[paths.executor_commit]["cpu_us"]
-        + counts["sqlite_transactions_executor_orm"] * p[paths.scheduler_commit]["cpu_us"],
-        "spawn_parent": counts["spawns"] * spawn_service_cpu(p[paths.spawn]),
+        "scheduler": {
+            "rpc_submitrun_server": counts["rpc_submitrun"] * unary["server_cpu_us"],
+            "rpc_watchrun_server": counts["rpc_watchrun_streams"] * stream["server_cpu_us"]
+            + further * extra_message,
+            "rpc_resolveversion_client": counts["rpc_resolveversion"] * unary["client_cpu_us"],
+            "rpc_execute_client": counts["rpc_execute"] * unary["client_cpu_us"],
+            "jetstream_publish": counts["jetstream_publishes_scheduler"] * publish,
+            "jetstream_consume": counts["jetstream_consumptions_scheduler"]
+            * p["jetstream_consume"]["consumer_cpu_us"],
+            "sqlite": counts["sqlite_transactions_scheduler_orm"] * orm,
+        },
+        "catalogue": {
+            "rpc_resolveversion_server": counts["rpc_resolveversion"] * unary["server_cpu_us"],
+        },
+        "executor": {
+            "rpc_execute_server": counts["rpc_execute"] * unary["server_cpu_us"],
+            "jetstream_publish": counts["jetstream_publishes_executor"] * publish,
+            "sqlite": counts["sqlite_transactions_executor_raw_thread"] * raw
+            + counts["sqlite_transactions_executor_orm"] * orm,
+            "spawn_parent": counts["spawns"] * spawn_service_cpu(p[paths.spawn]),
+        },
+    }
+
+
+def total_ms(breakdown: dict[str, dict[str, float]]) -> float:
+    return round(sum(sum(parts.values()) for parts in breakdown.values()) / 1000, 2)
+
+
+def by_service_ms(breakdown: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each service's floor, its total first, in ms."""
+    return {
+        service: {"total": round(sum(parts.values()) / 1000, 3)}
+        | {name: round(us / 1000, 3) for name, us in parts.items()}
+        for service, parts in breakdown.items()
     }
 
 
@@ -819,27 +842,26 @@ def latency_ms(p: dict[str, dict[str, float]], paths: Paths) -> float:
     return round(sum(steps) / 1000, 2)
 
 
-def compose(p: dict[str, dict[str, float]]) -> dict[str, Any]:
+def compose(p: dict[str, dict[str, float]], counts: dict[str, float]) -> dict[str, Any]:
     lean = cheapest(p)
-    today = cpu_breakdown_us(p, RUN_COUNTS, TODAY)
-    lean_cpu = cpu_breakdown_us(p, RUN_COUNTS, lean)
+    today = cpu_breakdown_us(p, counts, TODAY)
+    lean_cpu = cpu_breakdown_us(p, counts, lean)
     minimal = cpu_breakdown_us(p, MINIMAL_COUNTS, lean)
     unary = p["grpc_unary_runbox"]
     outside = {
         "client_submitrun_watchrun": unary["client_cpu_us"]
         + p["grpc_stream_runbox"]["client_cpu_us"],
-        "nats_server": (RUN_COUNTS["jetstream_consumptions_scheduler"])
+        "nats_server": counts["jetstream_consumptions_scheduler"]
         * p["jetstream_consume"]["nats_server_cpu_us_with_publish"],
         "spawned_process": p[TODAY.spawn]["child_cpu_us"],
     }
-    ms = {k: round(v / 1000, 3) for k, v in today.items()}
     return {
-        "per_run_counts": RUN_COUNTS,
+        "per_run_counts": counts,
         "minimal_counts": MINIMAL_COUNTS,
-        "floor_cpu_ms_per_run": round(sum(today.values()) / 1000, 2),
-        "floor_cpu_ms_per_run_by_primitive": ms,
-        "floor_cpu_ms_per_run_lean": round(sum(lean_cpu.values()) / 1000, 2),
-        "floor_cpu_ms_per_run_minimal": round(sum(minimal.values()) / 1000, 2),
+        "floor_cpu_ms_per_run": total_ms(today),
+        "floor_cpu_ms_per_run_by_service": by_service_ms(today),
+        "floor_cpu_ms_per_run_lean": total_ms(lean_cpu),
+        "floor_cpu_ms_per_run_minimal": total_ms(minimal),
         "floor_latency_ms_c1": latency_ms(p, TODAY),
         "floor_latency_ms_c1_lean": latency_ms(p, lean),
         "lean_paths": vars(lean),
@@ -869,6 +891,7 @@ async def one_round(
 
 async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     size = sizes(args.smoke, args.scale)
+    counted = read_counts(args.counts)
     server = natsd.start(tmp / "nats")
     try:
         rounds = []
@@ -884,7 +907,38 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "rounds": args.rounds,
         "ops_per_round": vars(size),
         "primitives": primitives,
-        **compose(primitives),
+        **compose(primitives, run_counts(counted)),
+        **measured(counted),
+    }
+
+
+def read_counts(path: Path | None) -> dict[str, Any] | None:
+    """The line of floor_counts.py in the file, if one is given."""
+    if path is None:
+        return None
+    line: dict[str, Any] = json.loads(path.read_text().strip().splitlines()[-1])
+    missing = set(RUN_COUNTS) - set(line.get("counts", {}))
+    if missing:
+        raise SystemExit(f"--counts {path}: no {sorted(missing)}")
+    return line
+
+
+def run_counts(line: dict[str, Any] | None) -> dict[str, float]:
+    """RUN_COUNTS, or those of a floor_counts.py line."""
+    if line is None:
+        return RUN_COUNTS
+    return {key: float(line["counts"][key]) for key in RUN_COUNTS}
+
+
+def measured(line: dict[str, Any] | None) -> dict[str, Any]:
+    """What the real round trip of a floor_counts.py line cost per run, beside the floor:
+    CPU per service and each service's idle CPU per second (timers, sweeps)."""
+    if line is None:
+        return {}
+    return {
+        "measured_roundtrip_p50_ms_c1": line["roundtrip_p50_ms"],
+        "measured_cpu_ms_per_run_by_service": line["cpu_ms_per_run"],
+        "measured_idle_cpu_ms_per_s": line["idle_cpu_ms_per_s"],
     }
 
 
@@ -893,6 +947,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="default 3 (--smoke: 1)")
     parser.add_argument("--scale", type=float, default=1.0, help="operations per primitive x this")
     parser.add_argument("--smoke", action="store_true", help="a small size, for tests")
+    parser.add_argument(
+        "--counts",
+        type=Path,
+        help="a line of benchmarks/floor_counts.py: its per-run counts instead of RUN_COUNTS",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds is None:
