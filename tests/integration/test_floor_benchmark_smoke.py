@@ -65,7 +65,7 @@ def run(script: Path, *argv: str, timeout: float) -> dict[str, Any]:
 
 def test_smoke_prints_every_primitive_and_the_floor() -> None:
     """--smoke: one round of every primitive, the per-run counts and the composed floors."""
-    line = run(SCRIPT, "--smoke", timeout=120)
+    line = run(SCRIPT, "--smoke", timeout=110)
 
     assert line["benchmark"] == "floor"
     assert line["rounds"] == 1
@@ -109,7 +109,7 @@ def test_counts_smoke_counts_each_primitive_of_a_noop_run() -> None:
     """floor_counts.py --smoke: the counts under floor.py's keys; a no-op run is one of each
     RPC, one spawn, four RunEvents published (the executor's three through its outbox writer)
     and consumed by the scheduler."""
-    line = run(COUNTS, "--smoke", timeout=180)
+    line = run(COUNTS, "--smoke", timeout=110)
 
     assert line["benchmark"] == "floor_counts"
     assert line["runs"] == 20
