@@ -147,19 +147,20 @@ STREAM = "FLOOR"
 PREFIX = "floor.events"
 CONSUME_GAP_S = 0.003
 
-# Per run, measured as the module docstring says (main at 10170db, 100 runs at 1 in flight).
+# Per run, measured as the module docstring says (floor_counts.py on main at 10170db, 100 runs
+# at 1 in flight, 2026-12-05 06:47 UTC, load average 5.5).
 RUN_COUNTS: dict[str, float] = {
     "rpc_submitrun": 1,
     "rpc_watchrun_streams": 1,
-    "rpc_watchrun_messages": 3.56,
+    "rpc_watchrun_messages": 3.58,
     "rpc_resolveversion": 1,
     "rpc_execute": 1,
-    "jetstream_publishes_scheduler": 1,
-    "jetstream_publishes_executor": 3,
+    "jetstream_publishes_scheduler": 1.04,
+    "jetstream_publishes_executor": 3.02,
     "jetstream_consumptions_scheduler": 4,
-    "sqlite_transactions_scheduler_orm": 7.8,
-    "sqlite_transactions_executor_raw_thread": 4,
-    "sqlite_transactions_executor_orm": 0.24,
+    "sqlite_transactions_scheduler_orm": 7.81,
+    "sqlite_transactions_executor_raw_thread": 3.99,
+    "sqlite_transactions_executor_orm": 0.26,
     "spawns": 1,
 }
 # The fewest a durable run through scheduler, executor and JetStream needs.

@@ -13,7 +13,7 @@ runs, divided by their number:
 - the executor's outbox writer calls (its own sqlite3 connection, not SQLAlchemy, so not in
   the metrics): the executor runs under this file's `--executor-probe`, which counts
   SqliteOutboxWriter.insert (a commit each) and created_at (a lookup each), then runs
-  `services.executor` unchanged;
+  `services.executor` unchanged (it has imported this file's modules first: start-up only);
 - JetStream: messages added to the stream, RunEvents by type (a core subscription on the
   subjects), and messages delivered to each durable consumer;
 - CPU (utime + stime) per run of each service and of nats-server, and each service's CPU per
