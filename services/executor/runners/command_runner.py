@@ -110,10 +110,8 @@ def environment(job: Job, work: Path, path: str) -> dict[str, str]:
     """A clean environment: nothing of the executor's own, the run's inputs as files and
     RUNBOX_PARAM_* variables (secrets included: env is one of their two doors)."""
     params_file, secrets_file = (work / name for name in INPUT_FILES)
-    params_file.write_text(json.dumps(job.parameters))
-    fd = os.open(secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(job.secrets, f)
+    _write(params_file, json.dumps(job.parameters).encode(), 0o644)
+    _write(secrets_file, json.dumps(job.secrets).encode(), 0o600)
     env = {
         "PATH": path,
         "HOME": str(work),
@@ -128,6 +126,17 @@ def environment(job: Job, work: Path, path: str) -> dict[str, str]:
     for name, value in {**job.parameters, **job.secrets}.items():
         env["RUNBOX_PARAM_" + name.upper()] = value if isinstance(value, str) else json.dumps(value)
     return env
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """A new file of the run's work dir (the umask applies to `mode`, as to open())."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 @dataclass
