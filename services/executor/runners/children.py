@@ -59,17 +59,19 @@ class _Pipe(asyncio.Protocol):
 
 
 async def read_pipes(
-    pipes: dict[str, IO[bytes]], on_output: Callable[[str, bytes], object]
-) -> tuple[asyncio.Future[list[None]], list[asyncio.BaseTransport]]:
+    pipes: dict[str, IO[bytes]],
+    on_output: Callable[[str, bytes], object],
+    transports: list[asyncio.BaseTransport],
+) -> asyncio.Future[list[None]]:
     """Read each named pipe on the loop until EOF, chunks to on_output(name, chunk): a future
-    done when every pipe reached EOF, and the transports (closed by the caller)."""
+    done when every pipe reached EOF. Each pipe's transport is added to `transports` as soon
+    as it exists, so the caller closes every one even if this is interrupted."""
     loop = asyncio.get_running_loop()
     ends: list[asyncio.Future[None]] = []
-    transports: list[asyncio.BaseTransport] = []
     for name, pipe in pipes.items():
         closed: asyncio.Future[None] = loop.create_future()
         ends.append(closed)
         protocol = functools.partial(_Pipe, functools.partial(on_output, name), closed)
         transport, _ = await loop.connect_read_pipe(protocol, pipe)
         transports.append(transport)
-    return asyncio.gather(*ends), transports
+    return asyncio.gather(*ends)

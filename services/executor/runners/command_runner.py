@@ -207,10 +207,10 @@ class CommandRunner:
         exited = watch_exit(proc)
         self._active[job.run_id] = _Active(proc, exited)
         assert proc.stdout is not None and proc.stderr is not None
-        pumps, transports = await read_pipes(
-            {"stdout": proc.stdout, "stderr": proc.stderr}, on_output
-        )
+        transports: list[asyncio.BaseTransport] = []
         try:
+            pipes = {"stdout": proc.stdout, "stderr": proc.stderr}
+            pumps = await read_pipes(pipes, on_output, transports)
             await on_started(started)
             done, _ = await asyncio.wait({exited}, timeout=job.limits.timeout_s)
             timed_out = not done
@@ -227,8 +227,10 @@ class CommandRunner:
             )
         finally:
             kill_group(proc, signal.SIGKILL)  # whatever the command left in its group
-            for transport in transports:  # closes the pipes
+            for transport in transports:
                 transport.close()
+            for pipe in (proc.stdout, proc.stderr):  # any not handed to a transport
+                pipe.close()
             self._active.pop(job.run_id, None)
             self._cancelled.discard(job.run_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from pathlib import Path
@@ -22,9 +23,11 @@ async def test_exit_gives_the_status_and_the_childs_own_usage_and_reaps_it() -> 
     """The wait4 status and rusage of the child itself; it is reaped (no zombie left)."""
     proc = spawn("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exit 3")
     chunks: list[tuple[str, bytes]] = []
-    ended, transports = await read_pipes(
+    transports: list[asyncio.BaseTransport] = []
+    ended = await read_pipes(
         {"stdout": proc.stdout, "stderr": proc.stderr},  # type: ignore[dict-item]
         lambda name, data: chunks.append((name, data)),
+        transports,
     )
     status, usage = await watch_exit(proc)
     await ended
@@ -45,9 +48,11 @@ async def test_pipes_hand_on_every_chunk_by_stream_until_both_end() -> None:
     def sink(name: str, data: bytes) -> None:
         chunks[name] += data
 
-    ended, transports = await read_pipes(
+    transports: list[asyncio.BaseTransport] = []
+    ended = await read_pipes(
         {"stdout": proc.stdout, "stderr": proc.stderr},  # type: ignore[dict-item]
         sink,
+        transports,
     )
     await ended
     for transport in transports:
