@@ -28,6 +28,7 @@ from services.executor.config import ExecutorSettings
 from services.executor.runners import workdir
 from services.executor.runners.base import FR, RS, Job, Outcome, OutputSink, StartedHook
 from services.executor.runners.children import ExitStatus, read_pipes, watch_exit
+from services.executor.runners.forkserver import Child, ForkServer
 from services.executor.runners.job_config import execution_config, referenced, render
 from services.executor.runners.local_runner import kill_group, rlimits
 from services.executor.runners.protocol import outcome_from
@@ -139,9 +140,12 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
+Launched = subprocess.Popen[bytes] | Child
+
+
 @dataclass
 class _Active:
-    proc: subprocess.Popen[bytes]
+    proc: Launched
     exited: asyncio.Future[ExitStatus]
 
 
@@ -157,11 +161,15 @@ class CommandRunner:
         self._work_dir = Path(settings.work_dir) / "commands"
         self._active: dict[str, _Active] = {}
         self._cancelled: set[str] = set()
-        # setpriv + prlimit when they are here, else Python shims started ahead of demand
-        # (runners/shim.py): either way no interpreter start-up on the run's path.
-        self._util_linux = util_linux(settings.local.launcher)
+        # A fork server started once (runners/forkserver.py), or setpriv + prlimit, or Python
+        # shims started ahead of demand (runners/shim.py): no interpreter start-up per run.
+        launcher = settings.local.launcher
+        self._fork_server = (
+            ForkServer(self._work_dir) if launcher in ("auto", "fork-server") else None
+        )
+        self._util_linux = util_linux() if launcher == "util-linux" else None
         self._shims: WarmProcesses[subprocess.Popen[bytes]] = WarmProcesses(
-            0 if self._util_linux else settings.local.warm_shims,
+            settings.local.warm_shims if launcher == "python" else 0,
             start=self._start_shim,
             alive=shim_alive,
             discard=discard_shim,
@@ -204,7 +212,7 @@ class CommandRunner:
         except OSError as exc:
             return Outcome.infrastructure(f"could not start {command.argv[0]}: {exc.strerror}")
         started = datetime.now(UTC)
-        exited = watch_exit(proc)
+        exited = proc.exited if isinstance(proc, Child) else watch_exit(proc)
         self._active[job.run_id] = _Active(proc, exited)
         assert proc.stdout is not None and proc.stderr is not None
         transports: list[asyncio.BaseTransport] = []
@@ -216,7 +224,11 @@ class CommandRunner:
             timed_out = not done
             if timed_out:
                 kill_group(proc, signal.SIGKILL)
-            status, usage = await exited
+            try:
+                status, usage = await exited
+            except OSError as exc:  # the fork server died (and the command with it)
+                return Outcome.infrastructure(f"{command.argv[0]}: {exc}")
+            proc.returncode = os.waitstatus_to_exitcode(status)
             await _drain(proc, pumps)
             return outcome_from(
                 _trailer(status, usage, started),
@@ -263,8 +275,11 @@ class CommandRunner:
 
     async def _spawn(
         self, command: Command, work: Path, env: dict[str, str], limits: dict[str, int]
-    ) -> subprocess.Popen[bytes]:
-        """The command under its shim (a fresh Python shim if the warm one died meanwhile)."""
+    ) -> Launched:
+        """The command forked by the fork server, or under its shim (a fresh Python shim if
+        the warm one died meanwhile)."""
+        if self._fork_server is not None:
+            return await self._fork_server.spawn(command.argv, work, env, limits)
         if self._util_linux:
             return start_limited(self._util_linux, command.argv, work, env, limits)
         proc = await self._shims.take()
@@ -283,9 +298,11 @@ class CommandRunner:
         await self._shims.close()
         for active in list(self._active.values()):
             kill_group(active.proc, signal.SIGKILL)
+        if self._fork_server is not None:
+            self._fork_server.close()
 
 
-async def _drain(proc: subprocess.Popen[bytes], pumps: asyncio.Future[Any]) -> None:
+async def _drain(proc: Launched, pumps: asyncio.Future[Any]) -> None:
     """Let the output end; a background child still holding the pipes dies with the group."""
     done, _ = await asyncio.wait({pumps}, timeout=DRAIN_S)
     if not done:

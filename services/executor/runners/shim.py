@@ -56,19 +56,15 @@ PRLIMIT_OPTIONS = {
 }
 
 
-def util_linux(launcher: str) -> tuple[str, str] | None:
-    """setpriv and prlimit, if the launcher setting lets them be used and both are here."""
-    if launcher == "python":
-        return None
+def util_linux() -> tuple[str, str]:
+    """setpriv and prlimit (local.launcher util-linux): start-up fails if either is missing."""
     setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
     if setpriv and prlimit and _works(setpriv, prlimit):
         return setpriv, prlimit
-    if launcher == "util-linux":
-        raise ValueError(
-            "local.launcher is util-linux but setpriv (2.33 or later, for --pdeathsig) or "
-            "prlimit is not on PATH"
-        )
-    return None
+    raise ValueError(
+        "local.launcher is util-linux but setpriv (2.33 or later, for --pdeathsig) or "
+        "prlimit is not on PATH"
+    )
 
 
 def _works(setpriv: str, prlimit: str) -> bool:

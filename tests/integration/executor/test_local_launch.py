@@ -32,7 +32,7 @@ PROBE = (
     "print(os.getpid(), os.getpgid(0), resource.getrlimit(resource.RLIMIT_AS)[0],\n"
     "      resource.getrlimit(resource.RLIMIT_CORE)[0], sig.value)\n"
 )
-LAUNCHERS = ["util-linux", "python"]
+LAUNCHERS = ["fork-server", "util-linux", "python"]
 
 pytestmark = pytest.mark.skipif(PYTHON3 is None, reason="no python3 on the scripts' PATH")
 
@@ -191,10 +191,13 @@ def output(stream, data):
 
 async def main():
     await runner.execute(job("true"), lambda s, d: None, started)
-    warm = 0 if kind == "local" and runner._util_linux else 2
+    warm = 2 if kind == "shell" or launcher == "python" else 0
     while pool.idle < warm:
         await asyncio.sleep(0.01)
-    print(json.dumps([p.pid for p in pool.idle_processes()]), flush=True)
+    helpers = [p.pid for p in pool.idle_processes()]
+    if kind == "local" and runner._fork_server is not None:
+        helpers.append(runner._fork_server.pid)
+    print(json.dumps(helpers), flush=True)
     await runner.execute(job("echo $$; exec sleep 300"), output, started)
 
 asyncio.run(main())
@@ -202,7 +205,8 @@ asyncio.run(main())
 
 
 @pytest.mark.parametrize(
-    ("kind", "launcher"), [("shell", "auto"), ("local", "util-linux"), ("local", "python")]
+    ("kind", "launcher"),
+    [("shell", "auto"), ("local", "fork-server"), ("local", "util-linux"), ("local", "python")],
 )
 async def test_runs_and_warm_processes_die_with_an_executor_killed_by_sigkill(
     tmp_path: Path, kind: str, launcher: str
@@ -224,7 +228,7 @@ async def test_runs_and_warm_processes_die_with_an_executor_killed_by_sigkill(
         assert proc.stdout is not None
         idle = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
         script = int(await asyncio.wait_for(proc.stdout.readline(), 30))
-        assert len(idle) == (0 if (kind, launcher) == ("local", "util-linux") else 2)
+        assert len(idle) == {"fork-server": 1, "util-linux": 0}.get(launcher, 2)
         assert all(running(pid) for pid in [*idle, script])
         proc.kill()
         await proc.wait()
