@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -686,15 +687,26 @@ class RunboxClient:
 
 
 def services_cpu(services: list[Process]) -> dict[str, float]:
-    """CPU seconds per service (utime + stime), and of the executor's reaped children (the
-    runs' processes: /bin/true)."""
+    """CPU seconds per service (utime + stime), and of the executor's children (the runs'
+    processes, /bin/true, and a long-lived helper of the executor's that starts them: the
+    local fork server, with the commands it reaped)."""
     out: dict[str, float] = {}
     for service in services:
         own, children = proc_cpu(service.proc.pid)
         out[service.name] = own
         if service.name == "executor":
-            out["executor_children"] = children
+            out["executor_children"] = children + live_children_cpu(service.proc.pid)
     return out
+
+
+def live_children_cpu(pid: int) -> float:
+    """CPU seconds of a process's live children and of the children they reaped."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += sum(proc_cpu(int(child)))
+    return total
 
 
 def cpu_per_run(before: dict[str, float], after: dict[str, float], runs: int) -> dict[str, Any]:
