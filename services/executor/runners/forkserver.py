@@ -145,7 +145,9 @@ class ForkServer:
         self._sock: socket.socket | None = None
         self._buffer = b""
         self._ids = 0
-        self._starts: dict[int, asyncio.Future[int]] = {}
+        # Per request id: the pid and its exit's future (made when the pid arrives, which may
+        # be in the same read as the exit itself).
+        self._starts: dict[int, asyncio.Future[tuple[int, asyncio.Future[ExitStatus]]]] = {}
         self._exits: dict[int, asyncio.Future[ExitStatus]] = {}
 
     @property
@@ -186,7 +188,7 @@ class ForkServer:
         assert self._sock is not None
         loop = asyncio.get_running_loop()
         self._ids += 1
-        started: asyncio.Future[int] = loop.create_future()
+        started: asyncio.Future[tuple[int, asyncio.Future[ExitStatus]]] = loop.create_future()
         self._starts[self._ids] = started
         body = json.dumps(
             {"id": self._ids, "argv": argv, "cwd": str(cwd), "env": env, "rlimits": limits}
@@ -203,16 +205,16 @@ class ForkServer:
             finally:
                 os.close(out_w)
                 os.close(err_w)
-            pid = await started
+            pid, exited = await started
         except BaseException:
             self._starts.pop(self._ids, None)
             os.close(out_r)
             os.close(err_r)
             if started.done() and not started.cancelled() and started.exception() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(started.result(), signal.SIGKILL)  # started, then cancelled
+                    os.killpg(started.result()[0], signal.SIGKILL)  # started, then cancelled
             raise
-        return Child(pid, _reader(out_r), _reader(err_r), self._exits[pid])
+        return Child(pid, _reader(out_r), _reader(err_r), exited)
 
     def _readable(self) -> None:
         assert self._sock is not None
@@ -234,18 +236,17 @@ class ForkServer:
         if "id" in message:
             started = self._starts.pop(message["id"], None)
             if "pid" in message:
-                self._exits[message["pid"]] = loop.create_future()
-            if started is None or started.done():
-                return
-            if "pid" in message:
-                started.set_result(message["pid"])
-            else:
+                exited: asyncio.Future[ExitStatus] = loop.create_future()
+                self._exits[message["pid"]] = exited
+                if started is not None and not started.done():
+                    started.set_result((message["pid"], exited))
+            elif started is not None and not started.done():
                 code = message["errno"]
                 started.set_exception(OSError(code, os.strerror(code)))
             return
-        exited = self._exits.pop(message["pid"], None)
-        if exited is not None and not exited.done():
-            exited.set_result((message["status"], resource.struct_rusage(message["rusage"])))
+        ended = self._exits.pop(message["pid"], None)
+        if ended is not None and not ended.done():
+            ended.set_result((message["status"], resource.struct_rusage(message["rusage"])))
 
     def _lost(self) -> None:
         """The server is gone (its commands died with it): every waiter learns so."""
