@@ -167,6 +167,8 @@ class CommandRunner:
         self._fork_server = (
             ForkServer(self._work_dir) if launcher in ("auto", "fork-server") else None
         )
+        if self._fork_server is not None and self._commands:
+            self._fork_server.start()  # ahead of the first run (none can run without commands)
         self._util_linux = util_linux() if launcher == "util-linux" else None
         self._shims: WarmProcesses[subprocess.Popen[bytes]] = WarmProcesses(
             settings.local.warm_shims if launcher == "python" else 0,

@@ -136,13 +136,15 @@ class Child:
 
 
 class ForkServer:
-    """The executor's end of one fork server, started on first use from the event loop's
-    thread (PR_SET_PDEATHSIG follows the thread that started it) and again if it died."""
+    """The executor's end of one fork server, started ahead of the first run (or by it) and
+    again if it died, always from the executor's main or event loop thread: the server's
+    PR_SET_PDEATHSIG follows the thread that started it."""
 
     def __init__(self, base: Path) -> None:
         self._base = base
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
+        self._reading = False  # its answers are read on the loop (from the first run on)
         self._buffer = b""
         self._ids = 0
         # Per request id: the pid and its exit's future (made when the pid arrives, which may
@@ -155,7 +157,7 @@ class ForkServer:
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> None:
-        """Start the server (if it is not running) and read its answers on the loop."""
+        """Start the server if it is not running (no event loop needed)."""
         if self._sock is not None:
             return
         self._base.mkdir(parents=True, exist_ok=True)
@@ -178,7 +180,6 @@ class ForkServer:
             theirs.close()
         ours.settimeout(SEND_TIMEOUT_S)
         self._sock = ours
-        asyncio.get_running_loop().add_reader(ours.fileno(), self._readable)
 
     async def spawn(
         self, argv: list[str], cwd: Path, env: dict[str, str], limits: dict[str, int]
@@ -187,6 +188,9 @@ class ForkServer:
         self.start()
         assert self._sock is not None
         loop = asyncio.get_running_loop()
+        if not self._reading:
+            loop.add_reader(self._sock.fileno(), self._readable)
+            self._reading = True
         self._ids += 1
         started: asyncio.Future[tuple[int, asyncio.Future[ExitStatus]]] = loop.create_future()
         self._starts[self._ids] = started
@@ -262,8 +266,10 @@ class ForkServer:
     def close(self) -> None:
         """Stop reading, end the server (its commands die with it) and reap it."""
         if self._sock is not None:
-            with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            if self._reading:
+                with contextlib.suppress(RuntimeError):
+                    asyncio.get_running_loop().remove_reader(self._sock.fileno())
+                self._reading = False
             self._sock.close()
             self._sock = None
             self._buffer = b""
