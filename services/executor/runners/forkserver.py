@@ -192,10 +192,11 @@ class ForkServer:
             loop.add_reader(self._sock.fileno(), self._readable)
             self._reading = True
         self._ids += 1
+        request = self._ids
         started: asyncio.Future[tuple[int, asyncio.Future[ExitStatus]]] = loop.create_future()
-        self._starts[self._ids] = started
+        self._starts[request] = started
         body = json.dumps(
-            {"id": self._ids, "argv": argv, "cwd": str(cwd), "env": env, "rlimits": limits}
+            {"id": request, "argv": argv, "cwd": str(cwd), "env": env, "rlimits": limits}
         ).encode()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -206,12 +207,16 @@ class ForkServer:
                     [struct.pack("!I", len(body))], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
                 )
                 self._sock.sendall(body)
+            except OSError:
+                del self._starts[request]
+                self.close()  # gone or stuck: the next run starts a fresh one
+                raise
             finally:
                 os.close(out_w)
                 os.close(err_w)
             pid, exited = await started
         except BaseException:
-            self._starts.pop(self._ids, None)
+            self._starts.pop(request, None)
             os.close(out_r)
             os.close(err_r)
             if started.done() and not started.cancelled() and started.exception() is None:
@@ -222,14 +227,14 @@ class ForkServer:
 
     def _readable(self) -> None:
         assert self._sock is not None
-        try:
-            data = self._sock.recv(65536, socket.MSG_DONTWAIT)
+        try:  # os.read: the socket's timeout (for sends) would make recv wait
+            data = os.read(self._sock.fileno(), 65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
         if not data:
-            self._lost()
+            self.close()
             return
         *lines, self._buffer = (self._buffer + data).split(b"\n")
         for line in lines:
@@ -252,9 +257,9 @@ class ForkServer:
         if ended is not None and not ended.done():
             ended.set_result((message["status"], resource.struct_rusage(message["rusage"])))
 
-    def _lost(self) -> None:
-        """The server is gone (its commands died with it): every waiter learns so."""
-        self.close()
+    def close(self) -> None:
+        """End the server (its commands die with it); every run waiting on it learns so."""
+        self._stop()
         gone = OSError("the local fork server ended")
         waiters: list[asyncio.Future[Any]] = [*self._starts.values(), *self._exits.values()]
         for future in waiters:
@@ -263,8 +268,8 @@ class ForkServer:
         self._starts.clear()
         self._exits.clear()
 
-    def close(self) -> None:
-        """Stop reading, end the server (its commands die with it) and reap it."""
+    def _stop(self) -> None:
+        """Stop reading, end the server and reap it."""
         if self._sock is not None:
             if self._reading:
                 with contextlib.suppress(RuntimeError):
