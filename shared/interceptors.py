@@ -62,8 +62,9 @@ class RpcMetrics:
 
 class _Method:
     """What the interceptor resolves once per method rather than per call: the permission
-    it needs, whether it is served in a trace context, its metric children, and the
-    wrapped handler (grpc.aio looks the same handler object up for every call)."""
+    it needs, where its trace context comes from (None: none, or OpenTelemetry's server
+    interceptor made one), its metric children, and the wrapped handler (grpc.aio looks the
+    same handler object up for every call)."""
 
     __slots__ = (
         "_by_code",
@@ -71,16 +72,16 @@ class _Method:
         "_requests",
         "name",
         "permission",
-        "traced",
+        "spans",
         "wrapped",
     )
 
     def __init__(
-        self, name: str, permission: str | None, traced: bool, metrics: RpcMetrics
+        self, name: str, permission: str | None, spans: ServerSpans | None, metrics: RpcMetrics
     ) -> None:
         self.name = name
         self.permission = permission
-        self.traced = traced
+        self.spans = spans
         self._requests = metrics.requests
         self._by_code: dict[grpc.StatusCode, Any] = {}  # a code's child on its first call
         self._latency = metrics.latency.labels(name)
@@ -135,7 +136,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
             entry = self._methods[details.method] = _Method(
                 details.method,
                 self._permissions.get(details.method),
-                self._spans is not None and not is_health_check(details.method),
+                None if is_health_check(details.method) else self._spans,
                 self._metrics,
             )
         wrapped = entry.wrapped
@@ -166,28 +167,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
             )
         return handler
 
-    def _admit(self, entry: _Method, context: grpc.aio.ServicerContext[Any, Any]) -> object:
-        """Enter the RPC's trace context (the token to leave it, or None), then authenticate
-        and authorize the caller: the principal becomes current_principal()."""
-        metadata = dict(context.invocation_metadata() or ())
-        token = self._spans.enter(entry.name, metadata) if entry.traced else None  # type: ignore[union-attr]
+    def _authorize(self, entry: _Method, metadata: Mapping[str, Any]) -> Principal | None:
         if entry.permission == PUBLIC:
-            _principal.set(None)
-            return token
-        try:
-            principal = self._auth.authenticate(metadata.get("authorization"))
-            if entry.permission is None:
-                raise PermissionDenied(f"method {entry.name} is not open to any permission")
-            require(principal, entry.permission)
-        except BaseException:
-            self._leave(token)
-            raise
-        _principal.set(principal)
-        return token
-
-    def _leave(self, token: object) -> None:
-        if token is not None:
-            ServerSpans.leave(token)
+            return None
+        principal = self._auth.authenticate(metadata.get("authorization"))
+        if entry.permission is None:
+            raise PermissionDenied(f"method {entry.name} is not open to any permission")
+        require(principal, entry.permission)
+        return principal
 
     async def _answer(
         self,
@@ -214,9 +201,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            token = None
+            metadata = dict(context.invocation_metadata() or ())
+            token = entry.spans.enter(entry.name, metadata) if entry.spans else None
             try:
-                token = self._admit(entry, context)
+                _principal.set(self._authorize(entry, metadata))
                 timeout = context.time_remaining()
                 if timeout is None:
                     timeout = self._default_deadline
@@ -235,7 +223,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
                 code = _code_of(exc)
                 await self._answer(entry.name, context, exc, code)
             finally:
-                self._leave(token)
+                if token is not None:
+                    ServerSpans.leave(token)
                 entry.observe(code, started)
 
         return wrapped
@@ -250,9 +239,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
         ) -> AsyncIterator[Any]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            token = None
+            metadata = dict(context.invocation_metadata() or ())
+            token = entry.spans.enter(entry.name, metadata) if entry.spans else None
             try:
-                token = self._admit(entry, context)
+                _principal.set(self._authorize(entry, metadata))
                 async for item in behaviour(request, context):
                     yield item
             except asyncio.CancelledError:
@@ -262,7 +252,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
                 code = _code_of(exc)
                 await self._answer(entry.name, context, exc, code)
             finally:
-                self._leave(token)
+                if token is not None:
+                    ServerSpans.leave(token)
                 entry.observe(code, started)
 
         return wrapped
