@@ -116,7 +116,9 @@ class ServerSpans:
         self._random = getattr(self._ids, "is_trace_id_random", lambda: False)()
         self._random_flag = int(getattr(trace.TraceFlags, "RANDOM_TRACE_ID", 0))
 
-    def enter(self, method: str, metadata: Mapping[str, str]) -> object:
+    def enter(
+        self, method: str, metadata: Mapping[str, str]
+    ) -> contextvars.Token[otel_context.Context]:
         """Make the span context of an RPC of `method` current (the caller's trace comes from
         its metadata); returns the token to leave() it with."""
         parent = propagate.extract(metadata)
@@ -139,8 +141,8 @@ class ServerSpans:
         return otel_context.attach(trace.set_span_in_context(span, parent))
 
     @staticmethod
-    def leave(token: object) -> None:
-        otel_context.detach(token)  # type: ignore[arg-type]
+    def leave(token: contextvars.Token[otel_context.Context]) -> None:
+        otel_context.detach(token)
 
 
 def otlp_exporter(env: Mapping[str, str]) -> SpanExporter | None:
