@@ -237,9 +237,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def WatchRun(
         self, request: scheduler_pb2.WatchRunRequest, context: Ctx
     ) -> AsyncIterator[scheduler_pb2.WatchRunResponse]:
-        row = await self._runs.get(request.id)
-        queue = self._watchers.subscribe(row.id)
+        # Subscribed before the first read: a change committed just after it is queued, not
+        # missed until the next poll.
+        queue = self._watchers.subscribe(request.id)
         try:
+            row = await self._runs.get(request.id)
             yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row))
             last = row.state
             while not sm.is_terminal(last):
