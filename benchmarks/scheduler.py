@@ -70,7 +70,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -192,9 +192,12 @@ class Env:
     part: str = ""  # names each service's database and log file
     started: list[Process] = field(default_factory=list)
 
-    async def spawn(self, name: str, label: str = "", **extra: str) -> Process:
+    async def spawn(
+        self, name: str, label: str = "", *, command: Sequence[str] = (), **extra: str
+    ) -> Process:
         """`python -m services.<name>` on a free loopback port, healthy, logging to a file;
-        label (default name) names its instance id and log file (replicas of one service)."""
+        label (default name) names its instance id and log file (replicas of one service);
+        `command` replaces `-m services.<name>` (a wrapper that runs the module itself)."""
         label = label or name
         port = natsd.free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOX_")}
@@ -212,7 +215,8 @@ class Env:
         )
         env.update(extra)
         log_file = self.tmp / f"{label}-{self.part}.log"
-        proc = launch([sys.executable, "-m", f"services.{name}"], env, log_file)
+        argv = list(command) or ["-m", f"services.{name}"]
+        proc = launch([sys.executable, *argv], env, log_file)
         process = Process(name, proc, f"127.0.0.1:{port}")
         self.started.append(process)
         await asyncio.to_thread(wait_healthy, process.address, proc, log_file, 60)
