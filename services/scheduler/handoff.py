@@ -19,8 +19,10 @@ import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import exists, or_, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runbox.common.v1.common_pb2 import RunState as RS
@@ -68,23 +70,50 @@ async def claim_in(session: AsyncSession, row: RunRow) -> None:
     if handoff is None or not handoff.candidates:
         return
     now = datetime.now(UTC)
+    if await session.scalar(_blocked(row.script_name, row.id, row.priority, row.created_at, now)):
+        return
+    _claimed(row, handoff, now)
+
+
+def claim_values(conn: Connection, handoff: Handoff | None, values: dict[str, Any]) -> bool:
+    """`claim_in` for a run inserted from its column `values` on a Core connection (the
+    hand-off is passed in: this may run in another thread, where context variables are not
+    the submitting task's); True if `values` were claimed."""
+    if handoff is None or not handoff.candidates:
+        return False
+    now = datetime.now(UTC)
+    blocked = _blocked(
+        values["script_name"], values["id"], values["priority"], values["created_at"], now
+    )
+    if conn.scalar(blocked):
+        return False
+    values["next_dispatch_at"] = now + timedelta(seconds=handoff.claim_s)
+    values["executor_address"] = handoff.candidates[0].address
+    values["dispatch_attempted_at"] = now
+    return True
+
+
+def _blocked(script: str, run_id: str, priority: int, created_at: datetime, now: datetime) -> Any:
+    """One SELECT: is the script quarantined, or a dispatchable run ahead of this one?"""
     quarantined = exists().where(
-        QuarantineRow.script_name == row.script_name, QuarantineRow.released_at.is_(None)
+        QuarantineRow.script_name == script, QuarantineRow.released_at.is_(None)
     )
     ahead = exists().where(
         RunRow.state == RS.RUN_STATE_PENDING,
         or_(RunRow.next_dispatch_at.is_(None), RunRow.next_dispatch_at <= now),
-        RunRow.id != row.id,
+        RunRow.id != run_id,
         RunRow.script_name.not_in(
             select(QuarantineRow.script_name).where(QuarantineRow.released_at.is_(None))
         ),
         or_(
-            RunRow.priority > row.priority,
-            (RunRow.priority == row.priority) & (RunRow.created_at <= row.created_at),
+            RunRow.priority > priority,
+            (RunRow.priority == priority) & (RunRow.created_at <= created_at),
         ),
     )
-    if await session.scalar(select(or_(quarantined, ahead))):
-        return
+    return select(or_(quarantined, ahead))
+
+
+def _claimed(row: RunRow, handoff: Handoff, now: datetime) -> None:
     row.next_dispatch_at = now + timedelta(seconds=handoff.claim_s)
     row.executor_address = handoff.candidates[0].address
     row.dispatch_attempted_at = now
