@@ -16,8 +16,8 @@ top; a submit or an applied event costs several. Here:
   sees), the function runs through `AsyncConnection.run_sync` on the service's async engine:
   one greenlet, the driver's own async I/O.
 
-Each transaction is a "db.transaction <service>" span inside a traced operation, as session
-transactions are (shared.db_tracing)."""
+Each write is a "db.transaction <service>" span inside a traced operation, as a session's
+`begin()` transactions are (shared.db_tracing)."""
 
 from __future__ import annotations
 
@@ -84,12 +84,12 @@ class Transactions:
                     self._turn.release()
 
     async def read(self, fn: Work[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """`fn(conn, *args)` in a transaction that is rolled back (it must not write)."""
-        with transaction_scope(self._span):
-            if self._thread is None:
-                async with self._engine.connect() as conn:
-                    return await conn.run_sync(fn, *args, **kwargs)
-            return await self._in_thread(False, fn, *args, **kwargs)
+        """`fn(conn, *args)` in a transaction that is rolled back (it must not write); not
+        traced, as a session's reads outside `begin()` are not."""
+        if self._thread is None:
+            async with self._engine.connect() as conn:
+                return await conn.run_sync(fn, *args, **kwargs)
+        return await self._in_thread(False, fn, *args, **kwargs)
 
     async def _in_thread(
         self, immediate: bool, fn: Work[P, T], *args: P.args, **kwargs: P.kwargs

@@ -260,8 +260,7 @@ class Runs:
         return _dict(limits)
 
     async def _by_key(self, key: str) -> RunRow | None:
-        async with self._sessions() as session:
-            return await session.scalar(select(RunRow).where(RunRow.idempotency_key == key))
+        return await self._tx.read(_by_key, key)
 
     async def get(self, run_id: str) -> RunRow:
         if not run_id:
@@ -760,6 +759,12 @@ class Runs:
 def _by_id(conn: Connection, run_id: str) -> RunRow | None:
     """A run by id, as an object of no session."""
     stored = conn.execute(select(RUNS).where(RUNS.c.id == run_id)).mappings().first()
+    return None if stored is None else RunRow(**stored)
+
+
+def _by_key(conn: Connection, key: str) -> RunRow | None:
+    """The run of an idempotency key, as an object of no session."""
+    stored = conn.execute(select(RUNS).where(RUNS.c.idempotency_key == key)).mappings().first()
     return None if stored is None else RunRow(**stored)
 
 
