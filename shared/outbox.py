@@ -99,6 +99,7 @@ class Outbox:
         marker: Marker | None = None,
     ) -> None:
         self._table = table
+        self._insert = insert(table)
         # How sent rows get their published_at: an UPDATE through `sessions` unless the
         # service has a cheaper way into its own table (the executor's SQLite writer).
         self._marker = marker or self._mark_rows
@@ -145,7 +146,7 @@ class Outbox:
         """`add_many` on a Core connection (shared.db_transactions): the caller hands what it
         committed to `committed()`, or calls `notify()`."""
         if messages:
-            conn.execute(insert(self._table), _rows(messages))
+            conn.execute(self._insert, _rows(messages))
 
     @staticmethod
     def staged_in(session: AsyncSession) -> int:

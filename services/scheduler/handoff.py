@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, or_, select
+from sqlalchemy import bindparam, exists, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -72,7 +72,10 @@ async def claim_in(session: AsyncSession, row: RunRow) -> None:
     now = datetime.now(UTC)
     if await session.scalar(_blocked(row.script_name, row.id, row.priority, row.created_at, now)):
         return
-    _claimed(row, handoff, now)
+    row.next_dispatch_at = now + timedelta(seconds=handoff.claim_s)
+    row.executor_address = handoff.candidates[0].address
+    row.dispatch_attempted_at = now
+    handoff.claimed = row.id
 
 
 def claim_values(conn: Connection, handoff: Handoff | None, values: dict[str, Any]) -> bool:
@@ -82,10 +85,14 @@ def claim_values(conn: Connection, handoff: Handoff | None, values: dict[str, An
     if handoff is None or not handoff.candidates:
         return False
     now = datetime.now(UTC)
-    blocked = _blocked(
-        values["script_name"], values["id"], values["priority"], values["created_at"], now
-    )
-    if conn.scalar(blocked):
+    params = {
+        "script": values["script_name"],
+        "run_id": values["id"],
+        "priority": values["priority"],
+        "created_at": values["created_at"],
+        "now": now,
+    }
+    if conn.scalar(_BLOCKED, params):
         return False
     values["next_dispatch_at"] = now + timedelta(seconds=handoff.claim_s)
     values["executor_address"] = handoff.candidates[0].address
@@ -93,7 +100,7 @@ def claim_values(conn: Connection, handoff: Handoff | None, values: dict[str, An
     return True
 
 
-def _blocked(script: str, run_id: str, priority: int, created_at: datetime, now: datetime) -> Any:
+def _blocked(script: Any, run_id: Any, priority: Any, created_at: Any, now: Any) -> Any:
     """One SELECT: is the script quarantined, or a dispatchable run ahead of this one?"""
     quarantined = exists().where(
         QuarantineRow.script_name == script, QuarantineRow.released_at.is_(None)
@@ -113,8 +120,11 @@ def _blocked(script: str, run_id: str, priority: int, created_at: datetime, now:
     return select(or_(quarantined, ahead))
 
 
-def _claimed(row: RunRow, handoff: Handoff, now: datetime) -> None:
-    row.next_dispatch_at = now + timedelta(seconds=handoff.claim_s)
-    row.executor_address = handoff.candidates[0].address
-    row.dispatch_attempted_at = now
-    handoff.claimed = row.id
+# Built once, for the hot path (its cache key is computed once).
+_BLOCKED = _blocked(
+    bindparam("script"),
+    bindparam("run_id"),
+    bindparam("priority"),
+    bindparam("created_at"),
+    bindparam("now"),
+)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from google.protobuf import json_format, timestamp_pb2
-from sqlalchemy import Table, case, func, insert, select, update
+from sqlalchemy import Table, bindparam, case, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -42,6 +42,18 @@ LEASED = (RS.RUN_STATE_QUEUED, RS.RUN_STATE_RUNNING)
 # Runs claimed per UPDATE statement (bounded IN lists).
 CLAIM_CHUNK = 1000
 RUNS = cast(Table, RunRow.__table__)
+# The hot path's statements, built once (their cache keys are computed once, not per call).
+_INSERT = insert(RUNS)
+_BY_ID = select(RUNS).where(RUNS.c.id == bindparam("run_id"))
+_BY_KEY = select(RUNS).where(RUNS.c.idempotency_key == bindparam("key"))
+_BY_IDS = (
+    select(RUNS)
+    .where(RUNS.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(RUNS.c.id)
+    .with_for_update()
+)
+# The columns set are the parameters' other keys.
+_UPDATE_BY_ID = update(RUNS).where(RUNS.c.id == bindparam("run_id_"))
 # What a batch of events did: the events that moved a run, the runs moved (by id), those ended.
 Applied = tuple[list[int], dict[str, RunRow], list[RunRow]]
 
@@ -138,7 +150,7 @@ class Runs:
         direct: handoff.Handoff | None,
     ) -> bool:
         claimed = handoff.claim_values(conn, direct, values)
-        conn.execute(insert(RUNS), values)
+        conn.execute(_INSERT, values)
         self._outbox.add_in(conn, [message])
         return claimed
 
@@ -542,17 +554,17 @@ class Runs:
         an on_terminal hook (None then, having written nothing): the rows are read, moved
         as objects of no session, and each written back with the columns that changed."""
         ids = sorted({events[i].run_id for i in moving})
-        query = select(RUNS).where(RUNS.c.id.in_(ids)).order_by(RUNS.c.id).with_for_update()
-        stored = {m["id"]: m for m in conn.execute(query).mappings()}
+        stored = {m["id"]: m for m in conn.execute(_BY_IDS, {"ids": ids}).mappings()}
         rows = {run_id: RunRow(**m) for run_id, m in stored.items()}
         moved, ended, finished = _move(rows, events, moving, self.lease_expiry())
         if any(self._concerned(row) for row in finished):
             return None
         for run_id, row in rows.items():
             old = stored[run_id]
-            diff = {key: getattr(row, key) for key in old if getattr(row, key) != old[key]}
+            # The loaded values are in the object's __dict__ (no attribute machinery).
+            diff = {k: v for k, v in vars(row).items() if k in old and v != old[k]}
             if diff:
-                conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(diff))
+                conn.execute(_UPDATE_BY_ID, {"run_id_": run_id, **diff})
         return moved, ended, finished
 
     def _concerned(self, row: RunRow) -> bool:
@@ -758,13 +770,13 @@ class Runs:
 
 def _by_id(conn: Connection, run_id: str) -> RunRow | None:
     """A run by id, as an object of no session."""
-    stored = conn.execute(select(RUNS).where(RUNS.c.id == run_id)).mappings().first()
+    stored = conn.execute(_BY_ID, {"run_id": run_id}).mappings().first()
     return None if stored is None else RunRow(**stored)
 
 
 def _by_key(conn: Connection, key: str) -> RunRow | None:
     """The run of an idempotency key, as an object of no session."""
-    stored = conn.execute(select(RUNS).where(RUNS.c.idempotency_key == key)).mappings().first()
+    stored = conn.execute(_BY_KEY, {"key": key}).mappings().first()
     return None if stored is None else RunRow(**stored)
 
 
