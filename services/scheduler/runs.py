@@ -54,6 +54,32 @@ _BY_IDS = (
 )
 # The columns set are the parameters' other keys.
 _UPDATE_BY_ID = update(RUNS).where(RUNS.c.id == bindparam("run_id_"))
+_PENDING = RUNS.c.state == RS.RUN_STATE_PENDING
+_NOW = bindparam("now", type_=RUNS.c.updated_at.type)
+# The executor that accepted runs; QUEUED (and a lease) unless events already moved them on.
+# The state is assigned last: MariaDB evaluates SET left to right, so the conditions on the
+# state that come after it would see the new one (the run's queued_at stayed NULL there).
+_DISPATCHED = (
+    update(RUNS)
+    .where(RUNS.c.id.in_(bindparam("ids", expanding=True)))
+    .ordered_values(
+        (RUNS.c.executor_id, bindparam("executor_id", type_=RUNS.c.executor_id.type)),
+        (RUNS.c.executor_address, bindparam("address", type_=RUNS.c.executor_address.type)),
+        (RUNS.c.queued_at, case((_PENDING, _NOW), else_=RUNS.c.queued_at)),
+        (
+            RUNS.c.lease_expires_at,
+            case(
+                (
+                    RUNS.c.state.in_([RS.RUN_STATE_PENDING, *LEASED]),
+                    bindparam("lease", type_=RUNS.c.lease_expires_at.type),
+                ),
+                else_=RUNS.c.lease_expires_at,
+            ),
+        ),
+        (RUNS.c.updated_at, _NOW),
+        (RUNS.c.state, case((_PENDING, RS.RUN_STATE_QUEUED), else_=RUNS.c.state)),
+    )
+)
 # What a batch of events did: the events that moved a run, the runs moved (by id), those ended.
 Applied = tuple[list[int], dict[str, RunRow], list[RunRow]]
 
@@ -819,22 +845,16 @@ def _dispatched_in(
     """mark_dispatched_many's transaction."""
     if release:
         conn.execute(_released(release))
-    pending = RUNS.c.state == RS.RUN_STATE_PENDING
     for (executor_id, address), run_ids in by_executor.items():
         conn.execute(
-            update(RUNS)
-            .where(RUNS.c.id.in_(run_ids))
-            .values(
-                executor_id=executor_id,
-                executor_address=address,
-                state=case((pending, RS.RUN_STATE_QUEUED), else_=RUNS.c.state),
-                queued_at=case((pending, now), else_=RUNS.c.queued_at),
-                lease_expires_at=case(
-                    (RUNS.c.state.in_([RS.RUN_STATE_PENDING, *LEASED]), lease_expiry),
-                    else_=RUNS.c.lease_expires_at,
-                ),
-                updated_at=now,
-            )
+            _DISPATCHED,
+            {
+                "ids": run_ids,
+                "executor_id": executor_id,
+                "address": address,
+                "now": now,
+                "lease": lease_expiry,
+            },
         )
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
@@ -162,3 +162,29 @@ async def test_a_run_read_by_id_is_the_run_the_orm_reads(store: Store) -> None:
     got = await store.core.get("r1")
 
     assert {**_columns(got), "id": got.id} == {**_columns(stored), "id": stored.id}
+
+
+async def test_dispatched_runs_are_queued_with_their_times_stored_as_the_orm_stores_them(
+    store: Store,
+) -> None:
+    """mark_dispatched_many moves a PENDING run to QUEUED with the executor, its queue time
+    and lease, stored in the column's format (SQLite: the text the ORM writes and parses)."""
+    async with store.sessions() as session, session.begin():
+        session.add_all([_row("d1"), _row("d2")])
+    before = datetime.now(UTC)
+
+    await store.core.mark_dispatched_many([("d1", "ex-1", "10.0.0.1:50051")], release=["d2"])
+
+    async with store.sessions() as session:
+        row = await session.get(RunRow, "d1")
+        raw = (
+            await session.execute(text("SELECT queued_at, created_at FROM runs WHERE id = 'd1'"))
+        ).first()
+    assert row is not None and row.state == RS.RUN_STATE_QUEUED
+    assert (row.executor_id, row.executor_address) == ("ex-1", "10.0.0.1:50051")
+    assert row.queued_at is not None and row.lease_expires_at is not None
+    queued = row.queued_at.replace(tzinfo=row.queued_at.tzinfo or UTC)
+    assert before - timedelta(seconds=1) <= queued <= datetime.now(UTC)
+    assert raw is not None and type(raw[0]) is type(raw[1])
+    if isinstance(raw[0], str):  # SQLite: same text format as the ORM's
+        assert len(raw[0]) == len(raw[1]) and "+" not in raw[0] and "T" not in raw[0]
