@@ -33,6 +33,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import key_string
@@ -98,6 +99,7 @@ class Outbox:
         marker: Marker | None = None,
     ) -> None:
         self._table = table
+        self._insert = insert(table)
         # How sent rows get their published_at: an UPDATE through `sessions` unless the
         # service has a cheaper way into its own table (the executor's SQLite writer).
         self._marker = marker or self._mark_rows
@@ -138,20 +140,13 @@ class Outbox:
         if not messages:
             return
         session.info[_STAGED] = session.info.get(_STAGED, 0) + len(messages)
-        now = datetime.now(UTC)
-        await session.execute(
-            insert(self._table),
-            [
-                {
-                    "msg_id": m.msg_id,
-                    "subject": m.subject,
-                    "payload": m.payload,
-                    "headers": json.dumps(m.headers),
-                    "created_at": now,
-                }
-                for m in messages
-            ],
-        )
+        await session.execute(insert(self._table), _rows(messages))
+
+    def add_in(self, conn: Connection, messages: Sequence[OutboxMessage]) -> None:
+        """`add_many` on a Core connection (shared.db_transactions): the caller hands what it
+        committed to `committed()`, or calls `notify()`."""
+        if messages:
+            conn.execute(self._insert, _rows(messages))
 
     @staticmethod
     def staged_in(session: AsyncSession) -> int:
@@ -380,6 +375,20 @@ def _end_spans(spans: Sequence[trace.Span | None], published: int) -> None:
         if i >= published:
             span.set_status(trace.StatusCode.ERROR, "not acknowledged; retried")
         span.end()
+
+
+def _rows(messages: Sequence[OutboxMessage]) -> list[dict[str, Any]]:
+    now = datetime.now(UTC)
+    return [
+        {
+            "msg_id": m.msg_id,
+            "subject": m.subject,
+            "payload": m.payload,
+            "headers": json.dumps(m.headers),
+            "created_at": now,
+        }
+        for m in messages
+    ]
 
 
 def _ok(ack: asyncio.Future[Any]) -> bool:

@@ -198,8 +198,13 @@ class RetryOrDeadLetter:
         self._runs = runs
         self._metrics = metrics
 
+    @staticmethod
+    def concerns(row: RunRow) -> bool:
+        """Whether this hook acts on the end of `row` (Runs skips the hooks when none does)."""
+        return row.state in FAILED and not row.retry_run_id and not row.dead_lettered
+
     async def __call__(self, session: AsyncSession, row: RunRow) -> None:
-        if row.state not in FAILED or row.retry_run_id or row.dead_lettered:
+        if not self.concerns(row):
             return
         reason = failure_class(row)
         policy = policy_of(row)
@@ -291,12 +296,16 @@ class Quarantines:
         self._failures = failures
         self._window = timedelta(seconds=window_s)
 
+    def concerns(self, row: RunRow) -> bool:
+        """Whether this hook acts on the end of `row` (Runs skips the hooks when none does)."""
+        return (
+            bool(self._failures)
+            and row.state in SCRIPT_FAILED
+            and row.failure_reason not in _NOT_THE_SCRIPT
+        )
+
     async def __call__(self, session: AsyncSession, row: RunRow) -> None:
-        if (
-            not self._failures
-            or row.state not in SCRIPT_FAILED
-            or row.failure_reason in _NOT_THE_SCRIPT
-        ):
+        if not self.concerns(row):
             return
         now = datetime.now(UTC)
         held = await session.get(QuarantineRow, row.script_name)

@@ -10,12 +10,13 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableSequence, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format, timestamp_pb2
-from sqlalchemy import case, func, select, update
+from sqlalchemy import Table, bindparam, case, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -30,6 +31,7 @@ from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import QuarantineRow, RunRow
 from services.scheduler.retries import check_policy
 from services.scheduler.watch import Change, Watchers
+from shared.db_transactions import Transactions, transactions_of
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from shared.outbox import Outbox, OutboxMessage
 from shared.telemetry import inject_context
@@ -39,6 +41,47 @@ RS = common_pb2.RunState
 LEASED = (RS.RUN_STATE_QUEUED, RS.RUN_STATE_RUNNING)
 # Runs claimed per UPDATE statement (bounded IN lists).
 CLAIM_CHUNK = 1000
+RUNS = cast(Table, RunRow.__table__)
+# The hot path's statements, built once (their cache keys are computed once, not per call).
+_INSERT = insert(RUNS)
+_BY_ID = select(RUNS).where(RUNS.c.id == bindparam("run_id"))
+_BY_KEY = select(RUNS).where(RUNS.c.idempotency_key == bindparam("key"))
+_BY_IDS = (
+    select(RUNS)
+    .where(RUNS.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(RUNS.c.id)
+    .with_for_update()
+)
+# The columns set are the parameters' other keys.
+_UPDATE_BY_ID = update(RUNS).where(RUNS.c.id == bindparam("run_id_"))
+_PENDING = RUNS.c.state == RS.RUN_STATE_PENDING
+_NOW = bindparam("now", type_=RUNS.c.updated_at.type)
+# The executor that accepted runs; QUEUED (and a lease) unless events already moved them on.
+# The state is assigned last: MariaDB evaluates SET left to right, so the conditions on the
+# state that come after it would see the new one (the run's queued_at stayed NULL there).
+_DISPATCHED = (
+    update(RUNS)
+    .where(RUNS.c.id.in_(bindparam("ids", expanding=True)))
+    .ordered_values(
+        (RUNS.c.executor_id, bindparam("executor_id", type_=RUNS.c.executor_id.type)),
+        (RUNS.c.executor_address, bindparam("address", type_=RUNS.c.executor_address.type)),
+        (RUNS.c.queued_at, case((_PENDING, _NOW), else_=RUNS.c.queued_at)),
+        (
+            RUNS.c.lease_expires_at,
+            case(
+                (
+                    RUNS.c.state.in_([RS.RUN_STATE_PENDING, *LEASED]),
+                    bindparam("lease", type_=RUNS.c.lease_expires_at.type),
+                ),
+                else_=RUNS.c.lease_expires_at,
+            ),
+        ),
+        (RUNS.c.updated_at, _NOW),
+        (RUNS.c.state, case((_PENDING, RS.RUN_STATE_QUEUED), else_=RUNS.c.state)),
+    )
+)
+# What a batch of events did: the events that moved a run, the runs moved (by id), those ended.
+Applied = tuple[list[int], dict[str, RunRow], list[RunRow]]
 
 
 def _now() -> datetime:
@@ -62,8 +105,12 @@ class Runs:
         *,
         subjects_prefix: str,
         lease_s: float,
+        transactions: Transactions | None = None,
     ) -> None:
         self._sessions = sessions
+        # The hot paths (submit, get, dispatched, applied events) as Core transactions, one
+        # thread hop each on SQLite (shared/db_transactions.py); the rest stays ORM.
+        self._tx = transactions or transactions_of(sessions)
         self._outbox = outbox
         self.catalogue = catalogue
         self._watchers = watchers
@@ -97,11 +144,41 @@ class Runs:
             if existing is not None:
                 return _same_request(existing, request_digest(request, existing.secret_names))
         row, secrets = await self.prepare(request, actor=actor)
+        return await self._insert(row, secrets, request.idempotency_key)
 
-        async def write(session: AsyncSession) -> None:
-            await self.stage(session, row)
+    async def _insert(self, row: RunRow, secrets: dict[str, str], key: str) -> RunRow:
+        """`_commit_once` of `stage` for a run alone, in one Core transaction: the hand-off's
+        claim check, the run and its SUBMITTED event. `row` gets the stored values."""
+        values = column_values(row)
+        message = self.event_message(values, events_pb2.RUN_EVENT_TYPE_SUBMITTED, "submitted")
+        direct = handoff.current()
+        try:
+            claimed = await self._tx.write(self._insert_in, values, message, direct)
+        except IntegrityError:
+            existing = await self._by_key(key) if key else None
+            if existing is None:
+                raise
+            return _same_request(existing, row.request_sha256)
+        for name, value in values.items():
+            if getattr(row, name) is None:
+                setattr(row, name, value)
+        if claimed and direct is not None:
+            direct.claimed = row.id
+        self._outbox.committed([message])
+        self.submitted(row, secrets, relay=False)
+        return row
 
-        return await self._commit_once(row, secrets, request.idempotency_key, write)
+    def _insert_in(
+        self,
+        conn: Connection,
+        values: dict[str, Any],
+        message: OutboxMessage,
+        direct: handoff.Handoff | None,
+    ) -> bool:
+        claimed = handoff.claim_values(conn, direct, values)
+        conn.execute(_INSERT, values)
+        self._outbox.add_in(conn, [message])
+        return claimed
 
     async def _commit_once(
         self,
@@ -221,14 +298,12 @@ class Runs:
         return _dict(limits)
 
     async def _by_key(self, key: str) -> RunRow | None:
-        async with self._sessions() as session:
-            return await session.scalar(select(RunRow).where(RunRow.idempotency_key == key))
+        return await self._tx.read(_by_key, key)
 
     async def get(self, run_id: str) -> RunRow:
         if not run_id:
             raise InvalidArgument.field("id", "run id is required")
-        async with self._sessions() as session:
-            row = await session.get(RunRow, run_id)
+        row = await self._tx.read(_by_id, run_id)
         if row is None:
             raise NotFound("run", run_id)
         return row
@@ -369,33 +444,10 @@ class Runs:
         if not accepted:
             await self.release(release)
             return
-        pending = RunRow.state == RS.RUN_STATE_PENDING
-        now = _now()
         by_executor: dict[tuple[str, str], list[str]] = {}
         for run_id, executor_id, address in accepted:
             by_executor.setdefault((executor_id, address), []).append(run_id)
-        async with self._sessions() as session, session.begin():
-            await self._release(session, release)
-            for (executor_id, address), run_ids in by_executor.items():
-                await session.execute(
-                    update(RunRow)
-                    .where(RunRow.id.in_(run_ids))
-                    .values(
-                        executor_id=executor_id,
-                        executor_address=address,
-                        state=case((pending, RS.RUN_STATE_QUEUED), else_=RunRow.state),
-                        queued_at=case((pending, now), else_=RunRow.queued_at),
-                        lease_expires_at=case(
-                            (
-                                RunRow.state.in_([RS.RUN_STATE_PENDING, *LEASED]),
-                                self.lease_expiry(),
-                            ),
-                            else_=RunRow.lease_expires_at,
-                        ),
-                        updated_at=now,
-                    )
-                    .execution_options(synchronize_session=False)
-                )
+        await self._tx.write(_dispatched_in, by_executor, release, _now(), self.lease_expiry())
         for run_id, _, _ in accepted:
             self.secrets.pop(run_id, None)
             self._watchers.notify(Change(run_id))
@@ -453,13 +505,7 @@ class Runs:
     @staticmethod
     async def _release(session: AsyncSession, run_ids: Sequence[str]) -> None:
         if run_ids:
-            await session.execute(
-                update(RunRow)
-                .where(RunRow.id.in_(list(run_ids)))
-                .where(RunRow.state == RS.RUN_STATE_PENDING)
-                .values(next_dispatch_at=None)
-                .execution_options(synchronize_session=False)
-            )
+            await session.execute(_released(run_ids))
 
     async def record_attempt(self, run_id: str, address: str) -> None:
         """Before handing a run to an executor: where it went, should the answer be lost."""
@@ -515,28 +561,63 @@ class Runs:
                 moving.append(i)
         if not moving:
             return changed
-        ended: dict[str, RunRow] = {}
-        finished: list[RunRow] = []
+        applied = await self._tx.write(self._apply_in, events, moving)
+        if applied is None:  # a run's end needs the on_terminal hooks: the ORM path
+            return await self._apply_orm(events, moving, changed)
+        moved, ended, finished = applied
+        for i in moved:
+            changed[i] = True
+        for row in finished:
+            self._renewed.pop(row.id, None)
+        for row in ended.values():
+            self._after_change(row, relay=False, own=True)
+        return changed
+
+    def _apply_in(
+        self, conn: Connection, events: Sequence[events_pb2.RunEvent], moving: Sequence[int]
+    ) -> Applied | None:
+        """`_apply_orm`'s transaction on a Core connection, as long as no run it ends concerns
+        an on_terminal hook (None then, having written nothing): the rows are read, moved
+        as objects of no session, and each written back with the columns that changed."""
+        ids = sorted({events[i].run_id for i in moving})
+        stored = {m["id"]: m for m in conn.execute(_BY_IDS, {"ids": ids}).mappings()}
+        rows = {run_id: RunRow(**m) for run_id, m in stored.items()}
+        moved, ended, finished = _move(rows, events, moving, self.lease_expiry())
+        if any(self._concerned(row) for row in finished):
+            return None
+        for run_id, row in rows.items():
+            old = stored[run_id]
+            # The loaded values are in the object's __dict__ (no attribute machinery).
+            diff = {k: v for k, v in vars(row).items() if k in old and v != old[k]}
+            if diff:
+                conn.execute(_UPDATE_BY_ID, {"run_id_": run_id, **diff})
+        return moved, ended, finished
+
+    def _concerned(self, row: RunRow) -> bool:
+        """Whether an on_terminal hook acts on the end of `row` (hooks tell with a
+        `concerns(row)` method of theirs or their object; a hook without one always does)."""
+        for hook in (*self.on_terminal, *self.on_terminal_many):
+            concerns = getattr(getattr(hook, "__self__", hook), "concerns", None)
+            if concerns is None or concerns(row):
+                return True
+        return False
+
+    async def _apply_orm(
+        self,
+        events: Sequence[events_pb2.RunEvent],
+        moving: Sequence[int],
+        changed: MutableSequence[bool],
+    ) -> Sequence[bool]:
+        """The events' transaction through the ORM, with the on_terminal hooks."""
         async with self._sessions() as session, session.begin():
             ids = sorted({events[i].run_id for i in moving})
             query = select(RunRow).where(RunRow.id.in_(ids)).order_by(RunRow.id).with_for_update()
             rows = {row.id: row for row in (await session.scalars(query)).all()}
-            for i in moving:
-                event, row = events[i], rows.get(events[i].run_id)
-                if row is None:
-                    continue
-                if not sm.can_move(row.state, event.state):
-                    if row.state in LEASED:
-                        row.lease_expires_at = self.lease_expiry()
-                    continue
-                _apply_fields(row, event)
-                if row.state in LEASED:
-                    row.lease_expires_at = self.lease_expiry()
-                if sm.is_terminal(row.state):
-                    self._renewed.pop(row.id, None)
-                    finished.append(row)
+            moved, ended, finished = _move(rows, events, moving, self.lease_expiry())
+            for i in moved:
                 changed[i] = True
-                ended[row.id] = row
+            for row in finished:
+                self._renewed.pop(row.id, None)
             if finished:
                 await self._ended_many(session, finished)
         # Applying an executor's event stages nothing of the scheduler's own, unless a run's
@@ -711,6 +792,79 @@ class Runs:
             raise FailedPrecondition(f"run {row.id} is not dead-lettered")
         if row.replay_run_id:
             raise FailedPrecondition(f"run {row.id} was already replayed as {row.replay_run_id}")
+
+
+def _by_id(conn: Connection, run_id: str) -> RunRow | None:
+    """A run by id, as an object of no session."""
+    stored = conn.execute(_BY_ID, {"run_id": run_id}).mappings().first()
+    return None if stored is None else RunRow(**stored)
+
+
+def _by_key(conn: Connection, key: str) -> RunRow | None:
+    """The run of an idempotency key, as an object of no session."""
+    stored = conn.execute(_BY_KEY, {"key": key}).mappings().first()
+    return None if stored is None else RunRow(**stored)
+
+
+def _move(
+    rows: Mapping[str, RunRow],
+    events: Sequence[events_pb2.RunEvent],
+    moving: Sequence[int],
+    lease_expiry: datetime,
+) -> Applied:
+    """Apply `events[moving]` to their runs in order: (the events that moved a run, the runs
+    moved by id, those ended). An event that cannot move its held run renews its lease."""
+    moved: list[int] = []
+    ended: dict[str, RunRow] = {}
+    finished: list[RunRow] = []
+    for i in moving:
+        event, row = events[i], rows.get(events[i].run_id)
+        if row is None:
+            continue
+        if not sm.can_move(row.state, event.state):
+            if row.state in LEASED:
+                row.lease_expires_at = lease_expiry
+            continue
+        _apply_fields(row, event)
+        if row.state in LEASED:
+            row.lease_expires_at = lease_expiry
+        if sm.is_terminal(row.state):
+            finished.append(row)
+        moved.append(i)
+        ended[row.id] = row
+    return moved, ended, finished
+
+
+def _dispatched_in(
+    conn: Connection,
+    by_executor: Mapping[tuple[str, str], Sequence[str]],
+    release: Sequence[str],
+    now: datetime,
+    lease_expiry: datetime,
+) -> None:
+    """mark_dispatched_many's transaction."""
+    if release:
+        conn.execute(_released(release))
+    for (executor_id, address), run_ids in by_executor.items():
+        conn.execute(
+            _DISPATCHED,
+            {
+                "ids": run_ids,
+                "executor_id": executor_id,
+                "address": address,
+                "now": now,
+                "lease": lease_expiry,
+            },
+        )
+
+
+def _released(run_ids: Sequence[str]) -> Any:
+    """Give back claimed runs still PENDING."""
+    return (
+        update(RUNS)
+        .where(RUNS.c.id.in_(list(run_ids)), RUNS.c.state == RS.RUN_STATE_PENDING)
+        .values(next_dispatch_at=None)
+    )
 
 
 def _ts(ts: timestamp_pb2.Timestamp) -> datetime:

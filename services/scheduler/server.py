@@ -22,7 +22,7 @@ from services.scheduler.runs import Runs
 from services.scheduler.schedules import ScheduleEvents, Schedules
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.watch import Watchers
-from shared import db
+from shared import db, db_transactions
 from shared.clients import open_channel
 from shared.consumer_lag import ConsumerLag
 from shared.jetstream import DurableConsumer, run_event_attributes
@@ -51,10 +51,12 @@ async def build(runtime: Runtime) -> Service:
     settings = runtime.settings
     assert isinstance(settings, SchedulerSettings)
     await db.upgrade(MIGRATIONS, settings.database.url)
-    engine = db.create_engine(
-        settings.database, metrics=db.DatabaseMetrics(runtime.registry, runtime.service)
-    )
+    db_metrics = db.DatabaseMetrics(runtime.registry, runtime.service)
+    engine = db.create_engine(settings.database, metrics=db_metrics)
     sessions = db.sessionmaker(engine, tracer=runtime.tracer("db"), service=runtime.service)
+    transactions = db_transactions.transactions(
+        engine, sessions, tracer=runtime.tracer("db"), service=runtime.service, metrics=db_metrics
+    )
     outbox = Outbox(OUTBOX, sessions, batch=500, tracer=runtime.tracer("outbox"))
     js = await runtime.connect_nats()
     token = settings.auth.service_token.get_secret_value()
@@ -87,6 +89,7 @@ async def build(runtime: Runtime) -> Service:
         metrics,
         subjects_prefix=settings.nats.subjects_prefix,
         lease_s=settings.lease_s,
+        transactions=transactions,
     )
     quarantines = Quarantines(
         sessions,
@@ -189,7 +192,15 @@ async def build(runtime: Runtime) -> Service:
         await executors.close()
 
     runtime.on_shutdown.extend(
-        [engine.dispose, close_channels, outbox.stop, consumer.stop, dispatcher.stop, firing.stop]
+        [
+            engine.dispose,
+            transactions.close,
+            close_channels,
+            outbox.stop,
+            consumer.stop,
+            dispatcher.stop,
+            firing.stop,
+        ]
     )
     runtime.on_shutdown.extend([backlog.stop, run_backlog.stop, lag.stop])
     runtime.on_shutdown.append(sweeper.stop)  # first: it ends runs through the outbox
