@@ -1,4 +1,5 @@
-"""How the local execution type starts a command: through a shim that sets the run's
+"""The local execution type's other launchers (the default is the fork server,
+runners/forkserver.py): a command started through a shim that sets the run's
 rlimits and PR_SET_PDEATHSIG (the command dies with the executor; kept across exec) and
 then becomes the command, so the pid, the rusage (wait4), the signals and the exit status
 are the command's own. (A preexec_fn would run Python in a fork of the threaded executor,
