@@ -5,9 +5,9 @@ then becomes the command, so the pid, the rusage (wait4), the signals and the ex
 are the command's own. (A preexec_fn would run Python in a fork of the threaded executor,
 whose gRPC threads hold locks there.) Two shims:
 
-- util-linux's `setpriv --pdeathsig KILL` and `prlimit`, exec'd in a chain: a few
+- util-linux's `setpriv --pdeathsig KILL` and `prlimit` (local.launcher util-linux), exec'd in a chain: a few
   milliseconds of CPU per run, no interpreter start-up;
-- else a Python shim, started ahead of demand (runners/warm.py): it sets the death signal,
+- a Python shim (local.launcher python), started ahead of demand (runners/warm.py): it sets the death signal,
   then blocks on stdin until its one job line arrives (argv, cwd, environment, rlimits).
 
 Either way secrets travel in the environment (or the pipe), never in argv."""
