@@ -110,6 +110,8 @@ def run_to_proto(row: RunRow) -> scheduler_pb2.Run:
     )
     if row.result:
         json_format.ParseDict(row.result, run.result)
+    else:
+        run.result.SetInParent()  # an empty result reads {} as it always has (not unset)
     due = _ts(row.next_dispatch_at) if row.state == common_pb2.RUN_STATE_SCHEDULED else None
     if due is not None:
         run.due_time.CopyFrom(due)

@@ -88,3 +88,12 @@ def test_timestamps_match_from_datetime_for_aware_naive_and_old_times() -> None:
         expected = timestamp_pb2.Timestamp()
         expected.FromDatetime(when if when.tzinfo else when.replace(tzinfo=UTC))
         assert run_to_proto(row(created_at=when)).create_time == expected
+
+
+def test_an_empty_result_is_present_and_empty_as_before() -> None:
+    """Releases answered `result: {}` for a run without one; skipping the parse of an empty
+    value must not make the field unset (the upgrade test compares the JSON)."""
+    empty = run_to_proto(row(result={}))
+    assert empty.HasField("result") and json_format.MessageToDict(empty)["result"] == {}
+    filled = run_to_proto(row(result={"ok": True}))
+    assert json_format.MessageToDict(filled)["result"] == {"ok": True}
