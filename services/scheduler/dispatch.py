@@ -112,7 +112,7 @@ class Dispatcher(WakeableLoop):
         return await self.dispatch_once()
 
     def submitted(self) -> None:
-        """The runs' on_submitted hook: a run submitted inside `direct()` is counted there
+        """The lifecycle's `submitted` listener: a run submitted inside `direct()` is counted there
         for `hand` to send; any other (a fire, a retry, a replay) wakes the loop."""
         current = handoff.current()
         if current is not None:
