@@ -13,7 +13,7 @@ creations are expected to be done and ends just after --minutes boundaries, so e
 ExecutorService inside this process: it accepts every Execute and publishes QUEUED, STARTED and
 FINISHED (SUCCEEDED) RunEvents to JetStream as the real executor does (same subject, Nats-Msg-Id
 and fields, built by services/executor/events.py), so runs complete and the scheduler does all
-of its per-run work (dispatch, applying events, on_terminal hooks). Measured per fire:
+of its per-run work (dispatch, applying events, run-end hooks). Measured per fire:
 
 - lateness: the run's create_time minus its nominal time (ListRuns after the window; the nominal
   time is in the run's idempotency key `schedule:<id>:<nominal UTC>`), 0 for a run made ahead

@@ -2,7 +2,7 @@
 its commit, without waiting for a dispatch round (docs/scheduler.md, "Dispatch").
 
 SubmitRun submits inside `Dispatcher.direct()`, which picks the executor first. The
-transaction that inserts the run (`Runs.stage`) then claims it as a round would
+transaction that inserts the run (`RunEvents.stage`) then claims it as a round would
 (`claim_in`): it goes in already claimed for `claim_s` and recorded as sent to that
 executor, so no round of any replica takes it, unless a run that should go first is
 waiting (higher priority, or as high and older) or its script is quarantined. After the

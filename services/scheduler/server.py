@@ -11,6 +11,7 @@ from services.scheduler.backlog import RunBacklog
 from services.scheduler.catalogue import CatalogueClient
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.consumer import RunEventHandler
+from services.scheduler.dead_letters import DeadLetters
 from services.scheduler.dispatch import ConcurrencyLimits, Dispatcher
 from services.scheduler.executors import ExecutorSet
 from services.scheduler.firing import FiresFirst, Firing, FiringSettings
@@ -18,6 +19,9 @@ from services.scheduler.leases import LeaseSweeper
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import OUTBOX
 from services.scheduler.retries import Quarantines, RetryOrDeadLetter
+from services.scheduler.run_events import RunEvents
+from services.scheduler.run_listeners import RunListeners, RunsEndHook
+from services.scheduler.run_store import RunStore
 from services.scheduler.runs import Runs
 from services.scheduler.schedules import ScheduleEvents, Schedules
 from services.scheduler.servicer import SchedulerServicer
@@ -81,16 +85,8 @@ async def build(runtime: Runtime) -> Service:
     )
     watchers = Watchers()
     catalogue = CatalogueClient(catalogue_channel, cache_ttl_s=settings.catalogue_cache_ttl_s)
-    runs = Runs(
-        sessions,
-        outbox,
-        catalogue,
-        watchers,
-        metrics,
-        subjects_prefix=settings.nats.subjects_prefix,
-        lease_s=settings.lease_s,
-        transactions=transactions,
-    )
+    store = RunStore(sessions, transactions)
+    events = RunEvents(outbox, subjects_prefix=settings.nats.subjects_prefix)
     quarantines = Quarantines(
         sessions,
         outbox,
@@ -99,7 +95,26 @@ async def build(runtime: Runtime) -> Service:
         failures=settings.quarantine_failures,
         window_s=settings.quarantine_window_s,
     )
-    runs.on_terminal.extend([RetryOrDeadLetter(runs, metrics), quarantines])
+    # The dispatcher and firing are built from the lifecycle, which tells them of submits
+    # and run ends: their listeners reach them once built (both are before any call).
+    runs = Runs(
+        sessions,
+        store,
+        events,
+        catalogue,
+        watchers,
+        metrics,
+        lease_s=settings.lease_s,
+        listeners=RunListeners(
+            submitted=lambda: dispatcher.submitted(),
+            run_ended=(RetryOrDeadLetter(events, metrics), quarantines),
+            runs_ended=(
+                RunsEndHook(
+                    Firing.concerns, lambda session, ended: firing.runs_ended(session, ended)
+                ),
+            ),
+        ),
+    )
     # Fires due now go before dispatch rounds and event batches (docs/scheduler.md).
     first = FiresFirst()
     dispatcher = Dispatcher(
@@ -122,7 +137,6 @@ async def build(runtime: Runtime) -> Service:
         first=first,
         tracer=runtime.tracer("dispatch"),
     )
-    runs.on_submitted.append(dispatcher.submitted)
     run_events = RunEventHandler(
         runs, metrics, first=first, hold_finished_file=settings.fault_hold_finished_file
     )
@@ -171,7 +185,6 @@ async def build(runtime: Runtime) -> Service:
     schedules.ahead = firing
     schedules.on_change.append(firing.notify)
     schedules.on_delete.append(firing.schedule_deleted)
-    runs.on_terminal_many.append(firing.runs_ended)
 
     async def start() -> None:
         assert runtime.nats is not None
@@ -212,6 +225,7 @@ async def build(runtime: Runtime) -> Service:
         watch_poll_s=settings.watch_poll_s,
         schedules=schedules,
         quarantines=quarantines,
+        dead_letters=DeadLetters(sessions, store, runs),
     )
     return Service(
         registrations=[

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from runbox.common.v1 import common_pb2
 from runbox.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler import state as sm
+from services.scheduler.dead_letters import DeadLetters
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.models import FireRow, QuarantineRow, RunRow, ScheduleRow
 from services.scheduler.retries import Quarantines
@@ -201,8 +202,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         watch_poll_s: float,
         schedules: Schedules,
         quarantines: Quarantines,
+        dead_letters: DeadLetters,
     ) -> None:
         self._runs = runs
+        self._dead_letters = dead_letters
         self._quarantines = quarantines
         self._schedules = schedules
         self._watchers = watchers
@@ -219,12 +222,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return run_to_proto(row)
 
     async def GetRun(self, request: scheduler_pb2.GetRunRequest, context: Ctx) -> scheduler_pb2.Run:
-        return run_to_proto(await self._runs.get(request.id))
+        return run_to_proto(await self._runs.store.get(request.id))
 
     async def ListRuns(
         self, request: scheduler_pb2.ListRunsRequest, context: Ctx
     ) -> scheduler_pb2.ListRunsResponse:
-        rows, token = await self._runs.list(request)
+        rows, token = await self._runs.store.list(request)
         return scheduler_pb2.ListRunsResponse(
             runs=[run_to_proto(r) for r in rows], next_page_token=token
         )
@@ -243,7 +246,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         # missed until the next poll.
         queue = self._watchers.subscribe(request.id)
         try:
-            row = await self._runs.get(request.id)
+            row = await self._runs.store.get(request.id)
             yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row))
             last = row.state
             while not sm.is_terminal(last):
@@ -262,7 +265,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 row = (
                     fed
                     if fed is not None and sm.can_move(last, fed.state)
-                    else await self._runs.get(request.id)
+                    else await self._runs.store.get(request.id)
                 )
                 if row.state != last:
                     last = row.state
@@ -273,7 +276,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ListDeadLetters(
         self, request: scheduler_pb2.ListDeadLettersRequest, context: Ctx
     ) -> scheduler_pb2.ListDeadLettersResponse:
-        rows, token = await self._runs.dead_letters(request)
+        rows, token = await self._dead_letters.list(request)
         return scheduler_pb2.ListDeadLettersResponse(
             dead_letters=[dead_letter_to_proto(r) for r in rows], next_page_token=token
         )
@@ -281,7 +284,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ReplayDeadLetter(
         self, request: scheduler_pb2.ReplayDeadLetterRequest, context: Ctx
     ) -> scheduler_pb2.Run:
-        row = await self._runs.replay(request, actor=current_principal().name)
+        row = await self._dead_letters.replay(request, actor=current_principal().name)
         return run_to_proto(row)
 
     async def ListQuarantines(

@@ -16,10 +16,14 @@ from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import OUTBOX, RunRow
+from services.scheduler.run_events import RunEvents
+from services.scheduler.run_listeners import RunEndHook, RunListeners
+from services.scheduler.run_store import RunStore
 from services.scheduler.runs import Runs
 from services.scheduler.server import MIGRATIONS
 from services.scheduler.watch import Watchers
 from shared import db
+from shared.db_transactions import transactions_of
 from shared.outbox import Outbox
 from shared.settings import DatabaseSettings
 
@@ -32,21 +36,20 @@ class Store:
     engine: Any
     sessions: Any
     core: Runs  # its hook says it is not concerned by successes: the Core path
-    orm: Runs  # a hook that does not say: the ORM path for every end
+    orm: Runs  # a hook concerned by every end: the ORM path for every end
 
 
-def _runs(sessions: Any, hook: Any) -> Runs:
-    runs = Runs(
+def _runs(sessions: Any, hook: RunEndHook) -> Runs:
+    return Runs(
         sessions,
-        Outbox(OUTBOX, sessions),
+        RunStore(sessions, transactions_of(sessions)),
+        RunEvents(Outbox(OUTBOX, sessions), subjects_prefix="runbox.events"),
         None,  # type: ignore[arg-type]  # no submit here
         Watchers(),
         SchedulerMetrics(CollectorRegistry()),
-        subjects_prefix="runbox.events",
         lease_s=60,
+        listeners=RunListeners(run_ended=[hook]),
     )
-    runs.on_terminal.append(hook)
-    return runs
 
 
 class _Uninterested:
@@ -60,18 +63,22 @@ class _Uninterested:
         self.ended.append(row.id)
 
 
+class _Any:
+    @staticmethod
+    def concerns(row: RunRow) -> bool:
+        return True
+
+    async def __call__(self, session: Any, row: RunRow) -> None:
+        pass
+
+
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
     await db.upgrade(MIGRATIONS, database_url)
     engine = db.create_engine(DatabaseSettings(url=database_url))
     sessions = db.sessionmaker(engine)
-    ended: list[str] = []
-
-    async def any_end(session: Any, row: RunRow) -> None:
-        ended.append(row.id)
-
     try:
-        yield Store(engine, sessions, _runs(sessions, _Uninterested()), _runs(sessions, any_end))
+        yield Store(engine, sessions, _runs(sessions, _Uninterested()), _runs(sessions, _Any()))
     finally:
         await engine.dispose()
 
@@ -159,7 +166,7 @@ async def test_a_run_read_by_id_is_the_run_the_orm_reads(store: Store) -> None:
         stored = await session.get(RunRow, "r1")
     assert stored is not None
 
-    got = await store.core.get("r1")
+    got = await store.core.store.get("r1")
 
     assert {**_columns(got), "id": got.id} == {**_columns(stored), "id": stored.id}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 from runbox.common.v1 import common_pb2
@@ -34,13 +35,14 @@ class ChangedAfterRead:
 
 def servicer(runs: Any, watchers: Watchers) -> SchedulerServicer:
     return SchedulerServicer(
-        runs,
+        SimpleNamespace(store=runs),  # type: ignore[arg-type]  # reads go to its store
         watchers,
         dispatcher=None,  # type: ignore[arg-type]
         executor_stubs={},
         watch_poll_s=3600,  # no poll in this test: only the change feed can end the stream
         schedules=None,  # type: ignore[arg-type]
         quarantines=None,  # type: ignore[arg-type]
+        dead_letters=None,  # type: ignore[arg-type]
     )
 
 
