@@ -155,6 +155,13 @@ def floor_counts(
             v for k, v in metrics[service].items() if k.startswith("runbox_db_pool_checkouts_total")
         )
 
+    def core(service: str) -> float:
+        return sum(
+            v
+            for k, v in metrics[service].items()
+            if k.startswith("runbox_db_core_transactions_total")
+        )
+
     submitted = events.get("RUN_EVENT_TYPE_SUBMITTED", 0.0)
     return {
         "rpc_submitrun": rpc("scheduler", "SubmitRun"),
@@ -166,6 +173,7 @@ def floor_counts(
         "jetstream_publishes_executor": round(sum(events.values()) - submitted, 3),
         "jetstream_consumptions_scheduler": consumed.get("consumer scheduler delivered", 0.0),
         "sqlite_transactions_scheduler_orm": checkouts("scheduler"),
+        "sqlite_transactions_scheduler_core": core("scheduler"),
         "sqlite_transactions_executor_raw_thread": probe["commits"] + probe["lookups"],
         "sqlite_transactions_executor_orm": checkouts("executor"),
         "spawns": sum(

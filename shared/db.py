@@ -151,6 +151,13 @@ class DatabaseMetrics:
             buckets=QUERY_BUCKETS,
             registry=registry,
         )
+        self.transactions = Counter(
+            "runbox_db_core_transactions_total",
+            "Transactions of the Core per-transaction path (shared.db_transactions), by where"
+            " they ran: thread (SQLite's own connection) or engine (the async engine).",
+            ["service", "path"],
+            registry=registry,
+        )
         self.query_errors = Counter(
             "runbox_db_query_errors_total",
             "Statements the database or driver refused, by statement kind.",

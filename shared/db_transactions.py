@@ -55,6 +55,7 @@ class Transactions:
         self._engine = engine
         self._turn = turn
         self._span = span
+        self._metrics = metrics
         self._sync: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._conn: Connection | None = None
@@ -72,6 +73,7 @@ class Transactions:
 
     async def write(self, fn: Work[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(conn, *args)` in one transaction, committed when this returns."""
+        self._count()
         with transaction_scope(self._span):
             if self._thread is None:
                 async with self._engine.begin() as conn:
@@ -86,10 +88,16 @@ class Transactions:
     async def read(self, fn: Work[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(conn, *args)` in a transaction that is rolled back (it must not write); not
         traced, as a session's reads outside `begin()` are not."""
+        self._count()
         if self._thread is None:
             async with self._engine.connect() as conn:
                 return await conn.run_sync(fn, *args, **kwargs)
         return await self._in_thread(False, fn, *args, **kwargs)
+
+    def _count(self) -> None:
+        if self._metrics is not None:
+            path = "engine" if self._thread is None else "thread"
+            self._metrics.transactions.labels(self._metrics.service, path).inc()
 
     async def _in_thread(
         self, immediate: bool, fn: Work[P, T], *args: P.args, **kwargs: P.kwargs
