@@ -190,7 +190,8 @@ class Bases:
             after.SerializeToString(deterministic=True),
         )
         base.template = self._messages.template(values, ref)
-        base.execute = batches.request_of(run, {}, {})
+        # From the stored values (defaults filled in, e.g. attempt 1), as a round reads them.
+        base.execute = batches.request_of(RunRow(**values), {}, {})
         base.execute.ClearField("run_id")
 
     def cached(self, row: Row[Any]) -> Base | None:
