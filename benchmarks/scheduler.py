@@ -361,23 +361,35 @@ def report_runs(nats_url: str, queue: Any, finished: Any, failures: Any) -> None
 
 
 async def _report_runs(nats_url: str, queue: Any, finished: Any, failures: Any) -> None:
+    """Every batch taken at once (its publishes pipelined with the others'): waiting for one
+    batch's acks before the next left the runs of a 10,000 burst's last batches unreported
+    for more than a lease (they ended LOST)."""
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
     while (batch := await loop.run_in_executor(None, queue.get)) is not None:
-        requests = [executor_pb2.ExecuteRequest.FromString(data) for data in batch]
-        results = await asyncio.gather(
-            *(_report(js, request) for request in requests), return_exceptions=True
-        )
-        for request, result in zip(requests, results, strict=True):
-            if isinstance(result, BaseException):
-                log(f"no-op executor: events of {request.run_id} not published: {result!r}")
-                with failures.get_lock():
-                    failures.value += 1
-            else:
-                with finished.get_lock():
-                    finished.value += 1
+        task = asyncio.create_task(_report_batch(js, batch, finished, failures))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(tasks)
     await nc.close()
+
+
+async def _report_batch(js: Any, batch: list[bytes], finished: Any, failures: Any) -> None:
+    requests = [executor_pb2.ExecuteRequest.FromString(data) for data in batch]
+    results = await asyncio.gather(
+        *(_report(js, request) for request in requests), return_exceptions=True
+    )
+    for request, result in zip(requests, results, strict=True):
+        if isinstance(result, BaseException):
+            log(f"no-op executor: events of {request.run_id} not published: {result!r}")
+            with failures.get_lock():
+                failures.value += 1
+        else:
+            with finished.get_lock():
+                finished.value += 1
 
 
 async def _report(js: Any, request: executor_pb2.ExecuteRequest) -> None:
