@@ -172,7 +172,13 @@ class Bases:
     def _build(self, base: Base, run: RunRow, ref: ScheduleId) -> None:
         """The parts of a base that every fire copies (see Base)."""
         assert base.request is not None
-        values = base.values = column_values(run)
+        values = column_values(run)
+        # From the stored values (defaults filled in, e.g. attempt 1), as a round reads them;
+        # first, so a base whose request cannot be built has no values (its fires go the
+        # general way) rather than values without a request.
+        execute = batches.request_of(RunRow(**values), {}, {})
+        execute.ClearField("run_id")
+        base.values = values
         base.insert = {
             name: json.dumps(value) if name in JSON_COLUMNS else value
             for name, value in values.items()
@@ -190,9 +196,7 @@ class Bases:
             after.SerializeToString(deterministic=True),
         )
         base.template = self._messages.template(values, ref)
-        # From the stored values (defaults filled in, e.g. attempt 1), as a round reads them.
-        base.execute = batches.request_of(RunRow(**values), {}, {})
-        base.execute.ClearField("run_id")
+        base.execute = execute
 
     def cached(self, row: Row[Any]) -> Base | None:
         """The base of `row` if one is cached and its catalogue answer still current."""
