@@ -47,7 +47,8 @@ issue 15 and `met`.
 
 Progress goes to stderr; the last line on stdout is one JSON object. --only runs one part;
 --smoke is a small size (20 schedules x 1 minute, 40 runs) for tests; --keep-logs keeps the
-services' logs (the temporary directory is removed at the end).
+services' logs (the temporary directory is removed at the end); the services log at WARNING
+unless BENCH_SERVICE_LOG_LEVEL says otherwise (e.g. INFO, to see what --keep-logs keeps).
 
     pip install -e '.[bench]'   # celery[redis]; Redis listening on --redis-url
     .venv/bin/python benchmarks/scheduler.py [--schedules 10000 --minutes 5] [--runs 2000]
@@ -208,7 +209,7 @@ class Env:
             RUNBOX_NATS__URL=self.nats_url,
             RUNBOX_AUTH__PRINCIPALS_FILE=str(self.tmp / "principals.json"),
             RUNBOX_AUTH__SERVICE_TOKEN=self.service_token,
-            RUNBOX_LOG__LEVEL="WARNING",
+            RUNBOX_LOG__LEVEL=os.environ.get("BENCH_SERVICE_LOG_LEVEL", "WARNING"),
             PYTHONUNBUFFERED="1",
         )
         env.update(extra)
