@@ -13,7 +13,7 @@ creations are expected to be done and ends just after --minutes boundaries, so e
 ExecutorService inside this process: it accepts every Execute and a reporter process of its own
 publishes QUEUED, STARTED and FINISHED (SUCCEEDED) RunEvents to JetStream as the real executor does (same subject, Nats-Msg-Id
 and fields, built by services/executor/events.py), so runs complete and the scheduler does all
-of its per-run work (dispatch, applying events, on_terminal hooks). Measured per fire:
+of its per-run work (dispatch, applying events, run-end hooks). Measured per fire:
 
 - lateness: the run's create_time minus its nominal time (ListRuns after the window; the nominal
   time is in the run's idempotency key `schedule:<id>:<nominal UTC>`), 0 for a run made ahead
@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import multiprocessing
@@ -72,7 +73,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -194,9 +195,12 @@ class Env:
     part: str = ""  # names each service's database and log file
     started: list[Process] = field(default_factory=list)
 
-    async def spawn(self, name: str, label: str = "", **extra: str) -> Process:
+    async def spawn(
+        self, name: str, label: str = "", *, command: Sequence[str] = (), **extra: str
+    ) -> Process:
         """`python -m services.<name>` on a free loopback port, healthy, logging to a file;
-        label (default name) names its instance id and log file (replicas of one service)."""
+        label (default name) names its instance id and log file (replicas of one service);
+        `command` replaces `-m services.<name>` (a wrapper that runs the module itself)."""
         label = label or name
         port = natsd.free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOX_")}
@@ -214,7 +218,8 @@ class Env:
         )
         env.update(extra)
         log_file = self.tmp / f"{label}-{self.part}.log"
-        proc = launch([sys.executable, "-m", f"services.{name}"], env, log_file)
+        argv = list(command) or ["-m", f"services.{name}"]
+        proc = launch([sys.executable, *argv], env, log_file)
         process = Process(name, proc, f"127.0.0.1:{port}")
         self.started.append(process)
         await asyncio.to_thread(wait_healthy, process.address, proc, log_file, 60)
@@ -763,15 +768,26 @@ class RunboxClient:
 
 
 def services_cpu(services: list[Process]) -> dict[str, float]:
-    """CPU seconds per service (utime + stime), and of the executor's reaped children (the
-    runs' processes: /bin/true)."""
+    """CPU seconds per service (utime + stime), and of the executor's children (the runs'
+    processes, /bin/true, and a long-lived helper of the executor's that starts them: the
+    local fork server, with the commands it reaped)."""
     out: dict[str, float] = {}
     for service in services:
         own, children = proc_cpu(service.proc.pid)
         out[service.name] = own
         if service.name == "executor":
-            out["executor_children"] = children
+            out["executor_children"] = children + live_children_cpu(service.proc.pid)
     return out
+
+
+def live_children_cpu(pid: int) -> float:
+    """CPU seconds of a process's live children and of the children they reaped."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += sum(proc_cpu(int(child)))
+    return total
 
 
 def cpu_per_run(before: dict[str, float], after: dict[str, float], runs: int) -> dict[str, Any]:

@@ -7,21 +7,31 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters
+from opentelemetry import propagate
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import TracerProvider
+
+from shared.interceptors import is_health_check
+from shared.telemetry import records_spans
 
 
 class _CallDefaults:
-    """Adds the bearer token, and a deadline to unary calls that have none."""
+    """Adds the bearer token, and a deadline to unary calls that have none; with `carry`,
+    the current trace context too (what OpenTelemetry's client interceptors do when their
+    spans record nothing, without them)."""
 
-    def __init__(self, token: str, default_timeout_s: float) -> None:
+    def __init__(self, token: str, default_timeout_s: float, carry: bool) -> None:
         self._auth = ("authorization", f"Bearer {token}")
         self._timeout = default_timeout_s
+        self._carry = carry
 
     def _details(self, details: grpc.aio.ClientCallDetails, stream: bool) -> Any:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         if "authorization" not in metadata:
             metadata.add(*self._auth)
+        if self._carry:
+            propagate.inject(metadata, setter=_METADATA_SETTER)
         timeout = details.timeout
         if timeout is None and not stream:
             timeout = self._timeout
@@ -46,6 +56,23 @@ class _StreamDefaults(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):  # 
         return await continuation(self._details(details, True), request)
 
 
+class _MetadataSetter(Setter[grpc.aio.Metadata]):
+    """Puts a propagator's header into call metadata (as the client interceptors do)."""
+
+    def set(self, carrier: grpc.aio.Metadata, key: str, value: str) -> None:
+        carrier[key.lower()] = value
+
+
+_METADATA_SETTER = _MetadataSetter()
+
+
+def _not_health_check(details: grpc.aio.ClientCallDetails) -> bool:
+    """OpenTelemetry's filters.negate(filters.health_check()), without its isinstance checks
+    against grpc's ABCs (~16 µs a call). grpc.aio may give the method as bytes."""
+    method = details.method
+    return not is_health_check(method.decode() if isinstance(method, bytes) else method)
+
+
 def open_channel(
     address: str,
     *,
@@ -56,15 +83,18 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """An insecure (loopback / mesh-terminated) channel with Runbox call defaults. Each
     call gets a client span from `tracer_provider` (the service's; None: the global one,
-    a no-op unless a tool sets one) and carries its trace context to the server."""
+    a no-op unless a tool sets one) and carries its trace context to the server. A service
+    that exports no spans (records_spans false) makes no client span: its calls carry the
+    current trace context only."""
+    carry = not records_spans(tracer_provider)
     interceptors: list[Any] = [
-        _UnaryDefaults(token, default_timeout_s),
-        _StreamDefaults(token, default_timeout_s),
-        *aio_client_interceptors(  # type: ignore[no-untyped-call]
-            tracer_provider=tracer_provider,
-            filter_=filters.negate(filters.health_check()),  # type: ignore[no-untyped-call]
-        ),
+        _UnaryDefaults(token, default_timeout_s, carry),
+        _StreamDefaults(token, default_timeout_s, carry),
     ]
+    if not carry:
+        interceptors += aio_client_interceptors(  # type: ignore[no-untyped-call]
+            tracer_provider=tracer_provider, filter_=_not_health_check
+        )
     return grpc.aio.insecure_channel(
         address,
         options=[

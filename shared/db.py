@@ -20,7 +20,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import DateTime, Dialect, String, TypeDecorator, event
 from sqlalchemy.dialects import mysql, postgresql
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -151,6 +151,13 @@ class DatabaseMetrics:
             buckets=QUERY_BUCKETS,
             registry=registry,
         )
+        self.transactions = Counter(
+            "runbox_db_core_transactions_total",
+            "Transactions of the Core per-transaction path (shared.db_transactions), by where"
+            " they ran: thread (SQLite's own connection) or engine (the async engine).",
+            ["service", "path"],
+            registry=registry,
+        )
         self.query_errors = Counter(
             "runbox_db_query_errors_total",
             "Statements the database or driver refused, by statement kind.",
@@ -169,6 +176,7 @@ class DatabaseMetrics:
     def instrument(self, engine: AsyncEngine, pool: str) -> None:
         """Pool gauges read at scrape time, checkout and statement events."""
         sync_engine = engine.sync_engine
+        self.instrument_statements(sync_engine)
 
         def state() -> tuple[int, int, int]:
             current = sync_engine.pool  # replaced by dispose(), so looked up each time
@@ -182,9 +190,12 @@ class DatabaseMetrics:
         self.overflow.labels(*labels).set_function(lambda: state()[2])
         checkouts = self.checkouts.labels(*labels)
         event.listen(sync_engine.pool, "checkout", lambda *_: checkouts.inc())
-        event.listen(sync_engine, "before_cursor_execute", _start_clock)
-        event.listen(sync_engine, "after_cursor_execute", self._stop_clock)
-        event.listen(sync_engine, "handle_error", self._count_error)
+
+    def instrument_statements(self, engine: Engine) -> None:
+        """Statement durations and errors of a sync engine (an async engine's sync_engine)."""
+        event.listen(engine, "before_cursor_execute", _start_clock)
+        event.listen(engine, "after_cursor_execute", self._stop_clock)
+        event.listen(engine, "handle_error", self._count_error)
 
     def _stop_clock(
         self, _conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, _many: bool

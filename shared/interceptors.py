@@ -4,7 +4,6 @@ mapping, metrics and log context, applied to every RPC of a service."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import time
@@ -17,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from shared.auth import AUTHENTICATED, PUBLIC, Authenticator, Principal, require
 from shared.errors import DeadlineExceeded, DomainError, PermissionDenied
 from shared.status import DETAILS_KEY, grpc_code, to_status
+from shared.telemetry import ServerSpans
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,49 @@ class RpcMetrics:
         )
 
 
+class _Method:
+    """What the interceptor resolves once per method rather than per call: the permission
+    it needs, where its trace context comes from (None: none, or OpenTelemetry's server
+    interceptor made one), its metric children, and the wrapped handler (grpc.aio looks the
+    same handler object up for every call)."""
+
+    __slots__ = (
+        "_by_code",
+        "_latency",
+        "_requests",
+        "name",
+        "permission",
+        "spans",
+        "wrapped",
+    )
+
+    def __init__(
+        self, name: str, permission: str | None, spans: ServerSpans | None, metrics: RpcMetrics
+    ) -> None:
+        self.name = name
+        self.permission = permission
+        self.spans = spans
+        self._requests = metrics.requests
+        self._by_code: dict[grpc.StatusCode, Any] = {}  # a code's child on its first call
+        self._latency = metrics.latency.labels(name)
+        # (the handler grpc.aio found, ours around it)
+        self.wrapped: tuple[Any, grpc.RpcMethodHandler[Any, Any]] | None = None
+
+    def observe(self, code: grpc.StatusCode, started: float) -> None:
+        counter = self._by_code.get(code)
+        if counter is None:
+            counter = self._by_code[code] = self._requests.labels(self.name, code.name)
+        counter.inc()
+        self._latency.observe(time.perf_counter() - started)
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-arg]
     """One interceptor for every cross-cutting concern of a unary or streaming RPC.
 
     `permissions` maps full method names ("/pkg.Service/Method") to the
     permission they need; a method missing from the map is denied (fail closed).
+    `spans`, when set, serves each RPC but health checks in a trace context (tracing
+    without the OpenTelemetry server interceptor, see ServerSpans).
     """
 
     def __init__(
@@ -74,11 +112,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
         permissions: Mapping[str, str],
         metrics: RpcMetrics,
         default_deadline_s: float,
+        spans: ServerSpans | None = None,
     ) -> None:
         self._auth = authenticator
         self._permissions = {**PUBLIC_METHODS, **permissions}
         self._metrics = metrics
         self._default_deadline = default_deadline_s
+        self._spans = spans
+        self._methods: dict[str, _Method] = {}
 
     async def intercept_service(
         self,
@@ -90,74 +131,80 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
         handler = await continuation(details)
         if handler is None:
             return None
-        method: str = details.method
-        metadata = {k: v for k, v in (details.invocation_metadata or ())}
+        entry = self._methods.get(details.method)
+        if entry is None:  # only methods the server serves get here: the map stays small
+            entry = self._methods[details.method] = _Method(
+                details.method,
+                self._permissions.get(details.method),
+                None if is_health_check(details.method) else self._spans,
+                self._metrics,
+            )
+        wrapped = entry.wrapped
+        if wrapped is None or wrapped[0] is not handler:
+            wrapped = entry.wrapped = (handler, self._wrap(entry, handler))
+        return wrapped[1]
+
+    def _wrap(
+        self, entry: _Method, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, metadata, handler.unary_unary),
+                self._wrap_unary(entry, handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, metadata, handler.unary_stream),
+                self._wrap_stream(entry, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                self._wrap_stream(method, metadata, handler.stream_stream),
+                self._wrap_stream(entry, handler.stream_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _authorize(self, method: str, metadata: Mapping[str, Any]) -> Principal | None:
-        needed = self._permissions.get(method)
-        if needed == PUBLIC:
+    def _authorize(self, entry: _Method, metadata: Mapping[str, Any]) -> Principal | None:
+        if entry.permission == PUBLIC:
             return None
         principal = self._auth.authenticate(metadata.get("authorization"))
-        if needed is None:
-            raise PermissionDenied(f"method {method} is not open to any permission")
-        require(principal, needed)
+        if entry.permission is None:
+            raise PermissionDenied(f"method {entry.name} is not open to any permission")
+        require(principal, entry.permission)
         return principal
 
-    @contextlib.asynccontextmanager
-    async def _guard(
-        self, method: str, metadata: Mapping[str, Any], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[None]:
-        """Authenticate and authorize, then turn whatever the handler raises into
-        a precise status (domain errors), UNIMPLEMENTED, or a bare INTERNAL."""
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            _principal.set(self._authorize(method, metadata))
-            yield
-        except DomainError as exc:
-            code = grpc_code(exc)
+    async def _answer(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        exc: Exception,
+        code: grpc.StatusCode,
+    ) -> None:
+        """Turn what the handler raised into a precise status (domain errors),
+        UNIMPLEMENTED, or a bare INTERNAL; context.abort()'s own exception propagates."""
+        if isinstance(exc, DomainError):
             await _abort(context, exc)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except NotImplementedError:
-            code = grpc.StatusCode.UNIMPLEMENTED
+        elif code is grpc.StatusCode.UNIMPLEMENTED:
             await context.abort(code, f"{method} is not implemented yet")
-        except Exception as exc:
-            passthrough = _passthrough_code(exc)
-            if passthrough is not None:
-                code = passthrough
-                raise
-            code = grpc.StatusCode.INTERNAL
+        elif code is grpc.StatusCode.INTERNAL:
             log.exception("unhandled error in %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        finally:
-            self._observe(method, code, started)
+        else:
+            raise exc
 
     def _wrap_unary(
-        self, method: str, metadata: Mapping[str, Any], behaviour: Callable[..., Any]
+        self, entry: _Method, behaviour: Callable[..., Any]
     ) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            async with self._guard(method, metadata, context):
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            metadata = dict(context.invocation_metadata() or ())
+            token = entry.spans.enter(entry.name, metadata) if entry.spans else None
+            try:
+                _principal.set(self._authorize(entry, metadata))
                 timeout = context.time_remaining()
                 if timeout is None:
                     timeout = self._default_deadline
@@ -169,26 +216,61 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
                     raise DeadlineExceeded(
                         f"server-side deadline of {timeout:.1f}s exceeded"
                     ) from None
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code = _code_of(exc)
+                await self._answer(entry.name, context, exc, code)
+            finally:
+                if token is not None:
+                    ServerSpans.leave(token)
+                entry.observe(code, started)
 
         return wrapped
 
     def _wrap_stream(
-        self, method: str, metadata: Mapping[str, Any], behaviour: Callable[..., Any]
+        self, entry: _Method, behaviour: Callable[..., Any]
     ) -> Callable[..., AsyncIterator[Any]]:
         # Streams (WatchRun, GetContent) are bounded by the client's deadline
         # or by the stream itself ending; they get no server default.
         async def wrapped(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            async with self._guard(method, metadata, context):
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            metadata = dict(context.invocation_metadata() or ())
+            token = entry.spans.enter(entry.name, metadata) if entry.spans else None
+            try:
+                _principal.set(self._authorize(entry, metadata))
                 async for item in behaviour(request, context):
                     yield item
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code = _code_of(exc)
+                await self._answer(entry.name, context, exc, code)
+            finally:
+                if token is not None:
+                    ServerSpans.leave(token)
+                entry.observe(code, started)
 
         return wrapped
 
-    def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
-        self._metrics.requests.labels(method, code.name).inc()
-        self._metrics.latency.labels(method).observe(time.perf_counter() - started)
+
+def is_health_check(method: str) -> bool:
+    """Probes' health checks (no span: as opentelemetry's filters.health_check)."""
+    return method.startswith("/grpc.health.v1.Health/")
+
+
+def _code_of(exc: Exception) -> grpc.StatusCode:
+    """The status an exception out of a handler ends its RPC with."""
+    if isinstance(exc, DomainError):
+        return grpc_code(exc)
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
+    return _passthrough_code(exc) or grpc.StatusCode.INTERNAL
 
 
 def _passthrough_code(exc: Exception) -> grpc.StatusCode | None:

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +33,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import key_string
@@ -60,6 +61,10 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("created_at", DateTime(timezone=True), nullable=False),
         Column("published_at", DateTime(timezone=True), nullable=True, index=True),
     )
+
+
+# Sets published_at (now) on the rows of these msg_ids, in one transaction.
+Marker = Callable[[Sequence[str]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,13 @@ class Outbox:
         ack_timeout_s: float = 5.0,
         mark_interval_s: float = 0.25,
         tracer: trace.Tracer | None = None,
+        marker: Marker | None = None,
     ) -> None:
         self._table = table
+        self._insert = insert(table)
+        # How sent rows get their published_at: an UPDATE through `sessions` unless the
+        # service has a cheaper way into its own table (the executor's SQLite writer).
+        self._marker = marker or self._mark_rows
         self._tracer = tracer
         # A tracer that records nothing would only pass the staged context on: skip it.
         self._recording = tracer is not None and not isinstance(tracer, ContextTracer)
@@ -130,20 +140,13 @@ class Outbox:
         if not messages:
             return
         session.info[_STAGED] = session.info.get(_STAGED, 0) + len(messages)
-        now = datetime.now(UTC)
-        await session.execute(
-            insert(self._table),
-            [
-                {
-                    "msg_id": m.msg_id,
-                    "subject": m.subject,
-                    "payload": m.payload,
-                    "headers": json.dumps(m.headers),
-                    "created_at": now,
-                }
-                for m in messages
-            ],
-        )
+        await session.execute(insert(self._table), _rows(messages))
+
+    def add_in(self, conn: Connection, messages: Sequence[OutboxMessage]) -> None:
+        """`add_many` on a Core connection (shared.db_transactions): the caller hands what it
+        committed to `committed()`, or calls `notify()`."""
+        if messages:
+            conn.execute(self._insert, _rows(messages))
 
     @staticmethod
     def staged_in(session: AsyncSession) -> int:
@@ -285,16 +288,19 @@ class Outbox:
         while self._acked:
             ids, self._acked = self._acked[:1000], self._acked[1000:]
             try:
-                async with self._sessions() as session, session.begin():
-                    await session.execute(
-                        update(self._table)
-                        .where(self._table.c.msg_id.in_(ids))
-                        .values(published_at=datetime.now(UTC))
-                    )
+                await self._marker(ids)
             except BaseException:
                 self._acked[:0] = ids  # marked later (or re-sent and dropped as duplicates)
                 raise
         self._acked_since = _now()
+
+    async def _mark_rows(self, msg_ids: Sequence[str]) -> None:
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(self._table)
+                .where(self._table.c.msg_id.in_(msg_ids))
+                .values(published_at=datetime.now(UTC))
+            )
 
     async def _publish(self, js: JetStreamContext, messages: Sequence[OutboxMessage]) -> list[str]:
         """Publish in order without waiting for each acknowledgement (one round trip for the
@@ -369,6 +375,20 @@ def _end_spans(spans: Sequence[trace.Span | None], published: int) -> None:
         if i >= published:
             span.set_status(trace.StatusCode.ERROR, "not acknowledged; retried")
         span.end()
+
+
+def _rows(messages: Sequence[OutboxMessage]) -> list[dict[str, Any]]:
+    now = datetime.now(UTC)
+    return [
+        {
+            "msg_id": m.msg_id,
+            "subject": m.subject,
+            "payload": m.payload,
+            "headers": json.dumps(m.headers),
+            "created_at": now,
+        }
+        for m in messages
+    ]
 
 
 def _ok(ack: asyncio.Future[Any]) -> bool:

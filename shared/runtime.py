@@ -16,7 +16,6 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 
 from shared import jetstream
@@ -42,11 +41,6 @@ class Runtime:
     nats: NATS | None = None
     js: JetStreamContext | None = None
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-
-    @property
-    def tracer_provider(self) -> TracerProvider:
-        """The SDK provider (RPC server spans)."""
-        return self.tracing.provider
 
     @property
     def span_provider(self) -> trace.TracerProvider:
@@ -111,7 +105,7 @@ def start_server(runtime: Runtime, built: Service) -> ServerBundle:
         authenticator=runtime.authenticator,
         permissions=built.permissions,
         registry=runtime.registry,
-        tracer_provider=runtime.tracer_provider,
+        tracing=runtime.tracing,
     )
     bundle.on_shutdown.extend(runtime.on_shutdown)
     return bundle

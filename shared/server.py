@@ -13,13 +13,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from shared.auth import Authenticator
-from shared.interceptors import RpcMetrics, ServiceInterceptor
+from shared.interceptors import RpcMetrics, ServiceInterceptor, is_health_check
 from shared.settings import GrpcSettings
+from shared.telemetry import ServerSpans, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,32 @@ def create_server(
     authenticator: Authenticator,
     permissions: Mapping[str, str],
     registry: CollectorRegistry,
-    tracer_provider: TracerProvider | None = None,
+    tracing: Tracing | None = None,
 ) -> ServerBundle:
-    """Build a grpc.aio server bound to settings.host:settings.port (0 = free port)."""
-    interceptor = ServiceInterceptor(
-        authenticator=authenticator,
-        permissions=permissions,
-        metrics=RpcMetrics(service, registry),
-        default_deadline_s=settings.default_deadline_s,
+    """Build a grpc.aio server bound to settings.host:settings.port (0 = free port).
+
+    Each RPC but health checks is served in a span continuing the caller's trace: an
+    OpenTelemetry server span when `tracing` exports spans; otherwise only its context
+    (ServerSpans), as no one would read the span (`tracing` None: a context from the SDK's
+    default sampler and ids)."""
+    interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+    spans = None
+    if tracing is not None and tracing.exporting:
+        interceptors.append(
+            aio_server_interceptor(  # type: ignore[no-untyped-call]
+                tracer_provider=tracing.provider, filter_=_not_health_check
+            )
+        )
+    else:
+        spans = ServerSpans(tracing.provider if tracing is not None else TracerProvider())
+    interceptors.append(
+        ServiceInterceptor(
+            authenticator=authenticator,
+            permissions=permissions,
+            metrics=RpcMetrics(service, registry),
+            default_deadline_s=settings.default_deadline_s,
+            spans=spans,
+        )
     )
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -70,14 +89,7 @@ def create_server(
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(
-        interceptors=[
-            # A span per RPC, continuing the caller's trace; probes' health checks make none.
-            aio_server_interceptor(  # type: ignore[no-untyped-call]
-                tracer_provider=tracer_provider,
-                filter_=filters.negate(filters.health_check()),  # type: ignore[no-untyped-call]
-            ),
-            interceptor,
-        ],
+        interceptors=interceptors,
         options=options,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
@@ -99,6 +111,12 @@ def create_server(
     if port == 0:
         raise RuntimeError(f"cannot bind gRPC port {settings.host}:{settings.port}")
     return ServerBundle(server=server, port=port, health=health_servicer, service_names=names)
+
+
+def _not_health_check(details: grpc.HandlerCallDetails) -> bool:
+    """OpenTelemetry's filters.negate(filters.health_check()) at a fraction of the cost
+    (that one costs ~16 µs a call in isinstance checks against grpc's ABCs)."""
+    return not is_health_check(details.method)
 
 
 async def wait_for_signal() -> None:

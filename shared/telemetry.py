@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared.settings import LogSettings
@@ -93,6 +94,55 @@ class _ContextTracerProvider(trace.TracerProvider):
 
 _CONTEXT_TRACER = ContextTracer()
 _CONTEXT_ONLY = _ContextTracerProvider()
+
+
+def records_spans(provider: trace.TracerProvider | None) -> bool:
+    """False for the provider of a service that exports nothing (Tracing.spans): its spans
+    only carry the trace on, which needs no OpenTelemetry instrumentation around an RPC."""
+    return provider is not _CONTEXT_ONLY
+
+
+class ServerSpans:
+    """The context an RPC is served in when spans are not exported: a span context like the
+    one the SDK's server span would have (the caller's trace, or a new one; a new span id;
+    the sampler's decision), made current without the span itself. Logs, the run row and
+    its events get a real trace id, and the calls the RPC makes continue the trace, at a
+    fraction of the OpenTelemetry server interceptor's cost per call."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self._sampler = provider.sampler
+        self._ids = provider.id_generator
+        # Newer SDKs mark a trace id they generated at random (W3C trace flags level 2).
+        self._random = getattr(self._ids, "is_trace_id_random", lambda: False)()
+        self._random_flag = int(getattr(trace.TraceFlags, "RANDOM_TRACE_ID", 0))
+
+    def enter(
+        self, method: str, metadata: Mapping[str, str]
+    ) -> contextvars.Token[otel_context.Context]:
+        """Make the span context of an RPC of `method` current (the caller's trace comes from
+        its metadata); returns the token to leave() it with."""
+        parent = propagate.extract(metadata)
+        parent_span = trace.get_current_span(parent).get_span_context()
+        if parent_span.is_valid:
+            trace_id, random = parent_span.trace_id, parent_span.trace_flags & self._random_flag
+        else:
+            trace_id, random = self._ids.generate_trace_id(), self._random and self._random_flag
+        sampling = self._sampler.should_sample(parent, trace_id, method, trace.SpanKind.SERVER)
+        flags = trace.TraceFlags.SAMPLED if sampling.decision is Decision.RECORD_AND_SAMPLE else 0
+        span = trace.NonRecordingSpan(
+            trace.SpanContext(
+                trace_id,
+                self._ids.generate_span_id(),
+                is_remote=False,
+                trace_flags=trace.TraceFlags(flags | random),
+                trace_state=sampling.trace_state,
+            )
+        )
+        return otel_context.attach(trace.set_span_in_context(span, parent))
+
+    @staticmethod
+    def leave(token: contextvars.Token[otel_context.Context]) -> None:
+        otel_context.detach(token)
 
 
 def otlp_exporter(env: Mapping[str, str]) -> SpanExporter | None:

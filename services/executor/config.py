@@ -127,10 +127,11 @@ class LocalCommandSettings(BaseModel):
     commands: dict[str, str] = Field(default_factory=dict)
     # PATH of the command's environment.
     path: str = "/usr/local/bin:/usr/bin:/bin"
-    # What sets a command's rlimits and death signal before exec: util-linux's setpriv and
-    # prlimit (auto: when both are on PATH), else a Python shim.
-    launcher: Literal["auto", "util-linux", "python"] = "auto"
-    # Python shims started ahead of demand (0: each run starts its own).
+    # What sets a command's rlimits, session and death signal before exec: a fork server the
+    # executor starts once (auto), util-linux's setpriv and prlimit exec'd in a chain, or a
+    # Python shim per run.
+    launcher: Literal["auto", "fork-server", "util-linux", "python"] = "auto"
+    # Python shims started ahead of demand (launcher python; 0: each run starts its own).
     warm_shims: int = Field(default=2, ge=0, le=64)
 
 

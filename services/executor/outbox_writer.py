@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
@@ -26,6 +27,7 @@ from shared.outbox import OutboxMessage
 _STORED = "%Y-%m-%d %H:%M:%S.%f"
 _INSERT = "INSERT INTO outbox (msg_id, subject, payload, headers, created_at) VALUES (?,?,?,?,?)"
 _CREATED_AT = "SELECT created_at FROM outbox WHERE msg_id = ?"
+_MARK = "UPDATE outbox SET published_at = ? WHERE msg_id IN ({})"
 
 
 def sqlite_file(url: str) -> str | None:
@@ -56,6 +58,7 @@ class SqliteOutboxWriter:
         self._busy_timeout_s = busy_timeout_s
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="outbox-writer")
         self._conn: sqlite3.Connection | None = None
+        self._read_conn: sqlite3.Connection | None = None  # the loop's, for lookups
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -90,20 +93,65 @@ class SqliteOutboxWriter:
                 conn.execute("ROLLBACK")
             raise
 
+    async def mark(self, msg_ids: Sequence[str]) -> None:
+        """Set published_at on these rows (the outbox relay's marks), in one transaction."""
+        now = datetime.now(UTC).strftime(_STORED)
+        with transaction_scope(self._span):
+            await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._mark, now, list(msg_ids)
+            )
+
+    def _mark(self, now: str, msg_ids: list[str]) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for start in range(0, len(msg_ids), 500):  # under SQLite's bound-variable limit
+                chunk = msg_ids[start : start + 500]
+                conn.execute(_MARK.format(",".join("?" * len(chunk))), (now, *chunk))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
     async def created_at(self, msg_id: str) -> datetime | None:
-        """When the row of `msg_id` was staged, or None."""
-        stored = await asyncio.get_running_loop().run_in_executor(
-            self._thread, self._created_at, msg_id
-        )
+        """When the row of `msg_id` was staged, or None.
+
+        Read on the loop, on a connection of its own that never waits for a lock: in WAL mode
+        an index lookup does not wait for writers, so a thread hop would cost more than the
+        read. When SQLite does answer busy (a checkpoint or recovery holding it, or a file not
+        in WAL mode), the writer's thread reads it instead, waiting as long as it must."""
+        try:
+            row = self._reader().execute(_CREATED_AT, (msg_id,)).fetchone()
+            stored = None if row is None else str(row[0])
+        except sqlite3.OperationalError:
+            stored = await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._created_at, msg_id
+            )
         if stored is None:
             return None
         return datetime.fromisoformat(stored).replace(tzinfo=UTC)
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._read_conn is None:
+            # timeout 0: busy is answered at once, never waited for on the loop.
+            self._read_conn = sqlite3.connect(
+                Path(self._path).absolute().as_uri() + "?mode=ro",
+                uri=True,
+                timeout=0,
+                isolation_level=None,
+            )
+        return self._read_conn
 
     def _created_at(self, msg_id: str) -> str | None:
         row = self._connection().execute(_CREATED_AT, (msg_id,)).fetchone()
         return None if row is None else str(row[0])
 
     async def close(self) -> None:
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = None
+
         def close() -> None:
             if self._conn is not None:
                 self._conn.close()

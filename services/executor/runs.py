@@ -263,6 +263,9 @@ class RunManager:
         """Wait for a slot; False (holding none) once draining or the run is cancelled."""
         if self._draining.is_set() or run.cancel_requested:
             return False
+        if not self._slots.locked():  # a free slot: taken at once, nothing to wait for
+            await self._slots.acquire()
+            return True
         acquire = asyncio.ensure_future(self._slots.acquire())
         stops = [asyncio.ensure_future(e.wait()) for e in (self._draining, run.cancelled)]
         try:
@@ -307,19 +310,28 @@ class RunManager:
             for s in ("stdout", "stderr")
         }
         runner = self._registry.get(request.execution_type)
-        flusher = asyncio.create_task(self._flush_live(run))
+        # Live output goes out from the run's first output on (a run printing nothing, most
+        # short runs, has no flusher to start and stop).
+        flusher: asyncio.Task[None] | None = None
+        ended = False  # the runner returned: late output starts no flusher
         cancels: list[asyncio.Task[bool]] = []
         loop = asyncio.get_running_loop()
 
         loop_thread = threading.get_ident()
 
+        def feed(stream: str, data: bytes) -> None:
+            nonlocal flusher
+            run.streams[stream].feed(data)
+            if flusher is None and not ended:
+                flusher = asyncio.create_task(self._flush_live(run))
+
         def on_output(stream: str, data: bytes) -> None:
             # On the loop (most runners): feed now, so output never queues up unbounded
             # behind a fast reader; from a runner's thread: hand it to the loop.
             if threading.get_ident() == loop_thread:
-                run.streams[stream].feed(data)
+                feed(stream, data)
             else:
-                loop.call_soon_threadsafe(run.streams[stream].feed, data)
+                loop.call_soon_threadsafe(feed, stream, data)
 
         async def on_started(at: datetime) -> None:
             # STARTED is staged, not waited for: the run goes on while it is committed.
@@ -336,10 +348,13 @@ class RunManager:
             return outcome
         finally:
             await asyncio.sleep(0)  # let queued output callbacks run
+            ended = True
             for capture in run.streams.values():
                 capture.close()
-            flusher.cancel()
-            await asyncio.gather(flusher, *cancels, return_exceptions=True)
+            flushers = [] if flusher is None else [flusher]
+            for task in flushers:
+                task.cancel()
+            await asyncio.gather(*flushers, *cancels, return_exceptions=True)
 
     async def _flush_live(self, run: ActiveRun) -> None:
         while True:

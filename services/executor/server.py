@@ -101,7 +101,6 @@ async def build(runtime: Runtime) -> Service:
     )
     db_tracer = runtime.tracer("db")
     sessions = db.sessionmaker(engine, tracer=db_tracer, service=runtime.service)
-    outbox = Outbox(OUTBOX, sessions, tracer=runtime.tracer("outbox"))
     sqlite_path = sqlite_file(settings.database.url)
     writer = (
         SqliteOutboxWriter(
@@ -111,6 +110,12 @@ async def build(runtime: Runtime) -> Service:
         )
         if sqlite_path is not None
         else None
+    )
+    outbox = Outbox(
+        OUTBOX,
+        sessions,
+        tracer=runtime.tracer("outbox"),
+        marker=writer.mark if writer is not None else None,
     )
     js = await runtime.connect_nats()
     metrics = ExecutorMetrics(runtime.registry)

@@ -115,7 +115,7 @@ class Dispatcher(WakeableLoop):
         return await self.dispatch_once()
 
     def submitted(self) -> None:
-        """The runs' on_submitted hook: a run submitted inside `direct()` is counted there
+        """The lifecycle's `submitted` listener: a run submitted inside `direct()` is counted there
         for `hand` to send; any other (a fire, a retry, a replay) wakes the loop."""
         current = handoff.current()
         if current is not None:
@@ -272,7 +272,7 @@ class Dispatcher(WakeableLoop):
         refusals: list[batches.Answer] = []
         for request, span, answer in left:
             try:
-                row = await self._runs.get(request.run_id)
+                row = await self._runs.store.get(request.run_id)
             except NotFound:
                 continue
             items.append((row, [executor, *others]))
@@ -300,9 +300,9 @@ class Dispatcher(WakeableLoop):
         limits = self._limits
         active: dict[str, int] = {}
         if limits.enabled:
-            active = await self._runs.active_counts()
+            active = await self._runs.store.active_counts()
         total = sum(active.values())
-        rows = list(await self._runs.claim_pending(self._batch, self._claim_s))
+        rows = list(await self._runs.store.claim_pending(self._batch, self._claim_s))
         held_back: list[str] = []
         sending: list[RunRow] = []
         for i, row in enumerate(rows):
@@ -327,7 +327,7 @@ class Dispatcher(WakeableLoop):
             for row, candidates in plans
             if candidates and _needs_record(row, candidates[0])
         }
-        await self._runs.record_attempts(first)
+        await self._runs.store.record_attempts(first)
         answers = await self._hand_over(plans, set(first))
         accepted = [answer for answer in answers if answer is not None]
         # The answers and the release of the runs held back: one write.
@@ -503,7 +503,7 @@ class Dispatcher(WakeableLoop):
         # Secret values live only in the memory of the replica that took the submit: give
         # that one time to dispatch it; past that they are gone (a restart).
         if datetime.now(UTC) - _utc(row.created_at) < self._secret_grace:
-            await self._runs.defer(row.id, datetime.now(UTC) + timedelta(seconds=1))
+            await self._runs.store.defer(row.id, datetime.now(UTC) + timedelta(seconds=1))
             return True
         await self._runs.fail(
             row.id,
@@ -520,7 +520,7 @@ class Dispatcher(WakeableLoop):
         request = self._request(row)
         for n, executor in enumerate(candidates):
             if not (recorded and n == 0):
-                await self._runs.record_attempt(row.id, executor.address)
+                await self._runs.store.record_attempt(row.id, executor.address)
             try:
                 reply = await executor.stub.Execute(request, timeout=10)
             except asyncio.CancelledError:
@@ -547,7 +547,7 @@ class Dispatcher(WakeableLoop):
             executor.backoff_s = 0.0
             self._metrics.dispatch.labels("accepted").inc()
             return row.id, reply.executor_id, executor.address
-        await self._runs.defer(row.id, datetime.now(UTC) + timedelta(seconds=self._backoff))
+        await self._runs.store.defer(row.id, datetime.now(UTC) + timedelta(seconds=self._backoff))
         return None
 
     def _back_off(self, executor: Executor) -> None:

@@ -2,7 +2,7 @@
 its commit, without waiting for a dispatch round (docs/scheduler.md, "Dispatch").
 
 SubmitRun submits inside `Dispatcher.direct()`, which picks the executor first. The
-transaction that inserts the run (`Runs.stage`) then claims it as a round would
+transaction that inserts the run (`RunEvents.stage`) then claims it as a round would
 (`claim_in`): it goes in already claimed for `claim_s` and recorded as sent to that
 executor, so no round of any replica takes it, unless a run that should go first is
 waiting (higher priority, or as high and older) or its script is quarantined. After the
@@ -19,8 +19,10 @@ import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import exists, or_, select
+from sqlalchemy import bindparam, exists, or_, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runbox.common.v1.common_pb2 import RunState as RS
@@ -68,24 +70,61 @@ async def claim_in(session: AsyncSession, row: RunRow) -> None:
     if handoff is None or not handoff.candidates:
         return
     now = datetime.now(UTC)
-    quarantined = exists().where(
-        QuarantineRow.script_name == row.script_name, QuarantineRow.released_at.is_(None)
-    )
-    ahead = exists().where(
-        RunRow.state == RS.RUN_STATE_PENDING,
-        or_(RunRow.next_dispatch_at.is_(None), RunRow.next_dispatch_at <= now),
-        RunRow.id != row.id,
-        RunRow.script_name.not_in(
-            select(QuarantineRow.script_name).where(QuarantineRow.released_at.is_(None))
-        ),
-        or_(
-            RunRow.priority > row.priority,
-            (RunRow.priority == row.priority) & (RunRow.created_at <= row.created_at),
-        ),
-    )
-    if await session.scalar(select(or_(quarantined, ahead))):
+    if await session.scalar(_blocked(row.script_name, row.id, row.priority, row.created_at, now)):
         return
     row.next_dispatch_at = now + timedelta(seconds=handoff.claim_s)
     row.executor_address = handoff.candidates[0].address
     row.dispatch_attempted_at = now
     handoff.claimed = row.id
+
+
+def claim_values(conn: Connection, handoff: Handoff | None, values: dict[str, Any]) -> bool:
+    """`claim_in` for a run inserted from its column `values` on a Core connection (the
+    hand-off is passed in: this may run in another thread, where context variables are not
+    the submitting task's); True if `values` were claimed."""
+    if handoff is None or not handoff.candidates:
+        return False
+    now = datetime.now(UTC)
+    params = {
+        "script": values["script_name"],
+        "run_id": values["id"],
+        "priority": values["priority"],
+        "created_at": values["created_at"],
+        "now": now,
+    }
+    if conn.scalar(_BLOCKED, params):
+        return False
+    values["next_dispatch_at"] = now + timedelta(seconds=handoff.claim_s)
+    values["executor_address"] = handoff.candidates[0].address
+    values["dispatch_attempted_at"] = now
+    return True
+
+
+def _blocked(script: Any, run_id: Any, priority: Any, created_at: Any, now: Any) -> Any:
+    """One SELECT: is the script quarantined, or a dispatchable run ahead of this one?"""
+    quarantined = exists().where(
+        QuarantineRow.script_name == script, QuarantineRow.released_at.is_(None)
+    )
+    ahead = exists().where(
+        RunRow.state == RS.RUN_STATE_PENDING,
+        or_(RunRow.next_dispatch_at.is_(None), RunRow.next_dispatch_at <= now),
+        RunRow.id != run_id,
+        RunRow.script_name.not_in(
+            select(QuarantineRow.script_name).where(QuarantineRow.released_at.is_(None))
+        ),
+        or_(
+            RunRow.priority > priority,
+            (RunRow.priority == priority) & (RunRow.created_at <= created_at),
+        ),
+    )
+    return select(or_(quarantined, ahead))
+
+
+# Built once, for the hot path (its cache key is computed once).
+_BLOCKED = _blocked(
+    bindparam("script"),
+    bindparam("run_id"),
+    bindparam("priority"),
+    bindparam("created_at"),
+    bindparam("now"),
+)

@@ -3,7 +3,7 @@ reporting (heartbeats, log chunks, state events) for longer than the lease.
 
 Leases are set at dispatch and renewed by the run's events (Runs.renew_lease / apply); the
 sweeper only reads them. Each lost run is ended in its own transaction by Runs.lose_expired
-(FINISHED event through the outbox, on_terminal hooks: retry or dead letter), which is safe
+(FINISHED event through the outbox, run-end hooks: retry or dead letter), which is safe
 with several scheduler replicas sweeping the same table.
 
 The first sweep waits a lease plus the events' ack wait after start (server.py): leases in the

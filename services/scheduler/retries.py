@@ -1,4 +1,4 @@
-"""Failure policy, applied inside the transaction that ends a run (Runs.on_terminal), so
+"""Failure policy, applied inside the transaction that ends a run (a run-end hook, run_listeners.py), so
 what follows from a failure commits with it or not at all and a redelivered event, which
 changes nothing, cannot repeat it:
 
@@ -20,7 +20,7 @@ import math
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from sqlalchemy import func, insert, select, update
@@ -34,9 +34,6 @@ from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import QuarantineRow, RunRow
 from shared.errors import FieldViolation, InvalidArgument, NotFound
 from shared.outbox import Outbox
-
-if TYPE_CHECKING:
-    from services.scheduler.runs import Runs
 
 RS = common_pb2.RunState
 FR = common_pb2.FailureReason
@@ -191,15 +188,31 @@ def reason_label(reason: int) -> str:
     return FR.Name(FR.ValueType(reason)).removeprefix("FAILURE_REASON_").lower()
 
 
-class RetryOrDeadLetter:
-    """on_terminal hook: a failed run is retried as a new run, or dead-lettered."""
+class RunStager(Protocol):
+    """What a retry needs of the lifecycle: staging a run and an event in the transaction
+    that ends the failed one (run_events.py)."""
 
-    def __init__(self, runs: Runs, metrics: SchedulerMetrics) -> None:
+    async def stage(self, session: AsyncSession, row: RunRow) -> None: ...
+
+    async def stage_event(
+        self, session: AsyncSession, row: RunRow, kind: int, tag: str
+    ) -> None: ...
+
+
+class RetryOrDeadLetter:
+    """Run-end hook: a failed run is retried as a new run, or dead-lettered."""
+
+    def __init__(self, runs: RunStager, metrics: SchedulerMetrics) -> None:
         self._runs = runs
         self._metrics = metrics
 
+    @staticmethod
+    def concerns(row: RunRow) -> bool:
+        """Whether this hook acts on the end of `row` (runs skip the hooks when none does)."""
+        return row.state in FAILED and not row.retry_run_id and not row.dead_lettered
+
     async def __call__(self, session: AsyncSession, row: RunRow) -> None:
-        if row.state not in FAILED or row.retry_run_id or row.dead_lettered:
+        if not self.concerns(row):
             return
         reason = failure_class(row)
         policy = policy_of(row)
@@ -266,7 +279,7 @@ _COUNTED = SCRIPT_FAILED | {RS.RUN_STATE_SUCCEEDED}
 
 
 class Quarantines:
-    """Crash-loop detection (an on_terminal hook), listing and release.
+    """Crash-loop detection (a run-end hook), listing and release.
 
     A script is quarantined when its last `failures` ended runs (cancels, LOST runs and
     infrastructure failures aside) all failed within `window_s` and after its last release. Runs ending at the same instant on different
@@ -291,12 +304,16 @@ class Quarantines:
         self._failures = failures
         self._window = timedelta(seconds=window_s)
 
+    def concerns(self, row: RunRow) -> bool:
+        """Whether this hook acts on the end of `row` (runs skip the hooks when none does)."""
+        return (
+            bool(self._failures)
+            and row.state in SCRIPT_FAILED
+            and row.failure_reason not in _NOT_THE_SCRIPT
+        )
+
     async def __call__(self, session: AsyncSession, row: RunRow) -> None:
-        if (
-            not self._failures
-            or row.state not in SCRIPT_FAILED
-            or row.failure_reason in _NOT_THE_SCRIPT
-        ):
+        if not self.concerns(row):
             return
         now = datetime.now(UTC)
         held = await session.get(QuarantineRow, row.script_name)

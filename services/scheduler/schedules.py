@@ -33,7 +33,7 @@ from services.scheduler import state as sm
 from services.scheduler import triggers as tr
 from services.scheduler.catalogue import CatalogueClient
 from services.scheduler.models import FireRow, RunRow, ScheduleRow
-from services.scheduler.runs import after_cursor, encode_cursor
+from services.scheduler.run_store import after_cursor, encode_cursor
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from shared.outbox import Outbox, OutboxMessage
 from shared.telemetry import inject_context

@@ -11,6 +11,7 @@ from services.scheduler.backlog import RunBacklog
 from services.scheduler.catalogue import CatalogueClient
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.consumer import RunEventHandler
+from services.scheduler.dead_letters import DeadLetters
 from services.scheduler.dispatch import ConcurrencyLimits, Dispatcher
 from services.scheduler.executors import ExecutorSet
 from services.scheduler.firing import FiresFirst, Firing, FiringSettings
@@ -18,11 +19,14 @@ from services.scheduler.leases import LeaseSweeper
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import OUTBOX
 from services.scheduler.retries import Quarantines, RetryOrDeadLetter
+from services.scheduler.run_events import RunEvents
+from services.scheduler.run_listeners import RunListeners, RunsEndHook
+from services.scheduler.run_store import RunStore
 from services.scheduler.runs import Runs
 from services.scheduler.schedules import ScheduleEvents, Schedules
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.watch import Watchers
-from shared import db
+from shared import db, db_transactions
 from shared.clients import open_channel
 from shared.consumer_lag import ConsumerLag
 from shared.jetstream import DurableConsumer, run_event_attributes
@@ -51,10 +55,12 @@ async def build(runtime: Runtime) -> Service:
     settings = runtime.settings
     assert isinstance(settings, SchedulerSettings)
     await db.upgrade(MIGRATIONS, settings.database.url)
-    engine = db.create_engine(
-        settings.database, metrics=db.DatabaseMetrics(runtime.registry, runtime.service)
-    )
+    db_metrics = db.DatabaseMetrics(runtime.registry, runtime.service)
+    engine = db.create_engine(settings.database, metrics=db_metrics)
     sessions = db.sessionmaker(engine, tracer=runtime.tracer("db"), service=runtime.service)
+    transactions = db_transactions.transactions(
+        engine, sessions, tracer=runtime.tracer("db"), service=runtime.service, metrics=db_metrics
+    )
     outbox = Outbox(OUTBOX, sessions, batch=500, tracer=runtime.tracer("outbox"))
     js = await runtime.connect_nats()
     token = settings.auth.service_token.get_secret_value()
@@ -79,15 +85,8 @@ async def build(runtime: Runtime) -> Service:
     )
     watchers = Watchers()
     catalogue = CatalogueClient(catalogue_channel, cache_ttl_s=settings.catalogue_cache_ttl_s)
-    runs = Runs(
-        sessions,
-        outbox,
-        catalogue,
-        watchers,
-        metrics,
-        subjects_prefix=settings.nats.subjects_prefix,
-        lease_s=settings.lease_s,
-    )
+    store = RunStore(sessions, transactions)
+    events = RunEvents(outbox, subjects_prefix=settings.nats.subjects_prefix)
     quarantines = Quarantines(
         sessions,
         outbox,
@@ -96,7 +95,26 @@ async def build(runtime: Runtime) -> Service:
         failures=settings.quarantine_failures,
         window_s=settings.quarantine_window_s,
     )
-    runs.on_terminal.extend([RetryOrDeadLetter(runs, metrics), quarantines])
+    # The dispatcher and firing are built from the lifecycle, which tells them of submits
+    # and run ends: their listeners reach them once built (both are before any call).
+    runs = Runs(
+        sessions,
+        store,
+        events,
+        catalogue,
+        watchers,
+        metrics,
+        lease_s=settings.lease_s,
+        listeners=RunListeners(
+            submitted=lambda: dispatcher.submitted(),
+            run_ended=(RetryOrDeadLetter(events, metrics), quarantines),
+            runs_ended=(
+                RunsEndHook(
+                    Firing.concerns, lambda session, ended: firing.runs_ended(session, ended)
+                ),
+            ),
+        ),
+    )
     # Fires due now go before dispatch rounds and event batches (docs/scheduler.md).
     first = FiresFirst()
     dispatcher = Dispatcher(
@@ -119,7 +137,6 @@ async def build(runtime: Runtime) -> Service:
         first=first,
         tracer=runtime.tracer("dispatch"),
     )
-    runs.on_submitted.append(dispatcher.submitted)
     run_events = RunEventHandler(
         runs, metrics, first=first, hold_finished_file=settings.fault_hold_finished_file
     )
@@ -170,7 +187,6 @@ async def build(runtime: Runtime) -> Service:
     schedules.ahead = firing
     schedules.on_change.append(firing.notify)
     schedules.on_delete.append(firing.schedule_deleted)
-    runs.on_terminal_many.append(firing.runs_ended)
 
     async def start() -> None:
         assert runtime.nats is not None
@@ -191,7 +207,15 @@ async def build(runtime: Runtime) -> Service:
         await executors.close()
 
     runtime.on_shutdown.extend(
-        [engine.dispose, close_channels, outbox.stop, consumer.stop, dispatcher.stop, firing.stop]
+        [
+            engine.dispose,
+            transactions.close,
+            close_channels,
+            outbox.stop,
+            consumer.stop,
+            dispatcher.stop,
+            firing.stop,
+        ]
     )
     runtime.on_shutdown.extend([backlog.stop, run_backlog.stop, lag.stop])
     runtime.on_shutdown.append(sweeper.stop)  # first: it ends runs through the outbox
@@ -203,6 +227,7 @@ async def build(runtime: Runtime) -> Service:
         watch_poll_s=settings.watch_poll_s,
         schedules=schedules,
         quarantines=quarantines,
+        dead_letters=DeadLetters(sessions, store, runs),
     )
     return Service(
         registrations=[

@@ -220,3 +220,20 @@ async def test_commit_whose_wake_was_lost_goes_out_with_the_sweep(setup: Any) ->
         assert await _unsent(table, sessions) == 0
     finally:
         await outbox.stop()
+
+
+async def test_sent_rows_are_marked_through_the_services_marker_when_given(setup: Any) -> None:
+    """A service's own marker gets every sent id (and nothing goes through the default
+    UPDATE): what it does with them is what the table shows."""
+    table, sessions, js, _, subject = setup
+    marked: list[str] = []
+
+    async def marker(msg_ids: Any) -> None:
+        marked.extend(msg_ids)
+
+    outbox = Outbox(table, sessions, marker=marker)
+    ids = [f"m{i}" for i in range(3)]
+    await _add(outbox, sessions, subject, ids)
+    assert await outbox.flush(js) == 3
+    assert marked == ids
+    assert await _unsent(table, sessions) == 3  # the marker chose not to write

@@ -16,21 +16,21 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from services.executor.artifacts import collect_from_directory
 from services.executor.config import ExecutorSettings
+from services.executor.runners import workdir
 from services.executor.runners.base import FR, RS, Job, Outcome, OutputSink, StartedHook
+from services.executor.runners.children import ExitStatus, read_pipes, watch_exit
+from services.executor.runners.forkserver import Child, ForkServer
 from services.executor.runners.job_config import execution_config, referenced, render
-from services.executor.runners.local_runner import kill_group, read_stream, rlimits
+from services.executor.runners.local_runner import kill_group, rlimits
 from services.executor.runners.protocol import outcome_from
 from services.executor.runners.shim import (
     discard_shim,
@@ -44,7 +44,8 @@ from services.executor.runners.warm import WarmProcesses
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 log = logging.getLogger(__name__)
-ARTIFACTS = "artifacts"
+# What the runner writes into a run's work dir (parameters, then secrets).
+INPUT_FILES = ("params.json", ".secrets.json")
 # After the command exits, how long its output may still drain (a background child that
 # keeps the pipes open is killed with the group after this).
 DRAIN_S = 2.0
@@ -109,11 +110,9 @@ def prepare(job: Job, commands: dict[str, str]) -> Command:
 def environment(job: Job, work: Path, path: str) -> dict[str, str]:
     """A clean environment: nothing of the executor's own, the run's inputs as files and
     RUNBOX_PARAM_* variables (secrets included: env is one of their two doors)."""
-    params_file, secrets_file = work / "params.json", work / ".secrets.json"
-    params_file.write_text(json.dumps(job.parameters))
-    fd = os.open(secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(job.secrets, f)
+    params_file, secrets_file = (work / name for name in INPUT_FILES)
+    _write(params_file, json.dumps(job.parameters).encode(), 0o644)
+    _write(secrets_file, json.dumps(job.secrets).encode(), 0o600)
     env = {
         "PATH": path,
         "HOME": str(work),
@@ -123,17 +122,31 @@ def environment(job: Job, work: Path, path: str) -> dict[str, str]:
         "RUNBOX_PARAMS_FILE": str(params_file),
         "RUNBOX_SECRETS_FILE": str(secrets_file),
         "RUNBOX_RESULT_FILE": str(work / "result.json"),
-        "RUNBOX_ARTIFACTS_DIR": str(work / ARTIFACTS),
+        "RUNBOX_ARTIFACTS_DIR": str(work / workdir.ARTIFACTS),
     }
     for name, value in {**job.parameters, **job.secrets}.items():
         env["RUNBOX_PARAM_" + name.upper()] = value if isinstance(value, str) else json.dumps(value)
     return env
 
 
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """A new file of the run's work dir (the umask applies to `mode`, as to open())."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+Launched = subprocess.Popen[bytes] | Child
+
+
 @dataclass
 class _Active:
-    proc: subprocess.Popen[bytes]
-    exited: asyncio.Task[tuple[int, Any]]
+    proc: Launched
+    exited: asyncio.Future[ExitStatus]
 
 
 class CommandRunner:
@@ -148,11 +161,17 @@ class CommandRunner:
         self._work_dir = Path(settings.work_dir) / "commands"
         self._active: dict[str, _Active] = {}
         self._cancelled: set[str] = set()
-        # setpriv + prlimit when they are here, else Python shims started ahead of demand
-        # (runners/shim.py): either way no interpreter start-up on the run's path.
-        self._util_linux = util_linux(settings.local.launcher)
+        # A fork server started once (runners/forkserver.py), or setpriv + prlimit, or Python
+        # shims started ahead of demand (runners/shim.py): no interpreter start-up per run.
+        launcher = settings.local.launcher
+        self._fork_server = (
+            ForkServer(self._work_dir) if launcher in ("auto", "fork-server") else None
+        )
+        if self._fork_server is not None and self._commands:
+            self._fork_server.start()  # ahead of the first run (none can run without commands)
+        self._util_linux = util_linux() if launcher == "util-linux" else None
         self._shims: WarmProcesses[subprocess.Popen[bytes]] = WarmProcesses(
-            0 if self._util_linux else settings.local.warm_shims,
+            settings.local.warm_shims if launcher == "python" else 0,
             start=self._start_shim,
             alive=shim_alive,
             discard=discard_shim,
@@ -171,16 +190,15 @@ class CommandRunner:
             return Outcome(
                 RS.RUN_STATE_FAILED, reason=FR.FAILURE_REASON_INVALID_CONFIG, message=str(exc)
             )
-        self._work_dir.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f"run-{job.run_id[:12]}-", dir=self._work_dir))
+        work = workdir.make(self._work_dir, job.run_id)
         try:
-            (work / ARTIFACTS).mkdir()
             env = environment(job, work, self._settings.local.path)
             outcome = await self._run(job, command, work, env, on_output, on_started)
-            await self._collect(job, work, outcome)
+            if not workdir.nothing_to_collect(work):
+                await self._collect(job, work, outcome)
             return outcome
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            workdir.remove(work, INPUT_FILES)
 
     async def _run(
         self,
@@ -196,20 +214,23 @@ class CommandRunner:
         except OSError as exc:
             return Outcome.infrastructure(f"could not start {command.argv[0]}: {exc.strerror}")
         started = datetime.now(UTC)
-        exited = asyncio.create_task(asyncio.to_thread(_wait, proc))
+        exited = proc.exited if isinstance(proc, Child) else watch_exit(proc)
         self._active[job.run_id] = _Active(proc, exited)
         assert proc.stdout is not None and proc.stderr is not None
-        pumps = asyncio.gather(
-            _pump(proc.stdout, lambda d: on_output("stdout", d)),
-            _pump(proc.stderr, lambda d: on_output("stderr", d)),
-        )
+        transports: list[asyncio.BaseTransport] = []
         try:
+            pipes = {"stdout": proc.stdout, "stderr": proc.stderr}
+            pumps = await read_pipes(pipes, on_output, transports)
             await on_started(started)
             done, _ = await asyncio.wait({exited}, timeout=job.limits.timeout_s)
             timed_out = not done
             if timed_out:
                 kill_group(proc, signal.SIGKILL)
-            status, usage = await exited
+            try:
+                status, usage = await exited
+            except OSError as exc:  # the fork server died (and the command with it)
+                return Outcome.infrastructure(f"{command.argv[0]}: {exc}")
+            proc.returncode = os.waitstatus_to_exitcode(status)
             await _drain(proc, pumps)
             return outcome_from(
                 _trailer(status, usage, started),
@@ -220,10 +241,9 @@ class CommandRunner:
             )
         finally:
             kill_group(proc, signal.SIGKILL)  # whatever the command left in its group
-            if not pumps.done():
-                pumps.cancel()
-                await asyncio.gather(pumps, return_exceptions=True)
-            for pipe in (proc.stdout, proc.stderr):
+            for transport in transports:
+                transport.close()
+            for pipe in (proc.stdout, proc.stderr):  # any not handed to a transport
                 pipe.close()
             self._active.pop(job.run_id, None)
             self._cancelled.discard(job.run_id)
@@ -236,7 +256,7 @@ class CommandRunner:
                 work,
                 job.run_id,
                 self._settings.artifacts,
-                artifacts=ARTIFACTS,
+                artifacts=workdir.ARTIFACTS,
                 secrets=job.secrets.values(),
             )
         except OSError as exc:
@@ -257,8 +277,11 @@ class CommandRunner:
 
     async def _spawn(
         self, command: Command, work: Path, env: dict[str, str], limits: dict[str, int]
-    ) -> subprocess.Popen[bytes]:
-        """The command under its shim (a fresh Python shim if the warm one died meanwhile)."""
+    ) -> Launched:
+        """The command forked by the fork server, or under its shim (a fresh Python shim if
+        the warm one died meanwhile)."""
+        if self._fork_server is not None:
+            return await self._fork_server.spawn(command.argv, work, env, limits)
         if self._util_linux:
             return start_limited(self._util_linux, command.argv, work, env, limits)
         proc = await self._shims.take()
@@ -277,27 +300,11 @@ class CommandRunner:
         await self._shims.close()
         for active in list(self._active.values()):
             kill_group(active.proc, signal.SIGKILL)
+        if self._fork_server is not None:
+            self._fork_server.close()
 
 
-def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, Any]:
-    """os.wait4, not Popen.wait, for this child's own rusage (blocking: runs in a thread)."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen never waits again
-    return status, usage
-
-
-async def _pump(pipe: IO[bytes], sink: Callable[[bytes], object]) -> None:
-    """Read a child's pipe on the event loop until EOF."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
-    try:
-        await read_stream(reader, sink)
-    finally:
-        transport.close()
-
-
-async def _drain(proc: subprocess.Popen[bytes], pumps: asyncio.Future[Any]) -> None:
+async def _drain(proc: Launched, pumps: asyncio.Future[Any]) -> None:
     """Let the output end; a background child still holding the pipes dies with the group."""
     done, _ = await asyncio.wait({pumps}, timeout=DRAIN_S)
     if not done:

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from runbox.common.v1 import common_pb2
 from services.executor.agent import AGENT_SOURCE
@@ -237,7 +238,12 @@ async def read_stream(stream: asyncio.StreamReader, sink: Callable[[bytes], obje
         sink(chunk)
 
 
-def kill_group(proc: asyncio.subprocess.Process | subprocess.Popen[bytes], sig: int) -> None:
+class HasPid(Protocol):
+    @property
+    def pid(self) -> int: ...
+
+
+def kill_group(proc: HasPid, sig: int) -> None:
     """Signal the whole process group the run started (it has its own session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)

@@ -1,12 +1,13 @@
-"""How the local execution type starts a command: through a shim that sets the run's
+"""The local execution type's other launchers (the default is the fork server,
+runners/forkserver.py): a command started through a shim that sets the run's
 rlimits and PR_SET_PDEATHSIG (the command dies with the executor; kept across exec) and
 then becomes the command, so the pid, the rusage (wait4), the signals and the exit status
 are the command's own. (A preexec_fn would run Python in a fork of the threaded executor,
 whose gRPC threads hold locks there.) Two shims:
 
-- util-linux's `setpriv --pdeathsig KILL` and `prlimit`, exec'd in a chain: a few
+- util-linux's `setpriv --pdeathsig KILL` and `prlimit` (local.launcher util-linux), exec'd in a chain: a few
   milliseconds of CPU per run, no interpreter start-up;
-- else a Python shim, started ahead of demand (runners/warm.py): it sets the death signal,
+- a Python shim (local.launcher python), started ahead of demand (runners/warm.py): it sets the death signal,
   then blocks on stdin until its one job line arrives (argv, cwd, environment, rlimits).
 
 Either way secrets travel in the environment (or the pipe), never in argv."""
@@ -56,19 +57,15 @@ PRLIMIT_OPTIONS = {
 }
 
 
-def util_linux(launcher: str) -> tuple[str, str] | None:
-    """setpriv and prlimit, if the launcher setting lets them be used and both are here."""
-    if launcher == "python":
-        return None
+def util_linux() -> tuple[str, str]:
+    """setpriv and prlimit (local.launcher util-linux): start-up fails if either is missing."""
     setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
     if setpriv and prlimit and _works(setpriv, prlimit):
         return setpriv, prlimit
-    if launcher == "util-linux":
-        raise ValueError(
-            "local.launcher is util-linux but setpriv (2.33 or later, for --pdeathsig) or "
-            "prlimit is not on PATH"
-        )
-    return None
+    raise ValueError(
+        "local.launcher is util-linux but setpriv (2.33 or later, for --pdeathsig) or "
+        "prlimit is not on PATH"
+    )
 
 
 def _works(setpriv: str, prlimit: str) -> bool:

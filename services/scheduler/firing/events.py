@@ -58,7 +58,7 @@ class FireMessages:
     def template(self, values: Mapping[str, Any], ref: ScheduleRef) -> Template:
         """The events of a FIRED fire whose run has column `values`, less the fields each
         fire sets (`fired`)."""
-        message = self._runs.event_message({**values, "id": ""}, SUBMITTED, "submitted")
+        message = self._runs.events.event_message({**values, "id": ""}, SUBMITTED, "submitted")
         event = events_pb2.RunEvent.FromString(message.payload)
         for name in ("event_id", "run_id", "occurred_at"):
             event.ClearField(name)  # type: ignore[arg-type]
@@ -126,7 +126,7 @@ class FireMessages:
         """The events of one fire recorded with `outcome` (the general path)."""
         messages = []
         if run is not None:
-            messages.append(self._runs.event_message(run, SUBMITTED, "submitted"))
+            messages.append(self._runs.events.event_message(run, SUBMITTED, "submitted"))
         kind = EVENT_OF.get(outcome)
         if kind is not None:
             messages.append(

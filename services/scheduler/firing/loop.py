@@ -123,6 +123,11 @@ class Firing(WakeableLoop):
         self._records = Records(runs, self._bases, messages, settings, clock)
         self.run_end = RunEnd(sessions, runs, self._bases, messages, metrics, clock)
 
+    @staticmethod
+    def concerns(run: RunRow) -> bool:
+        """Whether the run-end hooks act on the end of `run`: those of scheduled runs only."""
+        return run.schedule_id is not None
+
     async def runs_ended(self, session: AsyncSession, runs: Sequence[RunRow]) -> None:
         """Runs.on_terminal_many hook (run_end.py)."""
         await self.run_end.runs_ended(session, runs)

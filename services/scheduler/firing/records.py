@@ -186,7 +186,7 @@ async def withdraw_staged(
 ) -> None:
     """`withdraw`, and the withdrawn runs' CANCELLED (FINISHED) events staged."""
     for run in await withdraw(session, schedule_id, why, now):
-        await runs.stage_event(session, run, events_pb2.RUN_EVENT_TYPE_FINISHED, "cancelled")
+        await runs.events.stage_event(session, run, events_pb2.RUN_EVENT_TYPE_FINISHED, "cancelled")
 
 
 async def claim(session: AsyncSession, schedule_id: str) -> ScheduleRow | None:

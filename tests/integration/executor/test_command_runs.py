@@ -14,6 +14,7 @@ import pytest
 from google.protobuf import json_format
 
 from runbox.common.v1 import common_pb2
+from runbox.events.v1 import events_pb2
 from runbox.executor.v1 import executor_pb2
 from tests.integration.executor.conftest import ExecutorHarness, open_harness
 from tests.integration.executor.test_http_runs import field_of
@@ -162,3 +163,41 @@ async def assert_dead(pid: int) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"process {pid} survived")
+
+
+async def test_command_output_goes_out_live_before_it_ends(executor: ExecutorHarness) -> None:
+    """Output printed while the command runs reaches a LOG event before FINISHED (the live
+    flusher starts with the first output)."""
+    finished, events = await executor.run(command(executor, "sh", ["-c", "echo early; sleep 1"]))
+    assert finished.state == RS.RUN_STATE_SUCCEEDED, finished.output
+    logs = [e for e in events if e.type == events_pb2.RUN_EVENT_TYPE_LOG]
+    assert logs and logs[0].log.data == b"early\n"
+    assert finished.output.stdout == b"early\n"
+
+
+async def test_command_work_dir_is_removed_whatever_the_command_left(
+    executor: ExecutorHarness, tmp_path: Path
+) -> None:
+    """Nothing of a run stays in the commands' work area: not when it left nothing, not when it
+    left artifacts, extra files, or a symlink in place of its artifacts dir (which is then
+    reported, not followed)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not a run's")
+    scripts = {
+        "nothing": ":",
+        "artifact and extras": (
+            'echo hi > "$RUNBOX_ARTIFACTS_DIR/a.txt"; mkdir -p d/e; echo x > d/e/f; rm params.json'
+        ),
+        "symlinked artifacts": f'rm -r "$RUNBOX_ARTIFACTS_DIR"; ln -s {outside} "$RUNBOX_ARTIFACTS_DIR"',
+    }
+    finished = {}
+    for name, script in scripts.items():
+        finished[name], _ = await executor.run(command(executor, "sh", ["-c", script]))
+        assert finished[name].state == RS.RUN_STATE_SUCCEEDED, (name, finished[name].exit)
+    assert not list(finished["nothing"].artifacts)
+    assert [a.name for a in finished["artifact and extras"].artifacts] == ["a.txt"]
+    assert not list(finished["symlinked artifacts"].artifacts)
+    assert "artifacts directory cannot be opened" in finished["symlinked artifacts"].exit.message
+    assert list((tmp_path / "work" / "commands").iterdir()) == []
+    assert (outside / "keep.txt").read_text() == "not a run's"

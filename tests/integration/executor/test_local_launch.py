@@ -32,7 +32,7 @@ PROBE = (
     "print(os.getpid(), os.getpgid(0), resource.getrlimit(resource.RLIMIT_AS)[0],\n"
     "      resource.getrlimit(resource.RLIMIT_CORE)[0], sig.value)\n"
 )
-LAUNCHERS = ["util-linux", "python"]
+LAUNCHERS = ["fork-server", "util-linux", "python"]
 
 pytestmark = pytest.mark.skipif(PYTHON3 is None, reason="no python3 on the scripts' PATH")
 
@@ -110,6 +110,85 @@ async def test_command_exit_codes_and_signals_are_its_own_with_either_launcher(
         )
     )
     assert (killed.state, killed.exit.signal) == (RS.RUN_STATE_FAILED, signal.SIGSEGV)
+
+
+# Prints what else the process got: open fds, ids, no_new_privs, cwd, stdin, hard limits.
+CONTEXT = (
+    "import json, os, resource\n"
+    "fds = sorted(int(fd) for fd in os.listdir('/proc/self/fd'))[:-1]  # the last: listdir's\n"
+    "status = dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines())\n"
+    "limits = {n: resource.getrlimit(getattr(resource, n)) for n in\n"
+    "          ('RLIMIT_AS', 'RLIMIT_CPU', 'RLIMIT_FSIZE', 'RLIMIT_CORE')}\n"
+    "print(json.dumps({'fds': fds, 'ids': [os.getuid(), os.getgid(), os.getgroups()],\n"
+    "    'no_new_privs': status['NoNewPrivs'].strip(), 'cwd': os.getcwd(),\n"
+    "    'work': os.environ['RUNBOX_WORK_DIR'], 'env': sorted(os.environ),\n"
+    "    'stdin': os.readlink('/proc/self/fd/0'), 'limits': limits, 'sid': os.getsid(0),\n"
+    "    'pid': os.getpid()}))\n"
+)
+
+
+def own_no_new_privs() -> str:
+    status = Path("/proc/self/status").read_text()
+    return status.split("NoNewPrivs:")[1].split()[0]
+
+
+async def test_command_gets_std_fds_only_the_executors_ids_and_fixed_limits_with_either_launcher(
+    commands: ExecutorHarness,
+) -> None:
+    """The command has fds 0-2 only (stdin /dev/null), the executor's uid, gid and groups
+    and its no_new_privs (the launcher changes neither), the run's work dir as cwd, the
+    run's environment only, its own session, and hard limits equal to the soft ones."""
+    request = commands.request(
+        "x\n",
+        kind=LOCAL,
+        memory=64 << 20,
+        config={"local": {"command": "python3", "args": ["-c", CONTEXT]}},
+    )
+    finished, _ = await commands.run(request)
+    assert finished.state == RS.RUN_STATE_SUCCEEDED, finished.output
+    got = json.loads(finished.output.stdout)
+    assert got["fds"] == [0, 1, 2]
+    assert got["stdin"] == "/dev/null"
+    assert got["ids"] == [os.getuid(), os.getgid(), os.getgroups()]
+    assert got["no_new_privs"] == own_no_new_privs()
+    assert got["cwd"] == got["work"]
+    assert all(
+        name in ("PATH", "HOME", "LANG") or name.startswith("RUNBOX_") for name in got["env"]
+    )
+    assert got["sid"] == got["pid"]
+    assert got["limits"]["RLIMIT_AS"] == [2 * (64 << 20)] * 2
+    assert all(soft == hard for soft, hard in got["limits"].values())
+
+
+@pytest.fixture
+async def forked(tmp_path: Path, nats_server: Any, tokens: Any) -> AsyncIterator[ExecutorHarness]:
+    local = {"commands": {"sh": "/bin/sh"}, "launcher": "fork-server"}
+    async with open_harness(tmp_path, nats_server.url, tokens, "local", local=local) as harness:
+        yield harness
+
+
+async def test_run_fails_as_infrastructure_when_the_fork_server_dies_and_the_next_starts_one(
+    forked: ExecutorHarness, tmp_path: Path
+) -> None:
+    """A fork server killed under a run takes the command with it (its death signal): the
+    run ends FAILED (infrastructure) at once, and the next run gets a fresh server."""
+    pid_file = tmp_path / "command.pid"
+    script = f"echo $$ > {pid_file}; kill -9 $PPID; sleep 300"
+    request = forked.request(
+        "x\n", kind=LOCAL, config={"local": {"command": "sh", "args": ["-c", script]}}
+    )
+    finished, _ = await forked.run(request)
+    assert (finished.state, finished.exit.reason) == (
+        RS.RUN_STATE_FAILED,
+        RS.FAILURE_REASON_INFRASTRUCTURE,
+    )
+    await assert_gone(int(pid_file.read_text()))
+    again, _ = await forked.run(
+        forked.request(
+            "x\n", kind=LOCAL, config={"local": {"command": "sh", "args": ["-c", "exit 3"]}}
+        )
+    )
+    assert (again.state, again.exit.exit_code) == (RS.RUN_STATE_FAILED, 3)
 
 
 @pytest.mark.parametrize(
@@ -191,10 +270,13 @@ def output(stream, data):
 
 async def main():
     await runner.execute(job("true"), lambda s, d: None, started)
-    warm = 0 if kind == "local" and runner._util_linux else 2
+    warm = 2 if kind == "shell" or launcher == "python" else 0
     while pool.idle < warm:
         await asyncio.sleep(0.01)
-    print(json.dumps([p.pid for p in pool.idle_processes()]), flush=True)
+    helpers = [p.pid for p in pool.idle_processes()]
+    if kind == "local" and runner._fork_server is not None:
+        helpers.append(runner._fork_server.pid)
+    print(json.dumps(helpers), flush=True)
     await runner.execute(job("echo $$; exec sleep 300"), output, started)
 
 asyncio.run(main())
@@ -202,7 +284,8 @@ asyncio.run(main())
 
 
 @pytest.mark.parametrize(
-    ("kind", "launcher"), [("shell", "auto"), ("local", "util-linux"), ("local", "python")]
+    ("kind", "launcher"),
+    [("shell", "auto"), ("local", "fork-server"), ("local", "util-linux"), ("local", "python")],
 )
 async def test_runs_and_warm_processes_die_with_an_executor_killed_by_sigkill(
     tmp_path: Path, kind: str, launcher: str
@@ -224,7 +307,7 @@ async def test_runs_and_warm_processes_die_with_an_executor_killed_by_sigkill(
         assert proc.stdout is not None
         idle = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
         script = int(await asyncio.wait_for(proc.stdout.readline(), 30))
-        assert len(idle) == (0 if (kind, launcher) == ("local", "util-linux") else 2)
+        assert len(idle) == {"fork-server": 1, "util-linux": 0}.get(launcher, 2)
         assert all(running(pid) for pid in [*idle, script])
         proc.kill()
         await proc.wait()

@@ -38,10 +38,14 @@ from services.scheduler.leases import LeaseSweeper
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import OUTBOX, QuarantineRow, RunRow
 from services.scheduler.retries import Quarantines, RetryOrDeadLetter
+from services.scheduler.run_events import RunEvents
+from services.scheduler.run_listeners import RunListeners
+from services.scheduler.run_store import RunStore
 from services.scheduler.runs import Runs
 from services.scheduler.server import MIGRATIONS
 from services.scheduler.watch import Watchers
 from shared import db
+from shared.db_transactions import transactions_of
 from shared.outbox import Outbox
 from shared.settings import DatabaseSettings
 from shared.status import DETAILS_KEY, from_rpc_error
@@ -580,7 +584,7 @@ async def test_two_replicas_sweep_each_lost_run_once_and_quarantine_once(
         assert held.script_name == "looping" and held.consecutive_failures >= 3
         assert subjects.count("runbox.events.quarantine.looping") == 1
         assert "runbox.events.quarantine.flaky-host" not in subjects
-        pending = await replicas[1].runs.claim_pending(10, claim_s=30)
+        pending = await replicas[1].runs.store.claim_pending(10, claim_s=30)
         assert [r.id for r in pending] == ["other"]
     finally:
         for replica in replicas:
@@ -617,9 +621,7 @@ def _replica(url: str) -> Replica:
     outbox = Outbox(OUTBOX, sessions)
     metrics = SchedulerMetrics(CollectorRegistry())
     catalogue: Any = None  # not reached: nothing is submitted
-    runs = Runs(
-        sessions, outbox, catalogue, Watchers(), metrics, subjects_prefix="runbox.events", lease_s=1
-    )
+    events = RunEvents(outbox, subjects_prefix="runbox.events")
     quarantines = Quarantines(
         sessions,
         outbox,
@@ -628,7 +630,16 @@ def _replica(url: str) -> Replica:
         failures=3,
         window_s=600,
     )
-    runs.on_terminal.extend([RetryOrDeadLetter(runs, metrics), quarantines])
+    runs = Runs(
+        sessions,
+        RunStore(sessions, transactions_of(sessions)),
+        events,
+        catalogue,
+        Watchers(),
+        metrics,
+        lease_s=1,
+        listeners=RunListeners(run_ended=[RetryOrDeadLetter(events, metrics), quarantines]),
+    )
     sweeper = LeaseSweeper(runs, metrics, interval_s=1, start_delay_s=0)
     return Replica(engine, sessions, runs, sweeper)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -66,4 +67,50 @@ async def test_a_failed_transaction_stages_nothing(tmp_path: Path) -> None:
         await writer.insert([OutboxMessage("s", "after", b"4")])  # the connection still works
         assert await writer.created_at("after") is not None
     finally:
+        await writer.close()
+
+
+async def test_mark_sets_published_at_on_those_rows_only(tmp_path: Path) -> None:
+    """The relay's marks through the writer: published_at as SQLAlchemy reads it, on the
+    named rows only (more ids than SQLite binds in one statement)."""
+    path = tmp_path / "executor.db"
+    engine = create_engine(f"sqlite:///{path}")
+    Base.metadata.create_all(engine)
+    writer = SqliteOutboxWriter(str(path))
+    ids = [f"r{i}:executor:1:1" for i in range(1200)]
+    before = datetime.now(UTC)
+    try:
+        await writer.insert([OutboxMessage("s", i, b"x") for i in [*ids, "left"]])
+        await writer.mark([*ids, "unknown"])
+    finally:
+        await writer.close()
+    with engine.connect() as conn:
+        rows = {r.msg_id: r.published_at for r in conn.execute(select(OUTBOX))}
+    engine.dispose()
+    assert rows.pop("left") is None
+    assert len(rows) == 1200
+    assert all(before - timedelta(seconds=1) <= at.replace(tzinfo=UTC) for at in rows.values())
+
+
+async def test_lookup_waits_on_the_writer_thread_when_the_file_is_busy(tmp_path: Path) -> None:
+    """A lookup SQLite answers busy on the loop (here: a rollback-journal file under an
+    exclusive lock) is read again on the writer's thread, which waits for the lock."""
+    path = tmp_path / "executor.db"
+    engine = create_engine(f"sqlite:///{path}")
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    writer = SqliteOutboxWriter(str(path))
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        await writer.insert([OutboxMessage("s", "r1:executor:1:1", b"x")])
+        locker.execute("PRAGMA journal_mode=DELETE")
+        locker.execute("BEGIN EXCLUSIVE")
+        lookup = asyncio.ensure_future(writer.created_at("r1:executor:1:1"))
+        await asyncio.sleep(0.2)
+        assert not lookup.done()  # waiting on the thread, not failed
+        locker.execute("COMMIT")
+        assert await lookup is not None
+        assert await writer.created_at("r2:executor:1:1") is None
+    finally:
+        locker.close()
         await writer.close()

@@ -9,7 +9,7 @@ import pytest
 
 from runbox.common.v1 import common_pb2
 from services.scheduler import state as sm
-from services.scheduler.runs import decode_cursor, encode_cursor
+from services.scheduler.run_store import decode_cursor, encode_cursor
 from shared.errors import InvalidArgument
 
 RS = common_pb2

@@ -1,0 +1,999 @@
+"""The floor of one durable run (issue 15): what each primitive a run needs costs on this
+machine, in this repo's stack and versions, and what a run costs if it did nothing else.
+
+Issue 15 asks for SubmitRun -> SUCCEEDED p50 <= 15 ms at 1 in flight and <= 4 ms of CPU per
+run summed over catalogue + scheduler + executor (utime + stime). This benchmark measures the
+primitives those services are built from, each alone, then multiplies them by how many of
+each a run uses, to tell which part of today's cost is a library / kernel floor and which is
+the design's.
+
+Primitives (each measured `--rounds` times, the median of the rounds reported):
+
+- grpc_unary_<variant>: one unary call on loopback (SchedulerService/SubmitRun with a real
+  Run in the answer), client in this process, server a child process (python, grpc.aio).
+  CPU per call of each side separately. Variants: `plain` (no interceptors either side),
+  `service_interceptor` (the server has shared/interceptors.py's ServiceInterceptor: auth,
+  permission, deadline, error mapping, metrics; the client sends the bearer token by hand),
+  `runbox` (the services' own setup: shared.server.create_server, i.e. the OpenTelemetry
+  aio server interceptor with an SDK TracerProvider (server spans recorded, not exported)
+  and the ServiceInterceptor, health and reflection; the client is shared.clients.open_channel
+  with the services' context-only tracer provider).
+- grpc_stream_<variant>: a server-streaming call delivering one message (WatchRun with one
+  WatchRunResponse), open -> message -> end, same variants.
+- jetstream_publish: JetStream publish of a RunEvent-sized message with Nats-Msg-Id, awaiting
+  its ack (nats-py publish_async + the ack future, as the outbox relay does), one at a time;
+  the publisher's CPU (this process) and nats-server's (file storage, sync_interval always,
+  as cli/natsd.py starts it) per message.
+- jetstream_consume: the same publishes, paced (one at a time, CONSUME_GAP_S apart), delivered
+  to shared.jetstream.DurableConsumer (the scheduler's consumer: an open pull request, ack
+  after the handler) in a child process; the consumer's CPU per message (its idle wake-ups
+  between messages included: they are real) and publish -> handler latency.
+- sqlite_<path>: one small row (5 columns, one secondary index) inserted and committed in a
+  WAL file with synchronous=NORMAL, one transaction at a time: `raw` (sqlite3, caller's
+  thread), `raw_thread` (sqlite3 in one worker thread, awaited from asyncio: the executor's
+  outbox writer), `core_sync` (SQLAlchemy Core, sync engine), `core_async` (SQLAlchemy Core
+  through aiosqlite, engine from shared.db.create_engine) and `orm_async` (an ORM object
+  added in a session of shared.db.sessionmaker: what the scheduler does today).
+- spawn_<path>: start /bin/true and reap it: `asyncio` (asyncio.create_subprocess_exec, what
+  the local runner uses), `asyncio_limited` (the same through `setpriv --pdeathsig KILL --
+  prlimit ... --`, the local runner's chain, when both tools are on PATH), `posix_spawn`
+  (os.posix_spawn + os.waitpid, no asyncio) and `helper` (a small pre-started Python process
+  that posix_spawns on request over a pipe: the service's cost is the pipe round trip).
+  Parent CPU, the helper's, and the reaped children's CPU (getrusage RUSAGE_CHILDREN).
+
+CPU is utime + stime: getrusage(RUSAGE_SELF) for this process, the sum of
+/proc/<pid>/task/*/schedstat run times (the same time at ns resolution; /proc/<pid>/stat
+counts 10 ms ticks) for child processes. Latency is wall time per operation, p50.
+
+Per-run counts (RUN_COUNTS) were measured by benchmarks/floor_counts.py on main at 10170db
+(a real round trip: benchmarks/scheduler.py's setup, backend local, SQLite, 100 runs at 1 in
+flight; the services' /metrics deltas, JetStream stream and consumer counts, the executor's
+outbox writer calls, the WatchRun messages the client got). Per run: SubmitRun and WatchRun
+(client -> scheduler), ResolveVersion (scheduler -> catalogue), Execute (scheduler ->
+executor); 4 RunEvents published (SUBMITTED by the scheduler, QUEUED, STARTED, FINISHED by
+the executor), each consumed by the scheduler's durable consumer; 7.8 SQLAlchemy transactions
+in the scheduler (6.6 SELECT, 3.3 UPDATE, 2.0 INSERT statements); in the executor 3
+outbox-writer commits, 1 lookup and 0.24 SQLAlchemy transactions (the relay's marks); 3.6
+WatchRun messages; one spawn. `--counts FILE` takes a floor_counts.py line instead (and puts
+its measured CPU per service and idle CPU beside the floor).
+
+Composition (assumptions):
+
+- floor_cpu_ms_per_run (and _by_service): the three services' side of every primitive at
+  those counts, each service using the path it uses today: SubmitRun's and WatchRun's
+  server side (the stream set-up once, plus one more stream message's worth per further
+  message, approximated by (stream - unary server CPU) each), ResolveVersion and Execute
+  (client and server side), the
+  4 publishes (publisher side) and 4 consumptions, 7.8 orm_async transactions (scheduler),
+  4 raw_thread transactions (executor) + 0.24 orm_async, and the spawn's parent side
+  (asyncio). The benchmark client's side of SubmitRun / WatchRun, nats-server and the
+  spawned process are not the services' and are left out (as the issue's figure leaves
+  them), shown apart in `outside_services_cpu_ms_per_run`. Everything a service does
+  besides these primitives (protobuf <-> domain, state machine, building events, asyncio
+  tasks, logging, metrics outside the interceptor) is what the floor leaves out: the
+  measured total minus the floor is the design's share.
+- floor_cpu_ms_per_run_lean: the same counts, each kind of work at the measured path with
+  the least CPU (gRPC setup, SQLite path, spawn; `lean_paths`): what the counts alone cost.
+- floor_cpu_ms_per_run_minimal: the fewest primitives a durable run through two services
+  and JetStream needs (MINIMAL_COUNTS), at those cheapest paths: SubmitRun, Execute, one
+  WatchRun message, one commit per durable state change in each service (scheduler: submit,
+  apply the end; executor: accept, finish), one event published and consumed (FINISHED: the
+  acceptance is Execute's answer), one spawn; no catalogue call (a cached version).
+- floor_latency_ms_c1: the critical path at 1 in flight, p50s added: SubmitRun's request
+  half (unary / 2), ResolveVersion, the submit commit, Execute (answered after the QUEUED
+  commit), the spawn, the FINISHED commit, JetStream publish -> delivered to the consumer,
+  the apply commit, and the WatchRun push (unary / 2); the paths as today. WatchRun's
+  opening and STARTED overlap the run and are left out. `_lean` the same at the cheapest
+  paths.
+
+Progress on stderr; one JSON line on stdout. Default ~1.5-2 minutes; --smoke ~15 s.
+
+    .venv/bin/python benchmarks/floor_counts.py > counts.json   # optional, ~40 s
+    .venv/bin/python benchmarks/floor.py [--counts counts.json] [--rounds 3] [--scale 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+import nats  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+from nats.aio.msg import Msg  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column  # noqa: E402
+
+from cli import natsd  # noqa: E402
+from runbox.common.v1 import common_pb2  # noqa: E402
+from runbox.events.v1 import events_pb2  # noqa: E402
+from runbox.scheduler.v1 import scheduler_pb2 as pb  # noqa: E402
+from runbox.scheduler.v1 import scheduler_pb2_grpc  # noqa: E402
+from shared import db, jetstream  # noqa: E402
+from shared.auth import Authenticator, hash_token, new_token  # noqa: E402
+from shared.clients import open_channel  # noqa: E402
+from shared.interceptors import RpcMetrics, ServiceInterceptor  # noqa: E402
+from shared.server import create_server  # noqa: E402
+from shared.settings import DatabaseSettings, GrpcSettings, NatsSettings  # noqa: E402
+from shared.telemetry import setup_tracing  # noqa: E402
+
+SERVICE = pb.DESCRIPTOR.services_by_name["SchedulerService"].full_name
+PERMISSIONS = {
+    f"/{SERVICE}/SubmitRun": "script:execute",
+    f"/{SERVICE}/WatchRun": "script_execution:read",
+}
+GRPC_VARIANTS = ("plain", "service_interceptor", "runbox")
+SQLITE_PATHS = ("raw", "raw_thread", "core_sync", "core_async", "orm_async")
+STREAM = "FLOOR"
+PREFIX = "floor.events"
+CONSUME_GAP_S = 0.003
+
+# Per run, measured as the module docstring says (floor_counts.py on main at 10170db, 100 runs
+# at 1 in flight, 2026-12-05 06:47 UTC, load average 5.5).
+RUN_COUNTS: dict[str, float] = {
+    "rpc_submitrun": 1,
+    "rpc_watchrun_streams": 1,
+    "rpc_watchrun_messages": 3.58,
+    "rpc_resolveversion": 1,
+    "rpc_execute": 1,
+    "jetstream_publishes_scheduler": 1.04,
+    "jetstream_publishes_executor": 3.02,
+    "jetstream_consumptions_scheduler": 4,
+    "sqlite_transactions_scheduler_orm": 7.81,
+    "sqlite_transactions_scheduler_core": 0,  # the Core path came after (s3-sqlhot)
+    "sqlite_transactions_executor_raw_thread": 3.99,
+    "sqlite_transactions_executor_orm": 0.26,
+    "spawns": 1,
+}
+# The fewest a durable run through scheduler, executor and JetStream needs.
+MINIMAL_COUNTS: dict[str, float] = {
+    "rpc_submitrun": 1,
+    "rpc_watchrun_streams": 1,
+    "rpc_watchrun_messages": 1,
+    "rpc_resolveversion": 0,
+    "rpc_execute": 1,
+    "jetstream_publishes_scheduler": 0,
+    "jetstream_publishes_executor": 1,
+    "jetstream_consumptions_scheduler": 1,
+    "sqlite_transactions_scheduler_orm": 2,
+    "sqlite_transactions_scheduler_core": 0,
+    "sqlite_transactions_executor_raw_thread": 2,
+    "sqlite_transactions_executor_orm": 0,
+    "spawns": 1,
+}
+
+
+def log(message: str) -> None:
+    print(f"[floor-bench] {message}", file=sys.stderr, flush=True)
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def self_cpu() -> float:
+    """This process's CPU seconds (every thread, exited ones included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pid_cpu(pid: int) -> float:
+    """CPU seconds of another live process: its threads' run time (ns) from schedstat."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def p50_us(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1e6, 1)
+
+
+def per_op_us(seconds: float, ops: int) -> float:
+    return round(seconds * 1e6 / ops, 1)
+
+
+@dataclass
+class Sizes:
+    """Operations per primitive and round."""
+
+    unary: int
+    stream: int
+    publish: int
+    consume: int
+    commit: int
+    spawn: int
+    warmup: int
+
+
+def sizes(smoke: bool, scale: float) -> Sizes:
+    if smoke:
+        return Sizes(unary=100, stream=60, publish=100, consume=60, commit=100, spawn=30, warmup=10)
+
+    def n(base: int) -> int:
+        return max(10, int(base * scale))
+
+    return Sizes(
+        unary=n(2000),
+        stream=n(1000),
+        publish=n(1500),
+        consume=n(600),
+        commit=n(1500),
+        spawn=n(300),
+        warmup=n(50),
+    )
+
+
+async def timed(count: int, op: Callable[[], Awaitable[Any]]) -> list[float]:
+    """`count` calls of op one after another; each one's wall time."""
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await op()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+# --- children: a gRPC server, a JetStream consumer, a spawn helper ---------------------------
+
+
+class Servicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    """SubmitRun answers a fixed Run; WatchRun sends it once and ends."""
+
+    def __init__(self) -> None:
+        self.run = sample_run()
+
+    async def SubmitRun(self, request: pb.SubmitRunRequest, context: Any) -> pb.Run:
+        return self.run
+
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: Any
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        yield pb.WatchRunResponse(run=self.run)
+
+
+def sample_run() -> pb.Run:
+    """A Run as WatchRun reports a finished no-op run."""
+    run = pb.Run(
+        id=str(uuid.uuid4()),
+        script=common_pb2.ScriptRef(name="noop", version="1.0.0"),
+        script_version="1.0.0",
+        sha256="0" * 64,
+        execution_type=common_pb2.EXECUTION_TYPE_LOCAL,
+        state=common_pb2.RUN_STATE_SUCCEEDED,
+        attempt=1,
+        executor_id="executor-1",
+        submitted_by="admin",
+        labels={"team": "data"},
+    )
+    now = datetime.now(UTC)
+    for stamp in (run.create_time, run.queue_time, run.start_time, run.finish_time):
+        stamp.FromDatetime(now)
+    return run
+
+
+async def serve_grpc(variant: str, token_sha256: str) -> None:
+    """A server of one variant on a free port; prints the port, serves until stdin closes."""
+    servicer = Servicer()
+    settings = GrpcSettings(host="127.0.0.1", port=0)
+    authenticator = Authenticator([("bench", token_sha256, ["*"])])
+    if variant == "runbox":
+        bundle = create_server(
+            service="floor",
+            settings=settings,
+            registrations=[
+                (scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server, servicer, SERVICE)
+            ],
+            authenticator=authenticator,
+            permissions=PERMISSIONS,
+            registry=CollectorRegistry(),
+            tracing=setup_tracing("floor"),
+        )
+        server, port = bundle.server, bundle.port
+    else:
+        interceptors = []
+        if variant == "service_interceptor":
+            interceptors.append(
+                ServiceInterceptor(
+                    authenticator=authenticator,
+                    permissions=PERMISSIONS,
+                    metrics=RpcMetrics("floor", CollectorRegistry()),
+                    default_deadline_s=settings.default_deadline_s,
+                )
+            )
+        server = grpc.aio.server(interceptors=interceptors)
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await asyncio.to_thread(sys.stdin.read)
+    await server.stop(0)
+
+
+async def consume(url: str, durable: str, warmup: int, count: int) -> None:
+    """A DurableConsumer on the bench stream: prints "ready", "warm" after `warmup` messages,
+    then the publish -> handler latencies (JSON) after `count` more; exits when stdin closes."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    latencies: list[float] = []
+    seen = 0
+    done = asyncio.Event()
+
+    async def handle(msg: Msg) -> None:
+        nonlocal seen
+        seen += 1
+        if seen > warmup:
+            latencies.append(time.time() - float((msg.headers or {})["Floor-Sent"]))
+        if seen == warmup:
+            print("warm", flush=True)
+        if seen == warmup + count:
+            done.set()
+
+    consumer = jetstream.DurableConsumer(
+        js, stream=STREAM, durable=durable, filter_subject=f"{PREFIX}.{durable}.>", handler=handle
+    )
+    await consumer.start()
+    print("ready", flush=True)
+    await done.wait()
+    await asyncio.sleep(0.05)  # the last ack is written
+    print(json.dumps({"latency_p50_us": p50_us(latencies)}), flush=True)
+    await asyncio.to_thread(sys.stdin.read)
+    await consumer.stop()
+    await nc.close()
+
+
+def spawn_helper() -> None:
+    """Reads an executable path per line, posix_spawns it, waits, answers its exit status;
+    on EOF prints its children's CPU seconds."""
+    for line in sys.stdin:
+        pid = os.posix_spawn(line.strip(), [line.strip()], {})
+        _, status = os.waitpid(pid, 0)
+        sys.stdout.write(f"{status}\n")
+        sys.stdout.flush()
+    print(children_cpu(), flush=True)
+
+
+# --- gRPC -------------------------------------------------------------------------------------
+
+
+class Child:
+    """This file run as a child process (`--child ...`), talking over its stdin and stdout;
+    closing its stdin tells it to end."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        assert proc.stdin is not None and proc.stdout is not None
+        self.stdin, self.stdout = proc.stdin, proc.stdout
+
+    async def line(self) -> str:
+        return (await self.stdout.readline()).decode().strip()
+
+    async def close(self) -> bytes:
+        """Ends the child; what it wrote after its last line read."""
+        self.stdin.close()
+        try:
+            rest = await asyncio.wait_for(self.stdout.read(), 10)
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            raise
+        return rest
+
+
+@contextlib.asynccontextmanager
+async def child_process(*argv: str) -> AsyncIterator[Child]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--child",
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    child = Child(proc)
+    try:
+        yield child
+    finally:
+        if proc.returncode is None:
+            await child.close()
+
+
+def client_channel(variant: str, address: str, token: str) -> grpc.aio.Channel:
+    if variant == "runbox":
+        # The services' client: call defaults, token, and the context-only tracer provider
+        # they use when spans are not exported.
+        return open_channel(address, token=token, tracer_provider=setup_tracing("floor").spans)
+    return grpc.aio.insecure_channel(address)
+
+
+async def grpc_variant(variant: str, size: Sizes) -> dict[str, dict[str, float]]:
+    token = new_token()
+    metadata = None if variant == "runbox" else (("authorization", f"Bearer {token}"),)
+    request = pb.SubmitRunRequest(script=common_pb2.ScriptRef(name="noop"))
+    watch = pb.WatchRunRequest(id="run")
+    async with child_process("grpc", variant, hash_token(token)) as server:
+        port = int(await server.line())
+        channel = client_channel(variant, f"127.0.0.1:{port}", token)
+        async with channel:
+            stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+
+            async def unary() -> None:
+                await stub.SubmitRun(request, metadata=metadata, timeout=10)
+
+            async def stream() -> None:
+                async for _ in stub.WatchRun(watch, metadata=metadata, timeout=10):
+                    pass
+
+            out = {}
+            for name, op, count in (("unary", unary, size.unary), ("stream", stream, size.stream)):
+                await timed(size.warmup, op)
+                client0, server0 = self_cpu(), pid_cpu(server.proc.pid)
+                samples = await timed(count, op)
+                client1, server1 = self_cpu(), pid_cpu(server.proc.pid)
+                out[f"grpc_{name}_{variant}"] = {
+                    "client_cpu_us": per_op_us(client1 - client0, count),
+                    "server_cpu_us": per_op_us(server1 - server0, count),
+                    "latency_p50_us": p50_us(samples),
+                }
+    return out
+
+
+# --- JetStream --------------------------------------------------------------------------------
+
+
+def event_payload() -> bytes:
+    """A FINISHED RunEvent of a no-op run, as the executor publishes it."""
+    event = events_pb2.RunEvent(
+        run_id=str(uuid.uuid4()),
+        type=events_pb2.RUN_EVENT_TYPE_FINISHED,
+        state=common_pb2.RUN_STATE_SUCCEEDED,
+        script_name="noop",
+        execution_type=common_pb2.EXECUTION_TYPE_LOCAL,
+        executor_id="executor-1",
+    )
+    event.occurred_at.FromDatetime(datetime.now(UTC))
+    return event.SerializeToString()
+
+
+class Publisher:
+    """One event at a time to `subject`, each with its own Nats-Msg-Id and send time."""
+
+    def __init__(self, js: Any, subject: str) -> None:
+        self._js = js
+        self._subject = subject
+        self._payload = event_payload()
+
+    async def one(self) -> None:
+        headers = {"Nats-Msg-Id": uuid.uuid4().hex, "Floor-Sent": repr(time.time())}
+        ack = await self._js.publish_async(self._subject, self._payload, headers=headers)
+        await ack
+
+
+async def jetstream_part(nats_url: str, nats_pid: int, size: Sizes) -> dict[str, dict[str, float]]:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await jetstream.ensure_stream(
+        js, NatsSettings(url=nats_url, stream=STREAM, subjects_prefix=PREFIX)
+    )
+    publisher = Publisher(js, f"{PREFIX}.publish.run")
+    await timed(size.warmup, publisher.one)
+    own0, server0 = self_cpu(), pid_cpu(nats_pid)
+    samples = await timed(size.publish, publisher.one)
+    own1, server1 = self_cpu(), pid_cpu(nats_pid)
+    out = {
+        "jetstream_publish": {
+            "publisher_cpu_us": per_op_us(own1 - own0, size.publish),
+            "nats_server_cpu_us": per_op_us(server1 - server0, size.publish),
+            "latency_p50_us": p50_us(samples),
+        }
+    }
+    durable = f"floor-{uuid.uuid4().hex[:8]}"
+    consumer_argv = ("consume", nats_url, durable, str(size.warmup), str(size.consume))
+    async with child_process(*consumer_argv) as consumer:
+        if (line := await consumer.line()) != "ready":
+            raise RuntimeError(f"consumer: {line!r}")
+        publisher = Publisher(js, f"{PREFIX}.{durable}.run")
+
+        async def paced() -> None:
+            await publisher.one()
+            await asyncio.sleep(CONSUME_GAP_S)
+
+        await timed(size.warmup, paced)
+        if (line := await consumer.line()) != "warm":
+            raise RuntimeError(f"consumer: {line!r}")
+        cpu0, server0 = pid_cpu(consumer.proc.pid), pid_cpu(nats_pid)
+        await timed(size.consume, paced)
+        result = json.loads(await consumer.line())
+        cpu1, server1 = pid_cpu(consumer.proc.pid), pid_cpu(nats_pid)
+    await nc.close()
+    out["jetstream_consume"] = {
+        "consumer_cpu_us": per_op_us(cpu1 - cpu0, size.consume),
+        "nats_server_cpu_us_with_publish": per_op_us(server1 - server0, size.consume),
+        "latency_p50_us": result["latency_p50_us"],
+    }
+    return out
+
+
+# --- SQLite -----------------------------------------------------------------------------------
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Row(Base):
+    """A small row: what an outbox or a lean run row holds."""
+
+    __tablename__ = "floor_rows"
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    run_id: Mapped[str] = mapped_column(sa.String(36), index=True)
+    state: Mapped[int]
+    payload: Mapped[bytes]
+    created_at: Mapped[datetime] = mapped_column(db.UTCDateTime)
+
+
+ROW_PAYLOAD = bytes(200)
+INSERT_SQL = "INSERT INTO floor_rows (id, run_id, state, payload, created_at) VALUES (?,?,?,?,?)"
+
+
+def row_values() -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "run_id": str(uuid.uuid4()),
+        "state": 3,
+        "payload": ROW_PAYLOAD,
+        "created_at": datetime.now(UTC),
+    }
+
+
+def raw_connection(path: Path) -> Any:
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def raw_commit(conn: Any) -> None:
+    values = row_values()
+    values["created_at"] = values["created_at"].strftime("%Y-%m-%d %H:%M:%S.%f")
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(INSERT_SQL, tuple(values.values()))
+    conn.execute("COMMIT")
+
+
+async def sqlite_path(path_name: str, file: Path, size: Sizes) -> dict[str, float]:
+    """One path's CPU (this process, threads included) and latency per committed row."""
+    sync_engine = sa.create_engine(f"sqlite:///{file}")
+    Base.metadata.create_all(sync_engine)
+    sync_engine.dispose()
+    db.ensure_wal(str(file))
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if path_name == "raw":
+        conn = raw_connection(file)
+
+        async def op() -> None:
+            raw_commit(conn)
+
+        closers.append(lambda: asyncio.to_thread(conn.close))
+    elif path_name == "raw_thread":
+        thread = ThreadPoolExecutor(1)
+        tconn = thread.submit(raw_connection, file).result()
+        loop = asyncio.get_running_loop()
+
+        async def op() -> None:
+            await loop.run_in_executor(thread, raw_commit, tconn)
+
+        async def close_thread() -> None:
+            await loop.run_in_executor(thread, tconn.close)
+            thread.shutdown()
+
+        closers.append(close_thread)
+    elif path_name == "core_sync":
+        engine = sa.create_engine(f"sqlite:///{file}")
+        sa.event.listen(engine, "connect", db._sqlite_pragmas)
+        table = Row.__table__
+
+        async def op() -> None:
+            with engine.begin() as c:
+                c.execute(sa.insert(table), row_values())
+
+        closers.append(lambda: asyncio.to_thread(engine.dispose))
+    else:
+        aengine = db.create_engine(DatabaseSettings(url=f"sqlite+aiosqlite:///{file}"))
+        sessions = db.sessionmaker(aengine)
+        table = Row.__table__
+        if path_name == "core_async":
+
+            async def op() -> None:
+                async with aengine.begin() as c:
+                    await c.execute(sa.insert(table), row_values())
+        else:
+
+            async def op() -> None:
+                async with sessions() as session, session.begin():
+                    session.add(Row(**row_values()))
+
+        closers.append(aengine.dispose)
+    try:
+        await timed(size.warmup, op)
+        cpu0 = self_cpu()
+        samples = await timed(size.commit, op)
+        cpu1 = self_cpu()
+    finally:
+        for close in closers:
+            await close()
+    return {"cpu_us": per_op_us(cpu1 - cpu0, size.commit), "latency_p50_us": p50_us(samples)}
+
+
+async def sqlite_part(tmp: Path, size: Sizes) -> dict[str, dict[str, float]]:
+    out = {}
+    for name in SQLITE_PATHS:
+        file = tmp / f"floor-{name}-{uuid.uuid4().hex[:6]}.db"
+        out[f"sqlite_{name}"] = await sqlite_path(name, file, size)
+    return out
+
+
+# --- spawning ---------------------------------------------------------------------------------
+
+TRUE = shutil.which("true") or "/bin/true"
+
+
+def limited_argv() -> list[str] | None:
+    """/bin/true under the local runner's setpriv + prlimit chain, if both are here."""
+    setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
+    if not (setpriv and prlimit):
+        return None
+    limits = ["--as=1073741824", "--cpu=60", "--fsize=1073741824", "--core=0", "--nproc=256"]
+    return [setpriv, "--pdeathsig", "KILL", "--", prlimit, *limits, "--", TRUE]
+
+
+async def spawn_part(size: Sizes) -> dict[str, dict[str, float]]:
+    out = {}
+
+    async def measure(name: str, op: Callable[[], Awaitable[Any]]) -> None:
+        await timed(size.warmup // 5 + 1, op)
+        own0, kids0 = self_cpu(), children_cpu()
+        samples = await timed(size.spawn, op)
+        own1, kids1 = self_cpu(), children_cpu()
+        out[f"spawn_{name}"] = {
+            "parent_cpu_us": per_op_us(own1 - own0, size.spawn),
+            "child_cpu_us": per_op_us(kids1 - kids0, size.spawn),
+            "latency_p50_us": p50_us(samples),
+        }
+
+    async def with_asyncio(argv: list[str]) -> None:
+        proc = await asyncio.create_subprocess_exec(*argv)
+        await proc.wait()
+
+    async def with_posix_spawn() -> None:
+        # Blocking on purpose: the cheapest way a process can start and reap another.
+        os.waitpid(os.posix_spawn(TRUE, [TRUE], {}), 0)  # noqa: ASYNC221, ASYNC222
+
+    await measure("asyncio", lambda: with_asyncio([TRUE]))
+    chain = limited_argv()
+    if chain is not None:
+        await measure("asyncio_limited", lambda: with_asyncio(chain))
+    await measure("posix_spawn", with_posix_spawn)
+    out["spawn_helper"] = await spawn_with_helper(size)
+    return out
+
+
+async def spawn_with_helper(size: Sizes) -> dict[str, float]:
+    warmup = size.warmup // 5 + 1
+    request = f"{TRUE}\n".encode()
+    async with child_process("spawn-helper") as helper:
+
+        async def op() -> None:
+            helper.stdin.write(request)
+            await helper.stdout.readline()
+
+        await timed(warmup, op)
+        own0, helper0 = self_cpu(), pid_cpu(helper.proc.pid)
+        samples = await timed(size.spawn, op)
+        own1, helper1 = self_cpu(), pid_cpu(helper.proc.pid)
+        # The helper's children's CPU over the warm-up and the measured spawns.
+        kids = float((await helper.close()).split()[-1])
+    return {
+        "parent_cpu_us": per_op_us(own1 - own0, size.spawn),
+        "helper_cpu_us": per_op_us(helper1 - helper0, size.spawn),
+        "child_cpu_us": per_op_us(kids, size.spawn + warmup),
+        "latency_p50_us": p50_us(samples),
+    }
+
+
+# --- composing --------------------------------------------------------------------------------
+
+
+def median_rounds(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each figure's median over the rounds."""
+    out: dict[str, dict[str, float]] = {}
+    for name, figures in rounds[0].items():
+        out[name] = {
+            key: round(statistics.median(r[name][key] for r in rounds), 1) for key in figures
+        }
+    return out
+
+
+@dataclass
+class Paths:
+    """Which measured primitive stands for each kind of work."""
+
+    rpc: str
+    scheduler_commit: str
+    executor_commit: str
+    spawn: str
+
+
+TODAY = Paths(
+    rpc="runbox",
+    scheduler_commit="sqlite_orm_async",
+    executor_commit="sqlite_raw_thread",
+    spawn="spawn_asyncio",
+)
+
+
+def cheapest(p: dict[str, dict[str, float]]) -> Paths:
+    """Each kind of work at its cheapest measured path (CPU of the services' side)."""
+    rpc = min(
+        GRPC_VARIANTS,
+        key=lambda v: p[f"grpc_unary_{v}"]["client_cpu_us"] + p[f"grpc_unary_{v}"]["server_cpu_us"],
+    )
+    commits = [f"sqlite_{name}" for name in SQLITE_PATHS]
+    commit = min(commits, key=lambda k: p[k]["cpu_us"])
+    spawns = [k for k in p if k.startswith("spawn_") and k != "spawn_asyncio_limited"]
+    spawn = min(spawns, key=lambda k: spawn_service_cpu(p[k]))
+    return Paths(rpc=rpc, scheduler_commit=commit, executor_commit=commit, spawn=spawn)
+
+
+def spawn_service_cpu(figures: dict[str, float]) -> float:
+    """What a spawn costs the service: the parent's side, and a helper's if it has one."""
+    return figures["parent_cpu_us"] + figures.get("helper_cpu_us", 0.0)
+
+
+def core_in_thread(p: dict[str, dict[str, float]]) -> float:
+    """A Core transaction run in a thread of its own (shared.db_transactions on SQLite):
+    Core sync plus the hop (the raw commit in a thread over the raw commit inline)."""
+    hop = max(p["sqlite_raw_thread"]["cpu_us"] - p["sqlite_raw"]["cpu_us"], 0.0)
+    return p["sqlite_core_sync"]["cpu_us"] + hop
+
+
+def cpu_breakdown_us(
+    p: dict[str, dict[str, float]], counts: dict[str, float], paths: Paths
+) -> dict[str, dict[str, float]]:
+    """The three services' CPU per run, by service and primitive, in µs."""
+    unary, stream = p[f"grpc_unary_{paths.rpc}"], p[f"grpc_stream_{paths.rpc}"]
+    # A WatchRun of n messages: the one-message stream, plus (stream - unary) per further one.
+    extra_message = max(stream["server_cpu_us"] - unary["server_cpu_us"], 0.0)
+    further = max(counts["rpc_watchrun_messages"] - counts["rpc_watchrun_streams"], 0)
+    publish = p["jetstream_publish"]["publisher_cpu_us"]
+    orm, raw = p[paths.scheduler_commit]["cpu_us"], p[paths.executor_commit]["cpu_us"]
+    return {
+        "scheduler": {
+            "rpc_submitrun_server": counts["rpc_submitrun"] * unary["server_cpu_us"],
+            "rpc_watchrun_server": counts["rpc_watchrun_streams"] * stream["server_cpu_us"]
+            + further * extra_message,
+            "rpc_resolveversion_client": counts["rpc_resolveversion"] * unary["client_cpu_us"],
+            "rpc_execute_client": counts["rpc_execute"] * unary["client_cpu_us"],
+            "jetstream_publish": counts["jetstream_publishes_scheduler"] * publish,
+            "jetstream_consume": counts["jetstream_consumptions_scheduler"]
+            * p["jetstream_consume"]["consumer_cpu_us"],
+            "sqlite": counts["sqlite_transactions_scheduler_orm"] * orm
+            + counts["sqlite_transactions_scheduler_core"] * core_in_thread(p),
+        },
+        "catalogue": {
+            "rpc_resolveversion_server": counts["rpc_resolveversion"] * unary["server_cpu_us"],
+        },
+        "executor": {
+            "rpc_execute_server": counts["rpc_execute"] * unary["server_cpu_us"],
+            "jetstream_publish": counts["jetstream_publishes_executor"] * publish,
+            "sqlite": counts["sqlite_transactions_executor_raw_thread"] * raw
+            + counts["sqlite_transactions_executor_orm"] * orm,
+            "spawn_parent": counts["spawns"] * spawn_service_cpu(p[paths.spawn]),
+        },
+    }
+
+
+def total_ms(breakdown: dict[str, dict[str, float]]) -> float:
+    return round(sum(sum(parts.values()) for parts in breakdown.values()) / 1000, 2)
+
+
+def by_service_ms(breakdown: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each service's floor, its total first, in ms."""
+    return {
+        service: {"total": round(sum(parts.values()) / 1000, 3)}
+        | {name: round(us / 1000, 3) for name, us in parts.items()}
+        for service, parts in breakdown.items()
+    }
+
+
+def latency_ms(p: dict[str, dict[str, float]], paths: Paths) -> float:
+    """The critical path at 1 in flight (module docstring), in ms."""
+    unary = p[f"grpc_unary_{paths.rpc}"]["latency_p50_us"]
+    steps = [
+        unary / 2,  # SubmitRun's request reaches the scheduler
+        unary,  # ResolveVersion
+        p[paths.scheduler_commit]["latency_p50_us"],  # the submit commit
+        unary,  # Execute
+        p[paths.executor_commit]["latency_p50_us"],  # QUEUED, before Execute answers
+        p[paths.spawn]["latency_p50_us"],
+        p[paths.executor_commit]["latency_p50_us"],  # FINISHED
+        p["jetstream_consume"]["latency_p50_us"],  # published, delivered to the consumer
+        p[paths.scheduler_commit]["latency_p50_us"],  # the apply
+        unary / 2,  # WatchRun pushes the run
+    ]
+    return round(sum(steps) / 1000, 2)
+
+
+def compose(p: dict[str, dict[str, float]], counts: dict[str, float]) -> dict[str, Any]:
+    lean = cheapest(p)
+    today = cpu_breakdown_us(p, counts, TODAY)
+    lean_cpu = cpu_breakdown_us(p, counts, lean)
+    minimal = cpu_breakdown_us(p, MINIMAL_COUNTS, lean)
+    unary = p["grpc_unary_runbox"]
+    outside = {
+        "client_submitrun_watchrun": unary["client_cpu_us"]
+        + p["grpc_stream_runbox"]["client_cpu_us"],
+        "nats_server": counts["jetstream_consumptions_scheduler"]
+        * p["jetstream_consume"]["nats_server_cpu_us_with_publish"],
+        "spawned_process": p[TODAY.spawn]["child_cpu_us"],
+    }
+    return {
+        "per_run_counts": counts,
+        "minimal_counts": MINIMAL_COUNTS,
+        "floor_cpu_ms_per_run": total_ms(today),
+        "floor_cpu_ms_per_run_by_service": by_service_ms(today),
+        "floor_cpu_ms_per_run_lean": total_ms(lean_cpu),
+        "floor_cpu_ms_per_run_minimal": total_ms(minimal),
+        "floor_latency_ms_c1": latency_ms(p, TODAY),
+        "floor_latency_ms_c1_lean": latency_ms(p, lean),
+        "lean_paths": vars(lean),
+        "outside_services_cpu_ms_per_run": {k: round(v / 1000, 3) for k, v in outside.items()},
+        "targets": {"cpu_ms_per_run": 4.0, "roundtrip_p50_ms_c1": 15.0},
+    }
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+async def one_round(
+    tmp: Path, server: natsd.NatsServer, size: Sizes
+) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for variant in GRPC_VARIANTS:
+        log(f"grpc {variant}")
+        out |= await grpc_variant(variant, size)
+    log("jetstream")
+    out |= await jetstream_part(server.url, server.process.pid, size)
+    log("sqlite")
+    out |= await sqlite_part(tmp, size)
+    log("spawn")
+    out |= await spawn_part(size)
+    return out
+
+
+async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    size = sizes(args.smoke, args.scale)
+    counted = read_counts(args.counts)
+    server = natsd.start(tmp / "nats")
+    try:
+        rounds = []
+        for number in range(args.rounds):
+            log(f"round {number + 1} of {args.rounds}")
+            rounds.append(await one_round(tmp, server, size))
+            log(json.dumps(rounds[-1]))
+    finally:
+        server.stop()
+    primitives = median_rounds(rounds)
+    return {
+        "benchmark": "floor",
+        "rounds": args.rounds,
+        "ops_per_round": vars(size),
+        "primitives": primitives,
+        **compose(primitives, run_counts(counted)),
+        **measured(counted),
+    }
+
+
+def read_counts(path: Path | None) -> dict[str, Any] | None:
+    """The line of floor_counts.py in the file, if one is given."""
+    if path is None:
+        return None
+    line: dict[str, Any] = json.loads(path.read_text().strip().splitlines()[-1])
+    missing = set(RUN_COUNTS) - set(line.get("counts", {}))
+    if missing:
+        raise SystemExit(f"--counts {path}: no {sorted(missing)}")
+    return line
+
+
+def run_counts(line: dict[str, Any] | None) -> dict[str, float]:
+    """RUN_COUNTS, or those of a floor_counts.py line."""
+    if line is None:
+        return RUN_COUNTS
+    return {key: float(line["counts"][key]) for key in RUN_COUNTS}
+
+
+def measured(line: dict[str, Any] | None) -> dict[str, Any]:
+    """What the real round trip of a floor_counts.py line cost per run, beside the floor:
+    CPU per service and each service's idle CPU per second (timers, sweeps)."""
+    if line is None:
+        return {}
+    return {
+        "measured_roundtrip_p50_ms_c1": line["roundtrip_p50_ms"],
+        "measured_cpu_ms_per_run_by_service": line["cpu_ms_per_run"],
+        "measured_idle_cpu_ms_per_s": line["idle_cpu_ms_per_s"],
+    }
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, help="default 3 (--smoke: 1)")
+    parser.add_argument("--scale", type=float, default=1.0, help="operations per primitive x this")
+    parser.add_argument("--smoke", action="store_true", help="a small size, for tests")
+    parser.add_argument(
+        "--counts",
+        type=Path,
+        help="a line of benchmarks/floor_counts.py: its per-run counts instead of RUN_COUNTS",
+    )
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.smoke else 3
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
+    return args
+
+
+def child(argv: list[str]) -> None:
+    kind, *rest = argv
+    if kind == "grpc":
+        asyncio.run(serve_grpc(rest[0], rest[1]))
+    elif kind == "consume":
+        asyncio.run(consume(rest[0], rest[1], int(rest[2]), int(rest[3])))
+    elif kind == "spawn-helper":
+        spawn_helper()
+    else:
+        raise SystemExit(f"unknown child {kind}")
+
+
+def main() -> None:
+    args = parse()
+    if args.child:
+        child(args.child)
+        return
+    grpc.aio.init_grpc_aio()
+    with tempfile.TemporaryDirectory(prefix="runbox-floor-bench-") as tmp_name:
+        line = asyncio.run(measure(args, Path(tmp_name)))
+    print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,418 @@
+"""The run store: reads and writes of run rows (by id, by idempotency key, pages, the
+dispatch claim and its records, active counts), and the hot path's statements on Core
+transactions (shared/db_transactions.py). No lifecycle rule here beyond moving a run's
+columns by an event (the lifecycle, runs.py, decides what follows)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from google.protobuf import json_format, timestamp_pb2
+from sqlalchemy import Table, bindparam, case, func, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from runbox.common.v1 import common_pb2
+from runbox.events.v1 import events_pb2
+from runbox.scheduler.v1 import scheduler_pb2
+from services.scheduler import handoff
+from services.scheduler import state as sm
+from services.scheduler.models import QuarantineRow, RunRow
+from shared.db_transactions import Transactions
+from shared.errors import InvalidArgument, NotFound
+
+RS = common_pb2.RunState
+# States in which an executor holds a run and its lease runs.
+LEASED = (RS.RUN_STATE_QUEUED, RS.RUN_STATE_RUNNING)
+# Runs claimed per UPDATE statement (bounded IN lists).
+CLAIM_CHUNK = 1000
+RUNS = cast(Table, RunRow.__table__)
+# The hot path's statements, built once (their cache keys are computed once, not per call).
+_INSERT = insert(RUNS)
+_BY_ID = select(RUNS).where(RUNS.c.id == bindparam("run_id"))
+_BY_KEY = select(RUNS).where(RUNS.c.idempotency_key == bindparam("key"))
+_BY_IDS = (
+    select(RUNS)
+    .where(RUNS.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(RUNS.c.id)
+    .with_for_update()
+)
+# The columns set are the parameters' other keys.
+_UPDATE_BY_ID = update(RUNS).where(RUNS.c.id == bindparam("run_id_"))
+_PENDING = RUNS.c.state == RS.RUN_STATE_PENDING
+_NOW = bindparam("now", type_=RUNS.c.updated_at.type)
+# The executor that accepted runs; QUEUED (and a lease) unless events already moved them on.
+# The state is assigned last: MariaDB evaluates SET left to right, so the conditions on the
+# state that come after it would see the new one (the run's queued_at stayed NULL there).
+_DISPATCHED = (
+    update(RUNS)
+    .where(RUNS.c.id.in_(bindparam("ids", expanding=True)))
+    .ordered_values(
+        (RUNS.c.executor_id, bindparam("executor_id", type_=RUNS.c.executor_id.type)),
+        (RUNS.c.executor_address, bindparam("address", type_=RUNS.c.executor_address.type)),
+        (RUNS.c.queued_at, case((_PENDING, _NOW), else_=RUNS.c.queued_at)),
+        (
+            RUNS.c.lease_expires_at,
+            case(
+                (
+                    RUNS.c.state.in_([RS.RUN_STATE_PENDING, *LEASED]),
+                    bindparam("lease", type_=RUNS.c.lease_expires_at.type),
+                ),
+                else_=RUNS.c.lease_expires_at,
+            ),
+        ),
+        (RUNS.c.updated_at, _NOW),
+        (RUNS.c.state, case((_PENDING, RS.RUN_STATE_QUEUED), else_=RUNS.c.state)),
+    )
+)
+# What a batch of events did: the events that moved a run, the runs moved (by id), those ended.
+Applied = tuple[list[int], dict[str, RunRow], list[RunRow]]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def proto_dict(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+class RunStore:
+    """The run table's reads and writes."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], tx: Transactions) -> None:
+        self._sessions = sessions
+        # The hot paths (get, by key, dispatched) as Core transactions, one thread hop each
+        # on SQLite; the rest stays ORM.
+        self._tx = tx
+
+    async def by_key(self, key: str) -> RunRow | None:
+        return await self._tx.read(_by_key, key)
+
+    async def get(self, run_id: str) -> RunRow:
+        if not run_id:
+            raise InvalidArgument.field("id", "run id is required")
+        row = await self._tx.read(_by_id, run_id)
+        if row is None:
+            raise NotFound("run", run_id)
+        return row
+
+    async def list(self, request: scheduler_pb2.ListRunsRequest) -> tuple[Sequence[RunRow], str]:
+        """Newest first; the cursor is (created_at, id) so inserts never shift pages."""
+        if request.page_size < 0:
+            raise InvalidArgument.field("page_size", "must not be negative")
+        size = min(request.page_size or 50, 500)
+        query = select(RunRow).order_by(RunRow.created_at.desc(), RunRow.id.desc())
+        if request.script_name:
+            query = query.where(RunRow.script_name == request.script_name)
+        if request.schedule_id:
+            query = query.where(RunRow.schedule_id == request.schedule_id)
+        if request.states:
+            query = query.where(RunRow.state.in_(list(request.states)))
+        if request.HasField("created_after"):
+            query = query.where(RunRow.created_at >= request.created_after.ToDatetime(UTC))
+        if request.HasField("created_before"):
+            query = query.where(RunRow.created_at < request.created_before.ToDatetime(UTC))
+        query = after_cursor(query, RunRow.created_at, RunRow.id, request.page_token)
+        wanted = dict(request.labels)
+        async with self._sessions() as session:
+            rows: list[RunRow] = []
+            async for row in await session.stream_scalars(query):
+                if all(row.labels.get(k) == v for k, v in wanted.items()):
+                    rows.append(row)
+                    if len(rows) > size:
+                        break
+        token = encode_cursor(rows[size - 1]) if len(rows) > size else ""
+        return rows[:size], token
+
+    async def defer(self, run_id: str, until: datetime) -> None:
+        async with self._sessions() as session, session.begin():
+            row = await session.get(RunRow, run_id)
+            if row is not None and row.state == RS.RUN_STATE_PENDING:
+                row.next_dispatch_at = until
+                row.dispatch_attempts += 1
+
+    async def claim_pending(self, limit: int, claim_s: float) -> Sequence[RunRow]:
+        """Runs to dispatch, highest priority first and FIFO within a priority, claimed for
+        `claim_s`: their next_dispatch_at moves past the claim, so another replica's round
+        skips them (rows locked by a replica's concurrent claim are skipped too: FOR UPDATE
+        SKIP LOCKED where the database has it). A replica that dies holding a claim leaves
+        the runs to the others once it expires. Quarantined scripts' runs are not taken."""
+        now = _now()
+        query = (
+            select(RunRow)
+            .where(RunRow.state == RS.RUN_STATE_PENDING)
+            .where((RunRow.next_dispatch_at.is_(None)) | (RunRow.next_dispatch_at <= now))
+            .where(
+                RunRow.script_name.not_in(
+                    select(QuarantineRow.script_name).where(QuarantineRow.released_at.is_(None))
+                )
+            )
+            .order_by(RunRow.priority.desc(), RunRow.created_at, RunRow.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=RunRow)
+        )
+        until = now + timedelta(seconds=claim_s)
+        async with self._sessions() as session, session.begin():
+            rows = (await session.scalars(query)).all()
+            ids = [row.id for row in rows]
+            # The claim in one UPDATE per chunk (not one per row: rounds are large).
+            for chunk in range(0, len(ids), CLAIM_CHUNK):
+                await session.execute(
+                    update(RunRow)
+                    .where(RunRow.id.in_(ids[chunk : chunk + CLAIM_CHUNK]))
+                    .values(next_dispatch_at=until)
+                    .execution_options(synchronize_session=False)
+                )
+        for row in rows:
+            row.next_dispatch_at = until
+        return rows
+
+    async def release(self, run_ids: Sequence[str]) -> None:
+        """Give back claimed runs this round did not hand over (held back by a limit)."""
+        if not run_ids:
+            return
+        async with self._sessions() as session, session.begin():
+            await self._release(session, run_ids)
+
+    @staticmethod
+    async def _release(session: AsyncSession, run_ids: Sequence[str]) -> None:
+        if run_ids:
+            await session.execute(_released(run_ids))
+
+    async def record_attempt(self, run_id: str, address: str) -> None:
+        """Before handing a run to an executor: where it went, should the answer be lost."""
+        await self.record_attempts({run_id: address})
+
+    async def record_attempts(self, addresses: Mapping[str, str]) -> None:
+        """record_attempt for several runs (run id -> executor address), in one write."""
+        if not addresses:
+            return
+        by_address: dict[str, list[str]] = {}
+        for run_id, address in addresses.items():
+            by_address.setdefault(address, []).append(run_id)
+        now = _now()
+        async with self._sessions() as session, session.begin():
+            for address, run_ids in by_address.items():
+                await session.execute(
+                    update(RunRow)
+                    .where(RunRow.id.in_(run_ids))
+                    .where(RunRow.state == RS.RUN_STATE_PENDING)
+                    .values(executor_address=address, dispatch_attempted_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+
+    async def active_counts(self) -> dict[str, int]:
+        """Runs held by executors (QUEUED or RUNNING), per script."""
+        query = (
+            select(RunRow.script_name, func.count())
+            .where(RunRow.state.in_([RS.RUN_STATE_QUEUED, RS.RUN_STATE_RUNNING]))
+            .group_by(RunRow.script_name)
+        )
+        async with self._sessions() as session:
+            return {name: int(count) for name, count in (await session.execute(query)).all()}
+
+    async def insert(
+        self,
+        values: dict[str, Any],
+        direct: handoff.Handoff | None,
+        stage_in: Callable[[Connection], None],
+    ) -> bool:
+        """Insert a run from its column values in one Core transaction, with the hand-off's
+        claim check (handoff.py) and what `stage_in` adds (its SUBMITTED event); whether the
+        hand-off claimed it."""
+        return await self._tx.write(_insert_in, values, direct, stage_in)
+
+    async def apply_moves(
+        self,
+        events: Sequence[events_pb2.RunEvent],
+        moving: Sequence[int],
+        lease_expiry: datetime,
+        concerned: Callable[[RunRow], bool],
+    ) -> Applied | None:
+        """Apply `events[moving]` to their runs in one Core transaction (runs locked in id
+        order), as long as no run it ends is `concerned` (None then, having written nothing):
+        the rows are read, moved as objects of no session, and each written back with the
+        columns that changed."""
+        return await self._tx.write(_moves_in, events, moving, lease_expiry, concerned)
+
+    async def mark_dispatched(
+        self,
+        by_executor: Mapping[tuple[str, str], Sequence[str]],
+        release: Sequence[str],
+        lease_expiry: datetime,
+    ) -> None:
+        """The executors that accepted runs (by (executor id, address)), in one Core
+        transaction with the release of `release` (runs.py mark_dispatched_many)."""
+        await self._tx.write(_dispatched_in, by_executor, release, _now(), lease_expiry)
+
+
+def _by_id(conn: Connection, run_id: str) -> RunRow | None:
+    """A run by id, as an object of no session."""
+    stored = conn.execute(_BY_ID, {"run_id": run_id}).mappings().first()
+    return None if stored is None else RunRow(**stored)
+
+
+def _by_key(conn: Connection, key: str) -> RunRow | None:
+    """The run of an idempotency key, as an object of no session."""
+    stored = conn.execute(_BY_KEY, {"key": key}).mappings().first()
+    return None if stored is None else RunRow(**stored)
+
+
+def _insert_in(
+    conn: Connection,
+    values: dict[str, Any],
+    direct: handoff.Handoff | None,
+    stage_in: Callable[[Connection], None],
+) -> bool:
+    claimed = handoff.claim_values(conn, direct, values)
+    conn.execute(_INSERT, values)
+    stage_in(conn)
+    return claimed
+
+
+def _moves_in(
+    conn: Connection,
+    events: Sequence[events_pb2.RunEvent],
+    moving: Sequence[int],
+    lease_expiry: datetime,
+    concerned: Callable[[RunRow], bool],
+) -> Applied | None:
+    """RunStore.apply_moves' transaction."""
+    ids = sorted({events[i].run_id for i in moving})
+    stored = {m["id"]: m for m in conn.execute(_BY_IDS, {"ids": ids}).mappings()}
+    rows = {run_id: RunRow(**m) for run_id, m in stored.items()}
+    moved, ended, finished = move_runs(rows, events, moving, lease_expiry)
+    if any(concerned(row) for row in finished):
+        return None
+    for run_id, row in rows.items():
+        old = stored[run_id]
+        # The loaded values are in the object's __dict__ (no attribute machinery).
+        diff = {k: v for k, v in vars(row).items() if k in old and v != old[k]}
+        if diff:
+            conn.execute(_UPDATE_BY_ID, {"run_id_": run_id, **diff})
+    return moved, ended, finished
+
+
+def move_runs(
+    rows: Mapping[str, RunRow],
+    events: Sequence[events_pb2.RunEvent],
+    moving: Sequence[int],
+    lease_expiry: datetime,
+) -> Applied:
+    """Apply `events[moving]` to their runs in order: (the events that moved a run, the runs
+    moved by id, those ended). An event that cannot move its held run renews its lease."""
+    moved: list[int] = []
+    ended: dict[str, RunRow] = {}
+    finished: list[RunRow] = []
+    for i in moving:
+        event, row = events[i], rows.get(events[i].run_id)
+        if row is None:
+            continue
+        if not sm.can_move(row.state, event.state):
+            if row.state in LEASED:
+                row.lease_expires_at = lease_expiry
+            continue
+        _apply_fields(row, event)
+        if row.state in LEASED:
+            row.lease_expires_at = lease_expiry
+        if sm.is_terminal(row.state):
+            finished.append(row)
+        moved.append(i)
+        ended[row.id] = row
+    return moved, ended, finished
+
+
+def _dispatched_in(
+    conn: Connection,
+    by_executor: Mapping[tuple[str, str], Sequence[str]],
+    release: Sequence[str],
+    now: datetime,
+    lease_expiry: datetime,
+) -> None:
+    """mark_dispatched_many's transaction."""
+    if release:
+        conn.execute(_released(release))
+    for (executor_id, address), run_ids in by_executor.items():
+        conn.execute(
+            _DISPATCHED,
+            {
+                "ids": run_ids,
+                "executor_id": executor_id,
+                "address": address,
+                "now": now,
+                "lease": lease_expiry,
+            },
+        )
+
+
+def _released(run_ids: Sequence[str]) -> Any:
+    """Give back claimed runs still PENDING."""
+    return (
+        update(RUNS)
+        .where(RUNS.c.id.in_(list(run_ids)), RUNS.c.state == RS.RUN_STATE_PENDING)
+        .values(next_dispatch_at=None)
+    )
+
+
+def _ts(ts: timestamp_pb2.Timestamp) -> datetime:
+    return ts.ToDatetime(UTC)
+
+
+def _apply_fields(row: RunRow, event: events_pb2.RunEvent) -> None:
+    row.state, row.updated_at = event.state, _now()
+    if event.executor_id:
+        row.executor_id = event.executor_id
+    if event.state == RS.RUN_STATE_QUEUED or row.queued_at is None:
+        row.queued_at = row.queued_at or _ts(event.occurred_at)
+    if event.HasField("started_at"):
+        row.started_at = _ts(event.started_at)
+    elif event.state == RS.RUN_STATE_RUNNING:
+        row.started_at = _ts(event.occurred_at)
+    if sm.is_terminal(event.state):
+        row.finished_at = (
+            _ts(event.finished_at) if event.HasField("finished_at") else _ts(event.occurred_at)
+        )
+        row.exit_code, row.failure_reason = event.exit.exit_code, event.exit.reason
+        row.exit_message, row.exit_signal = event.exit.message, event.exit.signal
+        row.usage, row.sandbox = usage_columns(event.usage)
+        row.stdout_tail, row.stderr_tail = event.output.stdout, event.output.stderr
+        row.output_truncated = event.output.truncated
+        row.stdout_total, row.stderr_total = (
+            event.output.stdout_total_bytes,
+            event.output.stderr_total_bytes,
+        )
+        row.result = json_format.MessageToDict(event.result)
+
+
+def usage_columns(usage: common_pb2.ResourceUsage) -> tuple[dict[str, Any], str]:
+    """A run's usage as stored: the JSON of the fields release 0.1.0 knows, and the sandbox
+    apart (its own column), so a 0.1.0 replica can still read the run."""
+    known = common_pb2.ResourceUsage()
+    known.CopyFrom(usage)
+    known.ClearField("sandbox")
+    return proto_dict(known), usage.sandbox
+
+
+def encode_cursor(row: RunRow) -> str:
+    return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
+
+
+def after_cursor(query: Any, created_at: Any, ident: Any, token: str) -> Any:
+    """Rows after a newest-first (created_at, id) keyset cursor; the query unchanged if none."""
+    if not token:
+        return query
+    at, last_id = decode_cursor(token)
+    return query.where((created_at < at) | ((created_at == at) & (ident < last_id)))
+
+
+def decode_cursor(token: str) -> tuple[datetime, str]:
+    try:
+        at, run_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
+        parsed = datetime.fromisoformat(at)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)), run_id
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument.field("page_token", "malformed page token") from None

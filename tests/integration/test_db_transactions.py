@@ -1,0 +1,156 @@
+"""shared.db_transactions on every dialect: a Core function as one transaction, in the
+dedicated thread on a SQLite file and through run_sync on the async engine elsewhere;
+rolled back when it raises; waiting for a lock another connection holds instead of failing;
+taking turns with the service's sessions on SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from shared import db
+from shared.db_transactions import Transactions, transactions
+from shared.settings import DatabaseSettings
+
+METADATA = sa.MetaData()
+COUNTERS = sa.Table(
+    "counters",
+    METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("doc", sa.JSON, nullable=False),
+    sa.Column("at", db.UTCDateTime(), nullable=True),
+)
+
+
+@dataclass
+class Db:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[sa.ext.asyncio.AsyncSession]
+    tx: Transactions
+    registry: CollectorRegistry
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Db]:
+    engine = db.create_engine(DatabaseSettings(url=database_url))
+    async with engine.begin() as conn:
+        await conn.run_sync(METADATA.create_all)
+        await conn.execute(sa.insert(COUNTERS).values(id=1, n=1, doc={}))
+    if engine.dialect.name == "sqlite":  # what migration does (shared.db.upgrade)
+        assert engine.url.database is not None
+        db.ensure_wal(engine.url.database)
+    sessions = db.sessionmaker(engine)
+    registry = CollectorRegistry()
+    tx = transactions(engine, sessions, metrics=db.DatabaseMetrics(registry, "svc"))
+    try:
+        yield Db(engine, sessions, tx, registry)
+    finally:
+        await tx.close()
+        await engine.dispose()
+
+
+def _n(conn: Connection) -> int:
+    return int(conn.scalar(sa.select(COUNTERS.c.n).where(COUNTERS.c.id == 1)) or 0)
+
+
+def _add(conn: Connection, by: int) -> int:
+    """Read the counter (locking its row where the database can), then write it: a read
+    before a write in one transaction."""
+    n = conn.scalar(sa.select(COUNTERS.c.n).where(COUNTERS.c.id == 1).with_for_update())
+    conn.execute(sa.update(COUNTERS).where(COUNTERS.c.id == 1).values(n=int(n or 0) + by))
+    return int(n or 0) + by
+
+
+async def test_write_commits_and_read_sees_it_with_the_column_types(store: Db) -> None:
+    """A write's rows are committed, typed columns round-trip, SQLite files use the thread."""
+    at = datetime(2026, 12, 5, 7, 0, 1, 123456, tzinfo=timezone(timedelta(hours=2)))
+    threads: list[str] = []
+
+    def write(conn: Connection) -> None:
+        threads.append(threading.current_thread().name)
+        conn.execute(sa.insert(COUNTERS).values(id=2, n=7, doc={"a": [1, "x"]}, at=at))
+
+    def read(conn: Connection) -> tuple[int, dict[str, object], datetime]:
+        row = conn.execute(sa.select(COUNTERS).where(COUNTERS.c.id == 2)).one()
+        return row.n, row.doc, row.at
+
+    await store.tx.write(write)
+    n, doc, stored_at = await store.tx.read(read)
+
+    assert (n, doc, stored_at) == (7, {"a": [1, "x"]}, at.astimezone(UTC))
+    assert stored_at.tzinfo is UTC
+    async with store.sessions() as session:  # the service's sessions see it too
+        assert await session.scalar(sa.select(COUNTERS.c.n).where(COUNTERS.c.id == 2)) == 7
+    in_thread = threads[0].startswith("db-transactions")
+    assert in_thread == (store.engine.dialect.name == "sqlite")
+    if in_thread:  # metered as the engine's statements are
+        count = store.registry.get_sample_value(
+            "runbox_db_query_duration_seconds_count", {"service": "svc", "statement": "INSERT"}
+        )
+        assert count == 1
+
+
+async def test_write_is_rolled_back_when_its_function_raises(store: Db) -> None:
+    """Nothing of a write whose function raised is committed; the error reaches the caller."""
+
+    def fail(conn: Connection) -> None:
+        _add(conn, 5)
+        raise LookupError("no")
+
+    with pytest.raises(LookupError):
+        await store.tx.write(fail)
+
+    assert await store.tx.read(_n) == 1
+    assert await store.tx.write(_add, 1) == 2  # the connection is usable afterwards
+
+
+async def test_write_waits_for_a_lock_another_connection_holds(
+    store: Db, database_url: str
+) -> None:
+    """A read-then-write transaction waits for another connection's write to commit and
+    then builds on it (SQLite: BEGIN IMMEDIATE, a deferred one fails 'database is locked')."""
+    other = db.create_engine(DatabaseSettings(url=database_url))
+    try:
+        async with other.connect() as holder:
+            await holder.execute(
+                sa.update(COUNTERS).where(COUNTERS.c.id == 1).values(n=COUNTERS.c.n + 10)
+            )
+            write = asyncio.create_task(store.tx.write(_add, 1))
+            await asyncio.sleep(0.3)  # the write is under way, blocked by the holder
+            assert not write.done()
+            await holder.commit()
+            assert await write == 12
+    finally:
+        await other.dispose()
+    assert await store.tx.read(_n) == 12
+
+
+async def test_writes_take_turns_with_session_transactions(store: Db) -> None:
+    """Writes through the thread and through the service's sessions, concurrently, all
+    commit (on SQLite they take one turn instead of failing on each other's locks)."""
+
+    async def by_session() -> None:
+        async with store.sessions() as session, session.begin():
+            n = await session.scalar(
+                sa.select(COUNTERS.c.n).where(COUNTERS.c.id == 1).with_for_update()
+            )
+            await session.execute(
+                sa.update(COUNTERS).where(COUNTERS.c.id == 1).values(n=int(n or 0) + 1)
+            )
+
+    async def by_transactions() -> None:
+        await store.tx.write(_add, 1)
+
+    await asyncio.gather(*(f() for _ in range(20) for f in (by_session, by_transactions)))
+
+    assert await store.tx.read(_n) == 41

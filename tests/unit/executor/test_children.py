@@ -1,0 +1,97 @@
+"""A command's child watched from the loop: its exit (pidfd) and its pipes (protocols)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from services.executor.runners import workdir
+from services.executor.runners.children import read_pipes, watch_exit
+
+
+def spawn(script: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["/bin/sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+async def test_exit_gives_the_status_and_the_childs_own_usage_and_reaps_it() -> None:
+    """The wait4 status and rusage of the child itself; it is reaped (no zombie left)."""
+    proc = spawn("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exit 3")
+    chunks: list[tuple[str, bytes]] = []
+    transports: list[asyncio.BaseTransport] = []
+    ended = await read_pipes(
+        {"stdout": proc.stdout, "stderr": proc.stderr},  # type: ignore[dict-item]
+        lambda name, data: chunks.append((name, data)),
+        transports,
+    )
+    status, usage = await watch_exit(proc)
+    await ended
+    for transport in transports:
+        transport.close()
+    assert os.waitstatus_to_exitcode(status) == 3
+    assert proc.returncode == 3
+    assert usage.ru_utime + usage.ru_stime > 0
+    with pytest.raises(ChildProcessError):  # already reaped
+        os.waitpid(proc.pid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG: never blocks)
+
+
+async def test_pipes_hand_on_every_chunk_by_stream_until_both_end() -> None:
+    """stdout and stderr arrive apart and whole; the future ends when both pipes do."""
+    proc = spawn("printf out1; printf err >&2; sleep 0.1; printf out2")
+    chunks: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    def sink(name: str, data: bytes) -> None:
+        chunks[name] += data
+
+    transports: list[asyncio.BaseTransport] = []
+    ended = await read_pipes(
+        {"stdout": proc.stdout, "stderr": proc.stderr},  # type: ignore[dict-item]
+        sink,
+        transports,
+    )
+    await ended
+    for transport in transports:
+        transport.close()
+    await watch_exit(proc)
+    assert chunks == {"stdout": b"out1out2", "stderr": b"err"}
+
+
+def test_nothing_to_collect_only_for_an_untouched_or_empty_artifacts_dir(tmp_path: Path) -> None:
+    """Collection is skipped only when it could find nothing: no result.json, and the
+    artifacts dir empty or gone; a file, a symlink or a result means collect."""
+    work = workdir.make(tmp_path / "base", "run-1")
+    assert workdir.nothing_to_collect(work)
+    (work / "artifacts" / "a").write_text("x")
+    assert not workdir.nothing_to_collect(work)
+    (work / "artifacts" / "a").unlink()
+    (work / "result.json").symlink_to("/etc/passwd")
+    assert not workdir.nothing_to_collect(work)
+    (work / "result.json").unlink()
+    (work / "artifacts").rmdir()
+    assert workdir.nothing_to_collect(work)
+    (work / "artifacts").symlink_to(tmp_path)
+    assert not workdir.nothing_to_collect(work)
+
+
+def test_remove_takes_the_whole_tree_without_following_symlinks(tmp_path: Path) -> None:
+    """What the runner made goes file by file; anything else left makes it a full removal,
+    which never follows a symlink out of the work dir."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    for left in ("", "extra", "symlink"):
+        work = workdir.make(tmp_path / "base", f"run-{left}")
+        (work / "in.json").write_text("{}")
+        if left == "extra":
+            (work / "artifacts" / "sub").mkdir()
+        if left == "symlink":
+            (work / "artifacts").rmdir()
+            (work / "artifacts").symlink_to(outside)
+        workdir.remove(work, ("in.json",))
+        assert not work.exists(), left
+    assert (outside / "keep").read_text() == "keep"

@@ -1,0 +1,99 @@
+"""run_to_proto: stored JSON parsed once per distinct value, never shared between runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from google.protobuf import json_format, timestamp_pb2
+
+from runbox.common.v1 import common_pb2
+from services.scheduler.models import RunRow
+from services.scheduler.servicer import run_to_proto
+
+LIMITS = {"cpu": 1.5, "memoryBytes": "268435456", "timeout": "3600s"}
+RETRY = {"maxAttempts": 3}
+
+
+def row(**fields: object) -> RunRow:
+    now = datetime(2026, 12, 5, 6, 1, 2, 345678, tzinfo=UTC)
+    defaults: dict[str, object] = dict(
+        id="r1",
+        script_name="noop",
+        version_selector="",
+        script_version="1",
+        sha256="a" * 64,
+        execution_type=1,
+        state=common_pb2.RUN_STATE_SUCCEEDED,
+        parameters={},
+        secret_names=[],
+        priority=0,
+        labels={},
+        attempt=1,
+        limits=dict(LIMITS),
+        retry=dict(RETRY),
+        exit_code=0,
+        failure_reason=0,
+        exit_message="",
+        exit_signal=0,
+        usage={},
+        sandbox="",
+        stdout_tail=b"",
+        stderr_tail=b"",
+        output_truncated=False,
+        stdout_total=0,
+        stderr_total=0,
+        result={},
+        executor_id="",
+        submitted_by="admin",
+        dead_lettered=False,
+        created_at=now,
+        queued_at=now,
+        started_at=now,
+        finished_at=now + timedelta(seconds=1),
+        next_dispatch_at=None,
+    )
+    return RunRow(**(defaults | fields))
+
+
+def test_stored_limits_and_retry_match_json_parse_and_are_not_shared() -> None:
+    """Two runs with the same stored limits get equal, separate messages: changing one
+    run's leaves the other's (and the next conversion's) as stored."""
+    first, second = run_to_proto(row()), run_to_proto(row(id="r2"))
+    expected = json_format.ParseDict(LIMITS, common_pb2.ResourceLimits())
+    assert first.limits == expected == second.limits
+    assert first.retry == json_format.ParseDict(RETRY, common_pb2.RetryPolicy())
+    first.limits.cpu = 99
+    first.retry.max_attempts = 7
+    third = run_to_proto(row(id="r3"))
+    assert second.limits == expected == third.limits
+    assert third.retry.max_attempts == 3
+
+
+def test_empty_stored_values_give_default_messages() -> None:
+    """No limits, retry, usage or result stored: the fields are left at their defaults."""
+    run = run_to_proto(row(limits={}, retry={}))
+    assert not run.HasField("usage") or run.usage == common_pb2.ResourceUsage()
+    assert run.limits == common_pb2.ResourceLimits()
+    assert run.retry == common_pb2.RetryPolicy()
+    assert len(run.result.fields) == 0
+
+
+def test_timestamps_match_from_datetime_for_aware_naive_and_old_times() -> None:
+    """Times convert exactly as Timestamp.FromDatetime would (naive ones read as UTC)."""
+    for when in (
+        datetime(2026, 12, 5, 6, 1, 2, 345678, tzinfo=UTC),
+        datetime(1960, 1, 1, 0, 0, 0, 1),
+        datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+    ):
+        expected = timestamp_pb2.Timestamp()
+        expected.FromDatetime(when if when.tzinfo else when.replace(tzinfo=UTC))
+        assert run_to_proto(row(created_at=when)).create_time == expected
+
+
+def test_an_empty_result_is_present_and_empty_as_before() -> None:
+    """Releases answered `result: {}` for a run without one; skipping the parse of an empty
+    value must not make the field unset (the upgrade test compares the JSON)."""
+    empty = run_to_proto(row(result={}))
+    assert empty.HasField("result") and json_format.MessageToDict(empty)["result"] == {}
+    filled = run_to_proto(row(result={"ok": True}))
+    assert json_format.MessageToDict(filled)["result"] == {"ok": True}
