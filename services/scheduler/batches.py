@@ -12,13 +12,15 @@ from then on (a rolling upgrade)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+from google.protobuf import json_format, struct_pb2
 from opentelemetry import trace
 
+from runbox.common.v1 import common_pb2
 from runbox.executor.v1 import executor_pb2
 from services.scheduler.executors import Executor
 from services.scheduler.models import RunRow
@@ -69,11 +71,18 @@ async def send(
 ) -> list[Answer] | grpc.StatusCode:
     """One ExecuteBatch: an answer per run, in order; or the call's own status code when
     it failed as a whole (UNIMPLEMENTED: an executor older than ExecuteBatch)."""
-    request = executor_pb2.ExecuteBatchRequest(
-        runs=[request_of(row, span) for row, span in zip(batch.rows, batch.spans, strict=True)]
-    )
+    requests = [request_of(row, span) for row, span in zip(batch.rows, batch.spans, strict=True)]
+    return await send_requests(batch.executor, requests, timeout_s)
+
+
+async def send_requests(
+    executor: Executor, requests: Sequence[executor_pb2.ExecuteRequest], timeout_s: float
+) -> list[Answer] | grpc.StatusCode:
+    """`send` for requests built already (fires recorded ahead carry theirs)."""
     try:
-        reply = await batch.executor.stub.ExecuteBatch(request, timeout=timeout_s)
+        reply = await executor.stub.ExecuteBatch(
+            executor_pb2.ExecuteBatchRequest(runs=requests), timeout=timeout_s
+        )
     except asyncio.CancelledError:
         if being_cancelled():
             raise
@@ -81,12 +90,12 @@ async def send(
         return grpc.StatusCode.UNAVAILABLE
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-            batch.executor.batches = False
+            executor.batches = False
         return exc.code()
     by_id = {result.run_id: result for result in reply.results}
     answers: list[Answer] = []
-    for row in batch.rows:
-        result = by_id.get(row.id)
+    for request in requests:
+        result = by_id.get(request.run_id)
         if result is None:
             answers.append(Refusal(grpc.StatusCode.UNAVAILABLE, "no answer for the run"))
         elif result.HasField("accepted"):
@@ -95,6 +104,35 @@ async def send(
             code = _CODES.get(result.code, grpc.StatusCode.UNKNOWN)
             answers.append(Refusal(code, result.message, tuple(result.subjects)))
     return answers
+
+
+def request_of(
+    row: RunRow, secrets: Mapping[str, str], trace_context: Mapping[str, str]
+) -> executor_pb2.ExecuteRequest:
+    """The ExecuteRequest of `row` (its `trace_context` when the given one is empty)."""
+    parameters = struct_pb2.Struct()
+    parameters.update(row.parameters)
+    config = struct_pb2.Struct()
+    config.update(row.config)
+    limits = json_format.ParseDict(row.limits, common_pb2.ResourceLimits())
+    return executor_pb2.ExecuteRequest(
+        run_id=row.id,
+        attempt=row.attempt,
+        script_name=row.script_name,
+        script_version=row.script_version,
+        sha256=row.sha256,
+        execution_type=row.execution_type,  # type: ignore[arg-type]
+        config=config,
+        parameters=parameters,
+        secret_parameters=secrets,
+        limits=limits,
+        isolation=common_pb2.Isolation.ValueType(row.isolation),  # type: ignore[arg-type]
+        runtime=common_pb2.Runtime.ValueType(row.runtime),  # type: ignore[arg-type]
+        labels=row.labels,
+        schedule_id=row.schedule_id or "",
+        parent_run_id=row.parent_run_id or "",
+        trace_context=trace_context or row.trace_context,
+    )
 
 
 async def each(

@@ -64,6 +64,9 @@ class SchedulerSettings(ServiceSettings):
     # due (capped by the lookahead); 0: every fire is recorded at its time. 25 s: at 10,000
     # fires a minute, Execute received p99 13.3 s vs 23.4 s at 5 s (docs/benchmarks.md).
     fire_ahead_s: float = Field(default=25.0, ge=0, le=300)
+    # A fire recorded ahead is claimed and sent at its due second by the replica that recorded
+    # it; what that replica's memory lost goes to dispatch rounds this long after its time.
+    fire_handover_grace_s: float = Field(default=2.0, ge=0, le=60)
     # A QUEUED or RUNNING run whose executor sent nothing (heartbeat, log, state) for this long
     # ends LOST: 3 x the executor's default heartbeat interval (5 s) + 5 s for delivery lag.
     # Keep it above 3 x the executors' RUNBOX_HEARTBEAT_INTERVAL_S.

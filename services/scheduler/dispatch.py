@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
 from opentelemetry import trace
 
 from runbox.common.v1 import common_pb2
@@ -26,7 +25,7 @@ from services.scheduler.firing import FiresFirst
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import RunRow
 from services.scheduler.runs import Runs
-from shared.errors import FailedPrecondition
+from shared.errors import FailedPrecondition, NotFound
 from shared.status import from_rpc_error
 from shared.tasks import WakeableLoop, being_cancelled
 from shared.telemetry import (
@@ -44,6 +43,8 @@ log = logging.getLogger(__name__)
 # The PreconditionFailure subject of an executor refusing a run for want of a sandbox
 # (common.proto FAILURE_REASON_NO_SANDBOX).
 NO_SANDBOX_SUBJECT = "sandbox.allow_unsandboxed"
+# Accepted runs recorded QUEUED per write after a due hand-over (bounded IN lists).
+MARK_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class Dispatcher(WakeableLoop):
         super().__init__(interval_s)
         # Runs handed over directly after their submit (handoff.py), until Execute answered.
         self._handing: dict[str, asyncio.Task[None]] = {}
+        # Hand-overs of runs claimed at their due second by firing (send_due).
+        self._sending_due: set[asyncio.Task[None]] = set()
         self._tracer = tracer or tracer_of(None, __name__)
         self._first = first or FiresFirst()
         self._claim_s = claim_s
@@ -159,10 +162,130 @@ class Dispatcher(WakeableLoop):
         except Exception:
             log.exception("dispatch: hand-off of run %s failed; a round sends it", row.id)
 
+    @property
+    def claim_s(self) -> float:
+        return self._claim_s
+
+    def due_executors(self) -> list[Executor]:
+        """Executors the firing loop may claim due runs recorded ahead for (firing/due.py),
+        in this round-robin turn: none under concurrency limits (rounds count them), while
+        stopping, or when no ready executor takes ExecuteBatch; then rounds send them."""
+        if self._limits.enabled or self.stopping:
+            return []
+        return [executor for executor in self._available() if executor.batches]
+
+    def send_due(self, sends: Sequence[tuple[executor_pb2.ExecuteRequest, Executor]]) -> None:
+        """After the promotion that claimed them and recorded where each goes: send the
+        runs (their requests built when their fires were recorded) in ExecuteBatch calls,
+        in the background. What fails here is left to rounds (the claim expires)."""
+        task = asyncio.create_task(self._send_due(sends), name="dispatch:due")
+        self._sending_due.add(task)
+        task.add_done_callback(self._sending_due.discard)
+
+    async def _send_due(
+        self, sends: Sequence[tuple[executor_pb2.ExecuteRequest, Executor]]
+    ) -> None:
+        grouped: dict[str, list[executor_pb2.ExecuteRequest]] = {}
+        executors: dict[str, Executor] = {}
+        for request, executor in sends:
+            executors[executor.address] = executor
+            grouped.setdefault(executor.address, []).append(request)
+        gate = asyncio.Semaphore(self._parallel)
+
+        async def call(
+            executor: Executor, requests: list[executor_pb2.ExecuteRequest]
+        ) -> list[Accepted | None]:
+            async with gate:
+                return await self._due_batch(executor, requests)
+
+        try:
+            answers = await asyncio.gather(
+                *(
+                    call(executors[address], list(chunk))
+                    for address, requests in grouped.items()
+                    for chunk in batches.chunks(requests)
+                )
+            )
+            accepted = [answer for group in answers for answer in group if answer is not None]
+            for chunk in batches.chunks(accepted, MARK_CHUNK):
+                await self._runs.mark_dispatched_many(chunk)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("dispatch: due runs not all handed over; rounds send them")
+
+    async def _due_batch(
+        self, executor: Executor, requests: list[executor_pb2.ExecuteRequest]
+    ) -> list[Accepted | None]:
+        """One ExecuteBatch of due runs. A run the executor did not take is read back and
+        handled as a round's would be (`_settle`)."""
+        spans = [
+            self._tracer.start_span(
+                "scheduler.dispatch",
+                context=extract_context(dict(request.trace_context)),
+                attributes={
+                    RUN_ID: request.run_id,
+                    SCRIPT_NAME: request.script_name,
+                    EXECUTION_TYPE: enum_name(common_pb2.ExecutionType, request.execution_type),
+                    "runbox.attempt": request.attempt,
+                },
+            )
+            for request in requests
+        ]
+        try:
+            for request, span in zip(requests, spans, strict=True):
+                if span.is_recording():
+                    request.trace_context.update(
+                        inject_context(context=trace.set_span_in_context(span))
+                    )
+            result = await batches.send_requests(executor, requests, timeout_s=10)
+            answers: list[Accepted | None] = []
+            left: list[tuple[executor_pb2.ExecuteRequest, trace.Span, batches.Answer | None]] = []
+            for i, (request, span) in enumerate(zip(requests, spans, strict=True)):
+                answer = None if isinstance(result, grpc.StatusCode) else result[i]
+                if isinstance(answer, str):
+                    span.set_attribute("runbox.dispatch.accepted", True)
+                    answers.append((request.run_id, answer, executor.address))
+                else:
+                    left.append((request, span, answer))
+            if answers:
+                executor.backoff_s = 0.0
+                self._metrics.dispatch.labels("accepted").inc(len(answers))
+            if left:
+                answers.extend(await self._due_left(executor, left, result))
+            return answers
+        finally:
+            for span in spans:
+                span.end()
+
+    async def _due_left(
+        self,
+        executor: Executor,
+        left: list[tuple[executor_pb2.ExecuteRequest, trace.Span, batches.Answer | None]],
+        result: list[batches.Answer] | grpc.StatusCode,
+    ) -> list[Accepted | None]:
+        """Due runs an ExecuteBatch did not place: their rows read back, each handled as in
+        a round (recorded as sent to `executor` already)."""
+        others = [e for e in self._available() if e is not executor]
+        items: list[tuple[RunRow, list[Executor]]] = []
+        spans: list[trace.Span] = []
+        refusals: list[batches.Answer] = []
+        for request, span, answer in left:
+            try:
+                row = await self._runs.store.get(request.run_id)
+            except NotFound:
+                continue
+            items.append((row, [executor, *others]))
+            spans.append(span)
+            if answer is not None:
+                refusals.append(answer)
+        outcome = result if isinstance(result, grpc.StatusCode) else refusals
+        return await self._settle(items, spans, outcome, executor, {row.id for row, _ in items})
+
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Finish the step and the direct hand-offs in flight, then stop."""
         await super().stop(timeout_s)
-        pending = list(self._handing.values())
+        pending = [*self._handing.values(), *self._sending_due]
         if pending:
             await asyncio.wait(pending, timeout=timeout_s)
 
@@ -272,30 +395,44 @@ class Dispatcher(WakeableLoop):
             result = await batches.send(
                 batches.Batch(executor, rows, spans), self._request, timeout_s=10
             )
-            if isinstance(result, grpc.StatusCode):
-                if result not in batches.BUSY:
-                    fallback = asyncio.Semaphore(self._parallel)
-
-                    async def one(row: RunRow, candidates: list[Executor]) -> Accepted | None:
-                        async with fallback:
-                            return await self._send(row, candidates, recorded=row.id in recorded)
-
-                    return await batches.each(items, one)
-                refusal = batches.Refusal(result, "no answer to ExecuteBatch")
-                return [await self._refused(row, c, executor, refusal) for row, c in items]
-            answers: list[Accepted | None] = []
-            for (row, candidates), span, answer in zip(items, spans, result, strict=True):
-                span.set_attribute("runbox.dispatch.accepted", isinstance(answer, str))
-                if isinstance(answer, str):
-                    executor.backoff_s = 0.0
-                    self._metrics.dispatch.labels("accepted").inc()
-                    answers.append((row.id, answer, executor.address))
-                else:
-                    answers.append(await self._refused(row, candidates, executor, answer))
-            return answers
+            return await self._settle(items, spans, result, executor, recorded)
         finally:
             for span in spans:
                 span.end()
+
+    async def _settle(
+        self,
+        items: list[tuple[RunRow, list[Executor]]],
+        spans: Sequence[trace.Span],
+        result: list[batches.Answer] | grpc.StatusCode,
+        executor: Executor,
+        recorded: set[str],
+    ) -> list[Accepted | None]:
+        """Each run's answer of an ExecuteBatch to `executor` (the first candidate of
+        `items`), handled as its Execute answer would be. A failed call falls back to one
+        Execute per run (UNIMPLEMENTED, or an error the runs should each get) or waits (no
+        answer)."""
+        if isinstance(result, grpc.StatusCode):
+            if result not in batches.BUSY:
+                fallback = asyncio.Semaphore(self._parallel)
+
+                async def one(row: RunRow, candidates: list[Executor]) -> Accepted | None:
+                    async with fallback:
+                        return await self._send(row, candidates, recorded=row.id in recorded)
+
+                return await batches.each(items, one)
+            refusal = batches.Refusal(result, "no answer to ExecuteBatch")
+            return [await self._refused(row, c, executor, refusal) for row, c in items]
+        answers: list[Accepted | None] = []
+        for (row, candidates), span, answer in zip(items, spans, result, strict=True):
+            span.set_attribute("runbox.dispatch.accepted", isinstance(answer, str))
+            if isinstance(answer, str):
+                executor.backoff_s = 0.0
+                self._metrics.dispatch.labels("accepted").inc()
+                answers.append((row.id, answer, executor.address))
+            else:
+                answers.append(await self._refused(row, candidates, executor, answer))
+        return answers
 
     async def _refused(
         self,
@@ -418,36 +555,14 @@ class Dispatcher(WakeableLoop):
         executor.busy_until = time.monotonic() + executor.backoff_s
 
     def _request(self, row: RunRow, span: trace.Span | None = None) -> executor_pb2.ExecuteRequest:
-        parameters = struct_pb2.Struct()
-        parameters.update(row.parameters)
-        config = struct_pb2.Struct()
-        config.update(row.config)
-        limits = json_format.ParseDict(row.limits, common_pb2.ResourceLimits())
-        return executor_pb2.ExecuteRequest(
-            run_id=row.id,
-            attempt=row.attempt,
-            script_name=row.script_name,
-            script_version=row.script_version,
-            sha256=row.sha256,
-            execution_type=row.execution_type,  # type: ignore[arg-type]
-            config=config,
-            parameters=parameters,
-            secret_parameters=self._runs.secrets.get(row.id, {}),
-            limits=limits,
-            isolation=common_pb2.Isolation.ValueType(row.isolation),  # type: ignore[arg-type]
-            runtime=common_pb2.Runtime.ValueType(row.runtime),  # type: ignore[arg-type]
-            labels=row.labels,
-            schedule_id=row.schedule_id or "",
-            parent_run_id=row.parent_run_id or "",
-            # The executor's run continues from the dispatch span (from the submit's trace
-            # when nothing traces here).
-            trace_context=(
-                inject_context(context=trace.set_span_in_context(span))
-                if span is not None
-                else inject_context()
-            )
-            or row.trace_context,
+        # The executor's run continues from the dispatch span (from the submit's trace when
+        # nothing traces here).
+        context = (
+            inject_context(context=trace.set_span_in_context(span))
+            if span is not None
+            else inject_context()
         )
+        return batches.request_of(row, self._runs.secrets.get(row.id, {}), context)
 
 
 def refusal_reason(exc: grpc.aio.AioRpcError) -> int:

@@ -178,9 +178,11 @@ async def build(runtime: Runtime) -> Service:
             default_window=timedelta(seconds=settings.catch_up_default_window_s),
             lookahead=timedelta(seconds=settings.fire_lookahead_s),
             ahead=timedelta(seconds=settings.fire_ahead_s),
+            handover_grace=timedelta(seconds=settings.fire_handover_grace_s),
         ),
         first=first,
         on_due=dispatcher.notify,
+        handover=dispatcher,
     )
     schedules.ahead = firing
     schedules.on_change.append(firing.notify)

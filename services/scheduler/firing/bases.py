@@ -14,8 +14,9 @@ from typing import Any, cast
 from cachetools import LRUCache
 from sqlalchemy import JSON, Column, Dialect, MetaData, Row, Table, Text, TypeDecorator, type_coerce
 
+from runbox.executor.v1 import executor_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
-from services.scheduler import schedule_spec
+from services.scheduler import batches, schedule_spec
 from services.scheduler import triggers as tr
 from services.scheduler.catalogue import Checked
 from services.scheduler.firing.events import FireMessages, Template
@@ -99,6 +100,9 @@ class Base:
     insert: dict[str, Any] = field(default_factory=dict)
     digest_parts: tuple[bytes, bytes] = (b"", b"")
     template: Template = field(default_factory=Template)
+    # The ExecuteRequest of its runs but for the run id: a fire recorded ahead copies it,
+    # so its due second builds nothing (due.py).
+    execute: executor_pb2.ExecuteRequest = field(default_factory=executor_pb2.ExecuteRequest)
     # Nominal time -> the next one (computed by the lookahead).
     following: dict[Any, Any] = field(default_factory=dict)
 
@@ -108,6 +112,14 @@ class Base:
                 self.following.clear()
             self.following[nominal] = tr.next_fire(self.spec, nominal)
         return self.following[nominal]
+
+
+def execute_request(base: Base, run_id: str) -> executor_pb2.ExecuteRequest:
+    """The ExecuteRequest of one of `base`'s runs."""
+    request = executor_pb2.ExecuteRequest()
+    request.CopyFrom(base.execute)
+    request.run_id = run_id
+    return request
 
 
 class Bases:
@@ -160,7 +172,13 @@ class Bases:
     def _build(self, base: Base, run: RunRow, ref: ScheduleId) -> None:
         """The parts of a base that every fire copies (see Base)."""
         assert base.request is not None
-        values = base.values = column_values(run)
+        values = column_values(run)
+        # From the stored values (defaults filled in, e.g. attempt 1), as a round reads them;
+        # first, so a base whose request cannot be built has no values (its fires go the
+        # general way) rather than values without a request.
+        execute = batches.request_of(RunRow(**values), {}, {})
+        execute.ClearField("run_id")
+        base.values = values
         base.insert = {
             name: json.dumps(value) if name in JSON_COLUMNS else value
             for name, value in values.items()
@@ -178,6 +196,7 @@ class Bases:
             after.SerializeToString(deterministic=True),
         )
         base.template = self._messages.template(values, ref)
+        base.execute = execute
 
     def cached(self, row: Row[Any]) -> Base | None:
         """The base of `row` if one is cached and its catalogue answer still current."""

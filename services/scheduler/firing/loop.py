@@ -17,7 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from runbox.scheduler.v1 import scheduler_pb2 as pb
 from services.scheduler.batches import chunks
-from services.scheduler.firing.bases import Bases, due_columns
+from services.scheduler.executors import Executor
+from services.scheduler.firing.bases import Base, Bases, due_columns, execute_request
+from services.scheduler.firing.due import DueRuns, Handover, promote_claimed, promote_due
 from services.scheduler.firing.events import FireMessages
 from services.scheduler.firing.planning import FiringSettings, Prepared, aware, iso
 from services.scheduler.firing.records import (
@@ -27,7 +29,6 @@ from services.scheduler.firing.records import (
     claim,
     due,
     insert_quick,
-    promote_due,
     withdraw_staged,
 )
 from services.scheduler.firing.run_end import RunEnd
@@ -93,8 +94,13 @@ class Firing(WakeableLoop):
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         first: FiresFirst | None = None,
         on_due: Callable[[], None] = lambda: None,
+        handover: Handover | None = None,
     ) -> None:
         super().__init__(settings.tick_s)
+        # The dispatcher, which due runs recorded ahead here are claimed for and handed to
+        # at their due second (due.py); without it they go through dispatch rounds.
+        self._handover = handover
+        self._due = DueRuns()
         # Called when SCHEDULED runs became PENDING (dispatch wakes).
         self._on_due = on_due
         # The earliest due time of a SCHEDULED run this replica recorded.
@@ -182,14 +188,36 @@ class Firing(WakeableLoop):
         await withdraw_staged(session, self._runs, schedule_id, why, self._clock())
 
     async def _promote(self, now: datetime) -> int:
-        """One statement: the SCHEDULED runs due by now become PENDING (dispatchable), and
-        dispatch is woken to hand them over in bulk."""
+        """The SCHEDULED runs due by now become PENDING. Those this replica recorded ahead
+        are claimed for its dispatcher by the same statement and their requests (built when
+        recorded) sent at once (due.py); the rest (recorded by another replica, or before a
+        restart) are promoted a grace later, unclaimed, and dispatch is woken for them."""
         if self._next_run_due is not None and self._next_run_due <= now:
             self._next_run_due = None
-        promoted = await promote_due(self._sessions, now)
+        taken = self._due.take(now)
+        executors = self._handover.due_executors() if self._handover is not None else []
+        if self._handover is None or not executors:
+            promoted = await promote_due(self._sessions, now)
+            if promoted:
+                self._on_due()
+            return promoted
+        groups: dict[str, list[str]] = {}
+        going: dict[str, Executor] = {}
+        for i, run_id in enumerate(taken):
+            executor = going[run_id] = executors[i % len(executors)]
+            groups.setdefault(executor.address, []).append(run_id)
+        claimed, promoted = await promote_claimed(
+            self._sessions,
+            now,
+            groups,
+            until=now + timedelta(seconds=self._handover.claim_s),
+            others_by=now - self._settings.handover_grace,
+        )
+        if claimed:
+            self._handover.send_due([(taken[run_id], going[run_id]) for run_id in claimed])
         if promoted:
             self._on_due()
-        return promoted
+        return len(claimed) + promoted
 
     async def _ahead(self, now: datetime) -> int:
         """Record the fires of ALLOW schedules due in the next `ahead` before their time
@@ -222,6 +250,7 @@ class Firing(WakeableLoop):
     async def _ahead_round(self, ids: list[str], now: datetime, until: datetime) -> int:
         messages: list[OutboxMessage] = []
         quick: list[Quick] = []
+        bases: list[Base] = []
         try:
             async with self._sessions() as session, session.begin():
                 for row in await due(session, until, len(ids), after=now, ids=ids):
@@ -229,6 +258,7 @@ class Firing(WakeableLoop):
                     if base is not None and base.values is not None:
                         nominal = aware(row.next_fire_at)
                         quick.append(self._records.quick(row, nominal, base, ahead=True))
+                        bases.append(base)
                 if not quick:
                     return 0
                 await insert_quick(session, quick)
@@ -238,11 +268,13 @@ class Firing(WakeableLoop):
             log.info("a schedule recorded ahead changed or fired meanwhile: left to its time")
             return 0
         self._outbox.committed(messages)
-        for q in quick:
+        for q, base in zip(quick, bases, strict=True):
             self._metrics.fires.labels("fired").inc()
             at = q.run["next_dispatch_at"]
             if self._next_run_due is None or at < self._next_run_due:
                 self._next_run_due = at
+            if self._handover is not None:
+                self._due.add(at, execute_request(base, q.run["id"]))
         return len(quick)
 
     async def _warm(self, now: datetime) -> None:

@@ -40,6 +40,10 @@ class FiringSettings:
     # How far ahead fires of ALLOW schedules are recorded, their runs SCHEDULED until due
     # (within the lookahead); 0 records every fire at its time.
     ahead: timedelta = timedelta(seconds=25)
+    # How long after its due time a fire recorded ahead is left to the replica that
+    # recorded it (which claims and sends it at once, due.py) before any replica's
+    # dispatch rounds may take it.
+    handover_grace: timedelta = timedelta(seconds=2)
 
 
 class Plan(enum.Enum):

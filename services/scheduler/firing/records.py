@@ -21,13 +21,13 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, bindparam, delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
 from services.scheduler import triggers as tr
-from services.scheduler.firing.bases import RUNS, RUNS_ENCODED, Base, Bases, due_columns
+from services.scheduler.firing.bases import RUNS_ENCODED, Base, Bases, due_columns
 from services.scheduler.firing.events import FireMessages
 from services.scheduler.firing.planning import (
     ACTIVE_STATES,
@@ -56,8 +56,6 @@ SS = pb.ScheduleState
 FO = pb.FireOutcome
 # Fires of one round prepared at once (each may wait for the catalogue on a cache miss).
 PREPARE_CONCURRENCY = 16
-# Runs made PENDING per statement on servers (bounded IN lists).
-PROMOTE_CHUNK = 1000
 FIRES = cast(Table, FireRow.__table__)
 SCHEDULES = cast(Table, ScheduleRow.__table__)
 
@@ -140,29 +138,6 @@ async def due(
     if lock and session.get_bind().dialect.name != "sqlite":
         query = query.with_for_update(skip_locked=True)
     return (await session.execute(query)).all()
-
-
-async def promote_due(sessions: async_sessionmaker[AsyncSession], now: datetime) -> int:
-    """SCHEDULED runs due by `now` become PENDING; how many. On SQLite (one writer) one
-    UPDATE; on servers the due rows are first taken with FOR UPDATE SKIP LOCKED, so
-    replicas promoting at the same second split the rows instead of waiting on (or
-    deadlocking over) each other's."""
-    due = (RUNS.c.state == RS.RUN_STATE_SCHEDULED) & (RUNS.c.next_dispatch_at <= now)
-    promote = update(RUNS).values(state=RS.RUN_STATE_PENDING, updated_at=now)
-    async with sessions() as session, session.begin():
-        if session.get_bind().dialect.name == "sqlite":
-            result = await session.execute(promote.where(due))
-            return int(getattr(result, "rowcount", 0) or 0)
-        ids = list(
-            (
-                await session.scalars(
-                    select(RUNS.c.id).where(due).with_for_update(skip_locked=True)
-                )
-            ).all()
-        )
-        for chunk in range(0, len(ids), PROMOTE_CHUNK):
-            await session.execute(promote.where(RUNS.c.id.in_(ids[chunk : chunk + PROMOTE_CHUNK])))
-    return len(ids)
 
 
 async def withdraw(
