@@ -283,6 +283,14 @@ def create_engine(
     return engine
 
 
+def sqlite_file(url: str | URL) -> str | None:
+    """The database file of a SQLite URL; None for another dialect or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return parsed.database
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout=30000")  # first: the statements below may wait on a lock
@@ -427,13 +435,10 @@ async def upgrade(migrations_dir: Path, url: str) -> None:
     the service's database-level migration lock (shared.migration_lock): a migration job,
     a service starting and a second replica take turns instead of racing on one schema.
     A SQLite file is made WAL here, before the service opens its connections."""
-    sqlite_file = None
-    if make_url(url).get_backend_name() == "sqlite":
-        database = make_url(url).database
-        if database and database != ":memory:":
-            sqlite_file = database
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+    database = sqlite_file(url)
+    if database is not None:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     async with migration_lock(engine_url(url), migrations_dir.parent.name):
         await asyncio.to_thread(_upgrade_locked, alembic_config(migrations_dir, url))
-        if sqlite_file is not None:
-            await asyncio.to_thread(ensure_wal, sqlite_file)
+        if database is not None:
+            await asyncio.to_thread(ensure_wal, database)

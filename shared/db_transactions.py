@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from shared.db import DatabaseMetrics, _sqlite_pragmas, _Turn, transaction_span
+from shared.db import DatabaseMetrics, _sqlite_pragmas, _Turn, sqlite_file, transaction_span
 from shared.db_tracing import TransactionSpan, transaction_scope
 
 P = ParamSpec("P")
@@ -60,7 +60,7 @@ class Transactions:
         self._thread: ThreadPoolExecutor | None = None
         self._conn: Connection | None = None
         self._immediate = False  # the next BEGIN's kind; read in the thread only
-        path = _sqlite_file(engine)
+        path = sqlite_file(engine.url)
         if path is not None:
             self._sync = sqlalchemy.create_engine(
                 f"sqlite:///{path}", poolclass=StaticPool, connect_args={"timeout": 30}
@@ -162,13 +162,6 @@ def transactions_of(sessions: async_sessionmaker[Any]) -> Transactions:
     engine = sessions.kw["bind"]
     assert isinstance(engine, AsyncEngine)
     return transactions(engine, sessions)
-
-
-def _sqlite_file(engine: AsyncEngine) -> str | None:
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    return url.database
 
 
 def _pysqlite_connect(dbapi_connection: Any, record: Any) -> None:

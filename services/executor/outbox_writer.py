@@ -18,8 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from shared.db_tracing import TransactionSpan, transaction_scope
 from shared.outbox import OutboxMessage
 
@@ -28,14 +26,6 @@ _STORED = "%Y-%m-%d %H:%M:%S.%f"
 _INSERT = "INSERT INTO outbox (msg_id, subject, payload, headers, created_at) VALUES (?,?,?,?,?)"
 _CREATED_AT = "SELECT created_at FROM outbox WHERE msg_id = ?"
 _MARK = "UPDATE outbox SET published_at = ? WHERE msg_id IN ({})"
-
-
-def sqlite_file(url: str) -> str | None:
-    """The database file of a SQLite URL; None for another dialect or an in-memory one."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return parsed.database
 
 
 class SqliteOutboxWriter:

@@ -12,7 +12,7 @@ from services.executor.content import ContentSource
 from services.executor.events import EventPublisher
 from services.executor.metrics import ExecutorMetrics
 from services.executor.models import OUTBOX
-from services.executor.outbox_writer import SqliteOutboxWriter, sqlite_file
+from services.executor.outbox_writer import SqliteOutboxWriter
 from services.executor.pool import sandbox_owner
 from services.executor.runners.base import RunnerRegistry
 from services.executor.runners.command_runner import CommandRunner
@@ -101,7 +101,7 @@ async def build(runtime: Runtime) -> Service:
     )
     db_tracer = runtime.tracer("db")
     sessions = db.sessionmaker(engine, tracer=db_tracer, service=runtime.service)
-    sqlite_path = sqlite_file(settings.database.url)
+    sqlite_path = db.sqlite_file(settings.database.url)
     writer = (
         SqliteOutboxWriter(
             sqlite_path,

@@ -10,7 +10,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, select
 
 from services.executor.models import OUTBOX, Base
-from services.executor.outbox_writer import SqliteOutboxWriter, sqlite_file
+from services.executor.outbox_writer import SqliteOutboxWriter
+from shared.db import sqlite_file
 from shared.outbox import OutboxMessage
 
 
