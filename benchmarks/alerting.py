@@ -64,6 +64,7 @@ from nats.js import JetStreamContext  # noqa: E402
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from benchmarks.children import preexec  # noqa: E402
 from cli import natsd  # noqa: E402
 from cli.stack import ensure_tokens, wait_healthy  # noqa: E402
 from runbox.alerting.v1 import alerting_pb2 as pb  # noqa: E402
@@ -217,7 +218,9 @@ class Alerting:
 
 def launch(argv: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
     with open(log_file, "ab") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=out, cwd=ROOT)
+        return subprocess.Popen(
+            argv, env=env, stdout=out, stderr=out, cwd=ROOT, preexec_fn=preexec()
+        )
 
 
 async def start_alerting(tmp: Path, nats_url: str, service_token: str) -> Alerting:
@@ -539,7 +542,7 @@ async def phase(name: str, work: Callable[[], Awaitable[Any]]) -> Any:
 
 
 async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    server = natsd.start(tmp / "nats")
+    server = natsd.start(tmp / "nats", preexec_fn=preexec())
     admin_file, service_token = ensure_tokens(tmp)
     receiver = Receiver()
     await receiver.start()

@@ -51,6 +51,7 @@ from sqlalchemy import insert, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
+from benchmarks.children import preexec  # noqa: E402
 from cli import natsd  # noqa: E402
 from cli.stack import wait_healthy  # noqa: E402
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc  # noqa: E402
@@ -222,7 +223,12 @@ async def bulk_load(url: str, n_scripts: int, per_script: int, seed: VersionRow)
 def spawn_catalogue(env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
     with open(log_file, "ab") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "services.catalogue"], env=env, stdout=out, stderr=out, cwd=ROOT
+            [sys.executable, "-m", "services.catalogue"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            cwd=ROOT,
+            preexec_fn=preexec(),
         )
 
 
@@ -395,7 +401,7 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="runbox-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        nats = natsd.start(tmp / "nats")
+        nats = natsd.start(tmp / "nats", preexec_fn=preexec())
         try:
             sqlite = await measure(
                 "sqlite", f"sqlite+aiosqlite:///{tmp / 'catalogue.db'}", args, nats.url, tmp

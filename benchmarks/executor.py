@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import nats  # noqa: E402
 from google.protobuf import struct_pb2  # noqa: E402
 
+from benchmarks.children import preexec  # noqa: E402
 from cli import natsd  # noqa: E402
 from cli.stack import ensure_tokens, wait_healthy  # noqa: E402
 from runbox.common.v1 import common_pb2  # noqa: E402
@@ -121,7 +122,12 @@ def spawn(root: Path, tmp: Path, nats_url: str, token: str, args: argparse.Names
     log_file = tmp / f"executor-{name}.log"
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.executor"], env=env, stdout=out, stderr=out, cwd=root
+            [sys.executable, "-m", "services.executor"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            cwd=root,
+            preexec_fn=preexec(),
         )
     wait_healthy(f"127.0.0.1:{port}", proc, log_file, 60)
     return proc, f"127.0.0.1:{port}"
@@ -206,7 +212,7 @@ async def one_variant(
 
 
 async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    server = natsd.start(tmp / "nats")
+    server = natsd.start(tmp / "nats", preexec_fn=preexec())
     _, token = ensure_tokens(tmp)
     rounds: dict[str, list[dict[str, float]]] = {str(r): [] for r in args.root}
     try:

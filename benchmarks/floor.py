@@ -123,6 +123,7 @@ from nats.aio.msg import Msg  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column  # noqa: E402
 
+from benchmarks.children import preexec  # noqa: E402
 from cli import natsd  # noqa: E402
 from runbox.common.v1 import common_pb2  # noqa: E402
 from runbox.events.v1 import events_pb2  # noqa: E402
@@ -903,7 +904,7 @@ async def one_round(
 async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     size = sizes(args.smoke, args.scale)
     counted = read_counts(args.counts)
-    server = natsd.start(tmp / "nats")
+    server = natsd.start(tmp / "nats", preexec_fn=preexec())
     try:
         rounds = []
         for number in range(args.rounds):

@@ -49,6 +49,7 @@ import nats  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from benchmarks import scheduler as bench  # noqa: E402
+from benchmarks.children import preexec  # noqa: E402
 from cli import natsd  # noqa: E402
 from cli.stack import ensure_tokens  # noqa: E402
 from runbox.events.v1 import events_pb2  # noqa: E402
@@ -207,7 +208,7 @@ class Watcher:
 
 
 async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    server = natsd.start(tmp / "nats")
+    server = natsd.start(tmp / "nats", preexec_fn=preexec())
     admin_file, service_token = ensure_tokens(tmp)
     env = bench.Env(tmp, server.url, admin_file.read_text().strip(), service_token, part="counts")
     ports = {name: natsd.free_port() for name in SERVICES}

@@ -48,6 +48,7 @@ import grpc  # noqa: E402
 import nats  # noqa: E402
 from google.protobuf import duration_pb2  # noqa: E402
 
+from benchmarks.children import preexec  # noqa: E402
 from cli import natsd  # noqa: E402
 from cli.stack import wait_healthy  # noqa: E402
 from runbox.common.v1 import common_pb2  # noqa: E402
@@ -147,7 +148,12 @@ def spawn_executor(tmp: Path, nats_url: str, args: argparse.Namespace) -> tuple[
     log_file = tmp / "executor.log"
     out = log_file.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.executor"], env=env, stdout=out, stderr=out, cwd=ROOT
+        [sys.executable, "-m", "services.executor"],
+        env=env,
+        stdout=out,
+        stderr=out,
+        cwd=ROOT,
+        preexec_fn=preexec(),
     )
     address = f"127.0.0.1:{port}"
     wait_healthy(address, proc, log_file, 60)
@@ -275,7 +281,7 @@ async def main() -> None:
     log(f"baselines: {baselines}")
     with tempfile.TemporaryDirectory(prefix="runbox-sandbox-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        server = natsd.start(tmp / "nats")
+        server = natsd.start(tmp / "nats", preexec_fn=preexec())
         proc, address, token = spawn_executor(tmp, server.url, args)
         nc = await nats.connect(server.url)
         try:

@@ -88,6 +88,8 @@ import nats  # noqa: E402
 from google.protobuf import timestamp_pb2  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from benchmarks.children import preexec  # noqa: E402
+
 try:
     import redis
     from celery import Celery
@@ -236,6 +238,7 @@ def launch(
     argv: list[str], env: dict[str, str] | None, log_file: Path, **popen: Any
 ) -> subprocess.Popen[bytes]:
     with open(log_file, "ab") as out:  # the child keeps its own descriptor
+        popen.setdefault("preexec_fn", preexec())  # dies with the benchmark
         return subprocess.Popen(argv, env=env, stdout=out, stderr=out, cwd=ROOT, **popen)
 
 
@@ -985,7 +988,7 @@ def celery_roundtrip(args: argparse.Namespace, tmp: Path, concurrency: int) -> d
 
 
 async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    server = natsd.start(tmp / "nats")
+    server = natsd.start(tmp / "nats", preexec_fn=preexec())
     admin_file, service_token = ensure_tokens(tmp)
     env = Env(tmp, server.url, admin_file.read_text().strip(), service_token)
     try:

@@ -41,6 +41,7 @@ from opentelemetry.proto.collector.trace.v1 import (  # noqa: E402
     trace_service_pb2_grpc,
 )
 
+from benchmarks.children import preexec  # noqa: E402
 from cli import natsd  # noqa: E402
 from cli.stack import ensure_tokens, wait_healthy  # noqa: E402
 from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc  # noqa: E402
@@ -102,7 +103,12 @@ def spawn(
     log_file = tmp / f"{name}.log"
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"], env=env, stdout=out, stderr=out, cwd=ROOT
+            [sys.executable, "-m", f"services.{name}"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            cwd=ROOT,
+            preexec_fn=preexec(),
         )
     address = f"127.0.0.1:{port}"
     wait_healthy(address, proc, log_file, 60)
@@ -230,7 +236,7 @@ async def main() -> None:
     parser.add_argument("--bsp-delay-ms", type=int, default=5000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tracing-bench-nats-") as nats_dir:
-        server = natsd.start(Path(nats_dir))
+        server = natsd.start(Path(nats_dir), preexec_fn=preexec())
         try:
             off = await measure("off", args, server.url)
             on = await measure("on", args, server.url)

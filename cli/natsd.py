@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +86,15 @@ class NatsServer:
                 self.process.wait()
 
 
-def start(store_dir: Path, *, port: int = 0, log_file: Path | None = None) -> NatsServer:
-    """Start nats-server with JetStream, file storage fsynced on every write."""
+def start(
+    store_dir: Path,
+    *,
+    port: int = 0,
+    log_file: Path | None = None,
+    preexec_fn: Callable[[], object] | None = None,
+) -> NatsServer:
+    """Start nats-server with JetStream, file storage fsynced on every write (`preexec_fn`:
+    run in the child before exec, as `subprocess.Popen`'s)."""
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     config = store_dir / "nats.conf"
@@ -97,10 +105,15 @@ def start(store_dir: Path, *, port: int = 0, log_file: Path | None = None) -> Na
     )
     if log_file:
         with open(log_file, "ab") as out:  # the child keeps its own descriptor
-            process = subprocess.Popen([find_binary(), "-c", str(config)], stdout=out, stderr=out)
+            process = subprocess.Popen(
+                [find_binary(), "-c", str(config)], stdout=out, stderr=out, preexec_fn=preexec_fn
+            )
     else:
         process = subprocess.Popen(
-            [find_binary(), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [find_binary(), "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=preexec_fn,
         )
     server = NatsServer(process, port, store_dir)
     deadline = time.monotonic() + 15
