@@ -20,6 +20,11 @@ Primitives (each measured `--rounds` times, the median of the rounds reported):
   with the services' context-only tracer provider).
 - grpc_stream_<variant>: a server-streaming call delivering one message (WatchRun with one
   WatchRunResponse), open -> message -> end, same variants.
+- grpc_bidi_exchange_plain: one request and its answer on a bidirectional stream opened
+  once (a generic bytes handler: a SubmitRunRequest-sized message in, a Run out), no
+  interceptors: what a message costs each side on a long-lived stream, e.g. runs handed to an
+  executor and their state changes reported back over one stream per executor instead of a
+  unary Execute per run and a JetStream delivery per event.
 - jetstream_publish: JetStream publish of a RunEvent-sized message with Nats-Msg-Id, awaiting
   its ack (nats-py publish_async + the ack future, as the outbox relay does), one at a time;
   the publisher's CPU (this process) and nats-server's (file storage, sync_interval always,
@@ -330,10 +335,51 @@ async def serve_grpc(variant: str, token_sha256: str) -> None:
         server = grpc.aio.server(interceptors=interceptors)
         scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
+    if variant == "plain":
+        server.add_generic_rpc_handlers((bidi_handler(servicer.run.SerializeToString()),))
     await server.start()
     print(port, flush=True)
     await asyncio.to_thread(sys.stdin.read)
     await server.stop(0)
+
+
+BIDI_METHOD = "/floor.Bidi/Exchange"
+
+
+def bidi_handler(answer: bytes) -> grpc.GenericRpcHandler:
+    """A bidirectional stream of bytes: each message in gets `answer` back."""
+
+    async def exchange(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for _ in requests:
+            yield answer
+
+    return grpc.method_handlers_generic_handler(
+        "floor.Bidi", {"Exchange": grpc.stream_stream_rpc_method_handler(exchange)}
+    )
+
+
+async def bidi_exchanges(
+    channel: grpc.aio.Channel, server_pid: int, request: bytes, size: Sizes
+) -> dict[str, float]:
+    """One stream opened, then `size.unary` exchanges on it, one at a time."""
+    call = channel.stream_stream(BIDI_METHOD)(timeout=600)
+
+    async def op() -> None:
+        await call.write(request)
+        await call.read()
+
+    await timed(size.warmup, op)
+    client0, server0 = self_cpu(), pid_cpu(server_pid)
+    samples = await timed(size.unary, op)
+    client1, server1 = self_cpu(), pid_cpu(server_pid)
+    await call.done_writing()
+    await call.wait_for_connection()
+    assert await call.code() == grpc.StatusCode.OK
+    return {
+        "client_cpu_us": per_op_us(client1 - client0, size.unary),
+        "server_cpu_us": per_op_us(server1 - server0, size.unary),
+        "latency_p50_us": p50_us(samples),
+    }
 
 
 async def consume(url: str, durable: str, warmup: int, count: int) -> None:
@@ -463,6 +509,10 @@ async def grpc_variant(variant: str, size: Sizes) -> dict[str, dict[str, float]]
                     "server_cpu_us": per_op_us(server1 - server0, count),
                     "latency_p50_us": p50_us(samples),
                 }
+            if variant == "plain":
+                out["grpc_bidi_exchange_plain"] = await bidi_exchanges(
+                    channel, server.proc.pid, request.SerializeToString(), size
+                )
     return out
 
 

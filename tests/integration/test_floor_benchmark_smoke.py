@@ -75,6 +75,9 @@ def test_smoke_prints_every_primitive_and_the_floor() -> None:
             figures = primitives[f"grpc_{kind}_{variant}"]
             assert set(figures) == {"client_cpu_us", "server_cpu_us", "latency_p50_us"}
             assert all(positive(v) for v in figures.values()), (kind, variant, figures)
+    bidi = primitives["grpc_bidi_exchange_plain"]  # a message each way on an open stream
+    assert set(bidi) == {"client_cpu_us", "server_cpu_us", "latency_p50_us"}
+    assert all(positive(v) for v in bidi.values()), bidi
     for name in SQLITE:
         assert set(primitives[f"sqlite_{name}"]) == {"cpu_us", "latency_p50_us"}
         assert all(positive(v) for v in primitives[f"sqlite_{name}"].values())
