@@ -82,7 +82,7 @@ class FakeNats:
 
         return Sub()
 
-    async def flush(self, timeout: float = 2) -> None:
+    async def flush(self, **_: Any) -> None:
         if self.gate is not None:
             await self.gate.wait()
         self.flushes += 1
@@ -204,7 +204,7 @@ async def test_latest_is_served_after_a_flush_and_dropped_by_a_note(fake: Any) -
 async def test_submits_waiting_share_the_next_flush(fake: Any) -> None:
     """Submits arriving while a flush is in progress wait for one more flush, shared by
     them all (the one in progress may have pinged before they arrived)."""
-    catalogue, channel = fake
+    _, channel = fake
     nc = FakeNats()
     client = await following(channel, nc)
     await client.check(ref(), values(n=1), fresh=True)
