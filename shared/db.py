@@ -154,7 +154,7 @@ class DatabaseMetrics:
         self.transactions = Counter(
             "runbox_db_core_transactions_total",
             "Transactions of the Core per-transaction path (shared.db_transactions), by where"
-            " they ran: thread (SQLite's own connection) or engine (the async engine).",
+            " they ran: loop or thread (SQLite's own connections) or engine (the async engine).",
             ["service", "path"],
             registry=registry,
         )
