@@ -154,7 +154,7 @@ class DatabaseMetrics:
         self.transactions = Counter(
             "runbox_db_core_transactions_total",
             "Transactions of the Core per-transaction path (shared.db_transactions), by where"
-            " they ran: thread (SQLite's own connection) or engine (the async engine).",
+            " they ran: loop or thread (SQLite's own connections) or engine (the async engine).",
             ["service", "path"],
             registry=registry,
         )
@@ -360,6 +360,12 @@ class _Turn:
         task = asyncio.current_task()
         if self._owner is not None and self._owner is task:
             return False
+        if not self._lock.locked() and not getattr(self._lock, "_waiters", None):
+            # Free with no one waiting: taken at once, without suspending (asyncio.wait_for
+            # would first wrap the acquire in a task).
+            await self._lock.acquire()
+            self._owner = task
+            return True
         try:
             await asyncio.wait_for(self._lock.acquire(), self.wait_s)
         except TimeoutError:

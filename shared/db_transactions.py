@@ -5,13 +5,21 @@ Through an AsyncSession on aiosqlite every statement is a hop to aiosqlite's thr
 (begin, execute, fetch, close, commit), with the ORM's unit of work and greenlet switches on
 top; a submit or an applied event costs several. Here:
 
-- on a SQLite file, one connection of a sync pysqlite engine lives in one thread of its own
-  and a transaction is one call into that thread (the executor's outbox writer does the
-  same). Writes start with BEGIN IMMEDIATE, so the write lock is taken first and the busy
-  timeout applies to it (a deferred BEGIN that upgrades to a write can fail at once with
-  "database is locked"); in the process, they take the same turn as the service's sessions
-  (shared.db._TakingTurns) rather than meet them in SQLite's busy handler. The file is WAL
-  since migration (shared.db.ensure_wal), so reads do not wait for writers.
+- on a SQLite file, a transaction runs on the event loop's own thread, on a connection of
+  its own without a busy timeout, when it can start at once: a write's BEGIN IMMEDIATE got
+  the write lock (in the process, writes take the same turn as the service's sessions,
+  shared.db._TakingTurns, so only another process's writer can hold it), a read's SELECTs
+  met no lock (WAL: readers do not wait for writers but in rare recovery moments). A commit
+  of a small row in WAL with synchronous=NORMAL is a write to the WAL file without fsync
+  (~0.05 ms), cheaper than the hop to a thread and back (~0.1 ms of CPU: submit, wake, and
+  call_soon_threadsafe's self-pipe write); this connection never checkpoints (no fsync on
+  the loop): every `CHECKPOINT_EVERY` commits a PASSIVE checkpoint runs in the thread.
+  Otherwise (the lock is held: "database is locked" at once, before anything ran), the
+  transaction goes to one connection of a sync pysqlite engine living in one thread of its
+  own, with the busy timeout (the executor's outbox writer does the same). Writes start
+  with BEGIN IMMEDIATE, so the write lock is taken first and the busy timeout applies to it
+  (a deferred BEGIN that upgrades to a write can fail at once with "database is locked").
+  The file is WAL since migration (shared.db.ensure_wal), so reads do not wait for writers.
 - on PostgreSQL and MariaDB (and in-memory SQLite, which only the async engine's connection
   sees), the function runs through `AsyncConnection.run_sync` on the service's async engine:
   one greenlet, the driver's own async I/O.
@@ -22,6 +30,8 @@ Each write is a "db.transaction <service>" span inside a traced operation, as a 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -35,7 +45,10 @@ from sqlalchemy.pool import StaticPool
 from shared.db import DatabaseMetrics, _sqlite_pragmas, _Turn, sqlite_file, transaction_span
 from shared.db_tracing import TransactionSpan, transaction_scope
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
+# Commits on the loop's connection between two PASSIVE checkpoints in the thread.
+CHECKPOINT_EVERY = 500
 T = TypeVar("T")
 Work = Callable[Concatenate[Connection, P], T]
 
@@ -51,6 +64,7 @@ class Transactions:
         turn: _Turn | None = None,
         span: TransactionSpan | None = None,
         metrics: DatabaseMetrics | None = None,
+        on_loop: bool = True,
     ) -> None:
         self._engine = engine
         self._turn = turn
@@ -60,7 +74,20 @@ class Transactions:
         self._thread: ThreadPoolExecutor | None = None
         self._conn: Connection | None = None
         self._immediate = False  # the next BEGIN's kind; read in the thread only
+        self._loop_sync: Engine | None = None
+        self._loop_conn: Connection | None = None
+        self._loop_immediate = False  # the next BEGIN's kind on the loop's connection
+        self._loop_commits = 0
+        self._checkpoint: asyncio.Future[Any] | None = None
         path = sqlite_file(engine.url)
+        if path is not None and on_loop:
+            self._loop_sync = sqlalchemy.create_engine(
+                f"sqlite:///{path}", poolclass=StaticPool, connect_args={"timeout": 0}
+            )
+            event.listen(self._loop_sync, "connect", _loop_connect)
+            event.listen(self._loop_sync, "begin", self._begin_on_loop)
+            if metrics is not None:
+                metrics.instrument_statements(self._loop_sync)
         if path is not None:
             self._sync = sqlalchemy.create_engine(
                 f"sqlite:///{path}", poolclass=StaticPool, connect_args={"timeout": 30}
@@ -73,13 +100,18 @@ class Transactions:
 
     async def write(self, fn: Work[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(conn, *args)` in one transaction, committed when this returns."""
-        self._count()
         with transaction_scope(self._span):
             if self._thread is None:
+                self._count("engine")
                 async with self._engine.begin() as conn:
                     return await conn.run_sync(fn, *args, **kwargs)
             held = await self._turn.acquire() if self._turn is not None else False
             try:
+                done, result = self._on_loop(True, fn, *args, **kwargs)
+                if done:
+                    self._count("loop")
+                    return result  # type: ignore[return-value]
+                self._count("thread")
                 return await self._in_thread(True, fn, *args, **kwargs)
             finally:
                 if held and self._turn is not None:
@@ -88,16 +120,75 @@ class Transactions:
     async def read(self, fn: Work[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(conn, *args)` in a transaction that is rolled back (it must not write); not
         traced, as a session's reads outside `begin()` are not."""
-        self._count()
         if self._thread is None:
+            self._count("engine")
             async with self._engine.connect() as conn:
                 return await conn.run_sync(fn, *args, **kwargs)
+        done, result = self._on_loop(False, fn, *args, **kwargs)
+        if done:
+            self._count("loop")
+            return result  # type: ignore[return-value]
+        self._count("thread")
         return await self._in_thread(False, fn, *args, **kwargs)
 
-    def _count(self) -> None:
+    def _count(self, path: str) -> None:
         if self._metrics is not None:
-            path = "engine" if self._thread is None else "thread"
             self._metrics.transactions.labels(self._metrics.service, path).inc()
+
+    def _on_loop(
+        self, immediate: bool, fn: Work[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> tuple[bool, T | None]:
+        """(True, result) when the transaction ran on the loop's connection; (False, None)
+        when the database was locked before anything ran (the caller goes to the thread)."""
+        if self._loop_sync is None:
+            return False, None
+        if self._loop_conn is None:
+            self._loop_conn = self._loop_sync.connect()
+        conn = self._loop_conn
+        self._loop_immediate = immediate
+        try:
+            transaction = conn.begin()
+        except (sqlalchemy.exc.OperationalError, sqlite3.OperationalError) as exc:
+            if _locked(exc):
+                return False, None
+            raise
+        if immediate:
+            with transaction:
+                result = fn(conn, *args, **kwargs)
+            self._committed_on_loop()
+            return True, result
+        try:
+            return True, fn(conn, *args, **kwargs)
+        except (sqlalchemy.exc.OperationalError, sqlite3.OperationalError) as exc:
+            if _locked(exc):  # a read met a lock (WAL recovery): read in the thread
+                return False, None
+            raise
+        finally:
+            transaction.rollback()
+
+    def _committed_on_loop(self) -> None:
+        """Every CHECKPOINT_EVERY commits, a PASSIVE checkpoint in the thread (the loop's
+        connection never checkpoints: that may fsync)."""
+        self._loop_commits += 1
+        if self._loop_commits % CHECKPOINT_EVERY or self._thread is None:
+            return
+        if self._checkpoint is not None and not self._checkpoint.done():
+            return
+
+        def checkpoint() -> None:
+            if self._conn is None:
+                assert self._sync is not None
+                self._conn = self._sync.connect()
+            driver: Any = self._conn.connection.driver_connection
+            driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+        future = asyncio.get_running_loop().run_in_executor(self._thread, checkpoint)
+        future.add_done_callback(_log_failure)
+        self._checkpoint = future
+
+    def _begin_on_loop(self, conn: Connection) -> None:
+        driver: Any = conn.connection.driver_connection
+        driver.execute("BEGIN IMMEDIATE" if self._loop_immediate else "BEGIN")
 
     async def _in_thread(
         self, immediate: bool, fn: Work[P, T], *args: P.args, **kwargs: P.kwargs
@@ -119,10 +210,18 @@ class Transactions:
         return await asyncio.get_running_loop().run_in_executor(self._thread, run)
 
     def _begin(self, conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if self._immediate else "BEGIN")
+        # On the driver's connection: the engine's statement path (execution context,
+        # events, metrics) costs more than the BEGIN itself.
+        driver: Any = conn.connection.driver_connection
+        driver.execute("BEGIN IMMEDIATE" if self._immediate else "BEGIN")
 
     async def close(self) -> None:
         """Close the thread's connection (a no-op on the async engine's path)."""
+        if self._loop_conn is not None:
+            self._loop_conn.close()
+            self._loop_conn = None
+        if self._loop_sync is not None:
+            self._loop_sync.dispose()
         if self._thread is None:
             return
 
@@ -168,3 +267,25 @@ def _pysqlite_connect(dbapi_connection: Any, record: Any) -> None:
     # Transactions are begun explicitly (the "begin" event), not by the driver.
     dbapi_connection.isolation_level = None
     _sqlite_pragmas(dbapi_connection, record)
+
+
+def _loop_connect(dbapi_connection: Any, record: Any) -> None:
+    """The loop's connection: never waits for a lock (it answers "database is locked" at
+    once and the transaction goes to the thread) and never checkpoints."""
+    _pysqlite_connect(dbapi_connection, record)
+    dbapi_connection.execute("PRAGMA busy_timeout=0")
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+
+
+def _locked(exc: Exception) -> bool:
+    """Whether SQLite answered "database is locked" (SQLITE_BUSY), as raised by the driver
+    or wrapped by SQLAlchemy."""
+    orig = exc.orig if isinstance(exc, sqlalchemy.exc.OperationalError) else exc
+    return isinstance(orig, sqlite3.OperationalError) and (
+        "locked" in str(orig) or "busy" in str(orig)
+    )
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("SQLite checkpoint failed: %s", future.exception())

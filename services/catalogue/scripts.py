@@ -33,6 +33,7 @@ from shared.errors import (
     NotFound,
 )
 from shared.outbox import Outbox
+from shared.script_notes import Announcer
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 TAG = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,62}$")
@@ -80,8 +81,10 @@ class Catalogue:
         schedules: ScheduleLookup | None = None,
         cache_ttl_s: float = 30.0,
         cache_entries: int = 10_000,
+        announcer: Announcer | None = None,
     ) -> None:
         self._schedules = schedules
+        self.announcer = announcer
         # Resolution cache: script name -> (script, its non-yanked versions). Dropped
         # on this replica's own writes at once and on other replicas' ScriptEvents
         # (see invalidate); the TTL bounds staleness if an event is missed.
@@ -113,7 +116,7 @@ class Catalogue:
             if winner is not None:
                 return winner
             raise AlreadyExists(f"script {script.name!r} already exists") from None
-        self._changed(row.name)
+        await self._changed(row.name)
         return row
 
     async def _insert_script(self, session: AsyncSession, row: ScriptRow, actor: str) -> None:
@@ -161,7 +164,7 @@ class Catalogue:
                 await self._insert_version(session, row, version, actor)
         except IntegrityError:
             raise AlreadyExists(f"script {script.name!r} already exists") from None
-        self._changed(row.name)
+        await self._changed(row.name)
         return row, version
 
     async def _by_idempotency_key(self, key: str) -> ScriptRow | None:
@@ -296,7 +299,7 @@ class Catalogue:
                 actor,
                 f"{row.name}:updated:{audit.id}",
             )
-        self._changed(row.name)
+        await self._changed(row.name)
         return row
 
     async def delete_script(self, name: str, *, force: bool, actor: str) -> ScriptRow:
@@ -334,7 +337,7 @@ class Catalogue:
                 actor,
                 f"{name}:deleted:{audit.id}",
             )
-        self._changed(name)
+        await self._changed(name)
         return row
 
     async def restore_script(self, name: str, *, actor: str) -> ScriptRow:
@@ -358,7 +361,7 @@ class Catalogue:
                 actor,
                 f"{name}:restored:{audit.id}",
             )
-        self._changed(name)
+        await self._changed(name)
         return row
 
     async def set_version_state(
@@ -404,7 +407,7 @@ class Catalogue:
                 actor,
                 f"{name}:{version}:{action.split('.')[1]}",
             )
-        self._changed(name)
+        await self._changed(name)
         return Resolved(script, row)
 
     async def list_audit(
@@ -451,10 +454,15 @@ class Catalogue:
         else:
             self._cache.pop(name, None)
 
-    def _changed(self, name: str) -> None:
-        """After a committed change: drop the cache entry, wake the outbox relay."""
+    async def _changed(self, name: str) -> None:
+        """After a committed change, before answering it: drop the cache entry, wake the
+        outbox relay, and announce it (a change note flushed to NATS: readers that cache
+        this script's answers drop them before they serve a request that follows this
+        answer; shared/script_notes.py)."""
         self.invalidate(name)
         self._outbox.notify()
+        if self.announcer is not None:
+            await self.announcer.announce(name)
 
     async def _record(
         self,
@@ -505,7 +513,7 @@ class Catalogue:
             raise AlreadyExists(
                 f"version {row.version} of {request.script_name!r} already exists"
             ) from None
-        self._changed(script.name)
+        await self._changed(script.name)
         return script, row
 
     def _new_version_row(

@@ -18,6 +18,7 @@ from shared.jetstream import follow_script_changes
 from shared.outbox import Outbox
 from shared.outbox_backlog import OutboxBacklog
 from shared.runtime import Runtime, Service
+from shared.script_notes import Announcer, follow_notes
 
 SERVICE = catalogue_pb2.DESCRIPTOR.services_by_name["CatalogueService"].full_name
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -85,6 +86,9 @@ async def build(runtime: Runtime) -> Service:
         schedules=lookup,
         cache_ttl_s=settings.resolve_cache_ttl_s,
         cache_entries=settings.resolve_cache_entries,
+        # Every write's change note goes out before its answer (read-your-writes for the
+        # schedulers' caches: shared/script_notes.py).
+        announcer=Announcer(runtime.nats, settings.nats.subjects_prefix),
     )
 
     async def follow_other_replicas() -> None:
@@ -93,6 +97,7 @@ async def build(runtime: Runtime) -> Service:
         await follow_script_changes(
             runtime.nats, settings.nats.subjects_prefix, catalogue.invalidate
         )
+        await follow_notes(runtime.nats, settings.nats.subjects_prefix, catalogue.invalidate)
 
     async def start_relay() -> None:
         outbox.start(js)

@@ -13,12 +13,16 @@ memo of validated answers without secrets. The catalogue stays the source of tru
   The subscription is a core NATS one per replica (`follow`): every replica must see every
   event, and only events from now on matter (the cache starts empty).
 - Read-your-writes for SubmitRun (`fresh=True`): an exact version ("1.2.3") is served from
-  the cache, since a version's definitions never change; any other selector (latest, a
-  range) is resolved by the catalogue (one ResolveVersion call, no validation there), since
-  a client that has just published a version must get it, and the event saying so may
-  still be on its way. The version it names is then validated from the cache. Schedule
-  fires (`fresh=False`) also take cached "latest" answers: they get the catalogue's answer
-  up to an event's delivery (milliseconds).
+  the cache, since a version's definitions never change. Any other selector (latest, a
+  range) must give a client that has just published a version that version. The catalogue
+  publishes a change note on core NATS and flushes it before it answers a write
+  (shared/script_notes.py); a submit's `Barrier.settled()` flushes this service's own
+  connection after the submit arrived (one flush for all submits waiting at that moment),
+  so the notes of every write answered before it have dropped their entries by then, and
+  the cache may answer. When that cannot be told (NATS down, a clustered NATS in mode
+  "auto", mode "rpc", the flush failed) the selector is resolved by the catalogue (one
+  ResolveVersion call), as before. Schedule fires (`fresh=False`) take cached "latest"
+  answers without the barrier: they get the catalogue's answer up to an event's delivery.
 - When the subscription is down (NATS disconnected, or not started), entries older than
   `outage_ttl_s` are not served; after a reconnect everything is dropped (events may have
   been missed). `cache_ttl_s` bounds every entry in any case (0: no cache at all).
@@ -45,6 +49,7 @@ from runbox.common.v1 import common_pb2
 from shared import parameters
 from shared.errors import InvalidArgument, Unavailable
 from shared.jetstream import follow_script_changes
+from shared.script_notes import Barrier, Mode
 from shared.status import from_rpc_error
 
 _PASS_THROUGH = {
@@ -107,6 +112,7 @@ class CatalogueClient:
         cache_ttl_s: float = 0.0,
         outage_ttl_s: float = 1.0,
         cache_entries: int = 10_000,
+        read_your_writes: Mode = "auto",
     ) -> None:
         self._stub = catalogue_pb2_grpc.CatalogueServiceStub(channel)
         # Script name -> selector or exact version -> entry.
@@ -114,7 +120,9 @@ class CatalogueClient:
             TTLCache(maxsize=cache_entries, ttl=cache_ttl_s) if cache_ttl_s > 0 else None
         )
         self._outage_ttl_s = min(outage_ttl_s, cache_ttl_s)
-        self._inflight: dict[tuple[str, str], asyncio.Future[_Entry]] = {}
+        # Loads in flight by (script, selector, generation): one started before an
+        # invalidation is not joined after it.
+        self._inflight: dict[tuple[str, str, int], asyncio.Future[_Entry]] = {}
         # Bumped by every invalidation: an answer that raced with one is not cached.
         self._generation = 0
         self._nc: NATS | None = None
@@ -122,10 +130,13 @@ class CatalogueClient:
         self.hits = 0
         self.misses = 0
         self.calls = 0  # catalogue RPCs made
+        self.barrier = Barrier(self.invalidate, mode=read_your_writes)
 
     async def follow(self, nc: NATS, prefix: str) -> None:
-        """Subscribe to the catalogue's ScriptEvents; until then, entries live `outage_ttl_s`."""
+        """Subscribe to the catalogue's ScriptEvents and change notes; until then, entries
+        live `outage_ttl_s` and fresh submits of a non-exact version ask the catalogue."""
         await follow_script_changes(nc, prefix, self.invalidate)
+        await self.barrier.follow(nc, prefix)
         self._nc, self._reconnects = nc, nc.stats["reconnects"]
         self.invalidate()  # what was cached before the subscription may have missed events
 
@@ -153,14 +164,15 @@ class CatalogueClient:
         self, ref: common_pb2.ScriptRef, values: struct_pb2.Struct, *, fresh: bool = False
     ) -> Checked:
         """Resolve `ref` and validate `values` for it, from the cache where it can (`fresh`:
-        a selector other than an exact version is resolved by the catalogue)."""
+        a selector other than an exact version sees every catalogue write answered before
+        this call: after the notes barrier, else resolved by the catalogue)."""
         if self._cache is None:
             validated, script = await asyncio.gather(
                 self.validate(ref, values), self.get_script(ref.name)
             )
             return Checked(validated, script)
         selector = ref.version.strip()
-        if fresh and not _exact(selector):
+        if fresh and not _exact(selector) and not await self.barrier.settled():
             version = await self.resolve(ref)
             entry = self._cached(ref.name, version.version)
             if entry is None or entry.version != version:
@@ -188,13 +200,14 @@ class CatalogueClient:
         self, ref: common_pb2.ScriptRef, key: str, version: catalogue_pb2.ScriptVersion | None
     ) -> _Entry:
         """Fetch (once for concurrent callers) and cache the entry for `ref` under `key`."""
-        waiting = self._inflight.get((ref.name, key))
+        generation = self._generation
+        flight = (ref.name, key, generation)
+        waiting = self._inflight.get(flight)
         if waiting is not None:
             return await asyncio.shield(waiting)
         self.misses += 1
         future: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
-        self._inflight[(ref.name, key)] = future
-        generation = self._generation
+        self._inflight[flight] = future
         try:
             entry = await self._fetch(ref, version)
         except asyncio.CancelledError:
@@ -211,8 +224,8 @@ class CatalogueClient:
                 scripts[key] = scripts[entry.version.version] = entry
             return entry
         finally:
-            if self._inflight.get((ref.name, key)) is future:
-                del self._inflight[(ref.name, key)]
+            if self._inflight.get(flight) is future:
+                del self._inflight[flight]
 
     async def _fetch(
         self, ref: common_pb2.ScriptRef, version: catalogue_pb2.ScriptVersion | None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -26,6 +26,12 @@ class SchedulerSettings(ServiceSettings):
     # How long a script's resolution and parameter validation may be reused for runs and fires
     # with the same inputs; the catalogue's ScriptEvents drop it at once (0 = ask every time).
     catalogue_cache_ttl_s: float = Field(default=30.0, ge=0, le=3600)
+    # How a submit naming no exact version ("latest", a range) sees a version published just
+    # before it (docs/scheduler.md, "Read-your-writes without a catalogue call"): "nats" by
+    # the catalogue's change notes and a NATS flush (needs the catalogue and this scheduler
+    # on one nats-server); "rpc" by a ResolveVersion call per submit; "auto": "nats" unless
+    # the server is clustered or several are configured.
+    catalogue_read_your_writes: Literal["auto", "nats", "rpc"] = "auto"
     # Executor addresses (JSON list in RUNBOX_EXECUTORS), and/or a DNS name (host:port) whose
     # addresses are all executors, resolved again every executors_dns_refresh_s.
     executors: list[str] = Field(default_factory=list)

@@ -20,7 +20,7 @@ from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2
 from services.scheduler import handoff
 from services.scheduler import state as sm
-from services.scheduler.models import QuarantineRow, RunRow
+from services.scheduler.models import RUN_COLUMNS, QuarantineRow, RunRow, run_record
 from shared.db_transactions import Transactions
 from shared.errors import InvalidArgument, NotFound
 
@@ -244,22 +244,23 @@ class RunStore:
         by_executor: Mapping[tuple[str, str], Sequence[str]],
         release: Sequence[str],
         lease_expiry: datetime,
+        now: datetime | None = None,
     ) -> None:
         """The executors that accepted runs (by (executor id, address)), in one Core
         transaction with the release of `release` (runs.py mark_dispatched_many)."""
-        await self._tx.write(_dispatched_in, by_executor, release, _now(), lease_expiry)
+        await self._tx.write(_dispatched_in, by_executor, release, now or _now(), lease_expiry)
 
 
 def _by_id(conn: Connection, run_id: str) -> RunRow | None:
-    """A run by id, as an object of no session."""
+    """A run by id, as a plain record (models.RunRecord)."""
     stored = conn.execute(_BY_ID, {"run_id": run_id}).mappings().first()
-    return None if stored is None else RunRow(**stored)
+    return None if stored is None else run_record(stored)
 
 
 def _by_key(conn: Connection, key: str) -> RunRow | None:
-    """The run of an idempotency key, as an object of no session."""
+    """The run of an idempotency key, as a plain record (models.RunRecord)."""
     stored = conn.execute(_BY_KEY, {"key": key}).mappings().first()
-    return None if stored is None else RunRow(**stored)
+    return None if stored is None else run_record(stored)
 
 
 def _insert_in(
@@ -284,14 +285,14 @@ def _moves_in(
     """RunStore.apply_moves' transaction."""
     ids = sorted({events[i].run_id for i in moving})
     stored = {m["id"]: m for m in conn.execute(_BY_IDS, {"ids": ids}).mappings()}
-    rows = {run_id: RunRow(**m) for run_id, m in stored.items()}
+    rows = {run_id: run_record(m) for run_id, m in stored.items()}
     moved, ended, finished = move_runs(rows, events, moving, lease_expiry)
     if any(concerned(row) for row in finished):
         return None
     for run_id, row in rows.items():
         old = stored[run_id]
-        # The loaded values are in the object's __dict__ (no attribute machinery).
-        diff = {k: v for k, v in vars(row).items() if k in old and v != old[k]}
+        # A plain record: its values are its __dict__.
+        diff = {k: v for k, v in vars(row).items() if v != old[k]}
         if diff:
             conn.execute(_UPDATE_BY_ID, {"run_id_": run_id, **diff})
     return moved, ended, finished
@@ -347,6 +348,23 @@ def _dispatched_in(
                 "lease": lease_expiry,
             },
         )
+
+
+def dispatched_record(
+    run: RunRow, executor_id: str, address: str, now: datetime, lease_expiry: datetime
+) -> RunRow:
+    """What `_DISPATCHED` makes of a PENDING run, as a new record (a watcher's copy of the
+    run, moved without reading it back)."""
+    values = {key: getattr(run, key) for key in RUN_COLUMNS}
+    values.update(
+        executor_id=executor_id,
+        executor_address=address,
+        queued_at=now,
+        lease_expires_at=lease_expiry,
+        updated_at=now,
+        state=RS.RUN_STATE_QUEUED,
+    )
+    return run_record(values)
 
 
 def _released(run_ids: Sequence[str]) -> Any:

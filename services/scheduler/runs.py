@@ -31,12 +31,12 @@ from services.scheduler import state as sm
 from services.scheduler.catalogue import CatalogueClient
 from services.scheduler.held_secrets import HeldSecrets
 from services.scheduler.metrics import SchedulerMetrics
-from services.scheduler.models import RunRow
+from services.scheduler.models import RunRow, run_record
 from services.scheduler.retries import check_policy
 from services.scheduler.run_events import RunEvents
 from services.scheduler.run_listeners import RunListeners
 from services.scheduler.run_store import LEASED, RunStore, move_runs, proto_dict
-from services.scheduler.watch import Change, Watchers
+from services.scheduler.watch import Change, Dispatched, Watchers
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from shared.outbox import Outbox
 from shared.telemetry import inject_context
@@ -82,18 +82,19 @@ class Runs:
         return self._secrets
 
     async def submit(self, request: scheduler_pb2.SubmitRunRequest, *, actor: str) -> RunRow:
-        """Validate through the catalogue and commit the run PENDING."""
+        """Validate through the catalogue and commit the run PENDING; the run as stored, a
+        plain record (models.RunRecord)."""
         if request.idempotency_key:
             existing = await self.store.by_key(request.idempotency_key)
             if existing is not None:
                 return _same_request(existing, request_digest(request, existing.secret_names))
-        row, secrets = await self.prepare(request, actor=actor)
-        return await self._insert(row, secrets, request.idempotency_key)
+        values, secrets = await self.prepare_values(request, actor=actor)
+        return await self._insert(values, secrets, request.idempotency_key)
 
-    async def _insert(self, row: RunRow, secrets: dict[str, str], key: str) -> RunRow:
+    async def _insert(self, values: dict[str, Any], secrets: dict[str, str], key: str) -> RunRow:
         """`commit_once` of `stage` for a run alone, in one Core transaction: the hand-off's
-        claim check, the run and its SUBMITTED event. `row` gets the stored values."""
-        values = column_values(row)
+        claim check, the run and its SUBMITTED event; the run as stored (a record of
+        `values`, which the claim may have completed)."""
         message = self.events.event_message(
             values, events_pb2.RUN_EVENT_TYPE_SUBMITTED, "submitted"
         )
@@ -108,15 +109,13 @@ class Runs:
             existing = await self.store.by_key(key) if key else None
             if existing is None:
                 raise
-            return _same_request(existing, row.request_sha256)
-        for name, value in values.items():
-            if getattr(row, name) is None:
-                setattr(row, name, value)
+            return _same_request(existing, values["request_sha256"])
+        run = run_record(values)
         if claimed and direct is not None:
-            direct.claimed = row.id
+            direct.claimed = run.id
         self._outbox.committed([message])
-        self.submitted(row, secrets, relay=False)
-        return row
+        self.submitted(run, secrets, relay=False)
+        return run
 
     async def commit_once(
         self,
@@ -148,17 +147,27 @@ class Runs:
         with the secret values it carries. SubmitRun and schedule fires share it, so a fired
         run is exactly the run its submission would have been; fires pass fresh=False to
         take the catalogue's answer from the client's cache (see catalogue.py)."""
+        values, secrets = await self.prepare_values(request, actor=actor, fresh=fresh)
+        return RunRow(**values), secrets
+
+    async def prepare_values(
+        self, request: scheduler_pb2.SubmitRunRequest, *, actor: str, fresh: bool = True
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """`prepare`'s run as the column values of its INSERT (every column, defaults filled
+        in), without an ORM object: SubmitRun's path."""
         if not request.script.name:
             raise InvalidArgument.field("script.name", "script name is required")
         if request.priority < -1000 or request.priority > 1000:
             raise InvalidArgument.field("priority", "must be between -1000 and 1000")
         if request.HasField("retry"):
             check_policy(request.retry)
-        raw = json_format.MessageToDict(request.parameters)
         checked = await self.catalogue.check(request.script, request.parameters, fresh=fresh)
         validated, script = checked.validated, checked.script
         version = validated.version
-        row = RunRow(
+        secret_names = list(validated.secret_names)
+        now = _now()
+        values = new_run_values()
+        values.update(
             id=uuid.uuid4().hex,
             script_name=version.script_name,
             version_selector=request.script.version,
@@ -167,7 +176,7 @@ class Runs:
             execution_type=version.execution_type,
             state=RS.RUN_STATE_PENDING,
             parameters=json_format.MessageToDict(validated.values),
-            secret_names=list(validated.secret_names),
+            secret_names=secret_names,
             config=proto_dict(script.config),
             priority=request.priority,
             labels=dict(request.labels),
@@ -180,12 +189,16 @@ class Runs:
             runtime=script.runtime,
             submitted_by=actor,
             trace_context=inject_context(),
-            created_at=_now(),
-            updated_at=_now(),
+            created_at=now,
+            updated_at=now,
         )
         if request.idempotency_key:
-            row.request_sha256 = request_digest(request, row.secret_names)
-        return row, {n: _secret_text(raw.get(n)) for n in row.secret_names if n in raw}
+            values["request_sha256"] = request_digest(request, secret_names)
+        secrets: dict[str, str] = {}
+        if secret_names:
+            raw = json_format.MessageToDict(request.parameters)
+            secrets = {n: _secret_text(raw.get(n)) for n in secret_names if n in raw}
+        return values, secrets
 
     def submitted(self, row: RunRow, secrets: dict[str, str], *, relay: bool = True) -> None:
         """After the commit of a staged run: keep its secrets, relay its event (unless the
@@ -301,10 +314,13 @@ class Runs:
         by_executor: dict[tuple[str, str], list[str]] = {}
         for run_id, executor_id, address in accepted:
             by_executor.setdefault((executor_id, address), []).append(run_id)
-        await self.store.mark_dispatched(by_executor, release, self.lease_expiry())
-        for run_id, _, _ in accepted:
+        now, lease = _now(), self.lease_expiry()
+        await self.store.mark_dispatched(by_executor, release, lease, now)
+        for run_id, executor_id, address in accepted:
             self._secrets.drop(run_id)
-            self._watchers.notify(Change(run_id))
+            self._watchers.notify(
+                Change(run_id, dispatched=Dispatched(executor_id, address, now, lease))
+            )
 
     async def apply(self, event: events_pb2.RunEvent) -> bool:
         """Apply one lifecycle event; False when it changes nothing but the run's lease."""
@@ -442,6 +458,33 @@ class Runs:
         self._renewed.pop(row.id, None)
         self._after_change(row)
         return row
+
+
+def _column_defaults() -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
+    """The runs table's Python-side defaults: (constant ones, (column, factory) of the
+    others)."""
+    constant: dict[str, Any] = {}
+    made: list[tuple[str, Any]] = []
+    for column in RunRow.__table__.columns:
+        default: Any = column.default
+        if default is None:
+            constant[column.key] = None
+        elif default.is_callable:
+            made.append((column.key, default.arg))
+        else:
+            constant[column.key] = default.arg
+    return constant, tuple(made)
+
+
+_CONSTANT_DEFAULTS, _MADE_DEFAULTS = _column_defaults()
+
+
+def new_run_values() -> dict[str, Any]:
+    """Every column of a new run at its default (None where it has none)."""
+    values = dict(_CONSTANT_DEFAULTS)
+    for key, make in _MADE_DEFAULTS:
+        values[key] = make(None)
+    return values
 
 
 def column_values(row: RunRow) -> dict[str, Any]:

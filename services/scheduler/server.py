@@ -84,7 +84,11 @@ async def build(runtime: Runtime) -> Service:
         js, stream=settings.nats.stream, durable="scheduler", gauge=metrics.consumer_lag
     )
     watchers = Watchers()
-    catalogue = CatalogueClient(catalogue_channel, cache_ttl_s=settings.catalogue_cache_ttl_s)
+    catalogue = CatalogueClient(
+        catalogue_channel,
+        cache_ttl_s=settings.catalogue_cache_ttl_s,
+        read_your_writes=settings.catalogue_read_your_writes,
+    )
     store = RunStore(sessions, transactions)
     events = RunEvents(outbox, subjects_prefix=settings.nats.subjects_prefix)
     quarantines = Quarantines(

@@ -21,6 +21,7 @@ from services.scheduler.dead_letters import DeadLetters
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.models import FireRow, QuarantineRow, RunRow, ScheduleRow
 from services.scheduler.retries import Quarantines
+from services.scheduler.run_store import dispatched_record
 from services.scheduler.runs import Runs, cancel_run
 from services.scheduler.schedules import Schedules, definition
 from services.scheduler.watch import Change, Watchers
@@ -246,10 +247,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         # missed until the next poll.
         queue = self._watchers.subscribe(request.id)
         try:
-            row = await self._runs.store.get(request.id)
-            yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row))
-            last = row.state
-            while not sm.is_terminal(last):
+            last = await self._runs.store.get(request.id)
+            yield scheduler_pb2.WatchRunResponse(run=run_to_proto(last))
+            while not sm.is_terminal(last.state):
                 change = await _next(queue, self._poll)
                 if change is not None and change.log_data:
                     if request.include_logs:
@@ -259,19 +259,30 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                             )
                         )
                     continue
-                # The committed row from the change feed when it moves the run forward;
-                # otherwise (a poll, another replica's change, a hand-back) read it back.
-                fed = change.row if change is not None else None
-                row = (
-                    fed
-                    if fed is not None and sm.can_move(last, fed.state)
-                    else await self._runs.store.get(request.id)
-                )
-                if row.state != last:
-                    last = row.state
+                row = await self._moved(request.id, last, change)
+                if row is None:
+                    continue
+                if row.state != last.state:
                     yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row))
+                last = row
         finally:
             self._watchers.unsubscribe(request.id, queue)
+
+    async def _moved(self, run_id: str, last: RunRow, change: Change | None) -> RunRow | None:
+        """The run after `change`, from the change feed when it tells (the committed row,
+        or the dispatch mark applied to the PENDING run shown last); otherwise (a poll,
+        another replica's change, a change of a state not shown yet) read back. None: the
+        change shows nothing past what was shown (states only move forward)."""
+        if change is not None and change.row is not None:
+            if sm.can_move(last.state, change.row.state):
+                return change.row
+        elif change is not None and change.dispatched is not None:
+            if last.state == common_pb2.RUN_STATE_PENDING:
+                d = change.dispatched
+                return dispatched_record(last, d.executor_id, d.address, d.at, d.lease_expiry)
+            if not sm.can_move(last.state, common_pb2.RUN_STATE_QUEUED):
+                return None
+        return await self._runs.store.get(run_id)
 
     async def ListDeadLetters(
         self, request: scheduler_pb2.ListDeadLettersRequest, context: Ctx

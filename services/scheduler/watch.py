@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -13,15 +14,28 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Dispatched:
+    """An executor accepted the run: what the dispatch mark wrote to it if it was PENDING
+    (run_store.dispatched_record)."""
+
+    executor_id: str
+    address: str
+    at: datetime
+    lease_expiry: datetime
+
+
+@dataclass(frozen=True)
 class Change:
     """Something happened to a run: its state changed, or output arrived. `row`, when set,
     is the run as the transaction that changed it committed it (no one else holds that
-    object), so a watcher need not read it back."""
+    object), and `dispatched` what the dispatch mark wrote, so a watcher need not read it
+    back."""
 
     run_id: str
     log_stream: str = ""
     log_data: bytes = b""
     row: RunRow | None = None
+    dispatched: Dispatched | None = None
 
 
 class Watchers:

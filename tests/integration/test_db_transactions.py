@@ -1,5 +1,6 @@
-"""shared.db_transactions on every dialect: a Core function as one transaction, in the
-dedicated thread on a SQLite file and through run_sync on the async engine elsewhere;
+"""shared.db_transactions on every dialect: a Core function as one transaction, on the
+loop's own connection on a SQLite file (in the dedicated thread when the database is
+locked) and through run_sync on the async engine elsewhere;
 rolled back when it raises; waiting for a lock another connection holds instead of failing;
 taking turns with the service's sessions on SQLite."""
 
@@ -91,13 +92,27 @@ async def test_write_commits_and_read_sees_it_with_the_column_types(store: Db) -
     assert stored_at.tzinfo is UTC
     async with store.sessions() as session:  # the service's sessions see it too
         assert await session.scalar(sa.select(COUNTERS.c.n).where(COUNTERS.c.id == 2)) == 7
-    in_thread = threads[0].startswith("db-transactions")
-    assert in_thread == (store.engine.dialect.name == "sqlite")
-    if in_thread:  # metered as the engine's statements are
+    on_sqlite = store.engine.dialect.name == "sqlite"
+    # On a SQLite file a transaction that meets no lock runs on the loop's own connection.
+    assert paths(store) == ({"loop": 2} if on_sqlite else {"engine": 2})
+    assert threads == [threading.current_thread().name]
+    if on_sqlite:  # metered as the engine's statements are
         count = store.registry.get_sample_value(
             "runbox_db_query_duration_seconds_count", {"service": "svc", "statement": "INSERT"}
         )
         assert count == 1
+
+
+def paths(store: Db) -> dict[str, int]:
+    """Transactions counted by where they ran."""
+    out: dict[str, int] = {}
+    for path in ("loop", "thread", "engine"):
+        n = store.registry.get_sample_value(
+            "runbox_db_core_transactions_total", {"service": "svc", "path": path}
+        )
+        if n:
+            out[path] = int(n)
+    return out
 
 
 async def test_write_is_rolled_back_when_its_function_raises(store: Db) -> None:
@@ -133,6 +148,11 @@ async def test_write_waits_for_a_lock_another_connection_holds(
     finally:
         await other.dispose()
     assert await store.tx.read(_n) == 12
+    if store.engine.dialect.name == "sqlite":
+        # The locked write went to the thread (the loop never waits); the next ones do not.
+        assert paths(store) == {"thread": 1, "loop": 1}
+        assert await store.tx.write(_add, 1) == 13
+        assert paths(store) == {"thread": 1, "loop": 2}
 
 
 async def test_writes_take_turns_with_session_transactions(store: Db) -> None:

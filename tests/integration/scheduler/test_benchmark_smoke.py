@@ -89,6 +89,12 @@ def test_smoke_roundtrip_prints_every_figure_at_each_concurrency() -> None:
     assert line["reference_concurrency"] == 4
     for suffix in ("", "_c1", "_c4", "_c32"):
         for name in FIGURES:
+            if name == "runbox_cpu_ms_per_run_catalogue":
+                # No catalogue call per warm run (shared/script_notes.py): its idle CPU only,
+                # which rounds to 0.0 ms per run at some concurrencies.
+                value = line[name + suffix]
+                assert isinstance(value, int | float) and value >= 0, name + suffix
+                continue
             assert positive(line[name + suffix]), name + suffix
         assert line[f"runbox_roundtrip_p50_ms{suffix}"] <= line[f"runbox_roundtrip_p99_ms{suffix}"]
         assert set(line[f"runbox_phases_p50_ms{suffix}"]) == PHASES

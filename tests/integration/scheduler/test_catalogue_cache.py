@@ -135,20 +135,94 @@ async def test_missing_secret_is_validated_by_the_catalogue(path: RunPath) -> No
 
 
 async def test_latest_submit_after_publish_gets_the_new_version(path: RunPath) -> None:
-    """Publish-then-submit without a version gets the new version at once, with one
-    ResolveVersion call and no validation call when the version is known."""
+    """Publish-then-submit without a version gets the new version at once, with no
+    catalogue call while the cache is warm (the catalogue's change note, flushed before its
+    answer, and the submit's NATS flush: shared/script_notes.py)."""
     await path.publish("ryw", "print(1)\n", params=PARAMS)
     stub = path.scheduler_stub()
-    await warm(path, submit("ryw", "1.0.0", n=1, token="t"))
+    await warm(path, submit("ryw", n=1, token="t"))
     before = catalogue_calls(path)
     assert (await stub.SubmitRun(submit("ryw", n=2, token="t"))).script_version == "1.0.0"
-    assert catalogue_calls(path) - before == Counter({"ResolveVersion": 1})
+    assert catalogue_calls(path) == before
     await path.publish("ryw", "print(2)\n", params=PARAMS[:1], version="1.1.0")
     run = await stub.SubmitRun(submit("ryw", n=2))
     assert run.script_version == "1.1.0"
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.SubmitRun(submit("ryw", n=2, token="t"))  # 1.1.0 has no token
     assert {v.field for v in from_rpc_error(err.value).violations} == {"parameters.token"}  # type: ignore[attr-defined]
+
+
+async def test_every_publish_is_seen_by_the_next_latest_submit(path: RunPath) -> None:
+    """Many publishes, each followed at once by submits of "latest" (and of a range) in
+    flight together: every submit gets the version published just before it."""
+    await path.publish("each", "print(0)\n")
+    stub = path.scheduler_stub()
+    await warm(path, submit("each"))
+    for minor in range(1, 8):
+        version = f"1.{minor}.0"
+        await path.publish("each", f"print({minor})\n", version=version)
+        runs = await asyncio.gather(
+            *(stub.SubmitRun(submit("each")) for _ in range(4)),
+            stub.SubmitRun(submit("each", "^1")),
+        )
+        assert {run.script_version for run in runs} == {version}
+
+
+async def test_yanked_latest_is_not_served_after_the_yank(path: RunPath) -> None:
+    """A yank answered is seen by the next "latest" submit (its note drops the entry)."""
+    await path.publish("yanked", "print(1)\n")
+    await path.publish("yanked", "print(2)\n", version="1.0.1")
+    stub = path.scheduler_stub()
+    await warm(path, submit("yanked"))
+    assert (await stub.SubmitRun(submit("yanked"))).script_version == "1.0.1"
+    await catalogue_admin(
+        path,
+        lambda c: c.YankVersion(
+            catalogue_pb2.YankVersionRequest(script_name="yanked", version="1.0.1", reason="x")
+        ),
+    )
+    assert (await stub.SubmitRun(submit("yanked"))).script_version == "1.0.0"
+
+
+@pytest.fixture
+async def rpc_path(tmp_path: Path, nats_server, tokens) -> AsyncIterator[RunPath]:  # type: ignore[no-untyped-def]
+    stack = await start_run_path(
+        tmp_path,
+        nats_server.url,
+        tokens,
+        with_executor=False,
+        scheduler={"catalogue_read_your_writes": "rpc"},
+    )
+    yield stack
+    await stack.close()
+
+
+async def test_rpc_mode_resolves_latest_by_the_catalogue(rpc_path: RunPath) -> None:
+    """With catalogue_read_your_writes=rpc (a clustered NATS) a "latest" submit asks the
+    catalogue (one ResolveVersion) and gets a version published just before."""
+    path = rpc_path
+    await path.publish("rpc", "print(1)\n")
+    stub = path.scheduler_stub()
+    await warm(path, submit("rpc", "1.0.0"))
+    before = catalogue_calls(path)
+    assert (await stub.SubmitRun(submit("rpc"))).script_version == "1.0.0"
+    assert catalogue_calls(path) - before == Counter({"ResolveVersion": 1})
+    await path.publish("rpc", "print(2)\n", version="1.1.0")
+    assert (await stub.SubmitRun(submit("rpc"))).script_version == "1.1.0"
+
+
+async def test_latest_asks_the_catalogue_while_nats_is_down(path: RunPath) -> None:
+    """Without the scheduler's NATS connection the barrier cannot answer: a "latest"
+    submit is resolved by the catalogue (one ResolveVersion call)."""
+    await path.publish("down", "print(1)\n")
+    stub = path.scheduler_stub()
+    await warm(path, submit("down"))
+    runtime = path.scheduler.runtime
+    assert runtime.nats is not None
+    await runtime.nats.close()
+    before = catalogue_calls(path)
+    assert (await stub.SubmitRun(submit("down"))).script_version == "1.0.0"
+    assert catalogue_calls(path) - before == Counter({"ResolveVersion": 1})
 
 
 async def test_yank_and_delete_drop_cached_pinned_versions(path: RunPath) -> None:

@@ -15,12 +15,13 @@ from sqlalchemy import select, text
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from services.scheduler.metrics import SchedulerMetrics
-from services.scheduler.models import OUTBOX, RunRow
+from services.scheduler.models import OUTBOX, RUN_COLUMNS, RunRow
 from services.scheduler.run_events import RunEvents
 from services.scheduler.run_listeners import RunEndHook, RunListeners
-from services.scheduler.run_store import RunStore
+from services.scheduler.run_store import RunStore, dispatched_record
 from services.scheduler.runs import Runs
 from services.scheduler.server import MIGRATIONS
+from services.scheduler.servicer import run_to_proto
 from services.scheduler.watch import Watchers
 from shared import db
 from shared.db_transactions import transactions_of
@@ -195,3 +196,38 @@ async def test_dispatched_runs_are_queued_with_their_times_stored_as_the_orm_sto
     assert raw is not None and type(raw[0]) is type(raw[1])
     if isinstance(raw[0], str):  # SQLite: same text format as the ORM's
         assert len(raw[0]) == len(raw[1]) and "+" not in raw[0] and "T" not in raw[0]
+
+
+async def test_the_dispatched_change_is_the_run_the_mark_stored(store: Store) -> None:
+    """The change a dispatch mark hands watchers (watch.Dispatched), applied to the PENDING
+    run as WatchRun shows it (run_store.dispatched_record), is the run as stored after the
+    mark: WatchRun need not read it back."""
+    async with store.sessions() as session, session.begin():
+        session.add(_row("w1"))
+    shown = await store.core.store.get("w1")
+    queue = store.core._watchers.subscribe("w1")
+
+    await store.core.mark_dispatched_many([("w1", "ex-1", "10.0.0.1:50051")])
+
+    change = queue.get_nowait()
+    assert change.row is None and change.dispatched is not None
+    d = change.dispatched
+    moved = dispatched_record(shown, d.executor_id, d.address, d.at, d.lease_expiry)
+    stored = await store.core.store.get("w1")
+    # What a watcher is sent (SQLite reads times back naive, as UTC; MariaDB's DATETIME keeps
+    # whole seconds: the fed message shows the microseconds a read-back would not).
+    fed, read = run_to_proto(moved), run_to_proto(stored)
+    if store.engine.dialect.name == "mysql":
+        for message in (fed, read):
+            message.queue_time.nanos = message.create_time.nanos = 0
+    assert fed == read
+    assert moved.state == RS.RUN_STATE_QUEUED and moved.lease_expires_at is not None
+
+
+async def test_a_submitted_run_is_a_record_with_every_column(store: Store) -> None:
+    """What the hot path reads is a plain record (no ORM state), with every column."""
+    async with store.sessions() as session, session.begin():
+        session.add(_row("p1"))
+    got = await store.core.store.get("p1")
+    assert not isinstance(got, RunRow)
+    assert set(vars(got)) == set(RUN_COLUMNS)

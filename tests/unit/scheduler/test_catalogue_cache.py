@@ -18,6 +18,7 @@ from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from services.scheduler.catalogue import CatalogueClient
 from shared.errors import InvalidArgument
+from shared.script_notes import Mode
 
 PT = catalogue_pb2.ParameterType
 N = catalogue_pb2.ParameterDefinition(name="n", type=PT.PARAMETER_TYPE_INTEGER, required=True)
@@ -41,11 +42,13 @@ class FakeCatalogue(catalogue_pb2_grpc.CatalogueServiceServicer):
 
     async def ResolveVersion(self, request: Any, context: Any) -> catalogue_pb2.ScriptVersion:
         self.calls["ResolveVersion"] += 1
+        wanted = request.ref.version
+        # Resolved now, answered when the gate opens (an answer on its way).
+        answer = next(v for v in reversed(self.versions) if wanted in ("", v.version))
         self.asked.set()
         if self.gate is not None:
             await self.gate.wait()
-        wanted = request.ref.version
-        return next(v for v in reversed(self.versions) if wanted in ("", v.version))
+        return answer
 
     async def GetScript(self, request: Any, context: Any) -> catalogue_pb2.Script:
         self.calls["GetScript"] += 1
@@ -60,23 +63,47 @@ class FakeCatalogue(catalogue_pb2_grpc.CatalogueServiceServicer):
 
 @dataclass
 class FakeNats:
-    """What CatalogueClient.follow uses of a NATS client."""
+    """What CatalogueClient.follow uses of a NATS client (one server, not clustered)."""
 
     is_connected: bool = True
     stats: dict[str, int] = field(default_factory=lambda: {"reconnects": 0})
-    handlers: list[Callable[[Any], Awaitable[None]]] = field(default_factory=list)
+    handlers: list[tuple[str, Callable[[Any], Awaitable[None]]]] = field(default_factory=list)
+    servers: list[str] = field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    flushes: int = 0
+    # While set, a flush waits for it (to hold one in progress).
+    gate: asyncio.Event | None = None
 
-    async def subscribe(self, subject: str, cb: Callable[[Any], Awaitable[None]]) -> None:
-        self.handlers.append(cb)
+    async def subscribe(self, subject: str, cb: Callable[[Any], Awaitable[None]]) -> Any:
+        self.handlers.append((subject, cb))
+
+        @dataclass
+        class Sub:
+            pending_msgs: int = 0
+
+        return Sub()
+
+    async def flush(self, **_: Any) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.flushes += 1
 
     async def publish_event(self, name: str) -> None:
+        """A ScriptEvent on the stream's subject."""
+        event = events_pb2.ScriptEvent(script_name=name, type=events_pb2.SCRIPT_EVENT_TYPE_UPDATED)
+        await self._deliver(".script.", event.SerializeToString())
+
+    async def publish_note(self, name: str) -> None:
+        """A change note (shared/script_notes.py)."""
+        await self._deliver("-notes.script.", name.encode())
+
+    async def _deliver(self, kind: str, data: bytes) -> None:
         @dataclass
         class Msg:
             data: bytes
 
-        event = events_pb2.ScriptEvent(script_name=name, type=events_pb2.SCRIPT_EVENT_TYPE_UPDATED)
-        for handler in self.handlers:
-            await handler(Msg(event.SerializeToString()))
+        for subject, handler in self.handlers:
+            if kind in subject and (kind != ".script." or "-notes." not in subject):
+                await handler(Msg(data))
 
 
 @pytest.fixture
@@ -94,9 +121,11 @@ async def fake() -> AsyncIterator[tuple[FakeCatalogue, grpc.aio.Channel]]:
 
 
 async def following(
-    channel: grpc.aio.Channel, nc: FakeNats, outage_ttl_s: float = 0.0
+    channel: grpc.aio.Channel, nc: FakeNats, outage_ttl_s: float = 0.0, mode: Mode = "auto"
 ) -> CatalogueClient:
-    client = CatalogueClient(channel, cache_ttl_s=60, outage_ttl_s=outage_ttl_s)
+    client = CatalogueClient(
+        channel, cache_ttl_s=60, outage_ttl_s=outage_ttl_s, read_your_writes=mode
+    )
     await client.follow(nc, "runbox.events")  # type: ignore[arg-type]
     return client
 
@@ -138,10 +167,10 @@ async def test_local_violations_name_the_submit_fields(fake: Any) -> None:
 
 
 async def test_submit_resolves_latest_and_fires_reuse_it(fake: Any) -> None:
-    """An unpinned submit asks ResolveVersion each time (a new version is seen at once); an
-    unpinned fire takes the cached answer."""
+    """In mode "rpc", an unpinned submit asks ResolveVersion each time (a new version is
+    seen at once); an unpinned fire takes the cached answer."""
     catalogue, channel = fake
-    client = await following(channel, FakeNats())
+    client = await following(channel, FakeNats(), mode="rpc")
     await client.check(ref(), values(n=1), fresh=True)
     await client.check(ref(), values(n=1), fresh=True)
     assert catalogue.calls == Counter({"ResolveVersion": 2, "GetScript": 1})
@@ -152,6 +181,74 @@ async def test_submit_resolves_latest_and_fires_reuse_it(fake: Any) -> None:
     first = await client.check(ref(), values(), fresh=False)
     assert await client.check(ref(), values(), fresh=False) is first
     assert catalogue.calls - calls == Counter({"ResolveVersion": 1, "GetScript": 1})
+
+
+async def test_latest_is_served_after_a_flush_and_dropped_by_a_note(fake: Any) -> None:
+    """Mode "auto" on one server: an unpinned submit is answered from the cache after a
+    NATS flush; a change note drops the entry, so the next submit sees the new version."""
+    catalogue, channel = fake
+    nc = FakeNats()
+    client = await following(channel, nc)
+    await client.check(ref(), values(n=1), fresh=True)
+    await client.check(ref(), values(n=2), fresh=True)
+    assert catalogue.calls == Counter({"ResolveVersion": 1, "GetScript": 1})
+    flushes = nc.flushes
+    catalogue.add("2.0.0", N)
+    await nc.publish_note("s")
+    checked = await client.check(ref(), values(n=3), fresh=True)
+    assert checked.validated.version.version == "2.0.0"
+    assert catalogue.calls == Counter({"ResolveVersion": 2, "GetScript": 2})
+    assert nc.flushes == flushes + 1
+
+
+async def test_submits_waiting_share_the_next_flush(fake: Any) -> None:
+    """Submits arriving while a flush is in progress wait for one more flush, shared by
+    them all (the one in progress may have pinged before they arrived)."""
+    _, channel = fake
+    nc = FakeNats()
+    client = await following(channel, nc)
+    await client.check(ref(), values(n=1), fresh=True)
+    nc.gate, flushes = asyncio.Event(), nc.flushes
+    first = asyncio.create_task(client.check(ref(), values(n=1), fresh=True))
+    await asyncio.sleep(0.01)
+    later = [asyncio.create_task(client.check(ref(), values(n=n), fresh=True)) for n in (2, 3)]
+    await asyncio.sleep(0.01)
+    nc.gate.set()
+    await asyncio.gather(first, *later)
+    assert nc.flushes == flushes + 2
+
+
+async def test_clustered_nats_or_no_connection_asks_the_catalogue(fake: Any) -> None:
+    """Mode "auto" with several servers, or NATS disconnected: ResolveVersion per submit."""
+    catalogue, channel = fake
+    clustered = FakeNats(servers=["nats://a:4222", "nats://b:4222"])
+    client = await following(channel, clustered)
+    await client.check(ref(), values(n=1), fresh=True)
+    await client.check(ref(), values(n=1), fresh=True)
+    assert catalogue.calls["ResolveVersion"] == 2
+    nc = FakeNats()
+    client = await following(channel, nc, outage_ttl_s=30.0)
+    await client.check(ref(), values(n=1), fresh=True)
+    nc.is_connected = False
+    await client.check(ref(), values(n=1), fresh=True)
+    assert catalogue.calls["ResolveVersion"] == 4
+
+
+async def test_a_load_started_before_a_note_is_not_joined_after_it(fake: Any) -> None:
+    """A submit after a note does not take the answer of a fetch that began before it."""
+    catalogue, channel = fake
+    nc = FakeNats()
+    client = await following(channel, nc)
+    catalogue.gate = asyncio.Event()
+    before = asyncio.create_task(client.check(ref(), values(n=1), fresh=False))
+    await catalogue.asked.wait()  # the old answer is on its way
+    catalogue.add("2.0.0", N)
+    await nc.publish_note("s")
+    after = asyncio.create_task(client.check(ref(), values(n=1), fresh=True))
+    await asyncio.sleep(0.01)
+    catalogue.gate.set()
+    assert (await after).validated.version.version == "2.0.0"
+    assert (await before).validated.version.version == "1.0.0"
 
 
 async def test_outage_limits_what_is_served_from_memory(fake: Any) -> None:
