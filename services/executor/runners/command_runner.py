@@ -159,6 +159,7 @@ class CommandRunner:
         self._settings = settings
         self._commands = allowed_commands(settings)
         self._work_dir = Path(settings.work_dir) / "commands"
+        self._work_dirs = workdir.WorkDirs(self._work_dir)
         self._active: dict[str, _Active] = {}
         self._cancelled: set[str] = set()
         # A fork server started once (runners/forkserver.py), or setpriv + prlimit, or Python
@@ -190,7 +191,7 @@ class CommandRunner:
             return Outcome(
                 RS.RUN_STATE_FAILED, reason=FR.FAILURE_REASON_INVALID_CONFIG, message=str(exc)
             )
-        work = workdir.make(self._work_dir, job.run_id)
+        work = self._work_dirs.make(job.run_id)
         try:
             env = environment(job, work, self._settings.local.path)
             outcome = await self._run(job, command, work, env, on_output, on_started)
@@ -198,7 +199,7 @@ class CommandRunner:
                 await self._collect(job, work, outcome)
             return outcome
         finally:
-            workdir.remove(work, INPUT_FILES)
+            self._work_dirs.release(work, INPUT_FILES)
 
     async def _run(
         self,
@@ -302,6 +303,7 @@ class CommandRunner:
             kill_group(active.proc, signal.SIGKILL)
         if self._fork_server is not None:
             self._fork_server.close()
+        self._work_dirs.close()
 
 
 async def _drain(proc: Launched, pumps: asyncio.Future[Any]) -> None:
