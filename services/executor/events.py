@@ -132,8 +132,9 @@ def finished_fields(
 
 class EventPublisher:
     """Stages events in the executor's outbox and wakes the relay. With a `writer` (the
-    executor's SQLite file) each transaction is one hop to the writer's thread; otherwise
-    it goes through SQLAlchemy sessions (any dialect)."""
+    executor's SQLite file) a transaction is made on the loop when SQLite gives its lock at
+    once, else one hop to the writer's thread; otherwise it goes through SQLAlchemy sessions
+    (any dialect)."""
 
     def __init__(
         self,
@@ -155,6 +156,7 @@ class EventPublisher:
         # linger_s (one timer for all of them).
         self._urgent = False
         self._linger: asyncio.TimerHandle | None = None
+        self._busy = False  # a commit is scheduled or in flight
 
     async def accepted_at(self, run_id: str, attempt: int) -> datetime | None:
         """When a process of this executor (on this database) accepted the run: its QUEUED
@@ -200,33 +202,47 @@ class EventPublisher:
         self._write()
 
     def _write(self) -> None:
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_pending())
-
-    async def _write_pending(self) -> None:
-        while self._pending and self._urgent:
-            batch, self._pending = self._pending, []
-            self._urgent = False
-            if self._linger is not None:
-                self._linger.cancel()
-                self._linger = None
-            try:
-                await self._commit([event for events, _ in batch for event in events])
-            except Exception as exc:  # every waiter sees the failure of its transaction
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
-        if self._pending and self._linger is None:  # deferred ones staged during the write
-            self._linger = asyncio.get_running_loop().call_later(self._linger_s, self._lingered)
-
-    async def _commit(self, events: Sequence[events_pb2.RunEvent]) -> None:
-        """Write events in one transaction and hand them to the relay."""
-        if not events:
+        """Commit what is pending at the end of this loop turn (whatever is staged in the same
+        turn shares the commit), unless a commit is on its way (it takes them next)."""
+        if self._busy:
             return
+        self._busy = True
+        asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """On the loop: commit on the writer's loop connection when SQLite allows it at once
+        (no thread hop, no task); else a task waits for the writer's thread (or a session),
+        and takes what is staged meanwhile after it, in order."""
+        if not (self._pending and self._urgent):
+            self._busy = False
+            self._arm_linger()
+            return
+        batch, messages = self._take()
+        if self._writer_db is not None:
+            try:
+                done = self._writer_db.insert_now(messages)
+            except Exception as exc:  # every waiter sees the failure of its transaction
+                done = True
+                _settle(batch, exc)
+            else:
+                if done:
+                    self._outbox.committed(messages)
+                    _settle(batch, None)
+            if done:
+                self._busy = False
+                self._arm_linger()
+                return
+        self._writer = asyncio.create_task(self._write_pending(batch, messages))
+
+    def _take(
+        self,
+    ) -> tuple[list[tuple[list[events_pb2.RunEvent], asyncio.Future[None]]], list[OutboxMessage]]:
+        """Everything pending, in staging order, and its outbox rows."""
+        batch, self._pending = self._pending, []
+        self._urgent = False
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         messages = [
             OutboxMessage(
                 subject=f"{self._prefix}.run.{event.run_id}",
@@ -234,14 +250,59 @@ class EventPublisher:
                 payload=event.SerializeToString(),
                 headers=_trace_headers(event),
             )
+            for events, _ in batch
             for event in events
         ]
+        return batch, messages
+
+    def _arm_linger(self) -> None:
+        """Deferred events left pending get their commit after linger_s at the latest."""
+        if self._pending and self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(self._linger_s, self._lingered)
+
+    async def _write_pending(
+        self,
+        batch: list[tuple[list[events_pb2.RunEvent], asyncio.Future[None]]],
+        messages: list[OutboxMessage],
+    ) -> None:
+        try:
+            while True:
+                try:
+                    await self._commit(messages)
+                except Exception as exc:  # every waiter sees the failure of its transaction
+                    _settle(batch, exc)
+                else:
+                    _settle(batch, None)
+                if not (self._pending and self._urgent):
+                    return
+                batch, messages = self._take()
+        finally:
+            self._busy = False
+            self._arm_linger()
+
+    async def _commit(self, messages: list[OutboxMessage]) -> None:
+        """Write events in one transaction (waiting for the lock) and hand them to the
+        relay."""
+        if not messages:
+            return
         if self._writer_db is not None:
             await self._writer_db.insert(messages)
         else:
             async with self._sessions() as session, session.begin():
                 await self._outbox.add_many(session, messages)
         self._outbox.committed(messages)
+
+
+def _settle(
+    batch: list[tuple[list[events_pb2.RunEvent], asyncio.Future[None]]], exc: Exception | None
+) -> None:
+    for _, future in batch:
+        if future.done():
+            continue
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
 
 
 def _retrieved(future: asyncio.Future[None]) -> None:
