@@ -1,4 +1,4 @@
-"""A command's child watched from the loop: its exit (pidfd) and its pipes (protocols)."""
+"""A command's child watched from the loop: its exit (pidfd) and its pipes (add_reader)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.executor.runners import workdir
-from services.executor.runners.children import read_pipes, watch_exit
+from services.executor.runners.children import Pipes, watch_exit
 
 
 def spawn(script: str) -> subprocess.Popen[bytes]:
@@ -23,16 +23,13 @@ async def test_exit_gives_the_status_and_the_childs_own_usage_and_reaps_it() -> 
     """The wait4 status and rusage of the child itself; it is reaped (no zombie left)."""
     proc = spawn("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exit 3")
     chunks: list[tuple[str, bytes]] = []
-    transports: list[asyncio.BaseTransport] = []
-    ended = await read_pipes(
+    pipes = Pipes(
         {"stdout": proc.stdout, "stderr": proc.stderr},  # type: ignore[dict-item]
         lambda name, data: chunks.append((name, data)),
-        transports,
     )
     status, usage = await watch_exit(proc)
-    await ended
-    for transport in transports:
-        transport.close()
+    await pipes.ended
+    pipes.close()
     assert os.waitstatus_to_exitcode(status) == 3
     assert proc.returncode == 3
     assert usage.ru_utime + usage.ru_stime > 0
@@ -48,17 +45,33 @@ async def test_pipes_hand_on_every_chunk_by_stream_until_both_end() -> None:
     def sink(name: str, data: bytes) -> None:
         chunks[name] += data
 
-    transports: list[asyncio.BaseTransport] = []
-    ended = await read_pipes(
+    pipes = Pipes(
         {"stdout": proc.stdout, "stderr": proc.stderr},  # type: ignore[dict-item]
         sink,
-        transports,
     )
-    await ended
-    for transport in transports:
-        transport.close()
+    await pipes.ended
+    assert proc.stdout is not None and proc.stdout.closed  # closed at EOF
+    pipes.close()
     await watch_exit(proc)
     assert chunks == {"stdout": b"out1out2", "stderr": b"err"}
+
+
+async def test_pipes_close_stops_reading_and_closes_what_is_open() -> None:
+    """Closed before EOF (a run ended while a background child holds its output): the loop
+    stops watching the pipes and they are closed; `ended` stays undone."""
+    proc = spawn("sleep 5")
+    pipes = Pipes(
+        {"stdout": proc.stdout, "stderr": proc.stderr},  # type: ignore[dict-item]
+        lambda name, data: None,
+    )
+    await asyncio.sleep(0.05)
+    pipes.close()
+    pipes.close()  # idempotent
+    assert proc.stdout is not None and proc.stdout.closed
+    assert proc.stderr is not None and proc.stderr.closed
+    assert not pipes.ended.done()
+    proc.kill()
+    await watch_exit(proc)
 
 
 def test_nothing_to_collect_only_for_an_untouched_or_empty_artifacts_dir(tmp_path: Path) -> None:
