@@ -218,6 +218,10 @@ class EventPublisher:
             self._arm_linger()
             return
         batch, messages = self._take()
+        if not messages:
+            self._busy = False
+            self._arm_linger()
+            return
         if self._writer_db is not None:
             try:
                 done = self._writer_db.insert_now(messages)
@@ -243,16 +247,20 @@ class EventPublisher:
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
-        messages = [
-            OutboxMessage(
-                subject=f"{self._prefix}.run.{event.run_id}",
-                msg_id=event.event_id,
-                payload=event.SerializeToString(),
-                headers=_trace_headers(event),
-            )
-            for events, _ in batch
-            for event in events
-        ]
+        try:
+            messages = [
+                OutboxMessage(
+                    subject=f"{self._prefix}.run.{event.run_id}",
+                    msg_id=event.event_id,
+                    payload=event.SerializeToString(),
+                    headers=_trace_headers(event),
+                )
+                for events, _ in batch
+                for event in events
+            ]
+        except Exception as exc:  # its waiters learn it; the publisher goes on
+            _settle(batch, exc)
+            return [], []
         return batch, messages
 
     def _arm_linger(self) -> None:

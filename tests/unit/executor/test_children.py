@@ -108,3 +108,40 @@ def test_remove_takes_the_whole_tree_without_following_symlinks(tmp_path: Path) 
         workdir.remove(work, ("in.json",))
         assert not work.exists(), left
     assert (outside / "keep").read_text() == "keep"
+
+
+def test_work_dirs_reuse_only_a_directory_left_as_it_was_made(tmp_path: Path) -> None:
+    """A run that left its directory as made hands it to the next run (renamed for it, holding
+    only an empty artifacts dir); one that left a file, an artifact, or changed a mode gets
+    it removed; a spare written into after its run is not handed out; close removes spares."""
+    base = tmp_path / "base"
+    dirs = workdir.WorkDirs(base)
+    first = dirs.make("run-aaaaaaaaaaaa")
+    (first / "in.json").write_text("{}")
+    dirs.release(first, ("in.json",))
+    assert first.exists()  # a spare
+    second = dirs.make("run-bbbbbbbbbbbb")
+    assert not first.exists() and second.name.startswith("run-run-bbbbbbb")
+    assert sorted(p.name for p in second.iterdir()) == ["artifacts"]
+    assert list((second / "artifacts").iterdir()) == []
+    for change in ("file", "artifact", "mode", "artifacts mode"):
+        work = dirs.make(f"run-{change}")
+        if change == "file":
+            (work / "left.txt").write_text("x")
+        elif change == "artifact":
+            (work / "artifacts" / "a").write_text("x")
+        elif change == "mode":
+            work.chmod(0o755)
+        else:
+            mode = (work / "artifacts").stat().st_mode & 0o777
+            (work / "artifacts").chmod(0o750 if mode != 0o750 else 0o700)
+        dirs.release(work, ())
+        assert not work.exists(), change
+    dirs.release(second, ())
+    (second / "late.txt").write_text("a process the run left behind")
+    third = dirs.make("run-cccccccccccc")
+    assert not second.exists()
+    assert sorted(p.name for p in third.iterdir()) == ["artifacts"]
+    dirs.release(third, ())
+    dirs.close()
+    assert list(base.iterdir()) == []
