@@ -248,7 +248,7 @@ class RunManager:
             outcome.reason = common_pb2.FAILURE_REASON_INFRASTRUCTURE
             outcome.message = SHUT_DOWN_DURING_RUN
         try:
-            await asyncio.shield(self._finish(run, outcome))
+            await self._finish(run, outcome)
         finally:
             self._runs.pop(run.request.run_id, None)
             self._metrics.active_runs.dec()
@@ -413,12 +413,15 @@ class RunManager:
         _redact(outcome, Redactor(run.request.secret_parameters.values()))
         for warning in outcome.warnings:
             log.warning("run: %s", warning)
-        await self._stage(
+        # Staged at once (nothing interrupts it); its commit is waited for shielded, so the
+        # run leaves the table only once FINISHED is durable (a future: no task per run).
+        committed = self._stage(
             run,
             events_pb2.RUN_EVENT_TYPE_FINISHED,
             outcome.state,
             **finished_fields(outcome, stdout, stderr),
         )
+        await asyncio.shield(committed)
         if run.in_slot:
             wall = outcome.usage.wall_seconds
             self._avg_run_s = (
