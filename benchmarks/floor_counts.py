@@ -12,7 +12,7 @@ runs, divided by their number:
   one connection) and statements by kind (runbox_db_query_duration_seconds_count) per service;
 - the executor's outbox writer calls (its own sqlite3 connection, not SQLAlchemy, so not in
   the metrics): the executor runs under this file's `--executor-probe`, which counts
-  SqliteOutboxWriter.insert (a commit each) and created_at (a lookup each), then runs
+  SqliteOutboxWriter.insert and insert_now (a commit each) and created_at (a lookup each), then runs
   `services.executor` unchanged (it has imported this file's modules first: start-up only);
 - JetStream: messages added to the stream, RunEvents by type (a core subscription on the
   subjects), and messages delivered to each durable consumer;
@@ -74,7 +74,7 @@ def executor_probe(out: str) -> None:
 
     counts = {"commits": 0, "rows": 0, "lookups": 0}
     writer = outbox_writer.SqliteOutboxWriter
-    insert, created_at = writer.insert, writer.created_at
+    insert, insert_now, created_at = writer.insert, writer.insert_now, writer.created_at
 
     def save() -> None:
         Path(out + ".tmp").write_text(json.dumps(counts))
@@ -86,12 +86,22 @@ def executor_probe(out: str) -> None:
         save()
         await insert(self, messages)
 
+    def counted_insert_now(self: Any, messages: Any) -> bool:
+        # A commit made on the loop (True); False wrote nothing (insert follows, counted).
+        done: bool = insert_now(self, messages)
+        if done:
+            counts["commits"] += 1
+            counts["rows"] += len(messages)
+            save()
+        return done
+
     async def counted_created_at(self: Any, msg_id: str) -> Any:
         counts["lookups"] += 1
         save()
         return await created_at(self, msg_id)
 
     writer.insert = counted_insert  # type: ignore[method-assign]
+    writer.insert_now = counted_insert_now  # type: ignore[method-assign]
     writer.created_at = counted_created_at  # type: ignore[method-assign]
     save()
     sys.argv = ["services.executor"]

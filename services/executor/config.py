@@ -202,6 +202,9 @@ class ExecutorSettings(ServiceSettings):
     # NORMAL survives a crash of the executor process, not a power loss; FULL survives both
     # at the cost of an fsync per commit.
     outbox_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    # How long a run's STARTED may wait to share a commit made anyway (its FINISHED, another
+    # run's QUEUED) before it is committed on its own; 0 commits it at once.
+    outbox_linger_s: float = Field(default=0.05, ge=0, le=5)
     catalogue: ClientSettings = Field(default_factory=ClientSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     work_dir: str = "var/executor"

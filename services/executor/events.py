@@ -4,6 +4,7 @@ secret values: output is redacted before it gets here."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,13 +21,25 @@ from services.executor.results import result_struct
 from services.executor.runners.base import Outcome
 from shared.outbox import Outbox, OutboxMessage
 
+# How long an event nobody waits for (a run's STARTED) may wait for a commit that would be
+# made anyway (its run's FINISHED, another run's QUEUED) before it gets one of its own.
+LINGER_S = 0.05
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    """Timestamp.FromDatetime by integer arithmetic (a naive value is UTC, as there): the
+    same seconds and nanos without its time-tuple round trip."""
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
+
 
 def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    return None if value is None else timestamp(value)
 
 
 @dataclass
@@ -54,8 +67,8 @@ def event_id(run_id: str, attempt: int, sequence: int) -> str:
 def build_event(ctx: RunContext, kind: int, state: int, **fields: object) -> events_pb2.RunEvent:
     """The next event of a run; event_id is stable for (run, attempt, sequence)."""
     ctx.sequence += 1
-    now = timestamp_pb2.Timestamp()
-    now.GetCurrentTime()
+    ns = time.time_ns()
+    now = timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
     return events_pb2.RunEvent(
         event_id=event_id(ctx.run_id, ctx.attempt, ctx.sequence),
         run_id=ctx.run_id,
@@ -119,8 +132,9 @@ def finished_fields(
 
 class EventPublisher:
     """Stages events in the executor's outbox and wakes the relay. With a `writer` (the
-    executor's SQLite file) each transaction is one hop to the writer's thread; otherwise
-    it goes through SQLAlchemy sessions (any dialect)."""
+    executor's SQLite file) a transaction is made on the loop when SQLite gives its lock at
+    once, else one hop to the writer's thread; otherwise it goes through SQLAlchemy sessions
+    (any dialect)."""
 
     def __init__(
         self,
@@ -128,6 +142,7 @@ class EventPublisher:
         outbox: Outbox,
         prefix: str,
         writer: SqliteOutboxWriter | None = None,
+        linger_s: float = LINGER_S,
     ) -> None:
         self._sessions = sessions
         self._outbox = outbox
@@ -135,6 +150,13 @@ class EventPublisher:
         self._writer_db = writer
         self._pending: list[tuple[list[events_pb2.RunEvent], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._linger_s = linger_s
+        # Staged events some caller waits for (or that must not wait): the next write takes
+        # every pending event with them. Until one comes, deferred events wait at most
+        # linger_s (one timer for all of them).
+        self._urgent = False
+        self._linger: asyncio.TimerHandle | None = None
+        self._busy = False  # a commit is scheduled or in flight
 
     async def accepted_at(self, run_id: str, attempt: int) -> datetime | None:
         """When a process of this executor (on this database) accepted the run: its QUEUED
@@ -150,52 +172,145 @@ class EventPublisher:
             return None
         return staged if staged.tzinfo else staged.replace(tzinfo=UTC)
 
-    def stage(self, events: Sequence[events_pb2.RunEvent]) -> asyncio.Future[None]:
+    def stage(
+        self, events: Sequence[events_pb2.RunEvent], *, defer: bool = False
+    ) -> asyncio.Future[None]:
         """Queue events for the next transaction, in call order, without waiting: the future
         is done once they are committed. Events staged while a write is in flight share the
         next transaction (group commit): one commit for many runs' events. Building an event
         and staging it with no await in between keeps each run's sequence numbers in outbox
-        order, and a run's next event never waits for its previous one's commit."""
+        order, and a run's next event never waits for its previous one's commit.
+
+        `defer`: nothing waits for these events (a run's STARTED): they go with the next
+        write any other event asks for (most often the run's own FINISHED, or another run's
+        QUEUED), or after `linger_s` at the latest. A short run's STARTED and FINISHED are
+        then one commit and one publish round instead of two."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieved)  # a caller that stops waiting loses no error
         self._pending.append((list(events), future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_pending())
+        if defer and self._linger_s > 0:
+            if self._linger is None and not self._urgent:
+                self._linger = asyncio.get_running_loop().call_later(self._linger_s, self._lingered)
+            return future
+        self._urgent = True
+        self._write()
         return future
 
-    async def _write_pending(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await self._commit([event for events, _ in batch for event in events])
-            except Exception as exc:  # every waiter sees the failure of its transaction
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+    def _lingered(self) -> None:
+        self._linger = None
+        self._urgent = True  # deferred events waited long enough
+        self._write()
 
-    async def _commit(self, events: Sequence[events_pb2.RunEvent]) -> None:
-        """Write events in one transaction and hand them to the relay."""
-        if not events:
+    def _write(self) -> None:
+        """Commit what is pending at the end of this loop turn (whatever is staged in the same
+        turn shares the commit), unless a commit is on its way (it takes them next)."""
+        if self._busy:
             return
-        messages = [
-            OutboxMessage(
-                subject=f"{self._prefix}.run.{event.run_id}",
-                msg_id=event.event_id,
-                payload=event.SerializeToString(),
-                headers=_trace_headers(event),
-            )
-            for event in events
-        ]
+        self._busy = True
+        asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """On the loop: commit on the writer's loop connection when SQLite allows it at once
+        (no thread hop, no task); else a task waits for the writer's thread (or a session),
+        and takes what is staged meanwhile after it, in order."""
+        if not (self._pending and self._urgent):
+            self._busy = False
+            self._arm_linger()
+            return
+        batch, messages = self._take()
+        if not messages:
+            self._busy = False
+            self._arm_linger()
+            return
+        if self._writer_db is not None:
+            try:
+                done = self._writer_db.insert_now(messages)
+            except Exception as exc:  # every waiter sees the failure of its transaction
+                done = True
+                _settle(batch, exc)
+            else:
+                if done:
+                    self._outbox.committed(messages)
+                    _settle(batch, None)
+            if done:
+                self._busy = False
+                self._arm_linger()
+                return
+        self._writer = asyncio.create_task(self._write_pending(batch, messages))
+
+    def _take(
+        self,
+    ) -> tuple[list[tuple[list[events_pb2.RunEvent], asyncio.Future[None]]], list[OutboxMessage]]:
+        """Everything pending, in staging order, and its outbox rows."""
+        batch, self._pending = self._pending, []
+        self._urgent = False
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        try:
+            messages = [
+                OutboxMessage(
+                    subject=f"{self._prefix}.run.{event.run_id}",
+                    msg_id=event.event_id,
+                    payload=event.SerializeToString(),
+                    headers=_trace_headers(event),
+                )
+                for events, _ in batch
+                for event in events
+            ]
+        except Exception as exc:  # its waiters learn it; the publisher goes on
+            _settle(batch, exc)
+            return [], []
+        return batch, messages
+
+    def _arm_linger(self) -> None:
+        """Deferred events left pending get their commit after linger_s at the latest."""
+        if self._pending and self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(self._linger_s, self._lingered)
+
+    async def _write_pending(
+        self,
+        batch: list[tuple[list[events_pb2.RunEvent], asyncio.Future[None]]],
+        messages: list[OutboxMessage],
+    ) -> None:
+        try:
+            while True:
+                try:
+                    await self._commit(messages)
+                except Exception as exc:  # every waiter sees the failure of its transaction
+                    _settle(batch, exc)
+                else:
+                    _settle(batch, None)
+                if not (self._pending and self._urgent):
+                    return
+                batch, messages = self._take()
+        finally:
+            self._busy = False
+            self._arm_linger()
+
+    async def _commit(self, messages: list[OutboxMessage]) -> None:
+        """Write events in one transaction (waiting for the lock) and hand them to the
+        relay."""
+        if not messages:
+            return
         if self._writer_db is not None:
             await self._writer_db.insert(messages)
         else:
             async with self._sessions() as session, session.begin():
                 await self._outbox.add_many(session, messages)
         self._outbox.committed(messages)
+
+
+def _settle(
+    batch: list[tuple[list[events_pb2.RunEvent], asyncio.Future[None]]], exc: Exception | None
+) -> None:
+    for _, future in batch:
+        if future.done():
+            continue
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
 
 
 def _retrieved(future: asyncio.Future[None]) -> None:

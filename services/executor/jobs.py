@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 
 from runbox.common.v1 import common_pb2
 from runbox.executor.v1 import executor_pb2
@@ -49,19 +50,31 @@ def _job(request: executor_pb2.ExecuteRequest, content: bytes, limits: Limits) -
     )
 
 
-def _struct(value: Any) -> dict[str, Any]:
-    """Struct -> dict; integral numbers become ints (Struct only has doubles)."""
-    return {k: _number(v) for k, v in json_format.MessageToDict(value).items()}
+def _struct(value: struct_pb2.Struct) -> dict[str, Any]:
+    """Struct -> dict, as json_format.MessageToDict gives it (an infinite or NaN number is a
+    ValueError) but with integral numbers as ints (Struct only has doubles); read straight
+    off the message (MessageToDict's generic path cost ~20-50 us per run here)."""
+    return {key: _value(item) for key, item in value.fields.items()}
 
 
-def _number(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, list):
-        return [_number(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _number(v) for k, v in value.items()}
-    return value
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if math.isinf(number) or math.isnan(number):
+            raise ValueError(f"Fail to serialize {number} for Value.number_value")
+        if number.is_integer() and abs(number) < 2**53:
+            return int(number)
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _struct(value.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    return None  # null_value, or nothing set
 
 
 def job_stub(request: executor_pb2.ExecuteRequest) -> Job:

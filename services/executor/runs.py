@@ -9,10 +9,10 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from prometheus_client import Counter, Histogram
 
 from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
@@ -20,7 +20,13 @@ from runbox.executor.v1 import executor_pb2
 from services.executor.capture import StreamCapture
 from services.executor.config import ExecutorSettings
 from services.executor.content import ContentError, ContentSource
-from services.executor.events import EventPublisher, RunContext, build_event, finished_fields
+from services.executor.events import (
+    EventPublisher,
+    RunContext,
+    build_event,
+    finished_fields,
+    timestamp,
+)
 from services.executor.heartbeats import Heartbeats
 from services.executor.jobs import job_for, job_stub
 from services.executor.metrics import ExecutorMetrics, execution_type_label, resource_class
@@ -94,6 +100,7 @@ class RunManager:
         self._accepted: dict[str, datetime] = {}  # recently finished, for idempotency
         self._draining = asyncio.Event()
         self._avg_run_s: float | None = None  # moving average, for the retry hint
+        self._children: dict[tuple[int, str, str], _RunMetrics] = {}
         self._heartbeats = Heartbeats(
             interval_s=settings.heartbeat_interval_s, runs=self.active, publisher=publisher
         )
@@ -241,7 +248,7 @@ class RunManager:
             outcome.reason = common_pb2.FAILURE_REASON_INFRASTRUCTURE
             outcome.message = SHUT_DOWN_DURING_RUN
         try:
-            await asyncio.shield(self._finish(run, outcome))
+            await self._finish(run, outcome)
         finally:
             self._runs.pop(run.request.run_id, None)
             self._metrics.active_runs.dec()
@@ -334,10 +341,15 @@ class RunManager:
                 loop.call_soon_threadsafe(feed, stream, data)
 
         async def on_started(at: datetime) -> None:
-            # STARTED is staged, not waited for: the run goes on while it is committed.
+            # STARTED is staged, not waited for: the run goes on while it is committed, with
+            # the next commit made anyway (a short run's FINISHED) or after a linger at most.
             run.state = RS.RUN_STATE_RUNNING
-            self._stage(
-                run, events_pb2.RUN_EVENT_TYPE_STARTED, RS.RUN_STATE_RUNNING, started_at=_ts(at)
+            self._stage_event(
+                run,
+                events_pb2.RUN_EVENT_TYPE_STARTED,
+                RS.RUN_STATE_RUNNING,
+                {"started_at": timestamp(at)},
+                defer=True,
             )
             if run.cancel_requested:  # cancelled (or shut down) while it was being set up
                 cancels.append(asyncio.create_task(runner.cancel(request.run_id)))
@@ -375,6 +387,16 @@ class RunManager:
     ) -> asyncio.Future[None]:
         """Build and stage one event of the run (state None: the last reported one), with no
         await in between; the future is done once it is committed."""
+        return self._stage_event(run, kind, state, fields)
+
+    def _stage_event(
+        self,
+        run: ActiveRun,
+        kind: int,
+        state: int | None,
+        fields: dict[str, object],
+        defer: bool = False,
+    ) -> asyncio.Future[None]:
         if run.finished:  # nothing follows FINISHED
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
@@ -382,7 +404,7 @@ class RunManager:
         event = build_event(run.ctx, kind, run.reported if state is None else state, **fields)
         run.finished = kind == events_pb2.RUN_EVENT_TYPE_FINISHED
         run.reported = event.state
-        return self._publisher.stage([event])
+        return self._publisher.stage([event], defer=defer)
 
     async def _finish(self, run: ActiveRun, outcome: Outcome) -> None:
         empty = (b"", 0, False)
@@ -391,12 +413,15 @@ class RunManager:
         _redact(outcome, Redactor(run.request.secret_parameters.values()))
         for warning in outcome.warnings:
             log.warning("run: %s", warning)
-        await self._stage(
+        # Staged at once (nothing interrupts it); its commit is waited for shielded, so the
+        # run leaves the table only once FINISHED is durable (a future: no task per run).
+        committed = self._stage(
             run,
             events_pb2.RUN_EVENT_TYPE_FINISHED,
             outcome.state,
             **finished_fields(outcome, stdout, stderr),
         )
+        await asyncio.shield(committed)
         if run.in_slot:
             wall = outcome.usage.wall_seconds
             self._avg_run_s = (
@@ -408,16 +433,39 @@ class RunManager:
 
     def _observe(self, request: executor_pb2.ExecuteRequest, outcome: Outcome, label: str) -> None:
         """A finished run's outcome, duration and resource use (by type and resource class)."""
-        m, usage = self._metrics, outcome.usage
-        kind = execution_type_label(request.execution_type)
+        usage = outcome.usage
         size = resource_class(request.limits.memory_bytes or self._settings.sandbox.memory_bytes)
-        m.runs.labels(kind, label).inc()
-        m.run_duration.labels(kind, size, label).observe(usage.wall_seconds)
-        m.cpu_seconds.labels(kind, size).inc(usage.cpu_seconds)
-        m.io_read.labels(kind, size).inc(usage.io_read_bytes)
-        m.io_write.labels(kind, size).inc(usage.io_write_bytes)
+        key = (request.execution_type, size, label)
+        children = self._children.get(key)
+        if children is None:  # bound once per combination (a few): .labels() is ~10 us each
+            m, kind = self._metrics, execution_type_label(request.execution_type)
+            children = self._children[key] = _RunMetrics(
+                runs=m.runs.labels(kind, label),
+                duration=m.run_duration.labels(kind, size, label),
+                cpu=m.cpu_seconds.labels(kind, size),
+                io_read=m.io_read.labels(kind, size),
+                io_write=m.io_write.labels(kind, size),
+                peak_memory=m.peak_memory.labels(kind, size),
+            )
+        children.runs.inc()
+        children.duration.observe(usage.wall_seconds)
+        children.cpu.inc(usage.cpu_seconds)
+        children.io_read.inc(usage.io_read_bytes)
+        children.io_write.inc(usage.io_write_bytes)
         if usage.peak_memory_bytes:
-            m.peak_memory.labels(kind, size).observe(usage.peak_memory_bytes)
+            children.peak_memory.observe(usage.peak_memory_bytes)
+
+
+@dataclass(frozen=True)
+class _RunMetrics:
+    """The metric children a finished run of one (type, resource class, outcome) updates."""
+
+    runs: Counter
+    duration: Histogram
+    cpu: Counter
+    io_read: Counter
+    io_write: Counter
+    peak_memory: Histogram
 
 
 def _cancelled_before_start() -> Outcome:
@@ -446,11 +494,3 @@ def _redact(outcome: Outcome, redactor: Redactor) -> None:
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         outcome.result = None
         outcome.warnings.append(f"the result was dropped: an event cannot carry it ({exc})")
-
-
-def _ts(value: datetime) -> Any:
-    from google.protobuf import timestamp_pb2
-
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts

@@ -138,7 +138,13 @@ async def build(runtime: Runtime) -> Service:
         registry=registry,
         content=ContentSource(channel),
         metrics=metrics,
-        publisher=EventPublisher(sessions, outbox, settings.nats.subjects_prefix, writer),
+        publisher=EventPublisher(
+            sessions,
+            outbox,
+            settings.nats.subjects_prefix,
+            writer,
+            linger_s=settings.outbox_linger_s,
+        ),
         tracer=runtime.tracer("runs"),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, TypeAlias
 
 import grpc
@@ -10,16 +11,15 @@ from google.protobuf import timestamp_pb2
 from runbox.common.v1 import common_pb2
 from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.batch import execute_batch
+from services.executor.events import timestamp
 from services.executor.pool import WarmPool
 from services.executor.runs import RunManager
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
-def _ts(value: object) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)  # type: ignore[arg-type]
-    return ts
+def _ts(value: datetime) -> timestamp_pb2.Timestamp:
+    return timestamp(value)
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):

@@ -17,6 +17,7 @@ from shared.telemetry import (
     RUN_ID,
     RUN_STATE,
     SCRIPT_NAME,
+    ContextTracer,
     current_span,
     enum_name,
     extract_context,
@@ -32,21 +33,31 @@ class RunTracing:
 
     def __init__(self, tracer: trace.Tracer | None) -> None:
         self._tracer = tracer or tracer_of(None, __name__)
+        # Spans exported (or at least recorded): a ContextTracer records nothing.
+        self._records = not isinstance(self._tracer, ContextTracer)
 
     def start(self, request: executor_pb2.ExecuteRequest) -> tuple[trace.Span, dict[str, str]]:
         """The run's span (ended by `finish`) and the trace context its events carry: the
         span's, or the request's own when nothing is traced here."""
         parent = extract_context(request.trace_context) if request.trace_context else None
-        span = self._tracer.start_span(
-            "executor.run", context=parent, attributes=_identity(request)
-        )
+        if self._records:
+            span = self._tracer.start_span(
+                "executor.run", context=parent, attributes=_identity(request)
+            )
+        else:  # attributes would be dropped: not built
+            span = self._tracer.start_span("executor.run", context=parent)
         if not span.get_span_context().is_valid:
             return span, dict(request.trace_context)
         return span, inject_context(context=trace.set_span_in_context(span))
 
     @contextlib.contextmanager
     def sandbox(self, request: executor_pb2.ExecuteRequest) -> Iterator[trace.Span]:
-        """The run in its runner (content, sandbox hand-over, the script, its collection)."""
+        """The run in its runner (content, sandbox hand-over, the script, its collection).
+        A tracer that records nothing would make the run's own span context current again:
+        the run's span stays current instead."""
+        if not self._records:
+            yield trace.get_current_span()
+            return
         with current_span(self._tracer, "sandbox.run", attributes=_identity(request)) as span:
             yield span
 

@@ -2,12 +2,14 @@
 
 Its exit is a readable pidfd (Linux 5.3+) and its output pipes are read by protocols that
 hand each chunk on as it arrives: no thread blocked in wait4, no wake-up through the loop's
-self-pipe, no reader task per pipe. Where pidfd_open is missing, a thread waits instead."""
+self-pipe, no reader task per pipe. Where pidfd_open is missing, a thread waits instead.
+`Pipes` reads a run's pipes with one `add_reader` callback each and nothing else (no
+transport, protocol or waiter per pipe: `loop.connect_read_pipe` takes a few loop turns and
+objects per pipe, on every run's path)."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import subprocess
 from collections.abc import Callable
@@ -43,35 +45,53 @@ def wait(proc: subprocess.Popen[bytes]) -> ExitStatus:
     return status, usage
 
 
-class _Pipe(asyncio.Protocol):
-    """Hands every chunk of one pipe to a sink; `closed` is done at EOF (or a read error)."""
-
-    def __init__(self, sink: Callable[[bytes], object], closed: asyncio.Future[None]) -> None:
-        self._sink = sink
-        self._closed = closed
-
-    def data_received(self, data: bytes) -> None:
-        self._sink(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._closed.done():
-            self._closed.set_result(None)
+# As much as one read takes (asyncio's pipe transports read 256 KiB at a time too).
+READ_SIZE = 256 * 1024
 
 
-async def read_pipes(
-    pipes: dict[str, IO[bytes]],
-    on_output: Callable[[str, bytes], object],
-    transports: list[asyncio.BaseTransport],
-) -> asyncio.Future[list[None]]:
-    """Read each named pipe on the loop until EOF, chunks to on_output(name, chunk): a future
-    done when every pipe reached EOF. Each pipe's transport is added to `transports` as soon
-    as it exists, so the caller closes every one even if this is interrupted."""
-    loop = asyncio.get_running_loop()
-    ends: list[asyncio.Future[None]] = []
-    for name, pipe in pipes.items():
-        closed: asyncio.Future[None] = loop.create_future()
-        ends.append(closed)
-        protocol = functools.partial(_Pipe, functools.partial(on_output, name), closed)
-        transport, _ = await loop.connect_read_pipe(protocol, pipe)
-        transports.append(transport)
-    return asyncio.gather(*ends)
+class Pipes:
+    """Reads named pipes (their read ends) on the loop until EOF, each chunk to
+    on_output(name, chunk) as it arrives; `ended` is done once every pipe reached EOF (or a
+    read error). `close()` stops reading and closes the pipes still open; call it in every
+    case (it is idempotent)."""
+
+    def __init__(
+        self, pipes: dict[str, IO[bytes]], on_output: Callable[[str, bytes], object]
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[None] = self._loop.create_future()
+        self._sink = on_output
+        self._open: dict[int, IO[bytes]] = {}
+        try:
+            for name, pipe in pipes.items():
+                fd = pipe.fileno()
+                os.set_blocking(fd, False)
+                self._loop.add_reader(fd, self._readable, name, fd)
+                self._open[fd] = pipe
+        except BaseException:
+            self.close()
+            raise
+        if not self._open:
+            self.ended.set_result(None)
+
+    def _readable(self, name: str, fd: int) -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._sink(name, data)
+            return
+        self._stop(fd)
+        if not self._open and not self.ended.done():
+            self.ended.set_result(None)
+
+    def _stop(self, fd: int) -> None:
+        self._loop.remove_reader(fd)
+        self._open.pop(fd).close()
+
+    def close(self) -> None:
+        for fd in list(self._open):
+            self._stop(fd)

@@ -27,7 +27,7 @@ from services.executor.artifacts import collect_from_directory
 from services.executor.config import ExecutorSettings
 from services.executor.runners import workdir
 from services.executor.runners.base import FR, RS, Job, Outcome, OutputSink, StartedHook
-from services.executor.runners.children import ExitStatus, read_pipes, watch_exit
+from services.executor.runners.children import ExitStatus, Pipes, watch_exit
 from services.executor.runners.forkserver import Child, ForkServer
 from services.executor.runners.job_config import execution_config, referenced, render
 from services.executor.runners.local_runner import kill_group, rlimits
@@ -159,6 +159,7 @@ class CommandRunner:
         self._settings = settings
         self._commands = allowed_commands(settings)
         self._work_dir = Path(settings.work_dir) / "commands"
+        self._work_dirs = workdir.WorkDirs(self._work_dir)
         self._active: dict[str, _Active] = {}
         self._cancelled: set[str] = set()
         # A fork server started once (runners/forkserver.py), or setpriv + prlimit, or Python
@@ -190,7 +191,7 @@ class CommandRunner:
             return Outcome(
                 RS.RUN_STATE_FAILED, reason=FR.FAILURE_REASON_INVALID_CONFIG, message=str(exc)
             )
-        work = workdir.make(self._work_dir, job.run_id)
+        work = self._work_dirs.make(job.run_id)
         try:
             env = environment(job, work, self._settings.local.path)
             outcome = await self._run(job, command, work, env, on_output, on_started)
@@ -198,7 +199,7 @@ class CommandRunner:
                 await self._collect(job, work, outcome)
             return outcome
         finally:
-            workdir.remove(work, INPUT_FILES)
+            self._work_dirs.release(work, INPUT_FILES)
 
     async def _run(
         self,
@@ -217,10 +218,9 @@ class CommandRunner:
         exited = proc.exited if isinstance(proc, Child) else watch_exit(proc)
         self._active[job.run_id] = _Active(proc, exited)
         assert proc.stdout is not None and proc.stderr is not None
-        transports: list[asyncio.BaseTransport] = []
+        pipes: Pipes | None = None
         try:
-            pipes = {"stdout": proc.stdout, "stderr": proc.stderr}
-            pumps = await read_pipes(pipes, on_output, transports)
+            pipes = Pipes({"stdout": proc.stdout, "stderr": proc.stderr}, on_output)
             await on_started(started)
             done, _ = await asyncio.wait({exited}, timeout=job.limits.timeout_s)
             timed_out = not done
@@ -231,7 +231,8 @@ class CommandRunner:
             except OSError as exc:  # the fork server died (and the command with it)
                 return Outcome.infrastructure(f"{command.argv[0]}: {exc}")
             proc.returncode = os.waitstatus_to_exitcode(status)
-            await _drain(proc, pumps)
+            if not pipes.ended.done():
+                await _drain(proc, pipes.ended)
             return outcome_from(
                 _trailer(status, usage, started),
                 status=proc.returncode,
@@ -241,9 +242,9 @@ class CommandRunner:
             )
         finally:
             kill_group(proc, signal.SIGKILL)  # whatever the command left in its group
-            for transport in transports:
-                transport.close()
-            for pipe in (proc.stdout, proc.stderr):  # any not handed to a transport
+            if pipes is not None:
+                pipes.close()
+            for pipe in (proc.stdout, proc.stderr):  # any not read (closing twice is a no-op)
                 pipe.close()
             self._active.pop(job.run_id, None)
             self._cancelled.discard(job.run_id)
@@ -302,6 +303,7 @@ class CommandRunner:
             kill_group(active.proc, signal.SIGKILL)
         if self._fork_server is not None:
             self._fork_server.close()
+        self._work_dirs.close()
 
 
 async def _drain(proc: Launched, pumps: asyncio.Future[Any]) -> None:

@@ -203,10 +203,13 @@ class ForkServer:
         try:
             try:
                 fds = struct.pack("2i", out_w, err_w)
-                self._sock.sendmsg(
-                    [struct.pack("!I", len(body))], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
+                header = struct.pack("!I", len(body))
+                # One sendmsg carries the fds and, most often, the whole request.
+                sent = self._sock.sendmsg(
+                    [header, body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
                 )
-                self._sock.sendall(body)
+                if sent < len(header) + len(body):
+                    self._sock.sendall((header + body)[sent:])
             except OSError:
                 del self._starts[request]
                 self.close()  # gone or stuck: the next run starts a fresh one

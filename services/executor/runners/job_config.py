@@ -28,18 +28,36 @@ from shared.errors import InvalidArgument
 
 
 def execution_config(job: Job, kind: str) -> Any:
-    """The `kind` member (http, serverless, local) of the job's ExecutionConfig."""
-    config = catalogue_pb2.ExecutionConfig()
+    """The `kind` member (http, serverless, local) of the job's ExecutionConfig (a copy of
+    one parsed per distinct config: a run's config is checked at Execute and read again
+    when it runs, and most runs share a few configs)."""
     try:
-        json_format.ParseDict(job.config, config)
-    except json_format.ParseError as exc:
-        raise InvalidArgument.field("config", f"not a valid ExecutionConfig: {exc}") from exc
+        key = json.dumps(job.config, sort_keys=True)
+    except (TypeError, ValueError):  # not JSON: ParseDict says why
+        key = None
+    config = _parsed(key) if key is not None else _parse(job.config)
     chosen = config.WhichOneof("config")
     if chosen != kind:
         found = f"has {chosen!r}" if chosen else "is empty"
         raise InvalidArgument.field(f"config.{kind}", f"required (the config {found})")
-    member: Message = getattr(config, kind)
+    member: Message = type(getattr(config, kind))()
+    member.CopyFrom(getattr(config, kind))
     return member
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(key: str) -> catalogue_pb2.ExecutionConfig:
+    """Never modified: execution_config hands out copies of its members."""
+    return _parse(json.loads(key))
+
+
+def _parse(config: dict[str, Any]) -> catalogue_pb2.ExecutionConfig:
+    parsed = catalogue_pb2.ExecutionConfig()
+    try:
+        json_format.ParseDict(config, parsed)
+    except json_format.ParseError as exc:
+        raise InvalidArgument.field("config", f"not a valid ExecutionConfig: {exc}") from exc
+    return parsed
 
 
 def _finalize(value: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,68 @@ async def test_command_work_dir_is_removed_whatever_the_command_left(
     assert "artifacts directory cannot be opened" in finished["symlinked artifacts"].exit.message
     assert list((tmp_path / "work" / "commands").iterdir()) == []
     assert (outside / "keep.txt").read_text() == "not a run's"
+
+
+async def test_a_long_runs_started_goes_out_while_it_runs(
+    executor: ExecutorHarness, tmp_path: Path
+) -> None:
+    """STARTED waits for a commit made anyway only up to the linger: a run still running
+    has its STARTED on JetStream (before its FINISHED exists)."""
+    release = tmp_path / "release"
+    script = 'while [ ! -e "$0" ]; do sleep 0.01; done'
+    request = command(executor, "sh", ["-c", script, str(release)])
+    sub = await executor.js.subscribe(f"runbox.events.run.{request.run_id}", ordered_consumer=True)
+    try:
+        await executor.stub.Execute(request)
+        seen = []
+        while not seen or seen[-1].type != events_pb2.RUN_EVENT_TYPE_STARTED:
+            msg = await sub.next_msg(timeout=30)
+            seen.append(events_pb2.RunEvent.FromString(msg.data))
+        assert [e.type for e in seen] == [
+            events_pb2.RUN_EVENT_TYPE_QUEUED,
+            events_pb2.RUN_EVENT_TYPE_STARTED,
+        ]
+        release.touch()
+        msg = await sub.next_msg(timeout=30)
+        finished = events_pb2.RunEvent.FromString(msg.data)
+    finally:
+        await sub.unsubscribe()
+    assert finished.type == events_pb2.RUN_EVENT_TYPE_FINISHED
+    assert finished.state == RS.RUN_STATE_SUCCEEDED
+    assert [e.sequence for e in (*seen, finished)] == [1, 2, 3]
+
+
+async def test_a_short_runs_started_and_finished_share_one_commit(
+    tmp_path: Path, nats_server: Any, tokens: Any
+) -> None:
+    """With a linger longer than the run, STARTED is committed with FINISHED (one
+    transaction: one created_at), after QUEUED's own commit; all three go out, in order."""
+    async with open_harness(
+        tmp_path,
+        nats_server.url,
+        tokens,
+        "local",
+        local={"commands": {"sh": "/bin/sh"}},
+        outbox_linger_s=5,
+    ) as harness:
+        request = command(harness, "sh", ["-c", ":"])
+        finished, events = await harness.run(request)
+    assert finished.state == RS.RUN_STATE_SUCCEEDED
+    assert [e.type for e in events] == [
+        events_pb2.RUN_EVENT_TYPE_QUEUED,
+        events_pb2.RUN_EVENT_TYPE_STARTED,
+        events_pb2.RUN_EVENT_TYPE_FINISHED,
+    ]
+    conn = sqlite3.connect(tmp_path / "executor.db")
+    try:
+        staged = dict(
+            conn.execute(
+                "SELECT msg_id, created_at FROM outbox WHERE msg_id LIKE ?",
+                (f"{request.run_id}:%",),
+            ).fetchall()
+        )
+    finally:
+        conn.close()
+    queued, started, done = (staged[e.event_id] for e in events)
+    assert started == done
+    assert queued <= started

@@ -1,4 +1,4 @@
-"""A command's child watched from the loop: its exit (pidfd) and its pipes (protocols)."""
+"""A command's child watched from the loop: its exit (pidfd) and its pipes (add_reader)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.executor.runners import workdir
-from services.executor.runners.children import read_pipes, watch_exit
+from services.executor.runners.children import Pipes, watch_exit
 
 
 def spawn(script: str) -> subprocess.Popen[bytes]:
@@ -23,16 +23,13 @@ async def test_exit_gives_the_status_and_the_childs_own_usage_and_reaps_it() -> 
     """The wait4 status and rusage of the child itself; it is reaped (no zombie left)."""
     proc = spawn("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exit 3")
     chunks: list[tuple[str, bytes]] = []
-    transports: list[asyncio.BaseTransport] = []
-    ended = await read_pipes(
+    pipes = Pipes(
         {"stdout": proc.stdout, "stderr": proc.stderr},  # type: ignore[dict-item]
         lambda name, data: chunks.append((name, data)),
-        transports,
     )
     status, usage = await watch_exit(proc)
-    await ended
-    for transport in transports:
-        transport.close()
+    await pipes.ended
+    pipes.close()
     assert os.waitstatus_to_exitcode(status) == 3
     assert proc.returncode == 3
     assert usage.ru_utime + usage.ru_stime > 0
@@ -48,17 +45,33 @@ async def test_pipes_hand_on_every_chunk_by_stream_until_both_end() -> None:
     def sink(name: str, data: bytes) -> None:
         chunks[name] += data
 
-    transports: list[asyncio.BaseTransport] = []
-    ended = await read_pipes(
+    pipes = Pipes(
         {"stdout": proc.stdout, "stderr": proc.stderr},  # type: ignore[dict-item]
         sink,
-        transports,
     )
-    await ended
-    for transport in transports:
-        transport.close()
+    await pipes.ended
+    assert proc.stdout is not None and proc.stdout.closed  # closed at EOF
+    pipes.close()
     await watch_exit(proc)
     assert chunks == {"stdout": b"out1out2", "stderr": b"err"}
+
+
+async def test_pipes_close_stops_reading_and_closes_what_is_open() -> None:
+    """Closed before EOF (a run ended while a background child holds its output): the loop
+    stops watching the pipes and they are closed; `ended` stays undone."""
+    proc = spawn("sleep 5")
+    pipes = Pipes(
+        {"stdout": proc.stdout, "stderr": proc.stderr},  # type: ignore[dict-item]
+        lambda name, data: None,
+    )
+    await asyncio.sleep(0.05)
+    pipes.close()
+    pipes.close()  # idempotent
+    assert proc.stdout is not None and proc.stdout.closed
+    assert proc.stderr is not None and proc.stderr.closed
+    assert not pipes.ended.done()
+    proc.kill()
+    await watch_exit(proc)
 
 
 def test_nothing_to_collect_only_for_an_untouched_or_empty_artifacts_dir(tmp_path: Path) -> None:
@@ -95,3 +108,40 @@ def test_remove_takes_the_whole_tree_without_following_symlinks(tmp_path: Path) 
         workdir.remove(work, ("in.json",))
         assert not work.exists(), left
     assert (outside / "keep").read_text() == "keep"
+
+
+def test_work_dirs_reuse_only_a_directory_left_as_it_was_made(tmp_path: Path) -> None:
+    """A run that left its directory as made hands it to the next run (renamed for it, holding
+    only an empty artifacts dir); one that left a file, an artifact, or changed a mode gets
+    it removed; a spare written into after its run is not handed out; close removes spares."""
+    base = tmp_path / "base"
+    dirs = workdir.WorkDirs(base)
+    first = dirs.make("run-aaaaaaaaaaaa")
+    (first / "in.json").write_text("{}")
+    dirs.release(first, ("in.json",))
+    assert first.exists()  # a spare
+    second = dirs.make("run-bbbbbbbbbbbb")
+    assert not first.exists() and second.name.startswith("run-run-bbbbbbb")
+    assert sorted(p.name for p in second.iterdir()) == ["artifacts"]
+    assert list((second / "artifacts").iterdir()) == []
+    for change in ("file", "artifact", "mode", "artifacts mode"):
+        work = dirs.make(f"run-{change}")
+        if change == "file":
+            (work / "left.txt").write_text("x")
+        elif change == "artifact":
+            (work / "artifacts" / "a").write_text("x")
+        elif change == "mode":
+            work.chmod(0o755)
+        else:
+            mode = (work / "artifacts").stat().st_mode & 0o777
+            (work / "artifacts").chmod(0o750 if mode != 0o750 else 0o700)
+        dirs.release(work, ())
+        assert not work.exists(), change
+    dirs.release(second, ())
+    (second / "late.txt").write_text("a process the run left behind")
+    third = dirs.make("run-cccccccccccc")
+    assert not second.exists()
+    assert sorted(p.name for p in third.iterdir()) == ["artifacts"]
+    dirs.release(third, ())
+    dirs.close()
+    assert list(base.iterdir()) == []
