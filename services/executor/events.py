@@ -19,6 +19,7 @@ from services.executor.outbox_writer import SqliteOutboxWriter
 from services.executor.results import result_struct
 from services.executor.runners.base import Outcome
 from shared.outbox import Outbox, OutboxMessage
+from shared.run_subjects import run_subject
 
 
 def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -183,7 +184,7 @@ class EventPublisher:
             return
         messages = [
             OutboxMessage(
-                subject=f"{self._prefix}.run.{event.run_id}",
+                subject=run_subject(self._prefix, event.run_id, event.type),
                 msg_id=event.event_id,
                 payload=event.SerializeToString(),
                 headers=_trace_headers(event),
