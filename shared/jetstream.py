@@ -260,6 +260,25 @@ class DurableConsumer:
             yield
             return
         assert self._tracer is not None
+        if not self._recording:
+            # Nothing records spans (ContextTracer): its "span" of a message would be the
+            # producer's context made current, so that context is attached as it is, without
+            # a span's context managers per message.
+            found = {
+                (m.headers or {}).get("Nats-Msg-Id", ""): trace.set_span_in_context(
+                    trace.get_current_span(extract_context(m.headers))
+                )
+                for m in traced
+            }
+            first = (traced[0].headers or {}).get("Nats-Msg-Id", "")
+            attached = otel_context.attach(found[first])
+            consuming = _consuming.set(found)
+            try:
+                yield
+            finally:
+                _consuming.reset(consuming)
+                otel_context.detach(attached)
+            return
         with contextlib.ExitStack() as stack:
             contexts: dict[str, otel_context.Context] = {}
             spans = []
@@ -357,10 +376,14 @@ class _Puller:
             await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
             self._asked += more
             self._asked_at = now
-        try:
-            item = await asyncio.wait_for(self._queue.get(), PULL_EXPIRES_S)
-        except TimeoutError:
-            return []
+        if self._queue.empty():
+            try:  # asyncio.timeout: no task per wait, unlike wait_for
+                async with asyncio.timeout(PULL_EXPIRES_S):
+                    item = await self._queue.get()
+            except TimeoutError:
+                return []
+        else:
+            item = self._queue.get_nowait()
         messages: list[Msg] = []
         while True:
             if item is not None and self._is_message(item):
