@@ -9,7 +9,7 @@ import contextlib
 import contextvars
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 
 import nats
@@ -120,6 +120,10 @@ class DurableConsumer:
     With a `batch_handler`, each fetch of several messages goes to it at once
     (e.g. applied in one transaction) and is acked after it returns; if it
     fails, the messages go to `handler` one by one as above.
+
+    `filter_subject` is one subject or several (a consumer taking only some subjects of the
+    stream, nats-server 2.10+). The durable consumer is created, or updated to this
+    configuration when it exists (a new filter takes effect on the next start).
     """
 
     def __init__(
@@ -128,7 +132,7 @@ class DurableConsumer:
         *,
         stream: str,
         durable: str,
-        filter_subject: str,
+        filter_subject: str | Sequence[str],
         handler: Handler,
         batch: int = 64,
         ack_wait_s: float = 30.0,
@@ -145,13 +149,14 @@ class DurableConsumer:
         self._batch_handler = batch_handler
         self._stream = stream
         self._durable = durable
-        self._filter = filter_subject
+        self._filters = (
+            [filter_subject] if isinstance(filter_subject, str) else list(filter_subject)
+        )
         self._handler = handler
         self._batch = batch
         self._ack_wait = ack_wait_s
         self._retry_delay = retry_delay_s
         self._task: asyncio.Task[None] | None = None
-        self._sub: JetStreamContext.PullSubscription | None = None
         self._puller: _Puller | None = None
         self._stopping = asyncio.Event()
         # When more messages were waiting after the last fetch: the stream time of the last
@@ -159,20 +164,21 @@ class DurableConsumer:
         self.read_through: datetime | None = None
 
     async def start(self) -> None:
+        one = len(self._filters) == 1
         config = ConsumerConfig(
             durable_name=self._durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
-            filter_subject=self._filter,
+            filter_subject=self._filters[0] if one else None,
+            filter_subjects=None if one else self._filters,
             ack_wait=self._ack_wait,
             max_ack_pending=self._batch * 4,
         )
-        # Creates the durable consumer if it is missing (as it always has); its own fetch is
-        # not used: the puller below keeps a pull request open instead.
-        sub = await self._js.pull_subscribe(
-            self._filter, durable=self._durable, stream=self._stream, config=config
-        )
-        self._sub = sub
+        # Create or update (the server's create of an existing durable with another
+        # configuration updates it, e.g. a new filter; what cannot change, like the ack
+        # policy, fails the start). No subscription of nats-py's own: the puller below keeps
+        # a pull request open instead of its fetch rounds.
+        await self._js.add_consumer(self._stream, config)
         self._puller = _Puller(self._js, self._stream, self._durable, self._batch)
         await self._puller.start()
         self._task = asyncio.create_task(self._loop(self._puller), name=f"consumer:{self._durable}")
@@ -183,10 +189,9 @@ class DurableConsumer:
         if self._puller is not None:
             self._puller.wake()
         await stop_gracefully(self._task, timeout_s)
-        for sub in (self._puller, self._sub):
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+        if self._puller is not None:
+            with contextlib.suppress(Exception):
+                await self._puller.unsubscribe()
 
     async def _loop(self, puller: _Puller) -> None:
         """Handle what the server pushed, as soon as it arrives: the first message waiting
@@ -255,6 +260,25 @@ class DurableConsumer:
             yield
             return
         assert self._tracer is not None
+        if not self._recording:
+            # Nothing records spans (ContextTracer): its "span" of a message would be the
+            # producer's context made current, so that context is attached as it is, without
+            # a span's context managers per message.
+            found = {
+                (m.headers or {}).get("Nats-Msg-Id", ""): trace.set_span_in_context(
+                    trace.get_current_span(extract_context(m.headers))
+                )
+                for m in traced
+            }
+            first = (traced[0].headers or {}).get("Nats-Msg-Id", "")
+            attached = otel_context.attach(found[first])
+            consuming = _consuming.set(found)
+            try:
+                yield
+            finally:
+                _consuming.reset(consuming)
+                otel_context.detach(attached)
+            return
         with contextlib.ExitStack() as stack:
             contexts: dict[str, otel_context.Context] = {}
             spans = []
@@ -352,10 +376,14 @@ class _Puller:
             await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
             self._asked += more
             self._asked_at = now
-        try:
-            item = await asyncio.wait_for(self._queue.get(), PULL_EXPIRES_S)
-        except TimeoutError:
-            return []
+        if self._queue.empty():
+            try:  # asyncio.timeout: no task per wait, unlike wait_for
+                async with asyncio.timeout(PULL_EXPIRES_S):
+                    item = await self._queue.get()
+            except TimeoutError:
+                return []
+        else:
+            item = self._queue.get_nowait()
         messages: list[Msg] = []
         while True:
             if item is not None and self._is_message(item):

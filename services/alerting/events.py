@@ -52,10 +52,13 @@ class Event:
 
 
 def split_subject(subject: str, prefix: str) -> tuple[str, str]:
-    """'runbox.events.run.<id>' -> ('run', '<id>'); kind is 'unknown' if not ours."""
+    """'runbox.events.run.<id>' (before 0.4.0) or 'runbox.events.run.<id>.<type>' ->
+    ('run', '<id>'); kind is 'unknown' if not ours."""
     if not subject.startswith(prefix + "."):
         return UNKNOWN, ""
     kind, _, rest = subject[len(prefix) + 1 :].partition(".")
+    if kind == "run":
+        rest = rest.partition(".")[0]  # the type token, if any, is the payload's too
     if kind not in MESSAGE_TYPES or not rest:
         return UNKNOWN, ""
     return kind, rest

@@ -20,6 +20,7 @@ from services.executor.outbox_writer import SqliteOutboxWriter
 from services.executor.results import result_struct
 from services.executor.runners.base import Outcome
 from shared.outbox import Outbox, OutboxMessage
+from shared.run_subjects import run_subject
 
 # How long an event nobody waits for (a run's STARTED) may wait for a commit that would be
 # made anyway (its run's FINISHED, another run's QUEUED) before it gets one of its own.
@@ -250,7 +251,7 @@ class EventPublisher:
         try:
             messages = [
                 OutboxMessage(
-                    subject=f"{self._prefix}.run.{event.run_id}",
+                    subject=run_subject(self._prefix, event.run_id, event.type),
                     msg_id=event.event_id,
                     payload=event.SerializeToString(),
                     headers=_trace_headers(event),

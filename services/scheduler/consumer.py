@@ -30,7 +30,10 @@ class RunEventHandler:
         hold_finished_file: str = "",
     ) -> None:
         self._runs = runs
-        self._metrics = metrics
+        # The counters' children, looked up once (not a labels() call per event).
+        self._applied = metrics.events.labels("applied")
+        self._ignored = metrics.events.labels("ignored")
+        self._invalid = metrics.events.labels("invalid")
         self._first = first or FiresFirst()
         self._hold_file = hold_finished_file
 
@@ -50,12 +53,12 @@ class RunEventHandler:
             event = events_pb2.RunEvent.FromString(msg.data)
         except DecodeError:
             log.warning("undecodable run event on %s; dropped", msg.subject)
-            self._metrics.events.labels("invalid").inc()
+            self._invalid.inc()
             return
         run_id_var.set(event.run_id)
         await self._hold_if_finished([event])
         changed = await self._runs.apply(event)
-        self._metrics.events.labels("applied" if changed else "ignored").inc()
+        (self._applied if changed else self._ignored).inc()
 
     async def many(self, messages: list[Msg]) -> None:
         """A fetched batch in one transaction (the consumer falls back to one message at a
@@ -67,7 +70,7 @@ class RunEventHandler:
                 events.append(events_pb2.RunEvent.FromString(msg.data))
             except DecodeError:
                 log.warning("undecodable run event on %s; dropped", msg.subject)
-                self._metrics.events.labels("invalid").inc()
+                self._invalid.inc()
         await self._hold_if_finished(events)
         for changed in await self._runs.apply_many(events):
-            self._metrics.events.labels("applied" if changed else "ignored").inc()
+            (self._applied if changed else self._ignored).inc()

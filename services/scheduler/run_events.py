@@ -16,6 +16,7 @@ from runbox.events.v1 import events_pb2
 from services.scheduler import handoff
 from services.scheduler.models import RunRow
 from shared.outbox import Outbox, OutboxMessage
+from shared.run_subjects import run_subject
 from shared.telemetry import inject_context
 
 
@@ -82,7 +83,7 @@ class RunEvents:
             exit=common_pb2.ExitInfo(reason=get("failure_reason"), message=get("exit_message")),
         )
         return OutboxMessage(
-            f"{self._prefix}.run.{run_id}",
+            run_subject(self._prefix, str(run_id), kind),
             event.event_id,
             event.SerializeToString(),
             inject_context(dict(trace_context or {})),

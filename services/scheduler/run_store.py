@@ -291,8 +291,10 @@ def _moves_in(
         return None
     for run_id, row in rows.items():
         old = stored[run_id]
-        # A plain record: its values are its __dict__.
-        diff = {k: v for k, v in vars(row).items() if v != old[k]}
+        # Only the columns an event moves are compared (not the run's parameters, config
+        # and other JSON columns); a plain record's values are its __dict__.
+        values = vars(row)
+        diff = {k: values[k] for k in MOVED if values[k] != old[k]}
         if diff:
             conn.execute(_UPDATE_BY_ID, {"run_id_": run_id, **diff})
     return moved, ended, finished
@@ -378,6 +380,30 @@ def _released(run_ids: Sequence[str]) -> Any:
 
 def _ts(ts: timestamp_pb2.Timestamp) -> datetime:
     return ts.ToDatetime(UTC)
+
+
+# Every column `move_runs` may set (_apply_fields and the lease): what `_moves_in` writes back.
+MOVED = (
+    "state",
+    "updated_at",
+    "executor_id",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "failure_reason",
+    "exit_message",
+    "exit_signal",
+    "usage",
+    "sandbox",
+    "stdout_tail",
+    "stderr_tail",
+    "output_truncated",
+    "stdout_total",
+    "stderr_total",
+    "result",
+    "lease_expires_at",
+)
 
 
 def _apply_fields(row: RunRow, event: events_pb2.RunEvent) -> None:

@@ -32,6 +32,7 @@ from shared.consumer_lag import ConsumerLag
 from shared.jetstream import DurableConsumer, run_event_attributes
 from shared.outbox import Outbox
 from shared.outbox_backlog import OutboxBacklog
+from shared.run_subjects import SCHEDULER_APPLIES, run_filters
 from shared.runtime import Runtime, Service
 
 SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
@@ -148,7 +149,9 @@ async def build(runtime: Runtime) -> Service:
         js,
         stream=settings.nats.stream,
         durable="scheduler",
-        filter_subject=f"{settings.nats.subjects_prefix}.run.>",
+        # Only the events it applies (shared/run_subjects.py): not its own SUBMITTED, nor
+        # QUEUED (the Execute answer records it), nor anything not a RunEvent.
+        filter_subject=run_filters(settings.nats.subjects_prefix, SCHEDULER_APPLIES),
         handler=run_events,
         batch_handler=run_events.many,
         ack_wait_s=settings.events_ack_wait_s,

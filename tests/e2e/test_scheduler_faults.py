@@ -229,7 +229,7 @@ class Stack:
         nc = await nats.connect(self.broker.url)
         try:
             sub = await nc.jetstream().pull_subscribe(
-                f"runbox.events.run.{run_id}", stream="RUNBOX_EVENTS"
+                f"runbox.events.run.{run_id}.>", stream="RUNBOX_EVENTS"
             )
             events: list[events_pb2.RunEvent] = []
             while True:

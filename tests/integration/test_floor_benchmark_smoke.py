@@ -110,8 +110,9 @@ def test_smoke_prints_every_primitive_and_the_floor() -> None:
 
 def test_counts_smoke_counts_each_primitive_of_a_noop_run() -> None:
     """floor_counts.py --smoke: the counts under floor.py's keys; a no-op run is one of each
-    RPC, one spawn, four RunEvents published (the executor's three through its outbox writer)
-    and consumed by the scheduler."""
+    RPC, one spawn, four RunEvents published (the executor's three through its outbox writer),
+    of which the scheduler consumes the two it applies (STARTED, FINISHED; not its own
+    SUBMITTED, not QUEUED)."""
     line = run(COUNTS, "--smoke", timeout=110)
 
     assert line["benchmark"] == "floor_counts"
@@ -126,7 +127,8 @@ def test_counts_smoke_counts_each_primitive_of_a_noop_run() -> None:
     assert counts["spawns"] == 1
     assert counts["jetstream_publishes_executor"] >= 3
     assert line["executor_outbox_writer_per_run"]["rows"] == 3
-    assert counts["jetstream_consumptions_scheduler"] >= 4
+    # A heartbeat (every 5 s) of a run slowed down by a busy machine may add a little.
+    assert 2 <= counts["jetstream_consumptions_scheduler"] < 2.5
     assert counts["rpc_watchrun_messages"] >= 1
     # The per-run transactions go through the Core path (shared.db_transactions) since
     # s3-sqlhot; the ORM's are background loops'.

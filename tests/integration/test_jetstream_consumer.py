@@ -186,3 +186,62 @@ async def test_read_through_counts_messages_delivered_but_not_handled(js: Any) -
     # After "first" two more were here, unhandled: read only up to first's stream time.
     assert seen[1][1] == seen[0][2] is not None, seen
     assert seen[3][1] is None, seen  # caught up again
+
+
+async def test_existing_durable_gets_the_new_filters_and_only_their_messages(js: Any) -> None:
+    """A durable created with one filter (an earlier release's) is updated at start to the
+    consumer's filter subjects: messages on the subjects left out are never delivered, and
+    its position in the stream is kept."""
+    context, stream, subject = js
+    await context.add_consumer(
+        stream,
+        durable_name="test",
+        filter_subject=f"{subject}.>",
+        ack_policy="explicit",
+        deliver_policy="all",
+    )
+    for body, token in (("old", "r1"), ("skip", "r1.queued"), ("keep", "r1.started")):
+        await context.publish(f"{subject}.{token}", body.encode())
+    recorder = Recorder(3)
+    consumer = DurableConsumer(
+        context,
+        stream=stream,
+        durable="test",
+        filter_subject=[f"{subject}.*", f"{subject}.*.started", f"{subject}.*.finished"],
+        handler=recorder.one,
+        batch_handler=recorder.many,
+        batch=16,
+    )
+    await consumer.start()
+    try:
+        info = await context.consumer_info(stream, "test")
+        assert not info.config.filter_subject
+        assert info.config.filter_subjects == [
+            f"{subject}.*",
+            f"{subject}.*.started",
+            f"{subject}.*.finished",
+        ]
+        await context.publish(f"{subject}.r2.log", b"skip too")
+        await context.publish(f"{subject}.r2.finished", b"end")
+        await asyncio.wait_for(recorder.done.wait(), 30)
+        assert await _settled(context, stream)
+    finally:
+        await consumer.stop()
+    assert [body for batch in recorder.batches for body in batch] == ["old", "keep", "end"]
+    # Started again with the same filters: an update that changes nothing, and no redelivery.
+    again = Recorder(1)
+    consumer = DurableConsumer(
+        context,
+        stream=stream,
+        durable="test",
+        filter_subject=[f"{subject}.*", f"{subject}.*.started", f"{subject}.*.finished"],
+        handler=again.one,
+        batch=16,
+    )
+    await consumer.start()
+    try:
+        await context.publish(f"{subject}.r3", b"after")
+        await asyncio.wait_for(again.done.wait(), 30)
+    finally:
+        await consumer.stop()
+    assert again.batches == [["after"]]

@@ -22,6 +22,7 @@ from services.scheduler.models import RunRow
 from services.scheduler.runs import Runs
 from services.scheduler.schedules import ScheduleEvents, ScheduleRef
 from shared.outbox import OutboxMessage
+from shared.run_subjects import run_subject
 
 FO = pb.FireOutcome
 SE = events_pb2.ScheduleEventType
@@ -95,7 +96,7 @@ class FireMessages:
         fired_id = f"schedule:{schedule_id}:{iso(nominal)}{ahead}:FIRED"
         return [
             OutboxMessage(
-                f"{self.prefix}.run.{run_id}",
+                run_subject(self.prefix, run_id, SUBMITTED),
                 run_event_id,
                 template.run_event
                 + events_pb2.RunEvent(

@@ -28,8 +28,12 @@ from services.alerting.models import ProcessedEvent
 from services.alerting.server import DURABLE, build
 from shared import db
 from shared.clients import open_channel
+from shared.run_subjects import run_subject
 from shared.runtime import Running, build_runtime, launch
 from tests.integration.helpers import settings_for
+
+IGNORED_LOG = events_pb2.RUN_EVENT_TYPE_LOG
+IGNORED_HEARTBEAT = events_pb2.RUN_EVENT_TYPE_HEARTBEAT
 
 
 class Captured(logging.Handler):
@@ -172,6 +176,33 @@ async def test_run_events_are_recorded_and_logged_once_each(alerting: Alerting) 
     assert finished.run_id == "run-a"  # type: ignore[attr-defined]
     assert finished.state == "RUN_STATE_FAILED"  # type: ignore[attr-defined]
     assert finished.script == "hello"  # type: ignore[attr-defined]
+
+
+async def test_every_run_event_type_reaches_alerting_on_either_subject(
+    alerting: Alerting,
+) -> None:
+    """Each RunEvent type on its typed subject (`<prefix>.run.<id>.<type>`, what services
+    publish) reaches alerting, and so does one on the subject of 0.2.0 producers
+    (`<prefix>.run.<id>`): the scheduler's filters do not narrow what others get."""
+    kinds = [k for k in events_pb2.RunEventType.values() if k]
+    typed = [
+        run_event("run-t", seq, kind, common_pb2.RUN_STATE_QUEUED)
+        for seq, kind in enumerate(kinds, start=1)
+    ]
+    for event in typed:
+        await alerting.js.publish(
+            run_subject(alerting.prefix, event.run_id, event.type),
+            event.SerializeToString(),
+            headers={"Nats-Msg-Id": event.event_id},
+        )
+    old = run_event("run-o", 1, events_pb2.RUN_EVENT_TYPE_FINISHED, common_pb2.RUN_STATE_FAILED)
+    await alerting.publish_run(old)  # the old subject
+    # LOG and HEARTBEAT reach it too, counted "ignored" (no rule looks at them).
+    await alerting.wait_count("run", "processed", len(kinds) - 2 + 1)
+    await alerting.wait_count("run", "ignored", 2)
+    assert alerting.count("run", "invalid") == 0
+    wanted = [e for e in typed if e.type not in (IGNORED_LOG, IGNORED_HEARTBEAT)]
+    assert await alerting.stored_ids() == sorted([*(e.event_id for e in wanted), old.event_id])
 
 
 async def test_same_event_id_twice_is_processed_once(alerting: Alerting) -> None:

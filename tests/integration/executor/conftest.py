@@ -78,7 +78,7 @@ class ExecutorHarness:
 
     async def events(self, run_id: str, wait_s: float = 60) -> list[events_pb2.RunEvent]:
         """Every event of the run up to and including FINISHED."""
-        sub = await self.js.subscribe(f"runbox.events.run.{run_id}", ordered_consumer=True)
+        sub = await self.js.subscribe(f"runbox.events.run.{run_id}.>", ordered_consumer=True)
         seen: list[events_pb2.RunEvent] = []
         try:
 

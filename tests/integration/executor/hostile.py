@@ -86,7 +86,7 @@ async def drive(
 ) -> Ended:
     """Execute and follow the run's events to FINISHED, counting (not keeping) LOG data."""
     sub = await h.js.subscribe(
-        f"runbox.events.run.{request.run_id}",
+        f"runbox.events.run.{request.run_id}.>",
         ordered_consumer=True,
         pending_bytes_limit=64 * 1024 * 1024,
     )

@@ -118,7 +118,9 @@ async def test_container_cancel_escalates_to_sigkill_when_sigterm_is_ignored(
     """Cancel sends SIGTERM, then SIGKILL after the grace to a command ignoring it."""
     script = "trap '' TERM; echo ready; while :; do sleep 0.1; done"
     request = container(executor, ["sh", "-c", script])
-    sub = await executor.js.subscribe(f"runbox.events.run.{request.run_id}", ordered_consumer=True)
+    sub = await executor.js.subscribe(
+        f"runbox.events.run.{request.run_id}.>", ordered_consumer=True
+    )
     try:
         await executor.stub.Execute(request)
         while True:
@@ -140,7 +142,9 @@ async def test_container_cancel_ends_with_sigterm_when_the_command_obeys(
 ) -> None:
     """SIGTERM reaches the command through the container's init: CANCELLED without SIGKILL."""
     request = container(executor, ["sh", "-c", "echo ready; sleep 300 & wait"])
-    sub = await executor.js.subscribe(f"runbox.events.run.{request.run_id}", ordered_consumer=True)
+    sub = await executor.js.subscribe(
+        f"runbox.events.run.{request.run_id}.>", ordered_consumer=True
+    )
     try:
         await executor.stub.Execute(request)
         while True:

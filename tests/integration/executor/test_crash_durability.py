@@ -102,7 +102,7 @@ async def test_answered_execute_survives_kill_9(
         nc = await nats.connect(nats_server.url)
         try:
             sub = await nc.jetstream().subscribe(
-                f"runbox.events.run.{req.run_id}", ordered_consumer=True
+                f"runbox.events.run.{req.run_id}.>", ordered_consumer=True
             )
             queued = events_pb2.RunEvent.FromString((await sub.next_msg(timeout=30)).data)
             await sub.unsubscribe()

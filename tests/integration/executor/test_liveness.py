@@ -76,7 +76,7 @@ async def executor_with(
 
 async def all_events(harness: ExecutorHarness, run_id: str) -> list[tuple[int, Any]]:
     """(stream sequence, event) of every event of the run stored so far."""
-    sub = await harness.js.subscribe(f"runbox.events.run.{run_id}", ordered_consumer=True)
+    sub = await harness.js.subscribe(f"runbox.events.run.{run_id}.>", ordered_consumer=True)
     seen: list[tuple[int, Any]] = []
     try:
         while True:
@@ -92,7 +92,7 @@ async def wait_for_event(
     harness: ExecutorHarness, run_id: str, kind: int, *, count: int = 1, after: int = 0
 ) -> list[tuple[int, Any]]:
     """Read the run's events until `count` of type `kind` past stream sequence `after`."""
-    sub = await harness.js.subscribe(f"runbox.events.run.{run_id}", ordered_consumer=True)
+    sub = await harness.js.subscribe(f"runbox.events.run.{run_id}.>", ordered_consumer=True)
     seen: list[tuple[int, Any]] = []
     try:
         while sum(1 for seq, e in seen if e.type == kind and seq > after) < count:

@@ -575,7 +575,11 @@ async def test_two_replicas_sweep_each_lost_run_once_and_quarantine_once(
             lost = rows[f"lost{i}"]
             assert lost.state == RS.RUN_STATE_LOST and lost.failure_reason == RS.FAILURE_REASON_LOST
             assert rows[lost.retry_run_id or ""].parent_run_id == lost.id
-            assert subjects.count(f"runbox.events.run.{lost.id}") == 2  # FINISHED + RETRIED
+            mine = [s for s in subjects if s.startswith(f"runbox.events.run.{lost.id}.")]
+            assert sorted(mine) == [  # FINISHED + RETRIED, the type in the subject
+                f"runbox.events.run.{lost.id}.finished",
+                f"runbox.events.run.{lost.id}.retried",
+            ]
         for i in range(5):
             crashed = rows[f"crash{i}"]
             assert crashed.state == RS.RUN_STATE_FAILED and crashed.exit_code == 3

@@ -17,6 +17,8 @@ PREFIX = "runbox.events"
     ("subject", "expected"),
     [
         ("runbox.events.run.r-1", ("run", "r-1")),
+        ("runbox.events.run.r-1.finished", ("run", "r-1")),
+        ("runbox.events.run.r-1.dead_lettered", ("run", "r-1")),
         ("runbox.events.script.hello", ("script", "hello")),
         ("runbox.events.script.team.hello", ("script", "team.hello")),
         ("runbox.events.schedule.s-1", ("schedule", "s-1")),
