@@ -139,4 +139,7 @@ def test_counts_smoke_counts_each_primitive_of_a_noop_run() -> None:
         "executor",
         "executor_children",
     }
-    assert all(positive(v) for k, v in line["cpu_ms_per_run"].items())
+    # The catalogue is asked nothing per warm run: its share is its idle CPU, which may round
+    # to 0 ms per run; the other three do work for every run.
+    assert line["cpu_ms_per_run"]["catalogue"] >= 0
+    assert all(positive(v) for k, v in line["cpu_ms_per_run"].items() if k != "catalogue")

@@ -212,7 +212,9 @@ async def test_a_long_runs_started_goes_out_while_it_runs(
     release = tmp_path / "release"
     script = 'while [ ! -e "$0" ]; do sleep 0.01; done'
     request = command(executor, "sh", ["-c", script, str(release)])
-    sub = await executor.js.subscribe(f"runbox.events.run.{request.run_id}", ordered_consumer=True)
+    sub = await executor.js.subscribe(
+        f"runbox.events.run.{request.run_id}.>", ordered_consumer=True
+    )
     try:
         await executor.stub.Execute(request)
         seen = []
