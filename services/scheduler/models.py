@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import JSON, Index, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.db import precise_datetime
 from shared.outbox import outbox_table
 
 
@@ -69,30 +70,26 @@ class RunRow(Base):
     trace_context: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     dead_lettered: Mapped[bool] = mapped_column(default=False)
     retry_run_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(precise_datetime(), index=True)
+    queued_at: Mapped[datetime | None] = mapped_column(precise_datetime(), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(precise_datetime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(precise_datetime(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(precise_datetime())
     dispatch_attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_dispatch_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), nullable=True
-    )
+    next_dispatch_at: Mapped[datetime | None] = mapped_column(precise_datetime(), nullable=True)
     # When the run was handed to `executor_address` without an answer on record (yet): until
     # a lease has passed it may be running there, so it goes to no other executor.
     dispatch_attempted_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), nullable=True
+        precise_datetime(), nullable=True
     )
     # SHA-256 of the submit request (secret values left out), to tell a retried submit from
     # an idempotency key reused for another request.
     request_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
     # Renewed by each event of a QUEUED or RUNNING run; past it the run is LOST. Not indexed,
     # so PostgreSQL renews it in place (HOT); the sweeper finds active runs by state.
-    lease_expires_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), nullable=True
-    )
+    lease_expires_at: Mapped[datetime | None] = mapped_column(precise_datetime(), nullable=True)
     dead_lettered_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), nullable=True, index=True
+        precise_datetime(), nullable=True, index=True
     )
     dead_letter_reason: Mapped[str] = mapped_column(Text, default="")
     replay_run_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -143,16 +140,16 @@ class ScheduleRow(Base):
     script_name: Mapped[str] = mapped_column(String(63), index=True)
     state: Mapped[int] = mapped_column(Integer)
     definition: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    next_fire_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    last_fire_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    next_fire_at: Mapped[datetime | None] = mapped_column(precise_datetime(), nullable=True)
+    last_fire_at: Mapped[datetime | None] = mapped_column(precise_datetime(), nullable=True)
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     pause_reason: Mapped[str] = mapped_column(Text, default="")
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
     # SHA-256 of the create request, to tell a retry from a reused key.
     request_sha256: Mapped[str] = mapped_column(String(64), default="")
     created_by: Mapped[str] = mapped_column(String(200), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(precise_datetime(), index=True)
+    updated_at: Mapped[datetime] = mapped_column(precise_datetime())
 
 
 class FireRow(Base):
@@ -163,11 +160,11 @@ class FireRow(Base):
     __tablename__ = "fires"
 
     schedule_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    nominal_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    nominal_at: Mapped[datetime] = mapped_column(precise_datetime(), primary_key=True)
     outcome: Mapped[int] = mapped_column(Integer)
     run_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
-    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    recorded_at: Mapped[datetime] = mapped_column(precise_datetime(), index=True)
 
 
 class QuarantineRow(Base):
@@ -178,10 +175,10 @@ class QuarantineRow(Base):
     __tablename__ = "quarantines"
 
     script_name: Mapped[str] = mapped_column(String(63), primary_key=True)
-    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    since: Mapped[datetime] = mapped_column(precise_datetime())
     reason: Mapped[str] = mapped_column(Text, default="")
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
-    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    released_at: Mapped[datetime | None] = mapped_column(precise_datetime(), nullable=True)
 
 
 OUTBOX = outbox_table(Base.metadata)

@@ -231,3 +231,26 @@ async def test_a_submitted_run_is_a_record_with_every_column(store: Store) -> No
     got = await store.core.store.get("p1")
     assert not isinstance(got, RunRow)
     assert set(vars(got)) == set(RUN_COLUMNS)
+
+
+async def test_run_times_keep_their_microseconds_on_every_dialect(store: Store) -> None:
+    """A run's times are stored to the microsecond on every dialect (MariaDB's DATETIME keeps
+    whole seconds unless declared DATETIME(6)): a 12 ms run does not read back as 0 s or 1 s,
+    and runs created within one second keep their order."""
+    async with store.sessions() as session, session.begin():
+        session.add(_row("r1"))
+    await store.core.apply_many(_events("r1"))
+    finished = T0 + timedelta(milliseconds=12)
+    async with store.sessions() as session, session.begin():
+        stored = await session.get(RunRow, "r1")
+        assert stored is not None
+        stored.finished_at = finished
+
+    got = await store.core.store.get("r1")
+
+    def utc(value: datetime | None) -> datetime | None:
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+    assert utc(got.created_at) == T0 and utc(got.started_at) == T0
+    assert utc(got.finished_at) == finished
+    assert run_to_proto(got).finish_time.ToDatetime(tzinfo=UTC) == finished
