@@ -107,12 +107,7 @@ class Transactions:
                     return await conn.run_sync(fn, *args, **kwargs)
             held = await self._turn.acquire() if self._turn is not None else False
             try:
-                done, result = self._on_loop(True, fn, *args, **kwargs)
-                if done:
-                    self._count("loop")
-                    return result  # type: ignore[return-value]
-                self._count("thread")
-                return await self._in_thread(True, fn, *args, **kwargs)
+                return await self._loop_or_thread(True, fn, *args, **kwargs)
             finally:
                 if held and self._turn is not None:
                     self._turn.release()
@@ -124,12 +119,18 @@ class Transactions:
             self._count("engine")
             async with self._engine.connect() as conn:
                 return await conn.run_sync(fn, *args, **kwargs)
-        done, result = self._on_loop(False, fn, *args, **kwargs)
+        return await self._loop_or_thread(False, fn, *args, **kwargs)
+
+    async def _loop_or_thread(
+        self, immediate: bool, fn: Work[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """On the loop's connection when SQLite allows it at once, else in the thread."""
+        done, result = self._on_loop(immediate, fn, *args, **kwargs)
         if done:
             self._count("loop")
             return result  # type: ignore[return-value]
         self._count("thread")
-        return await self._in_thread(False, fn, *args, **kwargs)
+        return await self._in_thread(immediate, fn, *args, **kwargs)
 
     def _count(self, path: str) -> None:
         if self._metrics is not None:

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,21 +105,7 @@ class SqliteOutboxWriter:
         now = datetime.now(UTC).strftime(_STORED)
         rows = [(m.msg_id, m.subject, m.payload, json.dumps(m.headers), now) for m in messages]
         with transaction_scope(self._span):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if _busy(exc):
-                    return False
-                raise
-            try:
-                conn.executemany(_INSERT, rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        self._committed_on_loop()
-        return True
+            return self._now(conn, lambda: conn.executemany(_INSERT, rows))
 
     def mark_now(self, msg_ids: Sequence[str]) -> bool:
         """`mark` on the loop's connection when SQLite gives the write lock at once; False
@@ -128,6 +114,11 @@ class SqliteOutboxWriter:
         if conn is None:
             return False
         now = datetime.now(UTC).strftime(_STORED)
+        return self._now(conn, lambda: _mark_in(conn, now, list(msg_ids)))
+
+    def _now(self, conn: sqlite3.Connection, write: Callable[[], object]) -> bool:
+        """`write` in one transaction on the loop's connection if the write lock is free at
+        once; False (nothing written) if it is not."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -135,7 +126,7 @@ class SqliteOutboxWriter:
                 return False
             raise
         try:
-            _mark_in(conn, now, list(msg_ids))
+            write()
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
