@@ -8,7 +8,7 @@ Up to 0.2.0 every RunEvent of a run went on `<prefix>.run.<run_id>` (no type tok
 producer not yet upgraded still publishes there, so the scheduler's filters keep
 `<prefix>.run.*` (docs/upgrades.md).
 
-From 0.5.0 an event the scheduler already applied from the run link (an executor's
+From 0.3.0 an event the scheduler already applied from the run link (an executor's
 ExecutorService.Link) goes on `<prefix>.run.<run_id>.<type>.applied` (`APPLIED`): still in
 the stream for every other reader (alerting's `<prefix>.>`), outside the scheduler's filters."""
 

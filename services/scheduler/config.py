@@ -57,7 +57,7 @@ class SchedulerSettings(ServiceSettings):
     executor_backoff_max_s: float = 10.0
     # A run link (ExecutorService.Link) to each executor: Execute and the runs' events go
     # over it rather than unary calls and JetStream deliveries (docs/scheduler.md, "The run
-    # link"); off: unary Execute and JetStream only, as before 0.5.0.
+    # link"); off: unary Execute and JetStream only, as before 0.3.0.
     run_links: bool = True
     watch_poll_s: float = 1.0
     # Schedule firing (docs/scheduler.md, "Schedules and fires"): how often due schedules are

@@ -138,6 +138,9 @@ class ExecutorLink:
             if self._up or not self.unimplemented:
                 log.info("run link down: %s %s", exc.code().name, exc.details())
             return self._up
+        except Exception:
+            log.exception("run link failed")
+            return self._up
         finally:
             was_up, self._up = self._up, False
             call.cancel()

@@ -120,7 +120,7 @@ class ExecutorServiceServicer:
         applied; the executor sends the answers and the state-change events of the
         runs accepted over this link, right after their outbox commit. Every event
         still goes to JetStream too. Permission script_execution:manage, checked
-        once per stream. Added in 0.5.0: a scheduler falls back to Execute when an
+        once per stream. Added in 0.3.0: a scheduler falls back to Execute when an
         executor answers UNIMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -59,7 +59,7 @@ class ExecutorServiceStub:
     applied; the executor sends the answers and the state-change events of the
     runs accepted over this link, right after their outbox commit. Every event
     still goes to JetStream too. Permission script_execution:manage, checked
-    once per stream. Added in 0.5.0: a scheduler falls back to Execute when an
+    once per stream. Added in 0.3.0: a scheduler falls back to Execute when an
     executor answers UNIMPLEMENTED.
     """
 
@@ -94,7 +94,7 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     applied; the executor sends the answers and the state-change events of the
     runs accepted over this link, right after their outbox commit. Every event
     still goes to JetStream too. Permission script_execution:manage, checked
-    once per stream. Added in 0.5.0: a scheduler falls back to Execute when an
+    once per stream. Added in 0.3.0: a scheduler falls back to Execute when an
     executor answers UNIMPLEMENTED.
     """
 
@@ -162,7 +162,7 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         applied; the executor sends the answers and the state-change events of the
         runs accepted over this link, right after their outbox commit. Every event
         still goes to JetStream too. Permission script_execution:manage, checked
-        once per stream. Added in 0.5.0: a scheduler falls back to Execute when an
+        once per stream. Added in 0.3.0: a scheduler falls back to Execute when an
         executor answers UNIMPLEMENTED.
         """
 
