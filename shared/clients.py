@@ -56,6 +56,16 @@ class _StreamDefaults(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):  # 
         return await continuation(self._details(details, True), request)
 
 
+class _BidiDefaults(_CallDefaults, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc,type-arg]
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[..., Any],
+        details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return await continuation(self._details(details, True), request_iterator)
+
+
 class _MetadataSetter(Setter[grpc.aio.Metadata]):
     """Puts a propagator's header into call metadata (as the client interceptors do)."""
 
@@ -90,6 +100,7 @@ def open_channel(
     interceptors: list[Any] = [
         _UnaryDefaults(token, default_timeout_s, carry),
         _StreamDefaults(token, default_timeout_s, carry),
+        _BidiDefaults(token, default_timeout_s, carry),
     ]
     if not carry:
         interceptors += aio_client_interceptors(  # type: ignore[no-untyped-call]

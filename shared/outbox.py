@@ -11,8 +11,8 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -119,6 +119,9 @@ class Outbox:
         self._acked_since = 0.0
         self._scan = True  # the table may hold unsent rows memory does not know of
         self._marking: asyncio.Task[None] | None = None  # a mark in the background
+        # Committed events a caller holds back (`committed(held=...)`) until it `release`s
+        # them; the table scan skips them meanwhile (not once stopping).
+        self._held: dict[str, OutboxMessage] = {}
 
     async def add(
         self,
@@ -159,10 +162,28 @@ class Outbox:
         self._scan = True
         self._wake.set()
 
-    def committed(self, messages: Sequence[OutboxMessage]) -> None:
+    def committed(self, messages: Sequence[OutboxMessage], *, held: Collection[str] = ()) -> None:
         """After the commit that staged `messages` (with add_many): the relay publishes them
-        from memory, in this order, without reading them back."""
-        self._ready.extend(messages)
+        from memory, in this order, without reading them back; those whose ids are in `held`
+        only once released (`release`), or at stop, or from the table after a restart."""
+        if held:
+            for message in messages:
+                if message.msg_id in held:
+                    self._held[message.msg_id] = message
+                else:
+                    self._ready.append(message)
+        else:
+            self._ready.extend(messages)
+        self._wake.set()
+
+    def release(self, msg_ids: Sequence[str], *, suffix: str = "") -> None:
+        """Publish held events now, in this order, on their subject plus `suffix`."""
+        released = [m for i in msg_ids if (m := self._held.pop(i, None)) is not None]
+        if not released:
+            return
+        if suffix:
+            released = [replace(m, subject=m.subject + suffix) for m in released]
+        self._ready.extend(released)
         self._wake.set()
 
     def start(self, js: JetStreamContext) -> None:
@@ -221,11 +242,12 @@ class Outbox:
         elif self._scan:
             self._scan = False
             await self._mark()  # so the table no longer shows what was sent
-            sent_count, read = await self._flush_table(js)
-            if sent_count < read:
+            sent_count, read, held = await self._flush_table(js)
+            if sent_count < read - held:
                 self._scan = True
                 return False  # after a poll interval
-            self._scan = more = read >= self._batch
+            # A page of held events only waits for their release (no scan loop meanwhile).
+            self._scan = more = read >= self._batch and held < read
         if self._acked and (
             len(self._acked) >= self._batch or _now() - self._acked_since >= self._mark_interval_s
         ):
@@ -252,12 +274,12 @@ class Outbox:
         """Publish up to one batch of unsent rows from the table and mark them; how many
         were sent (or dropped as too large for NATS)."""
         await self._mark()
-        sent, _ = await self._flush_table(js)
+        sent, _, _ = await self._flush_table(js)
         await self._mark()
         return sent
 
-    async def _flush_table(self, js: JetStreamContext) -> tuple[int, int]:
-        """Publish one batch of unsent rows; (sent, read)."""
+    async def _flush_table(self, js: JetStreamContext) -> tuple[int, int, int]:
+        """Publish one batch of unsent rows; (sent, read, skipped as held)."""
         async with self._sessions() as session:
             rows = (
                 await session.execute(
@@ -270,10 +292,11 @@ class Outbox:
         messages = [
             OutboxMessage(row.subject, row.msg_id, row.payload, json.loads(row.headers))
             for row in rows
+            if self._stopping or row.msg_id not in self._held  # held: released later
         ]
         sent = await self._publish(js, messages)
         self._acknowledged(sent)
-        return len(sent), len(rows)
+        return len(sent), len(rows), len(rows) - len(messages)
 
     def _acknowledged(self, msg_ids: list[str]) -> None:
         if msg_ids and not self._acked:

@@ -6,7 +6,11 @@ token (`submitted`, `queued`, `started`, `log`, `heartbeat`, `finished`, `retrie
 
 Up to 0.2.0 every RunEvent of a run went on `<prefix>.run.<run_id>` (no type token): a
 producer not yet upgraded still publishes there, so the scheduler's filters keep
-`<prefix>.run.*` (docs/upgrades.md)."""
+`<prefix>.run.*` (docs/upgrades.md).
+
+From 0.3.0 an event the scheduler already applied from the run link (an executor's
+ExecutorService.Link) goes on `<prefix>.run.<run_id>.<type>.applied` (`APPLIED`): still in
+the stream for every other reader (alerting's `<prefix>.>`), outside the scheduler's filters."""
 
 from __future__ import annotations
 
@@ -40,6 +44,10 @@ SCHEDULER_APPLIES: tuple[int, ...] = (
     events_pb2.RUN_EVENT_TYPE_HEARTBEAT,
     events_pb2.RUN_EVENT_TYPE_FINISHED,
 )
+
+
+# The suffix of the subject of an event the scheduler applied over the run link.
+APPLIED = ".applied"
 
 
 def run_subject(prefix: str, run_id: str, kind: int) -> str:

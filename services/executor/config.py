@@ -205,6 +205,11 @@ class ExecutorSettings(ServiceSettings):
     # How long a run's STARTED may wait to share a commit made anyway (its FINISHED, another
     # run's QUEUED) before it is committed on its own; 0 commits it at once.
     outbox_linger_s: float = Field(default=0.05, ge=0, le=5)
+    # How long the relay holds an event pushed down a scheduler's run link for its ack
+    # before publishing it where the scheduler's consumer takes it (services/executor/link.py).
+    link_hold_s: float = Field(default=1.0, gt=0, le=30)
+    # Serve ExecutorService.Link; off, it answers UNIMPLEMENTED (schedulers use Execute).
+    run_links: bool = True
     catalogue: ClientSettings = Field(default_factory=ClientSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     work_dir: str = "var/executor"

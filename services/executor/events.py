@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from sqlalchemy import select
@@ -21,6 +22,9 @@ from services.executor.results import result_struct
 from services.executor.runners.base import Outcome
 from shared.outbox import Outbox, OutboxMessage
 from shared.run_subjects import run_subject
+
+if TYPE_CHECKING:
+    from services.executor.link import Links
 
 # How long an event nobody waits for (a run's STARTED) may wait for a commit that would be
 # made anyway (its run's FINISHED, another run's QUEUED) before it gets one of its own.
@@ -144,7 +148,9 @@ class EventPublisher:
         prefix: str,
         writer: SqliteOutboxWriter | None = None,
         linger_s: float = LINGER_S,
+        links: Links | None = None,
     ) -> None:
+        self._links = links
         self._sessions = sessions
         self._outbox = outbox
         self._prefix = prefix
@@ -231,7 +237,7 @@ class EventPublisher:
                 _settle(batch, exc)
             else:
                 if done:
-                    self._outbox.committed(messages)
+                    self._committed(batch, messages)
                     _settle(batch, None)
             if done:
                 self._busy = False
@@ -278,6 +284,7 @@ class EventPublisher:
             while True:
                 try:
                     await self._commit(messages)
+                    self._committed(batch, messages)
                 except Exception as exc:  # every waiter sees the failure of its transaction
                     _settle(batch, exc)
                 else:
@@ -290,8 +297,7 @@ class EventPublisher:
             self._arm_linger()
 
     async def _commit(self, messages: list[OutboxMessage]) -> None:
-        """Write events in one transaction (waiting for the lock) and hand them to the
-        relay."""
+        """Write events in one transaction (waiting for the lock)."""
         if not messages:
             return
         if self._writer_db is not None:
@@ -299,7 +305,18 @@ class EventPublisher:
         else:
             async with self._sessions() as session, session.begin():
                 await self._outbox.add_many(session, messages)
-        self._outbox.committed(messages)
+
+    def _committed(
+        self,
+        batch: list[tuple[list[events_pb2.RunEvent], asyncio.Future[None]]],
+        messages: list[OutboxMessage],
+    ) -> None:
+        """Hand what was just committed to the run links (services/executor/link.py), then
+        to the relay, which holds what went down a link until its ack."""
+        held: set[str] = set()
+        if self._links is not None:
+            held = self._links.committed(messages, [e for events, _ in batch for e in events])
+        self._outbox.committed(messages, held=held)
 
 
 def _settle(

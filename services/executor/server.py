@@ -10,6 +10,7 @@ from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.config import ExecutorSettings
 from services.executor.content import ContentSource
 from services.executor.events import EventPublisher
+from services.executor.link import Links
 from services.executor.metrics import ExecutorMetrics
 from services.executor.models import OUTBOX
 from services.executor.outbox_writer import SqliteOutboxWriter
@@ -39,6 +40,7 @@ PERMISSIONS = {
     f"/{SERVICE}/Cancel": "script_execution:manage",
     f"/{SERVICE}/ListActiveRuns": "script_execution:read",
     f"/{SERVICE}/GetPoolStatus": "script_execution:read",
+    f"/{SERVICE}/Link": "script_execution:manage",
 }
 SCRIPT_TYPES = (common_pb2.EXECUTION_TYPE_PYTHON, common_pb2.EXECUTION_TYPE_SHELL)
 
@@ -132,6 +134,7 @@ async def build(runtime: Runtime) -> Service:
         if token
         else None
     )
+    links = Links(outbox, hold_s=settings.link_hold_s) if settings.run_links else None
     runs = RunManager(
         settings=settings,
         executor_id=runtime.instance_id,
@@ -144,6 +147,7 @@ async def build(runtime: Runtime) -> Service:
             settings.nats.subjects_prefix,
             writer,
             linger_s=settings.outbox_linger_s,
+            links=links,
         ),
         tracer=runtime.tracer("runs"),
     )
@@ -173,7 +177,7 @@ async def build(runtime: Runtime) -> Service:
         registrations=[
             (
                 executor_pb2_grpc.add_ExecutorServiceServicer_to_server,
-                ExecutorServicer(runs, backend, pool_runner.pool if pool_runner else None),
+                ExecutorServicer(runs, backend, pool_runner.pool if pool_runner else None, links),
                 SERVICE,
             )
         ],

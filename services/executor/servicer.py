@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -12,6 +13,7 @@ from runbox.common.v1 import common_pb2
 from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.batch import execute_batch
 from services.executor.events import timestamp
+from services.executor.link import Links
 from services.executor.pool import WarmPool
 from services.executor.runs import RunManager
 
@@ -23,8 +25,15 @@ def _ts(value: datetime) -> timestamp_pb2.Timestamp:
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
-    def __init__(self, runs: RunManager, backend: str, pool: WarmPool | None = None) -> None:
+    def __init__(
+        self,
+        runs: RunManager,
+        backend: str,
+        pool: WarmPool | None = None,
+        links: Links | None = None,
+    ) -> None:
         self._runs = runs
+        self._links = links
         self._backend = backend
         self._pool = pool
 
@@ -38,6 +47,16 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             newly_accepted=new,
             accepted_at=_ts(accepted_at),
         )
+
+    async def Link(
+        self, requests: AsyncIterator[executor_pb2.LinkRequest], context: Ctx
+    ) -> AsyncIterator[executor_pb2.LinkResponse]:
+        if self._links is None:
+            raise NotImplementedError("no run links on this executor")
+        async for response in self._links.serve(
+            requests, self._runs.accept, self._runs.executor_id
+        ):
+            yield response
 
     async def ExecuteBatch(
         self, request: executor_pb2.ExecuteBatchRequest, context: Ctx

@@ -55,6 +55,10 @@ class SchedulerSettings(ServiceSettings):
     # Backoff for an executor that answered RESOURCE_EXHAUSTED / UNAVAILABLE.
     executor_backoff_s: float = 0.5
     executor_backoff_max_s: float = 10.0
+    # A run link (ExecutorService.Link) to each executor: Execute and the runs' events go
+    # over it rather than unary calls and JetStream deliveries (docs/scheduler.md, "The run
+    # link"); off: unary Execute and JetStream only, as before 0.3.0.
+    run_links: bool = True
     watch_poll_s: float = 1.0
     # Schedule firing (docs/scheduler.md, "Schedules and fires"): how often due schedules are
     # looked for (a schedule change wakes the loop at once); how late a fire may be claimed

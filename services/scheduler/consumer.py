@@ -63,7 +63,6 @@ class RunEventHandler:
     async def many(self, messages: list[Msg]) -> None:
         """A fetched batch in one transaction (the consumer falls back to one message at a
         time if it fails, so one bad event never holds up the rest)."""
-        await self._first.wait()
         events: list[events_pb2.RunEvent] = []
         for msg in messages:
             try:
@@ -71,6 +70,12 @@ class RunEventHandler:
             except DecodeError:
                 log.warning("undecodable run event on %s; dropped", msg.subject)
                 self._invalid.inc()
+        await self.events(events)
+
+    async def events(self, events: list[events_pb2.RunEvent]) -> None:
+        """Decoded events in one transaction: a fetched batch, or what the run links
+        (services/scheduler/link.py) delivered meanwhile."""
+        await self._first.wait()
         await self._hold_if_finished(events)
         for changed in await self._runs.apply_many(events):
             (self._applied if changed else self._ignored).inc()

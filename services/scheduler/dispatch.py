@@ -522,7 +522,7 @@ class Dispatcher(WakeableLoop):
             if not (recorded and n == 0):
                 await self._runs.store.record_attempt(row.id, executor.address)
             try:
-                reply = await executor.stub.Execute(request, timeout=10)
+                reply = await executor.execute(request, timeout_s=10)
             except asyncio.CancelledError:
                 if being_cancelled():
                     raise

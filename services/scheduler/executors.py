@@ -19,7 +19,8 @@ from typing import Any
 import grpc
 from opentelemetry.trace import TracerProvider
 
-from runbox.executor.v1 import executor_pb2_grpc
+from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
+from services.scheduler.link import ExecutorLink, LinkDown
 from shared.clients import open_channel
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,20 @@ class Executor:
     busy_until: float = 0.0
     # False once the executor answered ExecuteBatch UNIMPLEMENTED (older than 0.3.0).
     batches: bool = True
+    # This replica's run link to it (services/scheduler/link.py), once opened.
+    link: ExecutorLink | None = None
+
+    async def execute(
+        self, request: executor_pb2.ExecuteRequest, timeout_s: float
+    ) -> executor_pb2.ExecuteResponse:
+        """Execute over the run link when it is up, else (or when it breaks first) unary."""
+        link = self.link
+        if link is not None and link.up:
+            try:
+                return await link.execute(request, timeout_s)
+            except LinkDown:
+                pass
+        return await self.stub.Execute(request, timeout=timeout_s)
 
 
 def parse_target(target: str) -> tuple[str, int]:

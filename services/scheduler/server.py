@@ -16,6 +16,7 @@ from services.scheduler.dispatch import ConcurrencyLimits, Dispatcher
 from services.scheduler.executors import ExecutorSet
 from services.scheduler.firing import FiresFirst, Firing, FiringSettings
 from services.scheduler.leases import LeaseSweeper
+from services.scheduler.link import RunLinks
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import OUTBOX
 from services.scheduler.retries import Quarantines, RetryOrDeadLetter
@@ -158,6 +159,11 @@ async def build(runtime: Runtime) -> Service:
         tracer=runtime.tracer("consumer"),
         describe=run_event_attributes,
     )
+    links = (
+        RunLinks(executors, replica=runtime.instance_id, apply=run_events.events)
+        if settings.run_links
+        else None
+    )
 
     sweeper = LeaseSweeper(
         runs,
@@ -201,6 +207,8 @@ async def build(runtime: Runtime) -> Service:
         await executors.start()
         outbox.start(js)
         await consumer.start()
+        if links is not None:
+            links.start()
         dispatcher.start()
         await quarantines.refresh()
         sweeper.start()
@@ -220,6 +228,7 @@ async def build(runtime: Runtime) -> Service:
             close_channels,
             outbox.stop,
             consumer.stop,
+            *([links.stop] if links is not None else []),
             dispatcher.stop,
             firing.stop,
         ]

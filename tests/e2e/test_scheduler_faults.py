@@ -476,7 +476,9 @@ async def test_no_run_stuck_when_nats_restarts(stack: Stack) -> None:
     await stack.publish("sleepy", SLEEPY)
     # A lease longer than the outage: past it, runs whose heartbeats wait out the outage
     # would end LOST by design (docs/scheduler.md, "Leases and LOST").
-    stub = await stack.start_scheduler(LEASE_S="30")
+    # Without the run link: over it runs would end during the outage (their events reach the
+    # scheduler by the link; test_run_link.py), and this test is about JetStream's recovery.
+    stub = await stack.start_scheduler(LEASE_S="30", RUN_LINKS="false")
     in_flight = [await submit(stub, "sleepy") for _ in range(3)]
     for run in in_flight:
         await eventually(lambda: get(stub, run.id), lambda r: r.state == RS.RUN_STATE_RUNNING)  # noqa: B023

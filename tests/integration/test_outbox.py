@@ -237,3 +237,38 @@ async def test_sent_rows_are_marked_through_the_services_marker_when_given(setup
     assert await outbox.flush(js) == 3
     assert marked == ids
     assert await _unsent(table, sessions) == 3  # the marker chose not to write
+
+
+async def test_held_events_wait_for_their_release_and_skip_the_table_scan(setup: Any) -> None:
+    """Events committed held (the executor's run link) are not published, by memory nor by
+    the table scan (polled every 50 ms), until released: on their subject plus the release's
+    suffix, in release order; one never released goes out at stop on its own subject."""
+    table, sessions, js, stream, subject = setup
+    outbox = Outbox(table, sessions, poll_interval_s=0.05, mark_interval_s=0.05)
+    await _start_idle(outbox, js, sessions, table, subject)
+    try:
+        ids = ["h0", "free", "h1", "kept"]
+        messages = [OutboxMessage(f"{subject}.x", i, i.encode()) for i in ids]
+        async with sessions() as session, session.begin():
+            await outbox.add_many(session, messages)
+        outbox.committed(messages, held={"h0", "h1", "kept"})
+        assert await _received(js, stream, subject, 2) == ["probe", "free"]
+        await asyncio.sleep(0.3)  # several table scans
+        assert await _unsent(table, sessions) == 3
+        outbox.release(["h1", "h0"], suffix=".applied")
+        for _ in range(250):
+            if await _unsent(table, sessions) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert await _unsent(table, sessions) == 1
+    finally:
+        await outbox.stop()
+    sub = await js.pull_subscribe(f"{subject}.>", durable=None, stream=stream)
+    got = [(m.subject, m.data.decode()) for m in await sub.fetch(5, timeout=5)]
+    assert got == [
+        (f"{subject}.x", "probe"),
+        (f"{subject}.x", "free"),
+        (f"{subject}.x.applied", "h1"),
+        (f"{subject}.x.applied", "h0"),
+        (f"{subject}.x", "kept"),
+    ]

@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from runbox.common.v1 import common_pb2 as runbox_dot_common_dot_v1_dot_common__pb2
+from runbox.events.v1 import events_pb2 as runbox_dot_events_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!runbox/executor/v1/executor.proto\x12\x12runbox.executor.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1drunbox/common/v1/common.proto\"\xc7\x06\n\x0e\x45xecuteRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0bscript_name\x18\x03 \x01(\t\x12\x16\n\x0escript_version\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x37\n\x0e\x65xecution_type\x18\x06 \x01(\x0e\x32\x1f.runbox.common.v1.ExecutionType\x12\'\n\x06\x63onfig\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\nparameters\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12S\n\x11secret_parameters\x18\t \x03(\x0b\x32\x38.runbox.executor.v1.ExecuteRequest.SecretParametersEntry\x12\x30\n\x06limits\x18\n \x01(\x0b\x32 .runbox.common.v1.ResourceLimits\x12.\n\tisolation\x18\x0b \x01(\x0e\x32\x1b.runbox.common.v1.Isolation\x12*\n\x07runtime\x18\x0c \x01(\x0e\x32\x19.runbox.common.v1.Runtime\x12>\n\x06labels\x18\r \x03(\x0b\x32..runbox.executor.v1.ExecuteRequest.LabelsEntry\x12\x13\n\x0bschedule_id\x18\x0e \x01(\t\x12\x15\n\rparent_run_id\x18\x0f \x01(\t\x12K\n\rtrace_context\x18\x10 \x03(\x0b\x32\x34.runbox.executor.v1.ExecuteRequest.TraceContextEntry\x12\x0f\n\x07\x63ontent\x18\x11 \x01(\x0c\x1a\x37\n\x15SecretParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x7f\n\x0f\x45xecuteResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xecutor_id\x18\x02 \x01(\t\x12\x16\n\x0enewly_accepted\x18\x03 \x01(\x08\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x13\x45xecuteBatchRequest\x12\x30\n\x04runs\x18\x01 \x03(\x0b\x32\".runbox.executor.v1.ExecuteRequest\"J\n\x14\x45xecuteBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.runbox.executor.v1.ExecuteResult\"\x87\x01\n\rExecuteResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x35\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32#.runbox.executor.v1.ExecuteResponse\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x10\n\x08subjects\x18\x05 \x03(\t\"/\n\rCancelRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"3\n\x0e\x43\x61ncelResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tcancelled\x18\x02 \x01(\x08\"\x17\n\x15ListActiveRunsRequest\"q\n\tActiveRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.runbox.common.v1.RunState\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x16ListActiveRunsResponse\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12+\n\x04runs\x18\x02 \x03(\x0b\x32\x1d.runbox.executor.v1.ActiveRun\"\x16\n\x14GetPoolStatusRequest\"\xb0\x01\n\tPoolClass\x12\r\n\x05image\x18\x01 \x01(\t\x12*\n\x07runtime\x18\x02 \x01(\x0e\x32\x19.runbox.common.v1.Runtime\x12\x16\n\x0eresource_class\x18\x03 \x01(\t\x12\x0c\n\x04idle\x18\x04 \x01(\x05\x12\x0c\n\x04\x62usy\x18\x05 \x01(\x05\x12\x10\n\x08starting\x18\x06 \x01(\x05\x12\x10\n\x08min_size\x18\x07 \x01(\x05\x12\x10\n\x08max_size\x18\x08 \x01(\x05\"\x94\x01\n\x15GetPoolStatusResponse\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12.\n\x07\x63lasses\x18\x03 \x03(\x0b\x32\x1d.runbox.executor.v1.PoolClass\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12\x13\n\x0b\x61\x63tive_runs\x18\x05 \x01(\x05\x32\xe8\x03\n\x0f\x45xecutorService\x12R\n\x07\x45xecute\x12\".runbox.executor.v1.ExecuteRequest\x1a#.runbox.executor.v1.ExecuteResponse\x12\x61\n\x0c\x45xecuteBatch\x12\'.runbox.executor.v1.ExecuteBatchRequest\x1a(.runbox.executor.v1.ExecuteBatchResponse\x12O\n\x06\x43\x61ncel\x12!.runbox.executor.v1.CancelRequest\x1a\".runbox.executor.v1.CancelResponse\x12g\n\x0eListActiveRuns\x12).runbox.executor.v1.ListActiveRunsRequest\x1a*.runbox.executor.v1.ListActiveRunsResponse\x12\x64\n\rGetPoolStatus\x12(.runbox.executor.v1.GetPoolStatusRequest\x1a).runbox.executor.v1.GetPoolStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!runbox/executor/v1/executor.proto\x12\x12runbox.executor.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1drunbox/common/v1/common.proto\x1a\x1drunbox/events/v1/events.proto\"\xc7\x06\n\x0e\x45xecuteRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0bscript_name\x18\x03 \x01(\t\x12\x16\n\x0escript_version\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x37\n\x0e\x65xecution_type\x18\x06 \x01(\x0e\x32\x1f.runbox.common.v1.ExecutionType\x12\'\n\x06\x63onfig\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\nparameters\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12S\n\x11secret_parameters\x18\t \x03(\x0b\x32\x38.runbox.executor.v1.ExecuteRequest.SecretParametersEntry\x12\x30\n\x06limits\x18\n \x01(\x0b\x32 .runbox.common.v1.ResourceLimits\x12.\n\tisolation\x18\x0b \x01(\x0e\x32\x1b.runbox.common.v1.Isolation\x12*\n\x07runtime\x18\x0c \x01(\x0e\x32\x19.runbox.common.v1.Runtime\x12>\n\x06labels\x18\r \x03(\x0b\x32..runbox.executor.v1.ExecuteRequest.LabelsEntry\x12\x13\n\x0bschedule_id\x18\x0e \x01(\t\x12\x15\n\rparent_run_id\x18\x0f \x01(\t\x12K\n\rtrace_context\x18\x10 \x03(\x0b\x32\x34.runbox.executor.v1.ExecuteRequest.TraceContextEntry\x12\x0f\n\x07\x63ontent\x18\x11 \x01(\x0c\x1a\x37\n\x15SecretParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x7f\n\x0f\x45xecuteResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xecutor_id\x18\x02 \x01(\t\x12\x16\n\x0enewly_accepted\x18\x03 \x01(\x08\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x13\x45xecuteBatchRequest\x12\x30\n\x04runs\x18\x01 \x03(\x0b\x32\".runbox.executor.v1.ExecuteRequest\"J\n\x14\x45xecuteBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.runbox.executor.v1.ExecuteResult\"\x87\x01\n\rExecuteResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x35\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32#.runbox.executor.v1.ExecuteResponse\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x10\n\x08subjects\x18\x05 \x03(\t\"/\n\rCancelRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"3\n\x0e\x43\x61ncelResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tcancelled\x18\x02 \x01(\x08\"\x17\n\x15ListActiveRunsRequest\"q\n\tActiveRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.runbox.common.v1.RunState\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x16ListActiveRunsResponse\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12+\n\x04runs\x18\x02 \x03(\x0b\x32\x1d.runbox.executor.v1.ActiveRun\"\x16\n\x14GetPoolStatusRequest\"\xb0\x01\n\tPoolClass\x12\r\n\x05image\x18\x01 \x01(\t\x12*\n\x07runtime\x18\x02 \x01(\x0e\x32\x19.runbox.common.v1.Runtime\x12\x16\n\x0eresource_class\x18\x03 \x01(\t\x12\x0c\n\x04idle\x18\x04 \x01(\x05\x12\x0c\n\x04\x62usy\x18\x05 \x01(\x05\x12\x10\n\x08starting\x18\x06 \x01(\x05\x12\x10\n\x08min_size\x18\x07 \x01(\x05\x12\x10\n\x08max_size\x18\x08 \x01(\x05\"\x94\x01\n\x15GetPoolStatusResponse\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12.\n\x07\x63lasses\x18\x03 \x03(\x0b\x32\x1d.runbox.executor.v1.PoolClass\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12\x13\n\x0b\x61\x63tive_runs\x18\x05 \x01(\x05\"b\n\x0bLinkRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x31\n\x08\x65xecutes\x18\x02 \x03(\x0b\x32\x1f.runbox.executor.v1.LinkExecute\x12\x0c\n\x04\x61\x63ks\x18\x03 \x03(\t\"T\n\x0bLinkExecute\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x33\n\x07request\x18\x02 \x01(\x0b\x32\".runbox.executor.v1.ExecuteRequest\"k\n\x0cLinkResponse\x12/\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1e.runbox.executor.v1.LinkAnswer\x12*\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1a.runbox.events.v1.RunEvent\"\x84\x01\n\nLinkAnswer\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x35\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32#.runbox.executor.v1.ExecuteResponse\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\x0c\x32\xb7\x04\n\x0f\x45xecutorService\x12R\n\x07\x45xecute\x12\".runbox.executor.v1.ExecuteRequest\x1a#.runbox.executor.v1.ExecuteResponse\x12\x61\n\x0c\x45xecuteBatch\x12\'.runbox.executor.v1.ExecuteBatchRequest\x1a(.runbox.executor.v1.ExecuteBatchResponse\x12O\n\x06\x43\x61ncel\x12!.runbox.executor.v1.CancelRequest\x1a\".runbox.executor.v1.CancelResponse\x12g\n\x0eListActiveRuns\x12).runbox.executor.v1.ListActiveRunsRequest\x1a*.runbox.executor.v1.ListActiveRunsResponse\x12\x64\n\rGetPoolStatus\x12(.runbox.executor.v1.GetPoolStatusRequest\x1a).runbox.executor.v1.GetPoolStatusResponse\x12M\n\x04Link\x12\x1f.runbox.executor.v1.LinkRequest\x1a .runbox.executor.v1.LinkResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,38 +41,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_EXECUTEREQUEST_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_EXECUTEREQUEST_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_EXECUTEREQUEST']._serialized_start=152
-  _globals['_EXECUTEREQUEST']._serialized_end=991
-  _globals['_EXECUTEREQUEST_SECRETPARAMETERSENTRY']._serialized_start=836
-  _globals['_EXECUTEREQUEST_SECRETPARAMETERSENTRY']._serialized_end=891
-  _globals['_EXECUTEREQUEST_LABELSENTRY']._serialized_start=893
-  _globals['_EXECUTEREQUEST_LABELSENTRY']._serialized_end=938
-  _globals['_EXECUTEREQUEST_TRACECONTEXTENTRY']._serialized_start=940
-  _globals['_EXECUTEREQUEST_TRACECONTEXTENTRY']._serialized_end=991
-  _globals['_EXECUTERESPONSE']._serialized_start=993
-  _globals['_EXECUTERESPONSE']._serialized_end=1120
-  _globals['_EXECUTEBATCHREQUEST']._serialized_start=1122
-  _globals['_EXECUTEBATCHREQUEST']._serialized_end=1193
-  _globals['_EXECUTEBATCHRESPONSE']._serialized_start=1195
-  _globals['_EXECUTEBATCHRESPONSE']._serialized_end=1269
-  _globals['_EXECUTERESULT']._serialized_start=1272
-  _globals['_EXECUTERESULT']._serialized_end=1407
-  _globals['_CANCELREQUEST']._serialized_start=1409
-  _globals['_CANCELREQUEST']._serialized_end=1456
-  _globals['_CANCELRESPONSE']._serialized_start=1458
-  _globals['_CANCELRESPONSE']._serialized_end=1509
-  _globals['_LISTACTIVERUNSREQUEST']._serialized_start=1511
-  _globals['_LISTACTIVERUNSREQUEST']._serialized_end=1534
-  _globals['_ACTIVERUN']._serialized_start=1536
-  _globals['_ACTIVERUN']._serialized_end=1649
-  _globals['_LISTACTIVERUNSRESPONSE']._serialized_start=1651
-  _globals['_LISTACTIVERUNSRESPONSE']._serialized_end=1741
-  _globals['_GETPOOLSTATUSREQUEST']._serialized_start=1743
-  _globals['_GETPOOLSTATUSREQUEST']._serialized_end=1765
-  _globals['_POOLCLASS']._serialized_start=1768
-  _globals['_POOLCLASS']._serialized_end=1944
-  _globals['_GETPOOLSTATUSRESPONSE']._serialized_start=1947
-  _globals['_GETPOOLSTATUSRESPONSE']._serialized_end=2095
-  _globals['_EXECUTORSERVICE']._serialized_start=2098
-  _globals['_EXECUTORSERVICE']._serialized_end=2586
+  _globals['_EXECUTEREQUEST']._serialized_start=183
+  _globals['_EXECUTEREQUEST']._serialized_end=1022
+  _globals['_EXECUTEREQUEST_SECRETPARAMETERSENTRY']._serialized_start=867
+  _globals['_EXECUTEREQUEST_SECRETPARAMETERSENTRY']._serialized_end=922
+  _globals['_EXECUTEREQUEST_LABELSENTRY']._serialized_start=924
+  _globals['_EXECUTEREQUEST_LABELSENTRY']._serialized_end=969
+  _globals['_EXECUTEREQUEST_TRACECONTEXTENTRY']._serialized_start=971
+  _globals['_EXECUTEREQUEST_TRACECONTEXTENTRY']._serialized_end=1022
+  _globals['_EXECUTERESPONSE']._serialized_start=1024
+  _globals['_EXECUTERESPONSE']._serialized_end=1151
+  _globals['_EXECUTEBATCHREQUEST']._serialized_start=1153
+  _globals['_EXECUTEBATCHREQUEST']._serialized_end=1224
+  _globals['_EXECUTEBATCHRESPONSE']._serialized_start=1226
+  _globals['_EXECUTEBATCHRESPONSE']._serialized_end=1300
+  _globals['_EXECUTERESULT']._serialized_start=1303
+  _globals['_EXECUTERESULT']._serialized_end=1438
+  _globals['_CANCELREQUEST']._serialized_start=1440
+  _globals['_CANCELREQUEST']._serialized_end=1487
+  _globals['_CANCELRESPONSE']._serialized_start=1489
+  _globals['_CANCELRESPONSE']._serialized_end=1540
+  _globals['_LISTACTIVERUNSREQUEST']._serialized_start=1542
+  _globals['_LISTACTIVERUNSREQUEST']._serialized_end=1565
+  _globals['_ACTIVERUN']._serialized_start=1567
+  _globals['_ACTIVERUN']._serialized_end=1680
+  _globals['_LISTACTIVERUNSRESPONSE']._serialized_start=1682
+  _globals['_LISTACTIVERUNSRESPONSE']._serialized_end=1772
+  _globals['_GETPOOLSTATUSREQUEST']._serialized_start=1774
+  _globals['_GETPOOLSTATUSREQUEST']._serialized_end=1796
+  _globals['_POOLCLASS']._serialized_start=1799
+  _globals['_POOLCLASS']._serialized_end=1975
+  _globals['_GETPOOLSTATUSRESPONSE']._serialized_start=1978
+  _globals['_GETPOOLSTATUSRESPONSE']._serialized_end=2126
+  _globals['_LINKREQUEST']._serialized_start=2128
+  _globals['_LINKREQUEST']._serialized_end=2226
+  _globals['_LINKEXECUTE']._serialized_start=2228
+  _globals['_LINKEXECUTE']._serialized_end=2312
+  _globals['_LINKRESPONSE']._serialized_start=2314
+  _globals['_LINKRESPONSE']._serialized_end=2421
+  _globals['_LINKANSWER']._serialized_start=2424
+  _globals['_LINKANSWER']._serialized_end=2556
+  _globals['_EXECUTORSERVICE']._serialized_start=2559
+  _globals['_EXECUTORSERVICE']._serialized_end=3126
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from runbox.common.v1 import common_pb2 as _common_pb2
+from runbox.events.v1 import events_pb2 as _events_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -183,3 +184,43 @@ class GetPoolStatusResponse(_message.Message):
     capacity: int
     active_runs: int
     def __init__(self, executor_id: _Optional[str] = ..., backend: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[PoolClass, _Mapping]]] = ..., capacity: _Optional[int] = ..., active_runs: _Optional[int] = ...) -> None: ...
+
+class LinkRequest(_message.Message):
+    __slots__ = ("replica_id", "executes", "acks")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTES_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    executes: _containers.RepeatedCompositeFieldContainer[LinkExecute]
+    acks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, replica_id: _Optional[str] = ..., executes: _Optional[_Iterable[_Union[LinkExecute, _Mapping]]] = ..., acks: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LinkExecute(_message.Message):
+    __slots__ = ("sequence", "request")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    request: ExecuteRequest
+    def __init__(self, sequence: _Optional[int] = ..., request: _Optional[_Union[ExecuteRequest, _Mapping]] = ...) -> None: ...
+
+class LinkResponse(_message.Message):
+    __slots__ = ("answers", "events")
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[LinkAnswer]
+    events: _containers.RepeatedCompositeFieldContainer[_events_pb2.RunEvent]
+    def __init__(self, answers: _Optional[_Iterable[_Union[LinkAnswer, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[_events_pb2.RunEvent, _Mapping]]] = ...) -> None: ...
+
+class LinkAnswer(_message.Message):
+    __slots__ = ("sequence", "accepted", "code", "message", "status")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    accepted: ExecuteResponse
+    code: int
+    message: str
+    status: bytes
+    def __init__(self, sequence: _Optional[int] = ..., accepted: _Optional[_Union[ExecuteResponse, _Mapping]] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., status: _Optional[bytes] = ...) -> None: ...

@@ -61,6 +61,11 @@ class ExecutorServiceStub:
                 request_serializer=runbox_dot_executor_dot_v1_dot_executor__pb2.GetPoolStatusRequest.SerializeToString,
                 response_deserializer=runbox_dot_executor_dot_v1_dot_executor__pb2.GetPoolStatusResponse.FromString,
                 _registered_method=True)
+        self.Link = channel.stream_stream(
+                '/runbox.executor.v1.ExecutorService/Link',
+                request_serializer=runbox_dot_executor_dot_v1_dot_executor__pb2.LinkRequest.SerializeToString,
+                response_deserializer=runbox_dot_executor_dot_v1_dot_executor__pb2.LinkResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -108,6 +113,20 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Link(self, request_iterator, context):
+        """The run link: one long-lived stream per (scheduler replica, executor). The
+        scheduler sends Execute requests (each answered exactly as the unary Execute
+        would answer it, same codes and details) and acknowledges the events it
+        applied; the executor sends the answers and the state-change events of the
+        runs accepted over this link, right after their outbox commit. Every event
+        still goes to JetStream too. Permission script_execution:manage, checked
+        once per stream. Added in 0.3.0: a scheduler falls back to Execute when an
+        executor answers UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +154,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.GetPoolStatus,
                     request_deserializer=runbox_dot_executor_dot_v1_dot_executor__pb2.GetPoolStatusRequest.FromString,
                     response_serializer=runbox_dot_executor_dot_v1_dot_executor__pb2.GetPoolStatusResponse.SerializeToString,
+            ),
+            'Link': grpc.stream_stream_rpc_method_handler(
+                    servicer.Link,
+                    request_deserializer=runbox_dot_executor_dot_v1_dot_executor__pb2.LinkRequest.FromString,
+                    response_serializer=runbox_dot_executor_dot_v1_dot_executor__pb2.LinkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +298,33 @@ class ExecutorService:
             '/runbox.executor.v1.ExecutorService/GetPoolStatus',
             runbox_dot_executor_dot_v1_dot_executor__pb2.GetPoolStatusRequest.SerializeToString,
             runbox_dot_executor_dot_v1_dot_executor__pb2.GetPoolStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Link(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/runbox.executor.v1.ExecutorService/Link',
+            runbox_dot_executor_dot_v1_dot_executor__pb2.LinkRequest.SerializeToString,
+            runbox_dot_executor_dot_v1_dot_executor__pb2.LinkResponse.FromString,
             options,
             channel_credentials,
             insecure,

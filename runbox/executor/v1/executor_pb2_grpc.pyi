@@ -52,6 +52,16 @@ class ExecutorServiceStub:
     """Reports runs currently held by this executor (lease reconciliation)."""
     GetPoolStatus: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetPoolStatusRequest, _executor_pb2.GetPoolStatusResponse]
     """Reports the sandbox pool, per class."""
+    Link: _grpc.StreamStreamMultiCallable[_executor_pb2.LinkRequest, _executor_pb2.LinkResponse]
+    """The run link: one long-lived stream per (scheduler replica, executor). The
+    scheduler sends Execute requests (each answered exactly as the unary Execute
+    would answer it, same codes and details) and acknowledges the events it
+    applied; the executor sends the answers and the state-change events of the
+    runs accepted over this link, right after their outbox commit. Every event
+    still goes to JetStream too. Permission script_execution:manage, checked
+    once per stream. Added in 0.3.0: a scheduler falls back to Execute when an
+    executor answers UNIMPLEMENTED.
+    """
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -77,6 +87,16 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     """Reports runs currently held by this executor (lease reconciliation)."""
     GetPoolStatus: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetPoolStatusRequest, _executor_pb2.GetPoolStatusResponse]  # type: ignore[assignment]
     """Reports the sandbox pool, per class."""
+    Link: _aio.StreamStreamMultiCallable[_executor_pb2.LinkRequest, _executor_pb2.LinkResponse]  # type: ignore[assignment]
+    """The run link: one long-lived stream per (scheduler replica, executor). The
+    scheduler sends Execute requests (each answered exactly as the unary Execute
+    would answer it, same codes and details) and acknowledges the events it
+    applied; the executor sends the answers and the state-change events of the
+    runs accepted over this link, right after their outbox commit. Every event
+    still goes to JetStream too. Permission script_execution:manage, checked
+    once per stream. Added in 0.3.0: a scheduler falls back to Execute when an
+    executor answers UNIMPLEMENTED.
+    """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs dispatched runs in sandboxes and publishes their lifecycle events.
@@ -129,5 +149,21 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_executor_pb2.GetPoolStatusResponse, _abc.Awaitable[_executor_pb2.GetPoolStatusResponse]]:
         """Reports the sandbox pool, per class."""
+
+    @_abc_1.abstractmethod
+    def Link(
+        self,
+        request_iterator: _MaybeAsyncIterator[_executor_pb2.LinkRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_executor_pb2.LinkResponse], _abc.AsyncIterator[_executor_pb2.LinkResponse]]:
+        """The run link: one long-lived stream per (scheduler replica, executor). The
+        scheduler sends Execute requests (each answered exactly as the unary Execute
+        would answer it, same codes and details) and acknowledges the events it
+        applied; the executor sends the answers and the state-change events of the
+        runs accepted over this link, right after their outbox commit. Every event
+        still goes to JetStream too. Permission script_execution:manage, checked
+        once per stream. Added in 0.3.0: a scheduler falls back to Execute when an
+        executor answers UNIMPLEMENTED.
+        """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -98,7 +98,9 @@ async def test_runs_move_through_their_states_with_two_events_consumed(
     SUCCEEDED through QUEUED and RUNNING; of each run's events (on typed subjects) the
     scheduler's consumer is delivered STARTED and FINISHED only."""
     await _old_style_durable(js)
-    path = await start_run_path(tmp_path, nats_server.url, tokens)
+    # Without the run link (test_run_link.py): every event the scheduler applies comes by
+    # its consumer.
+    path = await start_run_path(tmp_path, nats_server.url, tokens, scheduler={"run_links": False})
     try:
         info = await js.consumer_info(STREAM, "scheduler")
         assert info.config.filter_subjects == run_filters(PREFIX, SCHEDULER_APPLIES)

@@ -18,6 +18,8 @@ PREFIX = "runbox.events"
     [
         ("runbox.events.run.r-1", ("run", "r-1")),
         ("runbox.events.run.r-1.finished", ("run", "r-1")),
+        # Applied by the scheduler over the run link (0.3.0), still the run's event.
+        ("runbox.events.run.r-1.finished.applied", ("run", "r-1")),
         ("runbox.events.run.r-1.dead_lettered", ("run", "r-1")),
         ("runbox.events.script.hello", ("script", "hello")),
         ("runbox.events.script.team.hello", ("script", "team.hello")),
