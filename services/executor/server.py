@@ -134,7 +134,11 @@ async def build(runtime: Runtime) -> Service:
         if token
         else None
     )
-    links = Links(outbox, hold_s=settings.link_hold_s) if settings.run_links else None
+    links = (
+        Links(outbox, hold_s=settings.link_hold_s, tracer=runtime.tracer("link"))
+        if settings.run_links
+        else None
+    )
     runs = RunManager(
         settings=settings,
         executor_id=runtime.instance_id,

@@ -17,17 +17,30 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential, wait_random
 
+from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
 from shared.status import DETAILS_KEY
+from shared.telemetry import (
+    RUN_ID,
+    RUN_STATE,
+    SCRIPT_NAME,
+    ContextTracer,
+    enum_name,
+    extract_context,
+    inject_context,
+)
 
 if TYPE_CHECKING:
     from services.scheduler.executors import ExecutorSet
@@ -41,6 +54,15 @@ _RETRYING = AsyncRetrying()
 UNLINKED_RETRY_S = 60.0
 
 Apply = Callable[[list[events_pb2.RunEvent]], Awaitable[None]]
+# The span of an Execute sent over a link: named as the unary call's, so a run's trace reads
+# the same whichever way it went ("runbox.transport" tells them apart).
+EXECUTE_SPAN = "/runbox.executor.v1.ExecutorService/Execute"
+APPLY_SPAN = "run_link.apply"
+
+
+def recording(tracer: trace.Tracer | None) -> bool:
+    """Whether `tracer` records spans (not only carries the trace on)."""
+    return tracer is not None and not isinstance(tracer, ContextTracer)
 
 
 class LinkDown(Exception):
@@ -51,8 +73,14 @@ class ExecutorLink:
     """This replica's link to one executor."""
 
     def __init__(
-        self, stub: executor_pb2_grpc.ExecutorServiceAsyncStub, replica: str, applier: Applier
+        self,
+        stub: executor_pb2_grpc.ExecutorServiceAsyncStub,
+        replica: str,
+        applier: Applier,
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        # Spans only when they are recorded (a span per Execute costs ~20 µs otherwise).
+        self._tracer = tracer if recording(tracer) else None
         self._stub = stub
         self._replica = replica
         self._applier = applier
@@ -86,19 +114,48 @@ class ExecutorLink:
         sequence = next(self._sequence)
         future: asyncio.Future[executor_pb2.LinkAnswer] = asyncio.get_running_loop().create_future()
         self._answers[sequence] = future
-        self._executes.append(executor_pb2.LinkExecute(sequence=sequence, request=request))
+        item = executor_pb2.LinkExecute(sequence=sequence, request=request)
+        span = self._span(item)
+        self._executes.append(item)
         self._wake.set()
         try:
-            async with asyncio.timeout(timeout_s):
-                answer = await future
-        except TimeoutError:
-            raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", b"") from None
+            try:
+                async with asyncio.timeout(timeout_s):
+                    answer = await future
+            except TimeoutError:
+                raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", b"") from None
+            finally:
+                self._answers.pop(sequence, None)
+            if answer.HasField("accepted"):
+                return answer.accepted
+            code = _CODES.get(answer.code, grpc.StatusCode.UNKNOWN)
+            raise _error(code, answer.message, answer.status)
+        except BaseException as exc:
+            if span is not None:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
         finally:
-            self._answers.pop(sequence, None)
-        if answer.HasField("accepted"):
-            return answer.accepted
-        code = _CODES.get(answer.code, grpc.StatusCode.UNKNOWN)
-        raise _error(code, answer.message, answer.status)
+            if span is not None:
+                span.end()
+
+    def _span(self, item: executor_pb2.LinkExecute) -> trace.Span | None:
+        """The client span of an Execute over the link (a child of the current one, the
+        dispatch's), its context sent with the request for the executor's server span."""
+        if self._tracer is None:
+            return None
+        span = self._tracer.start_span(
+            EXECUTE_SPAN,
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": "runbox.executor.v1.ExecutorService",
+                "rpc.method": "Execute",
+                "runbox.transport": "run_link",
+                RUN_ID: item.request.run_id,
+            },
+        )
+        item.trace_context.update(inject_context(context=trace.set_span_in_context(span)))
+        return span
 
     def ack(self, event_ids: Iterable[str]) -> None:
         self._acks.extend(event_ids)
@@ -183,11 +240,18 @@ class RunLinks:
     """A link to each executor new runs may go to, opened as they appear (`refresh_s`)."""
 
     def __init__(
-        self, executors: ExecutorSet, *, replica: str, apply: Apply, refresh_s: float = 2.0
+        self,
+        executors: ExecutorSet,
+        *,
+        replica: str,
+        apply: Apply,
+        refresh_s: float = 2.0,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._executors = executors
         self._replica = replica
-        self._applier = Applier(apply)
+        self._tracer = tracer
+        self._applier = Applier(apply, tracer)
         self._refresh_s = refresh_s
         self._links: list[ExecutorLink] = []
         self._task: asyncio.Task[None] | None = None
@@ -200,7 +264,9 @@ class RunLinks:
         """A link to each active executor that has none yet."""
         for executor in self._executors.active():
             if executor.link is None:
-                link = executor.link = ExecutorLink(executor.stub, self._replica, self._applier)
+                link = executor.link = ExecutorLink(
+                    executor.stub, self._replica, self._applier, self._tracer
+                )
                 self._links.append(link)
                 link.start()
 
@@ -222,8 +288,9 @@ class Applier:
     """Applies the events of every link: what arrived while an apply was in flight goes in
     the next one (one transaction), then each link gets its acks."""
 
-    def __init__(self, apply: Apply) -> None:
+    def __init__(self, apply: Apply, tracer: trace.Tracer | None = None) -> None:
         self._apply = apply
+        self._tracer = tracer if recording(tracer) else None
         self._pending: list[tuple[ExecutorLink, list[events_pb2.RunEvent]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -249,14 +316,47 @@ class Applier:
                 await self._step(batch)
 
     async def _step(self, batch: Sequence[tuple[ExecutorLink, list[events_pb2.RunEvent]]]) -> None:
+        events = [event for _, events in batch for event in events]
+        spans = self._spans(events)
         try:
-            await self._apply([event for _, events in batch for event in events])
-        except Exception:
+            with trace.use_span(spans[0], end_on_exit=False) if spans else contextlib.nullcontext():
+                await self._apply(events)
+        except Exception as exc:
+            for span in spans:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             # Not acked: the executors publish them where the durable consumer applies them.
             log.exception("applying %d events from run links failed", len(batch))
             return
+        finally:
+            for span in spans:
+                span.end()
         for link, events in batch:
             link.ack(event.event_id for event in events)
+
+    def _spans(self, events: Sequence[events_pb2.RunEvent]) -> list[trace.Span]:
+        """A consumer span per traced event (lifecycle events carry the run's trace context,
+        progress events none), continuing the executor's run span; the first is current while
+        the batch is applied (as the durable consumer's are for a fetched batch)."""
+        if self._tracer is None:
+            return []
+        return [
+            self._tracer.start_span(
+                APPLY_SPAN,
+                context=extract_context(dict(event.trace_context)),
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "runbox.run_link",
+                    "messaging.operation.type": "process",
+                    "messaging.message.id": event.event_id,
+                    RUN_ID: event.run_id,
+                    SCRIPT_NAME: event.script_name,
+                    RUN_STATE: enum_name(common_pb2.RunState, event.state),
+                    "runbox.event.type": enum_name(events_pb2.RunEventType, event.type),
+                },
+            )
+            for event in events
+            if event.trace_context
+        ]
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}

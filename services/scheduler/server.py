@@ -160,7 +160,12 @@ async def build(runtime: Runtime) -> Service:
         describe=run_event_attributes,
     )
     links = (
-        RunLinks(executors, replica=runtime.instance_id, apply=run_events.events)
+        RunLinks(
+            executors,
+            replica=runtime.instance_id,
+            apply=run_events.events,
+            tracer=runtime.tracer("link"),
+        )
         if settings.run_links
         else None
     )

@@ -168,7 +168,13 @@ class Stack:
 
 
 def service_env(
-    name: str, tmp: Path, tokens: Tokens, nats_url: str, ports: dict[str, int], otlp: str
+    name: str,
+    tmp: Path,
+    tokens: Tokens,
+    nats_url: str,
+    ports: dict[str, int],
+    otlp: str,
+    links: bool = True,
 ) -> dict[str, str]:
     """One service's environment: the stack's wiring, quick loops, and OTEL_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBOX_", "OTEL_"))}
@@ -192,10 +198,9 @@ def service_env(
         "RUNBOX_BLOB_DIR": str(tmp / "blobs"),
         "RUNBOX_WORK_DIR": str(tmp / "work"),
         "RUNBOX_SANDBOX__BACKEND": "docker",
-        # The trace this test expects is the unary Execute's and the consumer's: over the run
-        # link a run's trace has no Execute RPC span nor a scheduler consume span yet
-        # (docs/scheduler.md, "The run link").
-        "RUNBOX_RUN_LINKS": "false",
+        # Execute and the run's events over the run link (the default), or the unary Execute
+        # and the scheduler's JetStream consumer: the trace must be whole either way.
+        "RUNBOX_RUN_LINKS": "true" if links else "false",
         "RUNBOX_SANDBOX__POOL__MIN_IDLE": "1",
         "RUNBOX_CHANNELS__WEBHOOK_ALLOW": json.dumps(["127.0.0.1/32"]),
         "RUNBOX_CHANNELS__ALLOW_HTTP": "true",
@@ -221,9 +226,18 @@ async def collector() -> AsyncIterator[tuple[Collector, str]]:
         await server.stop(None)
 
 
+@pytest.fixture(params=[True, False], ids=["run-link", "unary-and-jetstream"])
+def links(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
 @pytest.fixture
 async def stack(
-    tmp_path: Path, tokens: Tokens, collector: tuple[Collector, str], docker_engine: None
+    tmp_path: Path,
+    tokens: Tokens,
+    collector: tuple[Collector, str],
+    docker_engine: None,
+    links: bool,
 ) -> AsyncIterator[Stack]:
     """nats-server and the four services as processes exporting spans to the collector."""
     try:
@@ -241,7 +255,7 @@ async def stack(
     )
     try:
         for name in SERVICES:
-            env = service_env(name, tmp_path, tokens, nats.url, ports, collector[1])
+            env = service_env(name, tmp_path, tokens, nats.url, ports, collector[1], links)
             with (tmp_path / f"{name}.log").open("ab") as out:
                 running.processes[name] = await asyncio.create_subprocess_exec(
                     sys.executable,
@@ -255,6 +269,12 @@ async def stack(
         for name in SERVICES:
             await wait_serving(
                 running.addresses[name], running.processes[name], tmp_path / f"{name}.log", name
+            )
+        if links:  # the link opens within the scheduler's refresh (2 s) of its start
+            await eventually(
+                lambda: asyncio.to_thread((tmp_path / "executor.log").read_text),
+                lambda text: "run link opened by scheduler" in text,
+                30,
             )
         yield running
     finally:
@@ -354,7 +374,6 @@ EXPECTED = [
     ("scheduler", EXECUTE),
     ("scheduler", "db.transaction scheduler"),
     ("scheduler", "outbox.publish"),
-    ("scheduler", "consume scheduler"),
     ("executor", EXECUTE),
     ("executor", "executor.run"),
     ("executor", "sandbox.run"),
@@ -366,43 +385,52 @@ EXPECTED = [
 ]
 
 
-def missing(spans: list[Span]) -> list[tuple[str, str]]:
-    """Expected spans not yet received; the scheduler consumes a run's QUEUED and STARTED
-    events before its FINISHED one, so its consume span must be the one that applied FAILED.
+def apply_span(links: bool) -> str:
+    """The scheduler's span applying a run's event: received over the run link, or consumed
+    from JetStream."""
+    return "run_link.apply" if links else "consume scheduler"
+
+
+def missing(spans: list[Span], applied: str) -> list[tuple[str, str]]:
+    """Expected spans not yet received; the scheduler applies a run's STARTED event before
+    its FINISHED one, so its `applied` span must be the one that applied FAILED.
     A span whose parent has not arrived yet counts as missing that parent: each service
     exports in its own batches, so a consumer's span can arrive before its publisher's."""
-    absent = [(svc, name) for svc, name in EXPECTED if not named(spans, name, svc)]
+    expected = [*EXPECTED, ("scheduler", applied)]
+    absent = [(svc, name) for svc, name in expected if not named(spans, name, svc)]
     ids = {s.id for s in spans}
     absent += [
         (s.service, f"parent of {s.name}") for s in spans if s.parent and s.parent not in ids
     ]
     if not [
         s
-        for s in named(spans, "consume scheduler", "scheduler")
+        for s in named(spans, applied, "scheduler")
         if s.attributes.get("runbox.run.state") == "RUN_STATE_FAILED"
     ]:
-        absent.append(("scheduler", "consume scheduler (FAILED)"))
+        absent.append(("scheduler", f"{applied} (FAILED)"))
     return absent
 
 
-async def whole_trace(collector: Collector, trace_id: bytes) -> list[Span]:
+async def whole_trace(collector: Collector, trace_id: bytes, applied: str) -> list[Span]:
     """The trace once every expected span arrived (the services export every 100 ms)."""
     try:
         async with asyncio.timeout(60):
-            while missing(collector.trace(trace_id)):
+            while missing(collector.trace(trace_id), applied):
                 collector.arrived.clear()
                 await collector.arrived.wait()
     except TimeoutError:
-        pytest.fail(f"the trace never completed; missing: {missing(collector.trace(trace_id))}")
+        left = missing(collector.trace(trace_id), applied)
+        pytest.fail(f"the trace never completed; missing: {left}")
     return collector.trace(trace_id)
 
 
 @pytest.mark.timeout(240)
 async def test_failing_run_traced_submit_to_notification(
-    stack: Stack, receiver: HookReceiver
+    stack: Stack, receiver: HookReceiver, links: bool
 ) -> None:
     """SubmitRun to the alert's delivery is one trace whose spans all have their parent in
-    it, across the four services, and no span carries the secret parameter or a token."""
+    it, across the four services, and no span carries the secret parameter or a token;
+    whether Execute and the run's events went over the run link or not."""
     await publish_failing(stack)
     await alert_on_failure(stack, receiver.url)
     run = await submit(stack)
@@ -419,7 +447,7 @@ async def test_failing_run_traced_submit_to_notification(
     ]
     assert len(submits) == 1, [s.name for s in stack.collector.spans]
     root = submits[0]
-    spans = await whole_trace(stack.collector, root.trace_id)
+    spans = await whole_trace(stack.collector, root.trace_id, apply_span(links))
     by_id = {s.id: s for s in spans}
 
     assert not root.parent, "the untraced client's SubmitRun starts the trace"
@@ -439,13 +467,20 @@ async def test_failing_run_traced_submit_to_notification(
     sandbox = named(spans, "sandbox.run", "executor")[0]
     assert sandbox.parent == executor_run.id
 
+    transports = {s.attributes.get("runbox.transport") for s in named(spans, EXECUTE, "executor")}
+    assert transports == ({"run_link"} if links else {None}), transports
     applied = [
         s
-        for s in named(spans, "consume scheduler", "scheduler")
+        for s in named(spans, apply_span(links), "scheduler")
         if s.attributes.get("runbox.run.state") == "RUN_STATE_FAILED"
     ]
-    assert applied, "the scheduler's consume of the FINISHED event is in the trace"
-    assert ancestors(applied[0], by_id)[:2] == ["executor:outbox.publish", "executor:executor.run"]
+    assert applied, "the scheduler's apply of the FINISHED event is in the trace"
+    # Over the link the scheduler applies the event before it is published (the publish
+    # follows its ack); from JetStream, after.
+    before = (
+        ["executor:executor.run"] if links else ["executor:outbox.publish", "executor:executor.run"]
+    )
+    assert ancestors(applied[0], by_id)[: len(before)] == before
 
     deliver = named(spans, "alerting.deliver", "alerting")[0]
     chain = ancestors(deliver, by_id)

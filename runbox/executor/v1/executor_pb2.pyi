@@ -196,12 +196,21 @@ class LinkRequest(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., executes: _Optional[_Iterable[_Union[LinkExecute, _Mapping]]] = ..., acks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LinkExecute(_message.Message):
-    __slots__ = ("sequence", "request")
+    __slots__ = ("sequence", "request", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     request: ExecuteRequest
-    def __init__(self, sequence: _Optional[int] = ..., request: _Optional[_Union[ExecuteRequest, _Mapping]] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, sequence: _Optional[int] = ..., request: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class LinkResponse(_message.Message):
     __slots__ = ("answers", "events")
