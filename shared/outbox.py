@@ -279,7 +279,10 @@ class Outbox:
         return sent
 
     async def _flush_table(self, js: JetStreamContext) -> tuple[int, int, int]:
-        """Publish one batch of unsent rows; (sent, read, skipped as held)."""
+        """Publish one batch of unsent rows; (sent, read, skipped as held). A row held when
+        the read began and released while it ran is skipped too: its release put it on the
+        memory path (with its suffix), which publishes it."""
+        held = set(self._held)
         async with self._sessions() as session:
             rows = (
                 await session.execute(
@@ -292,7 +295,7 @@ class Outbox:
         messages = [
             OutboxMessage(row.subject, row.msg_id, row.payload, json.loads(row.headers))
             for row in rows
-            if self._stopping or row.msg_id not in self._held  # held: released later
+            if self._stopping or (row.msg_id not in self._held and row.msg_id not in held)
         ]
         sent = await self._publish(js, messages)
         self._acknowledged(sent)
