@@ -22,7 +22,7 @@ from services.scheduler.runs import new_run_values
 from services.scheduler.server import MIGRATIONS
 from shared import db
 from shared.db_transactions import Transactions, transactions_of
-from shared.outbox import Outbox, OutboxMessage
+from shared.outbox import Outbox, OutboxMessage, marks_on
 from shared.settings import DatabaseSettings
 from shared.sqlite_rows import driver_of
 
@@ -198,3 +198,20 @@ async def test_outbox_rows_staged_on_the_driver_are_stored_as_core_stores_them(
     _same_but(driver, core, "id", "msg_id", "created_at")
     assert len(driver["created_at"]) == len(core["created_at"]) == 26
     assert driver["published_at"] is None and driver["headers"] == '{"a": "b"}'
+
+
+async def test_the_relay_marks_sent_rows_on_the_driver_as_the_session_marked_them(
+    paths: Paths,
+) -> None:
+    """marks_on (the scheduler's relay marker) sets published_at in the format the
+    session's UPDATE stored, for the rows named only."""
+    outbox = Outbox(OUTBOX, paths.sessions)
+    messages = [OutboxMessage("s", f"m{i}", b"x", {}) for i in range(3)]
+    await paths.driver(lambda conn: outbox.add_in(conn, messages))
+
+    await marks_on(paths.tx, OUTBOX)(["m0", "m2"])
+    await outbox._mark_rows(["m1"])  # the session's way, for comparison
+
+    stored = [paths.stored("outbox", "msg_id", f"m{i}")["published_at"] for i in range(3)]
+    assert all(isinstance(at, str) and len(at) == 26 for at in stored)
+    assert stored[0][:10] == stored[1][:10] == stored[2][:10]
