@@ -155,11 +155,11 @@ class Transactions:
             raise
         if immediate:
             with transaction:
-                result = fn(conn, *args, **kwargs)
+                result = _driver_errors(fn, conn, *args, **kwargs)
             self._committed_on_loop()
             return True, result
         try:
-            return True, fn(conn, *args, **kwargs)
+            return True, _driver_errors(fn, conn, *args, **kwargs)
         except (sqlalchemy.exc.OperationalError, sqlite3.OperationalError) as exc:
             if _locked(exc):  # a read met a lock (WAL recovery): read in the thread
                 return False, None
@@ -201,10 +201,10 @@ class Transactions:
             self._immediate = immediate
             if immediate:
                 with self._conn.begin():
-                    return fn(self._conn, *args, **kwargs)
+                    return _driver_errors(fn, self._conn, *args, **kwargs)
             transaction = self._conn.begin()
             try:
-                return fn(self._conn, *args, **kwargs)
+                return _driver_errors(fn, self._conn, *args, **kwargs)
             finally:
                 transaction.rollback()
 
@@ -262,6 +262,16 @@ def transactions_of(sessions: async_sessionmaker[Any]) -> Transactions:
     engine = sessions.kw["bind"]
     assert isinstance(engine, AsyncEngine)
     return transactions(engine, sessions)
+
+
+def _driver_errors(fn: Work[P, T], conn: Connection, *args: P.args, **kwargs: P.kwargs) -> T:
+    """`fn(conn, ...)`, with the errors of statements it ran on the sqlite3 driver itself
+    (shared/sqlite_rows.py) raised as SQLAlchemy raises the driver's errors (IntegrityError
+    for a unique key, OperationalError...), so callers catch one kind whatever the path."""
+    try:
+        return fn(conn, *args, **kwargs)
+    except sqlite3.Error as exc:
+        raise sqlalchemy.exc.DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
 
 
 def _pysqlite_connect(dbapi_connection: Any, record: Any) -> None:

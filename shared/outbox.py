@@ -37,11 +37,17 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import key_string
+from shared.db_transactions import Transactions
+from shared.sqlite_rows import SqliteRows, driver_of, placeholders
 from shared.tasks import being_cancelled, stop_gracefully
 from shared.telemetry import ContextTracer, extract_context, has_context, inject_context
 
 log = logging.getLogger(__name__)
 
+_SQLITE_INSERT = (
+    "INSERT INTO outbox (msg_id, subject, payload, headers, created_at) VALUES (?,?,?,?,?)"
+)
+_SQLITE_MARK = "UPDATE outbox SET published_at = ? WHERE msg_id IN ({})"
 _STAGED = "runbox_outbox_staged"  # Session.info key: events staged in this session
 
 
@@ -100,6 +106,8 @@ class Outbox:
     ) -> None:
         self._table = table
         self._insert = insert(table)
+        # created_at as SQLAlchemy's SQLite dialect stores it (add_in on the sqlite3 driver).
+        self._stored_at = SqliteRows(table).bind_processor("created_at")
         # How sent rows get their published_at: an UPDATE through `sessions` unless the
         # service has a cheaper way into its own table (the executor's SQLite writer).
         self._marker = marker or self._mark_rows
@@ -148,8 +156,17 @@ class Outbox:
     def add_in(self, conn: Connection, messages: Sequence[OutboxMessage]) -> None:
         """`add_many` on a Core connection (shared.db_transactions): the caller hands what it
         committed to `committed()`, or calls `notify()`."""
-        if messages:
+        if not messages:
+            return
+        driver = driver_of(conn)
+        if driver is None:
             conn.execute(self._insert, _rows(messages))
+            return
+        now = self._stored_at(datetime.now(UTC))
+        driver.executemany(
+            _SQLITE_INSERT,
+            [(m.msg_id, m.subject, m.payload, json.dumps(m.headers), now) for m in messages],
+        )
 
     @staticmethod
     def staged_in(session: AsyncSession) -> int:
@@ -391,6 +408,30 @@ class Outbox:
                 "messaging.message.body.size": len(message.payload),
             },
         )
+
+
+def marks_on(tx: Transactions, table: Table) -> Marker:
+    """A marker (Outbox's `marker`) writing published_at in one transaction of `tx`
+    (shared.db_transactions): on a SQLite file on the sqlite3 driver, on the event loop when
+    the write lock is free, not through a session's hops to aiosqlite's thread."""
+    stored = SqliteRows(table).bind_processor("published_at")
+    column = table.c.msg_id
+
+    def marked_in(conn: Connection, msg_ids: Sequence[str]) -> None:
+        now = datetime.now(UTC)
+        driver = driver_of(conn)
+        if driver is None:
+            conn.execute(update(table).where(column.in_(msg_ids)).values(published_at=now))
+            return
+        at = stored(now)
+        for start in range(0, len(msg_ids), 500):  # under SQLite's bound-variable limit
+            chunk = msg_ids[start : start + 500]
+            driver.execute(_SQLITE_MARK.format(placeholders(len(chunk))), (at, *chunk))
+
+    async def mark(msg_ids: Sequence[str]) -> None:
+        await tx.write(marked_in, list(msg_ids))
+
+    return mark
 
 
 def _end_spans(spans: Sequence[trace.Span | None], published: int) -> None:

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from runbox.common.v1.common_pb2 import RunState as RS
 from services.scheduler.executors import Executor
 from services.scheduler.models import QuarantineRow, RunRow
+from shared.sqlite_rows import SqliteStatement, driver_of
 
 
 @dataclass
@@ -92,7 +93,9 @@ def claim_values(conn: Connection, handoff: Handoff | None, values: dict[str, An
         "created_at": values["created_at"],
         "now": now,
     }
-    if conn.scalar(_BLOCKED, params):
+    driver = driver_of(conn)
+    blocked = _SQLITE_BLOCKED.scalar(driver, params) if driver else conn.scalar(_BLOCKED, params)
+    if blocked:
         return False
     values["next_dispatch_at"] = now + timedelta(seconds=handoff.claim_s)
     values["executor_address"] = handoff.candidates[0].address
@@ -128,3 +131,4 @@ _BLOCKED = _blocked(
     bindparam("created_at"),
     bindparam("now"),
 )
+_SQLITE_BLOCKED = SqliteStatement(_BLOCKED)

@@ -6,9 +6,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf import struct_pb2
 from sqlalchemy import JSON, Index, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from runbox.common.v1 import common_pb2
 from shared.db import precise_datetime
 from shared.outbox import outbox_table
 
@@ -122,6 +124,24 @@ def run_record(values: Mapping[Any, Any]) -> RunRow:
     """A RunRecord of a run's column values (every column: a row as read, or values with
     their defaults filled in)."""
     return _RunRecord(values)  # type: ignore[return-value]
+
+
+_KEPT = "_kept_messages"
+
+
+def keep_messages(row: RunRow, usage: common_pb2.ResourceUsage, result: struct_pb2.Struct) -> None:
+    """On a record (not an ORM row) an event just moved: the usage and result messages its
+    usage and result columns were made from (the usage with its sandbox), so that showing
+    the run (servicer.run_to_proto) needs no JSON parse of them. Not a column: never
+    written, and gone from a record read back."""
+    if isinstance(row, _RunRecord):
+        row.__dict__[_KEPT] = (usage, result)
+
+
+def kept_messages(row: RunRow) -> tuple[common_pb2.ResourceUsage, struct_pb2.Struct] | None:
+    """(usage, result) as `keep_messages` kept them on this record, or None."""
+    kept: tuple[common_pb2.ResourceUsage, struct_pb2.Struct] | None = row.__dict__.get(_KEPT)
+    return kept
 
 
 RUN_COLUMNS: tuple[str, ...] = tuple(c.key for c in RunRow.__table__.columns)

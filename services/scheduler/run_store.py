@@ -6,6 +6,7 @@ columns by an event (the lifecycle, runs.py, decides what follows)."""
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -20,9 +21,17 @@ from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2
 from services.scheduler import handoff
 from services.scheduler import state as sm
-from services.scheduler.models import RUN_COLUMNS, QuarantineRow, RunRow, run_record
+from services.scheduler.models import (
+    RUN_COLUMNS,
+    QuarantineRow,
+    RunRow,
+    keep_messages,
+    run_record,
+)
 from shared.db_transactions import Transactions
 from shared.errors import InvalidArgument, NotFound
+from shared.group_commit import GroupCommit
+from shared.sqlite_rows import SqliteRows, driver_of, placeholders
 
 RS = common_pb2.RunState
 # States in which an executor holds a run and its lease runs.
@@ -68,6 +77,22 @@ _DISPATCHED = (
         (RUNS.c.state, case((_PENDING, RS.RUN_STATE_QUEUED), else_=RUNS.c.state)),
     )
 )
+# The same statements on the sqlite3 driver (shared/sqlite_rows.py): SQLite files only. The
+# texts are made of the table's column names, constants and "?" placeholders, never values
+# (hence the S608 waivers).
+ROWS = SqliteRows(RUNS)
+_SQL_BY_ID = f"SELECT {ROWS.select_list} FROM runs WHERE id = ?"  # noqa: S608
+_SQL_BY_KEY = f"SELECT {ROWS.select_list} FROM runs WHERE idempotency_key = ?"  # noqa: S608
+_SQL_BY_IDS = f"SELECT {ROWS.select_list} FROM runs WHERE id IN ({{}}) ORDER BY id"  # noqa: S608
+_P, _Q, _R = RS.RUN_STATE_PENDING, RS.RUN_STATE_QUEUED, RS.RUN_STATE_RUNNING
+_SQL_DISPATCHED = (
+    "UPDATE runs SET executor_id = ?, executor_address = ?, "  # noqa: S608
+    f"queued_at = CASE WHEN state = {_P} THEN ? ELSE queued_at END, "
+    f"lease_expires_at = CASE WHEN state IN ({_P}, {_Q}, {_R}) THEN ? "
+    "ELSE lease_expires_at END, "
+    f"updated_at = ?, state = CASE WHEN state = {_P} THEN {_Q} ELSE state END "
+    "WHERE id IN ({})"
+)
 # What a batch of events did: the events that moved a run, the runs moved (by id), those ended.
 Applied = tuple[list[int], dict[str, RunRow], list[RunRow]]
 
@@ -88,6 +113,11 @@ class RunStore:
         # The hot paths (get, by key, dispatched) as Core transactions, one thread hop each
         # on SQLite; the rest stays ORM.
         self._tx = tx
+        # Submits' inserts and dispatch marks that arrive together share a transaction.
+        self.inserts: GroupCommit[_Insert, tuple[bool, dict[str, Any]]] = GroupCommit(
+            tx, _inserts_in
+        )
+        self.marks: GroupCommit[_Mark, None] = GroupCommit(tx, _marks_in)
 
     async def by_key(self, key: str) -> RunRow | None:
         return await self._tx.read(_by_key, key)
@@ -223,8 +253,13 @@ class RunStore:
     ) -> bool:
         """Insert a run from its column values in one Core transaction, with the hand-off's
         claim check (handoff.py) and what `stage_in` adds (its SUBMITTED event); whether the
-        hand-off claimed it."""
-        return await self._tx.write(_insert_in, values, direct, stage_in)
+        hand-off claimed it (`values` then hold the claim). Inserts arriving together share
+        the transaction (shared/group_commit.py): a failure of the group is retried alone,
+        so an error (IntegrityError for a repeated idempotency key) reaches only its own
+        caller."""
+        claimed, stored = await self.inserts.write((values, direct, stage_in))
+        values.update(stored)
+        return claimed
 
     async def apply_moves(
         self,
@@ -247,20 +282,31 @@ class RunStore:
         now: datetime | None = None,
     ) -> None:
         """The executors that accepted runs (by (executor id, address)), in one Core
-        transaction with the release of `release` (runs.py mark_dispatched_many)."""
-        await self._tx.write(_dispatched_in, by_executor, release, now or _now(), lease_expiry)
+        transaction with the release of `release` (runs.py mark_dispatched_many), shared
+        with the marks that arrive with it (shared/group_commit.py)."""
+        await self.marks.write((by_executor, release, now or _now(), lease_expiry))
 
 
 def _by_id(conn: Connection, run_id: str) -> RunRow | None:
     """A run by id, as a plain record (models.RunRecord)."""
+    driver = driver_of(conn)
+    if driver is not None:
+        return _one(driver.execute(_SQL_BY_ID, (run_id,)).fetchone())
     stored = conn.execute(_BY_ID, {"run_id": run_id}).mappings().first()
     return None if stored is None else run_record(stored)
 
 
 def _by_key(conn: Connection, key: str) -> RunRow | None:
     """The run of an idempotency key, as a plain record (models.RunRecord)."""
+    driver = driver_of(conn)
+    if driver is not None:
+        return _one(driver.execute(_SQL_BY_KEY, (key,)).fetchone())
     stored = conn.execute(_BY_KEY, {"key": key}).mappings().first()
     return None if stored is None else run_record(stored)
+
+
+def _one(stored: Sequence[Any] | None) -> RunRow | None:
+    return None if stored is None else run_record(ROWS.read(stored))
 
 
 def _insert_in(
@@ -270,9 +316,34 @@ def _insert_in(
     stage_in: Callable[[Connection], None],
 ) -> bool:
     claimed = handoff.claim_values(conn, direct, values)
-    conn.execute(_INSERT, values)
+    driver = driver_of(conn)
+    if driver is not None:
+        driver.execute(ROWS.insert_sql, ROWS.insert_values(values))
+    else:
+        conn.execute(_INSERT, values)
     stage_in(conn)
     return claimed
+
+
+_Insert = tuple[dict[str, Any], "handoff.Handoff | None", Callable[[Connection], None]]
+_Mark = tuple[Mapping[tuple[str, str], Sequence[str]], Sequence[str], datetime, datetime]
+
+
+def _inserts_in(conn: Connection, items: Sequence[_Insert]) -> list[tuple[bool, dict[str, Any]]]:
+    """Group commit of inserts: each on a copy of its values (the claim writes into them),
+    in order; (claimed, the values inserted) each."""
+    done = []
+    for values, direct, stage_in in items:
+        inserted = dict(values)
+        done.append((_insert_in(conn, inserted, direct, stage_in), inserted))
+    return done
+
+
+def _marks_in(conn: Connection, items: Sequence[_Mark]) -> list[None]:
+    """Group commit of dispatch marks, in order."""
+    for by_executor, release, now, lease_expiry in items:
+        _dispatched_in(conn, by_executor, release, now, lease_expiry)
+    return [None] * len(items)
 
 
 def _moves_in(
@@ -284,7 +355,18 @@ def _moves_in(
 ) -> Applied | None:
     """RunStore.apply_moves' transaction."""
     ids = sorted({events[i].run_id for i in moving})
-    stored = {m["id"]: m for m in conn.execute(_BY_IDS, {"ids": ids}).mappings()}
+    driver = driver_of(conn)
+    stored: dict[Any, Mapping[Any, Any]]
+    if driver is not None:
+        stored = {}
+        for chunk in range(0, len(ids), CLAIM_CHUNK):
+            part = ids[chunk : chunk + CLAIM_CHUNK]
+            for m in ROWS.read_all(
+                driver.execute(_SQL_BY_IDS.format(placeholders(len(part))), part)
+            ):
+                stored[m["id"]] = m
+    else:
+        stored = {m["id"]: m for m in conn.execute(_BY_IDS, {"ids": ids}).mappings()}
     rows = {run_id: run_record(m) for run_id, m in stored.items()}
     moved, ended, finished = move_runs(rows, events, moving, lease_expiry)
     if any(concerned(row) for row in finished):
@@ -295,9 +377,20 @@ def _moves_in(
         # and other JSON columns); a plain record's values are its __dict__.
         values = vars(row)
         diff = {k: values[k] for k in MOVED if values[k] != old[k]}
-        if diff:
+        if not diff:
+            continue
+        if driver is not None:
+            keys = tuple(diff)
+            driver.execute(_update_sql(keys), (*(ROWS.bind(k, diff[k]) for k in keys), run_id))
+        else:
             conn.execute(_UPDATE_BY_ID, {"run_id_": run_id, **diff})
     return moved, ended, finished
+
+
+@functools.lru_cache(maxsize=512)
+def _update_sql(keys: tuple[str, ...]) -> str:
+    """UPDATE of these columns of one run by id, on the sqlite3 driver."""
+    return f"UPDATE runs SET {', '.join(f'{k} = ?' for k in keys)} WHERE id = ?"  # noqa: S608
 
 
 def move_runs(
@@ -339,6 +432,17 @@ def _dispatched_in(
     """mark_dispatched_many's transaction."""
     if release:
         conn.execute(_released(release))
+    driver = driver_of(conn)
+    if driver is not None:
+        at, lease = ROWS.bind("updated_at", now), ROWS.bind("lease_expires_at", lease_expiry)
+        for (executor_id, address), run_ids in by_executor.items():
+            for chunk in range(0, len(run_ids), CLAIM_CHUNK):
+                part = list(run_ids[chunk : chunk + CLAIM_CHUNK])
+                driver.execute(
+                    _SQL_DISPATCHED.format(placeholders(len(part))),
+                    (executor_id, address, at, lease, at, *part),
+                )
+        return
     for (executor_id, address), run_ids in by_executor.items():
         conn.execute(
             _DISPATCHED,
@@ -430,6 +534,7 @@ def _apply_fields(row: RunRow, event: events_pb2.RunEvent) -> None:
             event.output.stderr_total_bytes,
         )
         row.result = json_format.MessageToDict(event.result)
+        keep_messages(row, event.usage, event.result)
 
 
 def usage_columns(usage: common_pb2.ResourceUsage) -> tuple[dict[str, Any], str]:

@@ -31,7 +31,7 @@ from shared import db, db_transactions
 from shared.clients import open_channel
 from shared.consumer_lag import ConsumerLag
 from shared.jetstream import DurableConsumer, run_event_attributes
-from shared.outbox import Outbox
+from shared.outbox import Outbox, marks_on
 from shared.outbox_backlog import OutboxBacklog
 from shared.run_subjects import SCHEDULER_APPLIES, run_filters
 from shared.runtime import Runtime, Service
@@ -63,7 +63,13 @@ async def build(runtime: Runtime) -> Service:
     transactions = db_transactions.transactions(
         engine, sessions, tracer=runtime.tracer("db"), service=runtime.service, metrics=db_metrics
     )
-    outbox = Outbox(OUTBOX, sessions, batch=500, tracer=runtime.tracer("outbox"))
+    outbox = Outbox(
+        OUTBOX,
+        sessions,
+        batch=500,
+        tracer=runtime.tracer("outbox"),
+        marker=marks_on(transactions, OUTBOX),
+    )
     js = await runtime.connect_nats()
     token = settings.auth.service_token.get_secret_value()
     catalogue_channel = open_channel(

@@ -19,7 +19,7 @@ from runbox.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler import state as sm
 from services.scheduler.dead_letters import DeadLetters
 from services.scheduler.dispatch import Dispatcher
-from services.scheduler.models import FireRow, QuarantineRow, RunRow, ScheduleRow
+from services.scheduler.models import FireRow, QuarantineRow, RunRow, ScheduleRow, kept_messages
 from services.scheduler.retries import Quarantines
 from services.scheduler.run_store import dispatched_record
 from services.scheduler.runs import Runs, cancel_run
@@ -58,7 +58,11 @@ def _parsed(kind: type[Message], text: str) -> Message:
 
 
 def stored_usage(row: RunRow) -> common_pb2.ResourceUsage:
-    """A run's usage from its JSON and its sandbox column (runs.usage_columns)."""
+    """A run's usage from its JSON and its sandbox column (runs.usage_columns); the message
+    the applied event carried when the record has it (the same fields, no JSON parse)."""
+    kept = kept_messages(row)
+    if kept is not None:
+        return kept[0]
     usage = common_pb2.ResourceUsage()
     if row.usage:
         json_format.ParseDict(row.usage, usage)
@@ -67,17 +71,40 @@ def stored_usage(row: RunRow) -> common_pb2.ResourceUsage:
     return usage
 
 
-def run_to_proto(row: RunRow) -> scheduler_pb2.Run:
-    """A run as clients see it; secret parameters show as ***."""
+# The fields of a Run that never change once it is submitted (a watch converts them once,
+# `run_fixed`) and those that move with its state (converted for every message).
+FIXED_FIELDS = frozenset(
+    {
+        "id",
+        "script",
+        "script_version",
+        "sha256",
+        "execution_type",
+        "parameters",
+        "priority",
+        "labels",
+        "attempt",
+        "parent_run_id",
+        "schedule_id",
+        "idempotency_key",
+        "limits",
+        "retry",
+        "submitted_by",
+        "create_time",
+    }
+)
+
+
+def run_fixed(row: RunRow) -> scheduler_pb2.Run:
+    """The fields of a run that never change (FIXED_FIELDS), alone in a Run."""
     params = struct_pb2.Struct()
     params.update({**row.parameters, **{name: "***" for name in row.secret_names}})
-    run = scheduler_pb2.Run(
+    return scheduler_pb2.Run(
         id=row.id,
         script=common_pb2.ScriptRef(name=row.script_name, version=row.version_selector),
         script_version=row.script_version,
         sha256=row.sha256,
         execution_type=common_pb2.ExecutionType.ValueType(row.execution_type),  # type: ignore[arg-type]
-        state=common_pb2.RunState.ValueType(row.state),  # type: ignore[arg-type]
         parameters=params,  # type: ignore[arg-type]
         priority=row.priority,
         labels=row.labels,
@@ -87,6 +114,16 @@ def run_to_proto(row: RunRow) -> scheduler_pb2.Run:
         idempotency_key=row.idempotency_key or "",
         limits=_stored(common_pb2.ResourceLimits, row.limits),
         retry=_stored(common_pb2.RetryPolicy, row.retry),
+        submitted_by=row.submitted_by,
+        create_time=_ts(row.created_at),
+    )
+
+
+def run_to_proto(row: RunRow, fixed: scheduler_pb2.Run | None = None) -> scheduler_pb2.Run:
+    """A run as clients see it; secret parameters show as ***. `fixed`: `run_fixed` of the
+    same run made before (a watch's), merged instead of converting those fields again."""
+    run = scheduler_pb2.Run(
+        state=common_pb2.RunState.ValueType(row.state),  # type: ignore[arg-type]
         exit=common_pb2.ExitInfo(
             exit_code=row.exit_code,
             reason=row.failure_reason,  # type: ignore[arg-type]
@@ -102,15 +139,18 @@ def run_to_proto(row: RunRow) -> scheduler_pb2.Run:
             stderr_total_bytes=row.stderr_total,
         ),
         executor_id=row.executor_id,
-        submitted_by=row.submitted_by,
         dead_lettered=row.dead_lettered,
         retry_run_id=row.retry_run_id or "",
-        create_time=_ts(row.created_at),
         queue_time=_ts(row.queued_at),
         start_time=_ts(row.started_at),
         finish_time=_ts(row.finished_at),
     )
-    if row.result:
+    run.MergeFrom(fixed if fixed is not None else run_fixed(row))
+    kept = kept_messages(row)
+    if kept is not None:
+        run.result.CopyFrom(kept[1])
+        run.result.SetInParent()
+    elif row.result:
         json_format.ParseDict(row.result, run.result)
     else:
         run.result.SetInParent()  # an empty result reads {} as it always has (not unset)
@@ -248,7 +288,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         queue = self._watchers.subscribe(request.id)
         try:
             last = await self._runs.store.get(request.id)
-            yield scheduler_pb2.WatchRunResponse(run=run_to_proto(last))
+            fixed = run_fixed(last)  # converted once per watch
+            yield scheduler_pb2.WatchRunResponse(run=run_to_proto(last, fixed))
             while not sm.is_terminal(last.state):
                 change = await _next(queue, self._poll)
                 if change is not None and change.log_data:
@@ -263,7 +304,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 if row is None:
                     continue
                 if row.state != last.state:
-                    yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row))
+                    yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row, fixed))
                 last = row
         finally:
             self._watchers.unsubscribe(request.id, queue)

@@ -7,8 +7,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from google.protobuf import json_format, timestamp_pb2
 
 from runbox.common.v1 import common_pb2
-from services.scheduler.models import RunRow
-from services.scheduler.servicer import run_to_proto
+from runbox.events.v1 import events_pb2
+from runbox.scheduler.v1 import scheduler_pb2
+from services.scheduler.models import RUN_COLUMNS, RunRow, kept_messages, run_record
+from services.scheduler.run_store import move_runs
+from services.scheduler.servicer import FIXED_FIELDS, run_fixed, run_to_proto
 
 LIMITS = {"cpu": 1.5, "memoryBytes": "268435456", "timeout": "3600s"}
 RETRY = {"maxAttempts": 3}
@@ -97,3 +100,105 @@ def test_an_empty_result_is_present_and_empty_as_before() -> None:
     assert empty.HasField("result") and json_format.MessageToDict(empty)["result"] == {}
     filled = run_to_proto(row(result={"ok": True}))
     assert json_format.MessageToDict(filled)["result"] == {"ok": True}
+
+
+def _record(**fields: object) -> RunRow:
+    """The run as a plain record (models.RunRecord), every column set."""
+    base = row(**fields)
+    values = {key: getattr(base, key, None) for key in RUN_COLUMNS}
+    return run_record(values)
+
+
+def test_a_watch_merging_the_fixed_fields_shows_what_a_full_conversion_shows() -> None:
+    """run_to_proto with the watch's run_fixed (made from the PENDING run) gives, at each
+    state, the message converted from scratch."""
+    params = {"n": 1, "names": ["a", "é"]}
+    pending = _record(
+        state=common_pb2.RUN_STATE_PENDING,
+        parameters=params,
+        secret_names=["token"],
+        labels={"team": "data"},
+        queued_at=None,
+        started_at=None,
+        finished_at=None,
+        idempotency_key="k",
+        parent_run_id="p",
+    )
+    fixed = run_fixed(pending)
+    moved = [
+        pending,
+        _record(
+            state=common_pb2.RUN_STATE_QUEUED,
+            parameters=params,
+            secret_names=["token"],
+            labels={"team": "data"},
+            started_at=None,
+            finished_at=None,
+            idempotency_key="k",
+            parent_run_id="p",
+            executor_id="ex-1",
+        ),
+        _record(
+            state=common_pb2.RUN_STATE_SUCCEEDED,
+            parameters=params,
+            secret_names=["token"],
+            labels={"team": "data"},
+            idempotency_key="k",
+            parent_run_id="p",
+            executor_id="ex-1",
+            usage={"cpuSeconds": 0.5},
+            sandbox="none",
+            result={"ok": True},
+            stdout_tail=b"out",
+        ),
+    ]
+    for run in moved:
+        assert run_to_proto(run, fixed) == run_to_proto(run)
+    assert {f.name for f, _ in fixed.ListFields()} <= FIXED_FIELDS
+
+
+def test_every_run_field_is_fixed_or_converted_each_time() -> None:
+    """Each Run field is fixed (converted once per watch) or converted for every message,
+    never both: a new field fails here until it is placed (artifacts: never set)."""
+    moving = {
+        "state",
+        "exit",
+        "usage",
+        "output",
+        "result",
+        "executor_id",
+        "dead_lettered",
+        "retry_run_id",
+        "queue_time",
+        "start_time",
+        "finish_time",
+        "duration",
+        "due_time",
+    }
+    names = {field.name for field in scheduler_pb2.Run.DESCRIPTOR.fields}
+    assert names == FIXED_FIELDS | moving | {"artifacts"}
+    assert not moving & FIXED_FIELDS
+
+
+def test_a_run_an_event_ended_shows_as_the_run_read_back() -> None:
+    """The usage and result messages an applied FINISHED keeps on the record give the Run
+    its stored JSON columns give (read back without them)."""
+    running = _record(state=common_pb2.RUN_STATE_RUNNING, finished_at=None)
+    finished = events_pb2.RunEvent(
+        run_id="r1",
+        type=events_pb2.RUN_EVENT_TYPE_FINISHED,
+        state=common_pb2.RUN_STATE_SUCCEEDED,
+        usage=common_pb2.ResourceUsage(
+            cpu_seconds=0.25, peak_memory_bytes=1 << 40, sandbox="docker"
+        ),
+    )
+    finished.usage.wall_time.FromMilliseconds(1500)
+    finished.occurred_at.FromDatetime(datetime(2026, 12, 5, 6, 1, 3, tzinfo=UTC))
+    finished.result.update({"ok": True, "items": [1, 2.5, "x"], "nested": {"a": None}})
+
+    move_runs({"r1": running}, [finished], [0], datetime(2026, 12, 5, 7, tzinfo=UTC))
+
+    assert kept_messages(running) is not None
+    read_back = run_record({key: getattr(running, key) for key in RUN_COLUMNS})
+    assert kept_messages(read_back) is None
+    assert run_to_proto(running) == run_to_proto(read_back)
