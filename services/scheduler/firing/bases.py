@@ -21,10 +21,14 @@ from services.scheduler import batches, schedule_spec
 from services.scheduler import triggers as tr
 from services.scheduler.catalogue import Checked
 from services.scheduler.firing.events import FireMessages, Template
-from services.scheduler.firing.planning import aware, fire_request, parse_definition
+from services.scheduler.firing.planning import (
+    aware,
+    fire_request,
+    parse_definition,
+    schedule_of,
+)
 from services.scheduler.models import RunRow, ScheduleRow, run_record
 from services.scheduler.runs import Runs
-from services.scheduler.schedules import definition
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 
 PARSED_CACHE_ENTRIES = 100_000
@@ -280,7 +284,7 @@ class Bases:
         key = (row.id, json.dumps(row.definition, sort_keys=True), aware(row.created_at))
         parsed = self._parsed.get(key)
         if parsed is None:
-            schedule = definition(row)
+            schedule = schedule_of(row.definition)
             spec = schedule_spec.check_timing(schedule, anchor=aware(row.created_at))
             parsed = self._parsed[key] = (schedule, spec)
         return parsed
