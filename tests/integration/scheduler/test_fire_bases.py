@@ -24,6 +24,7 @@ from tests.integration.dialects import fresh_database
 from tests.integration.scheduler.test_firing import (
     FAST,
     Db,
+    _starting_in,
     aware,
     path,  # noqa: F401  (fixture)
     schedule,
@@ -47,7 +48,7 @@ def firing_of(running: Running) -> Firing:
 
 def built(firing: Firing) -> set[str]:
     """Schedule ids whose base (with run values: fires recorded in bulk) this loop built."""
-    bases = firing._bases._bases  # noqa: SLF001  (what the test checks)
+    bases = firing._bases._bases
     return {key[0] for key, base in bases.items() if base.values is not None}
 
 
@@ -137,7 +138,7 @@ async def test_a_renewed_catalogue_answer_keeps_the_base_and_a_new_version_rebui
     try:
 
         def base_values() -> dict[str, Any] | None:
-            bases = firing._bases._bases  # noqa: SLF001
+            bases = firing._bases._bases
             found = [b.values for k, b in bases.items() if k[0] == created.id]
             return found[0] if found else None
 
@@ -178,4 +179,37 @@ async def test_a_renewed_catalogue_answer_keeps_the_base_and_a_new_version_rebui
         await until(new_runs)
     finally:
         await stub.PauseSchedule(pb.PauseScheduleRequest(id=created.id))
+        await database.engine.dispose()
+
+
+async def test_the_warm_builds_nothing_and_the_ahead_rounds_yield_to_a_due_second(
+    path: RunPath,  # noqa: F811
+) -> None:
+    """With fires recorded ahead, the lookahead's warm only notes the next fire (the ahead
+    rounds build what they claim): it no longer builds every schedule of the window before
+    the tick gets to a due second. And the ahead rounds stop when a due second of this
+    replica's is under a second away, leaving the rest to the next ticks. The loop is
+    stopped and its steps called by hand, so the interleaving is the test's."""
+    firing = firing_of(path.scheduler)
+    await firing.stop()
+    created = await path.scheduler_stub().CreateSchedule(_starting_in(6))
+    nominal = created.next_fire_time.ToDatetime(UTC)
+    database = Db(f"sqlite+aiosqlite:///{path.tmp / 'scheduler.db'}")
+    try:
+        now = datetime.now(UTC)
+        firing._warmed_until = None  # the window again, with the schedule in it
+        await firing._warm(now)
+        assert built(firing) == set(), "the warm built a base"
+        assert firing._next_due == nominal
+
+        firing._next_run_due = datetime.now(UTC) + timedelta(seconds=0.5)
+        assert await firing._ahead(datetime.now(UTC)) == 0
+        assert await database.fires(created.id) == []
+
+        firing._next_run_due = None
+        assert await firing._ahead(datetime.now(UTC)) == 1
+        [fire] = await database.fires(created.id)
+        assert aware(fire.nominal_at) == nominal and fire.outcome == FO.FIRE_OUTCOME_FIRED
+        assert built(firing) == {created.id}
+    finally:
         await database.engine.dispose()
