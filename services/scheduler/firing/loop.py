@@ -228,9 +228,10 @@ class Firing(WakeableLoop):
         in each round's transaction, so a schedule changed or taken by another replica
         meanwhile is left alone, and their bases are built there: replicas split the
         building with the recording. Fires of other policies are recorded at their time
-        (they decide on the state of earlier runs). The rounds stop for a due second of
-        this replica's (`AHEAD_YIELD_S` before it): its promotion and the fires due then go
-        first; what is left is recorded by the next ticks, or at its time."""
+        (they decide on the state of earlier runs). After its first round, a tick's ahead
+        rounds stop for a due second of this replica's (`AHEAD_YIELD_S` before it): its
+        promotion and the fires due then go first; what is left is recorded by the next
+        ticks (a round each while the due second is near), or at its time."""
         if self._settings.ahead <= timedelta(0):
             return 0
         until = now + min(self._settings.ahead, self._settings.lookahead)
@@ -242,8 +243,8 @@ class Firing(WakeableLoop):
             if base is None or base.values is not None:  # not known to go the general way
                 ready.append(row.id)
         recorded = 0
-        for chunk in chunks(ready, self._settings.batch):
-            if self._due_soon():
+        for i, chunk in enumerate(chunks(ready, self._settings.batch)):
+            if i and self._due_soon():
                 break
             recorded += await self._ahead_round(list(chunk), self._clock(), until)
         return recorded
