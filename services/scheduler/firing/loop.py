@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,15 +53,24 @@ PREPARE_CONCURRENCY = 16
 
 class FiresFirst:
     """Lets fires due now go before the scheduler's other background work: while firing
-    records a burst, dispatch rounds and event batches wait before starting (at most
-    `max_wait_s`, so they are never starved)."""
+    records a burst, dispatch rounds and event batches wait before starting, for at most
+    `max_wait_s` from the start of the burst (not per wait: a burst that outlasts it, e.g.
+    late fires recorded the general way on a loaded machine, would otherwise hold every
+    batch of RunEvents that long, and the runs' leases would expire before their events
+    are applied)."""
 
-    def __init__(self, max_wait_s: float = 2.0) -> None:
+    def __init__(
+        self, max_wait_s: float = 2.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._idle = asyncio.Event()
         self._idle.set()
         self._max_wait_s = max_wait_s
+        self._clock = clock
+        self._since = 0.0
 
     def busy(self) -> None:
+        if self._idle.is_set():
+            self._since = self._clock()
         self._idle.clear()
 
     def idle(self) -> None:
@@ -73,8 +83,11 @@ class FiresFirst:
     async def wait(self) -> None:
         if self._idle.is_set():
             return
+        left = self._max_wait_s - (self._clock() - self._since)
+        if left <= 0:
+            return  # the burst has had its head start
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self._max_wait_s)
+            await asyncio.wait_for(self._idle.wait(), left)
 
 
 class Firing(WakeableLoop):
