@@ -7,6 +7,7 @@ filled in here, so stored definitions are explicit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -196,12 +197,25 @@ def _cron(spec: pb.CronSpec, bad: Violations, anchor: datetime) -> tr.Cron | Non
     if fields not in (5, 6):
         bad.add("expression", f"must have 5 fields (or 6 with seconds first), got {fields}")
         return None
-    try:
-        croniter(expression, anchor, second_at_beginning=fields == 6)
-    except (CroniterError, ValueError, KeyError) as exc:
-        bad.add("expression", f"invalid cron expression: {exc}")
+    invalid = _cron_invalid(expression, anchor.tzinfo is not None)
+    if invalid:
+        bad.add("expression", f"invalid cron expression: {invalid}")
         return None
     return tr.Cron(expression)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cron_invalid(expression: str, aware: bool) -> str:
+    """Why croniter refuses `expression` ("" if it takes it). Memoised: parsing it is most
+    of the cost of checking a schedule's timing (about 1 ms), which every fire's base and
+    every general fire repeats, and schedules share expressions; whether it parses does
+    not depend on the anchor (only an aware one or not is kept, as croniter is given it)."""
+    anchor = datetime(2000, 1, 1, tzinfo=UTC if aware else None)
+    try:
+        croniter(expression, anchor, second_at_beginning=len(expression.split()) == 6)
+    except (CroniterError, ValueError, KeyError) as exc:
+        return str(exc) or type(exc).__name__
+    return ""
 
 
 def _interval(spec: pb.IntervalSpec, bad: Violations, anchor: datetime) -> tr.Interval | None:

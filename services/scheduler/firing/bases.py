@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from cachetools import LRUCache
-from sqlalchemy import JSON, Column, Dialect, MetaData, Row, Table, Text, TypeDecorator, type_coerce
+from sqlalchemy import JSON, Column, Dialect, MetaData, Row, Table, Text, TypeDecorator
+from sqlalchemy import cast as sql_cast
 
 from runbox.executor.v1 import executor_pb2
 from runbox.scheduler.v1 import scheduler_pb2 as pb
@@ -20,13 +21,18 @@ from services.scheduler import batches, schedule_spec
 from services.scheduler import triggers as tr
 from services.scheduler.catalogue import Checked
 from services.scheduler.firing.events import FireMessages, Template
-from services.scheduler.firing.planning import aware, fire_request, parse_definition
-from services.scheduler.models import RunRow, ScheduleRow
-from services.scheduler.runs import Runs, column_values
-from services.scheduler.schedules import definition
+from services.scheduler.firing.planning import (
+    aware,
+    fire_request,
+    parse_definition,
+    schedule_of,
+)
+from services.scheduler.models import RunRow, ScheduleRow, run_record
+from services.scheduler.runs import Runs
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 
 PARSED_CACHE_ENTRIES = 100_000
+KIND_CACHE_ENTRIES = 10_000
 # SubmitRunRequest fields after idempotency_key (6), whose bytes follow its own.
 _AFTER_KEY = ("labels", "limits")
 
@@ -53,13 +59,14 @@ RUNS_ENCODED = Table(
 
 def due_columns() -> tuple[Any, ...]:
     """What a round reads of each due schedule. The definition comes as its stored text (not
-    decoded): it keys the caches of parsed definitions and fire bases. `updated_at` is the
+    decoded: cast in SQL, as asyncpg would decode a JSON column itself): it keys the caches
+    of parsed definitions and fire bases. `updated_at` is the
     version a bulk fire's advance checks (records.insert_quick)."""
     return (
         ScheduleRow.id,
         ScheduleRow.script_name,
         ScheduleRow.next_fire_at,
-        type_coerce(ScheduleRow.definition, Text).label("definition"),
+        sql_cast(ScheduleRow.definition, Text).label("definition"),
         ScheduleRow.created_at,
         ScheduleRow.updated_at,
     )
@@ -114,6 +121,32 @@ class Base:
         return self.following[nominal]
 
 
+@dataclass
+class _Kind:
+    """What the bases of schedules alike (the same fire request, so the same script,
+    parameters, priority, labels and retry; the same catalogue answer) share: the run's
+    column values without the schedule's own fields, and what is built from them. Without
+    `values` (the run needs secrets), their fires go the general way."""
+
+    checked: Checked
+    request: pb.SubmitRunRequest
+    values: dict[str, Any] | None = None
+    insert: dict[str, Any] = field(default_factory=dict)
+    digest_parts: tuple[bytes, bytes] = (b"", b"")
+    template: Template = field(default_factory=Template)
+    execute: executor_pb2.ExecuteRequest = field(default_factory=executor_pb2.ExecuteRequest)
+
+
+def _same(known: Checked | None, checked: Checked) -> bool:
+    """Whether `checked` says what `known` said: the catalogue client answers anew when its
+    cache entry expires (every `catalogue_cache_ttl_s`), with the same content as a rule;
+    what was built from the old answer stands then."""
+    return known is not None and (
+        known is checked
+        or (known.validated == checked.validated and known.script == checked.script)
+    )
+
+
 def execute_request(base: Base, run_id: str) -> executor_pb2.ExecuteRequest:
     """The ExecuteRequest of one of `base`'s runs."""
     request = executor_pb2.ExecuteRequest()
@@ -130,6 +163,8 @@ class Bases:
         self._runs = runs
         self._messages = messages
         self._bases: LRUCache[tuple[str, str, Any], Base] = LRUCache(maxsize=PARSED_CACHE_ENTRIES)
+        # Fire requests (serialised) -> what the bases of schedules making them share.
+        self._kinds: LRUCache[bytes, _Kind] = LRUCache(maxsize=KIND_CACHE_ENTRIES)
         self._parsed: LRUCache[tuple[str, str, Any], tuple[pb.Schedule, tr.Spec]] = LRUCache(
             maxsize=PARSED_CACHE_ENTRIES
         )
@@ -157,33 +192,41 @@ class Bases:
             base.checked = base.values = None
             base.generation, base.fresh_until = generation, now + catalogue.cache_ttl_s
             return base  # recorded SKIPPED, with the reason, the general way
-        if base.checked is not checked:
-            request = fire_request(schedule)
-            run, secrets = await self._runs.prepare(
-                request, actor=f"schedule:{row.id}", fresh=False
-            )
-            base.checked, base.request, base.values = checked, request, None
-            if not (secrets or run.secret_names):
-                run.schedule_id = row.id
-                self._build(base, run, ScheduleId(row.id, row.script_name))
+        if _same(base.checked, checked):
+            base.checked = checked  # the answer again (its cache entry renewed): kept as built
+        else:
+            await self._make(base, row, checked)
         base.generation, base.fresh_until = generation, now + catalogue.cache_ttl_s
         return base
 
-    def _build(self, base: Base, run: RunRow, ref: ScheduleId) -> None:
-        """The parts of a base that every fire copies (see Base)."""
-        assert base.request is not None
-        values = column_values(run)
-        # From the stored values (defaults filled in, e.g. attempt 1), as a round reads them;
-        # first, so a base whose request cannot be built has no values (its fires go the
-        # general way) rather than values without a request.
-        execute = batches.request_of(RunRow(**values), {}, {})
+    async def _make(self, base: Base, row: Row[Any], checked: Checked) -> None:
+        """`base` from the catalogue's answer `checked`: what schedules alike share (the
+        same fire request, the same answer) is built once (`_Kind`), then given this
+        schedule's own fields."""
+        request = fire_request(base.schedule)
+        shape = request.SerializeToString(deterministic=True)
+        kind = self._kinds.get(shape)
+        if kind is None or not _same(kind.checked, checked):
+            values, secrets = await self._runs.prepare_values(
+                request, actor=f"schedule:{row.id}", fresh=False
+            )
+            kind = self._kinds[shape] = _Kind(checked, request)
+            if not (secrets or values["secret_names"]):
+                self._build_kind(kind, values)
+        kind.checked = checked
+        base.checked, base.request, base.values = checked, request, None
+        if kind.values is not None:
+            self._build(base, kind, ScheduleId(row.id, row.script_name))
+
+    def _build_kind(self, kind: _Kind, values: dict[str, Any]) -> None:
+        """The parts of a kind that every base copies (see Base). From the stored values
+        (defaults filled in, e.g. attempt 1), as a round reads them; the request first, so
+        a kind whose request cannot be built has no values (its fires go the general way)
+        rather than values without a request."""
+        values = {**values, "schedule_id": None, "submitted_by": ""}
+        execute = batches.request_of(run_record(values), {}, {})
         execute.ClearField("run_id")
-        base.values = values
-        base.insert = {
-            name: json.dumps(value) if name in JSON_COLUMNS else value
-            for name, value in values.items()
-        }
-        request = base.request
+        request = kind.request
         before, after = pb.SubmitRunRequest(), pb.SubmitRunRequest()
         before.CopyFrom(request)
         for name in _AFTER_KEY:
@@ -191,11 +234,30 @@ class Bases:
         after.labels.update(request.labels)
         if request.HasField("limits"):
             after.limits.CopyFrom(request.limits)
-        base.digest_parts = (
+        kind.digest_parts = (
             before.SerializeToString(deterministic=True),
             after.SerializeToString(deterministic=True),
         )
-        base.template = self._messages.template(values, ref)
+        kind.insert = {
+            name: json.dumps(value) if name in JSON_COLUMNS else value
+            for name, value in values.items()
+        }
+        kind.template = self._messages.template(values, ScheduleId("", ""))
+        kind.execute = execute
+        kind.values = values
+
+    def _build(self, base: Base, kind: _Kind, ref: ScheduleId) -> None:
+        """The parts of a base that every fire copies (see Base): its kind's, with the
+        schedule's own fields."""
+        assert kind.values is not None
+        own = {"schedule_id": ref.id, "submitted_by": f"schedule:{ref.id}"}
+        execute = executor_pb2.ExecuteRequest()
+        execute.CopyFrom(kind.execute)
+        execute.schedule_id = ref.id
+        base.values = {**kind.values, **own}
+        base.insert = {**kind.insert, **own}
+        base.digest_parts = kind.digest_parts
+        base.template = self._messages.for_schedule(kind.template, ref)
         base.execute = execute
 
     def cached(self, row: Row[Any]) -> Base | None:
@@ -222,7 +284,7 @@ class Bases:
         key = (row.id, json.dumps(row.definition, sort_keys=True), aware(row.created_at))
         parsed = self._parsed.get(key)
         if parsed is None:
-            schedule = definition(row)
+            schedule = schedule_of(row.definition)
             spec = schedule_spec.check_timing(schedule, anchor=aware(row.created_at))
             parsed = self._parsed[key] = (schedule, spec)
         return parsed

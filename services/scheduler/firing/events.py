@@ -74,6 +74,20 @@ class FireMessages:
             scheduled_message.headers,
         )
 
+    @staticmethod
+    def for_schedule(shared: Template, ref: ScheduleRef) -> Template:
+        """`shared` (the template of schedules alike, built with an empty ScheduleRef) for
+        the fires of schedule `ref`: its own fields appended to both events."""
+        return Template(
+            shared.run_event + events_pb2.RunEvent(schedule_id=ref.id).SerializeToString(),
+            shared.run_headers,
+            shared.fired_event
+            + events_pb2.ScheduleEvent(
+                schedule_id=ref.id, script_name=ref.script_name
+            ).SerializeToString(),
+            shared.fired_headers,
+        )
+
     def fired(
         self,
         template: Template,

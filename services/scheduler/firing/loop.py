@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -45,20 +46,31 @@ SS = pb.ScheduleState
 FO = pb.FireOutcome
 # Schedules warmed per tick at most.
 WARM_LIMIT = 20_000
+# The ahead rounds stop this long before a due second (see Firing._ahead).
+AHEAD_YIELD_S = 1.0
 PREPARE_CONCURRENCY = 16
 
 
 class FiresFirst:
     """Lets fires due now go before the scheduler's other background work: while firing
-    records a burst, dispatch rounds and event batches wait before starting (at most
-    `max_wait_s`, so they are never starved)."""
+    records a burst, dispatch rounds and event batches wait before starting, for at most
+    `max_wait_s` from the start of the burst (not per wait: a burst that outlasts it, e.g.
+    late fires recorded the general way on a loaded machine, would otherwise hold every
+    batch of RunEvents that long, and the runs' leases would expire before their events
+    are applied)."""
 
-    def __init__(self, max_wait_s: float = 2.0) -> None:
+    def __init__(
+        self, max_wait_s: float = 2.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._idle = asyncio.Event()
         self._idle.set()
         self._max_wait_s = max_wait_s
+        self._clock = clock
+        self._since = 0.0
 
     def busy(self) -> None:
+        if self._idle.is_set():
+            self._since = self._clock()
         self._idle.clear()
 
     def idle(self) -> None:
@@ -71,8 +83,11 @@ class FiresFirst:
     async def wait(self) -> None:
         if self._idle.is_set():
             return
+        left = self._max_wait_s - (self._clock() - self._since)
+        if left <= 0:
+            return  # the burst has had its head start
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self._max_wait_s)
+            await asyncio.wait_for(self._idle.wait(), left)
 
 
 class Firing(WakeableLoop):
@@ -224,8 +239,12 @@ class Firing(WakeableLoop):
         (records.py, `ahead`), in rounds of up to `batch` schedules; each fire's run waits
         SCHEDULED until due. The schedules are read again, locked (SKIP LOCKED) on servers,
         in each round's transaction, so a schedule changed or taken by another replica
-        meanwhile is left alone; fires of other policies are recorded at their time (they
-        decide on the state of earlier runs)."""
+        meanwhile is left alone, and their bases are built there: replicas split the
+        building with the recording. Fires of other policies are recorded at their time
+        (they decide on the state of earlier runs). After its first round, a tick's ahead
+        rounds stop for a due second of this replica's (`AHEAD_YIELD_S` before it): its
+        promotion and the fires due then go first; what is left is recorded by the next
+        ticks (a round each while the due second is near), or at its time."""
         if self._settings.ahead <= timedelta(0):
             return 0
         until = now + min(self._settings.ahead, self._settings.lookahead)
@@ -234,18 +253,20 @@ class Firing(WakeableLoop):
         ready: list[str] = []
         for row in rows:
             base = self._bases.cached(row)
-            if base is None:  # e.g. created inside the window the lookahead already warmed
-                try:
-                    base = await self._bases.get(row)
-                except Exception as exc:  # recorded at its time, the general way if need be
-                    log.debug("schedule %s not recorded ahead: %r", row.id, exc)
-                    continue
-            if base.values is not None:
+            if base is None or base.values is not None:  # not known to go the general way
                 ready.append(row.id)
         recorded = 0
-        for chunk in chunks(ready, self._settings.batch):
-            recorded += await self._ahead_round(list(chunk), now, until)
+        for i, chunk in enumerate(chunks(ready, self._settings.batch)):
+            if i and self._due_soon():
+                break
+            recorded += await self._ahead_round(list(chunk), self._clock(), until)
         return recorded
+
+    def _due_soon(self) -> bool:
+        """Whether a due second (a fire coming, or a run recorded ahead here) is less than
+        `AHEAD_YIELD_S` away: the tick should end, for `_round` and `_promote`."""
+        soonest = [at for at in (self._next_due, self._next_run_due) if at is not None]
+        return bool(soonest) and (min(soonest) - self._clock()).total_seconds() < AHEAD_YIELD_S
 
     async def _ahead_round(self, ids: list[str], now: datetime, until: datetime) -> int:
         messages: list[OutboxMessage] = []
@@ -253,8 +274,10 @@ class Firing(WakeableLoop):
         bases: list[Base] = []
         try:
             async with self._sessions() as session, session.begin():
-                for row in await due(session, until, len(ids), after=now, ids=ids):
-                    base = self._bases.cached(row)
+                rows = await due(session, until, len(ids), after=now, ids=ids)
+                built = await self._build(rows)
+                for row in rows:
+                    base = built.get(row.id)
                     if base is not None and base.values is not None:
                         nominal = aware(row.next_fire_at)
                         quick.append(self._records.quick(row, nominal, base, ahead=True))
@@ -278,39 +301,70 @@ class Firing(WakeableLoop):
         return len(quick)
 
     async def _warm(self, now: datetime) -> None:
-        """Ahead of the fires due in the next `lookahead`: parse their schedules, compute
-        the time after, have the catalogue check their script and parameters and build the
+        """Ahead of the fires due in the next `lookahead`: note the earliest (the loop wakes
+        for it) and, when fires are not recorded ahead, parse their schedules, compute the
+        time after, have the catalogue check their script and parameters and build the
         runs' common column values, so the round that records them finds all of it ready.
-        Each schedule once, as it enters the window; a failure here only means a colder
-        round."""
+        (Recorded ahead, the ahead rounds build what they record, each replica what it
+        claimed.) Each schedule once, as it enters the window; a failure here only means a
+        colder round."""
         horizon = now + self._settings.lookahead
         start = max(self._warmed_until or now, now)
         if self._next_due is not None and self._next_due <= now:
             self._next_due = None
         if horizon <= start:
             return
-        query = (
-            select(*due_columns())
-            .where(ScheduleRow.state == SS.SCHEDULE_STATE_ACTIVE)
-            .where(ScheduleRow.next_fire_at > start, ScheduleRow.next_fire_at <= horizon)
-            .limit(WARM_LIMIT)
+        window = (
+            (ScheduleRow.state == SS.SCHEDULE_STATE_ACTIVE)
+            & (ScheduleRow.next_fire_at > start)
+            & (ScheduleRow.next_fire_at <= horizon)
         )
+        if self._settings.ahead > timedelta(0):
+            async with self._sessions() as session:
+                soonest = await session.scalar(
+                    select(func.min(ScheduleRow.next_fire_at)).where(window)
+                )
+            self._warmed_until = horizon
+            if soonest is not None:
+                self._next_soon(aware(soonest))
+            return
+        query = select(*due_columns()).where(window).limit(WARM_LIMIT)
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
         self._warmed_until = horizon
+        await self._build(rows)
+        for row in rows:
+            self._next_soon(aware(row.next_fire_at))
+
+    async def _build(self, rows: Sequence[Row[Any]]) -> dict[str, Base]:
+        """The bases of `rows` (`due_columns`) by schedule id, those not cached built
+        concurrently (a cold catalogue cache waits for one call per script); a schedule
+        whose base cannot be built is left out (its fire goes the general way)."""
+        bases: dict[str, Base] = {}
+        cold: list[Row[Any]] = []
+        for row in rows:
+            base = self._bases.cached(row)
+            if base is None:
+                cold.append(row)
+            else:
+                bases[row.id] = base
         gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
 
         async def one(row: Row[Any]) -> None:
-            with contextlib.suppress(Exception):
+            try:
                 async with gate:
                     base = await self._bases.get(row)
                 base.next_after(aware(row.next_fire_at))
+                bases[row.id] = base
+            except Exception as exc:
+                log.debug("schedule %s: no base: %r", row.id, exc)
 
-        await asyncio.gather(*(one(row) for row in rows))
-        for row in rows:
-            at = aware(row.next_fire_at)
-            if self._next_due is None or at < self._next_due:
-                self._next_due = at
+        await asyncio.gather(*(one(row) for row in cold))
+        return bases
+
+    def _next_soon(self, at: datetime) -> None:
+        if self._next_due is None or at < self._next_due:
+            self._next_due = at
 
     async def _round(self, now: datetime) -> int:
         """Record the next due nominal time of up to `batch` due schedules in one

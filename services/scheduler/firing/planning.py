@@ -6,9 +6,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from cachetools import LRUCache
 from google.protobuf import json_format, timestamp_pb2
 
 from runbox.common.v1 import common_pb2
@@ -118,9 +121,30 @@ def timestamp(instant: datetime) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
 
 
+# Definitions but for their name (JSON, keys sorted) -> the parsed Schedule.
+_SHAPES: LRUCache[str, pb.Schedule] = LRUCache(maxsize=10_000)
+
+
 def parse_definition(text: str) -> pb.Schedule:
     """A schedule definition from its stored JSON text."""
-    return json_format.ParseDict(json.loads(text), pb.Schedule())
+    return schedule_of(json.loads(text))
+
+
+def schedule_of(stored: Mapping[str, Any]) -> pb.Schedule:
+    """A schedule definition from its stored JSON value (a new message each call). Parsed
+    once per shape: schedules made alike (the same definition but for their name) share
+    the parse (ParseDict is pure Python, ~0.3 ms; a copy a few µs)."""
+    fields = dict(stored)
+    name = fields.pop("name", "")
+    shape = json.dumps(fields, sort_keys=True)
+    parsed = _SHAPES.get(shape)
+    if parsed is None:
+        parsed = _SHAPES[shape] = json_format.ParseDict(fields, pb.Schedule())
+    schedule = pb.Schedule()
+    schedule.CopyFrom(parsed)
+    if name:
+        schedule.name = name
+    return schedule
 
 
 def fire_request(schedule: pb.Schedule) -> pb.SubmitRunRequest:
