@@ -178,7 +178,12 @@ class ExecutorLink:
         call = self._stub.Link(None)  # requests written on the call
         writer: asyncio.Task[None] | None = None
         try:
-            await call.write(executor_pb2.LinkRequest(replica_id=self._replica))
+            try:
+                await call.write(executor_pb2.LinkRequest(replica_id=self._replica))
+            except asyncio.InvalidStateError:
+                # The call ended before the hello went out (an executor of a build without
+                # Link answers UNIMPLEMENTED at once): reading it raises its status.
+                pass
             first = await call.read()
             if not isinstance(first, executor_pb2.LinkResponse):  # the stream ended
                 return False

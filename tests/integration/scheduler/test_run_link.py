@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -310,3 +311,77 @@ async def test_executor_without_link_answers_unimplemented(
         await channel.close()
         await executor.stop()
         await path.close()
+
+
+class _OlderExecutor(executor_pb2_grpc.ExecutorServiceServicer):
+    """An executor service of a build before the run link: Link is the generated
+    servicer's UNIMPLEMENTED, answered before the stream's first message is read."""
+
+
+async def test_an_executor_of_an_older_build_is_remembered_unlinked_without_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The call to an older executor ends before the link's hello is written: that is
+    UNIMPLEMENTED (asked again only every UNLINKED_RETRY_S), not a failure logged at ERROR
+    and retried at the reconnect backoff."""
+    server = grpc.aio.server()
+    executor_pb2_grpc.add_ExecutorServiceServicer_to_server(
+        _OlderExecutor(),  # type: ignore[abstract]
+        server,
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    events = _Events()
+    link, (channel, applier) = await _link(f"127.0.0.1:{port}", "", events)
+    try:
+        await eventually(lambda: asyncio.sleep(0, link.unimplemented), bool)
+        await asyncio.sleep(0.5)  # several reconnect backoffs, were it retried as a failure
+        assert link.unimplemented and not link.up
+        errors = [
+            r
+            for r in caplog.records
+            if r.levelno >= logging.ERROR and r.name.startswith("services")
+        ]
+        assert not errors, [r.getMessage() for r in errors]
+    finally:
+        await link.stop()
+        await applier.stop()
+        await channel.close()
+        await server.stop(None)
+
+
+class _EndedCall:
+    """A Link call that ended before its first write, as grpc.aio shows one."""
+
+    async def write(self, request: Any) -> None:
+        raise asyncio.InvalidStateError("RPC already finished.")
+
+    async def read(self) -> Any:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            "Method not found!",
+            None,
+        )
+
+    def cancel(self) -> bool:
+        return False
+
+
+class _EndedStub:
+    def Link(self, _: Any) -> _EndedCall:
+        return _EndedCall()
+
+
+async def test_a_link_call_ended_before_its_hello_is_unimplemented_not_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The race seen against the benchmark's executor under load: the write of the hello
+    raises InvalidStateError because the call already ended; its status (UNIMPLEMENTED)
+    decides, as when read() had raised it, and nothing is logged as a failure."""
+    applier = Applier(_Events())
+    link = ExecutorLink(_EndedStub(), "test", applier)  # type: ignore[arg-type]
+    assert await link._serve() is False
+    assert link.unimplemented
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
