@@ -24,20 +24,15 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from shared.settings import NatsSettings
 from shared.tasks import being_cancelled, stop_gracefully
 from shared.telemetry import (
-    EXECUTION_TYPE,
-    RUN_ID,
-    RUN_STATE,
-    SCRIPT_NAME,
-    ContextTracer,
     current_span,
-    enum_name,
     extract_context,
     has_context,
+    run_event_span_attributes,
+    tracer_records,
 )
 
 log = logging.getLogger(__name__)
@@ -66,13 +61,7 @@ def run_event_attributes(msg: Msg) -> dict[str, str | int]:
         event = events_pb2.RunEvent.FromString(msg.data)
     except DecodeError:
         return {}
-    return {
-        RUN_ID: event.run_id,
-        SCRIPT_NAME: event.script_name,
-        EXECUTION_TYPE: enum_name(common_pb2.ExecutionType, event.execution_type),
-        RUN_STATE: enum_name(common_pb2.RunState, event.state),
-        "runbox.event.type": enum_name(events_pb2.RunEventType, event.type),
-    }
+    return run_event_span_attributes(event)
 
 
 async def connect(settings: NatsSettings, *, name: str) -> NATS:
@@ -145,7 +134,7 @@ class DurableConsumer:
         self._tracer = tracer
         self._describe = describe
         # Attributes only for spans that are recorded (describing costs a decode).
-        self._recording = tracer is not None and not isinstance(tracer, ContextTracer)
+        self._recording = tracer_records(tracer)
         self._batch_handler = batch_handler
         self._stream = stream
         self._durable = durable

@@ -22,6 +22,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from runbox.common.v1 import common_pb2
+from runbox.events.v1 import events_pb2
 from shared.settings import LogSettings
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -227,6 +229,39 @@ def enum_name(enum: Any, value: int) -> str:
         return str(enum.Name(value))
     except ValueError:
         return str(value)
+
+
+def tracer_records(tracer: trace.Tracer | None) -> bool:
+    """Whether `tracer` records spans (a ContextTracer only carries the trace on)."""
+    return tracer is not None and not isinstance(tracer, ContextTracer)
+
+
+def run_event_span_attributes(event: events_pb2.RunEvent) -> dict[str, str | int]:
+    """Span attributes of a RunEvent: ids, script name, type and state (never its
+    parameters or output)."""
+    return {
+        RUN_ID: event.run_id,
+        SCRIPT_NAME: event.script_name,
+        EXECUTION_TYPE: enum_name(common_pb2.ExecutionType, event.execution_type),
+        RUN_STATE: enum_name(common_pb2.RunState, event.state),
+        "runbox.event.type": enum_name(events_pb2.RunEventType, event.type),
+    }
+
+
+# The span of an Execute sent over the run link, on both ends: named as the unary call's, so
+# a run's trace reads the same whichever way it went ("runbox.transport" tells them apart).
+LINK_EXECUTE_SPAN = "/runbox.executor.v1.ExecutorService/Execute"
+
+
+def link_execute_attributes(run_id: str) -> dict[str, str | int]:
+    """Attributes of an Execute's span over the run link (client and server alike)."""
+    return {
+        "rpc.system": "grpc",
+        "rpc.service": "runbox.executor.v1.ExecutorService",
+        "rpc.method": "Execute",
+        "runbox.transport": "run_link",
+        RUN_ID: run_id,
+    }
 
 
 def tracer_of(provider: trace.TracerProvider | None, name: str) -> trace.Tracer:

@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
@@ -31,7 +32,13 @@ from shared.errors import DomainError
 from shared.outbox import Outbox, OutboxMessage
 from shared.run_subjects import APPLIED, SCHEDULER_APPLIES
 from shared.status import to_status
-from shared.telemetry import RUN_ID, ContextTracer, current_span, extract_context
+from shared.telemetry import (
+    LINK_EXECUTE_SPAN,
+    current_span,
+    extract_context,
+    link_execute_attributes,
+    tracer_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +47,6 @@ HOLD_S = 1.0
 # Most run ids remembered as linked (a run's FINISHED, or its link's end, forgets it).
 MAX_RUNS = 100_000
 _PUSHED = frozenset(SCHEDULER_APPLIES)
-# The server span of an Execute over a link: named as the unary call's (see
-# services/scheduler/link.py), "runbox.transport" telling them apart.
-EXECUTE_SPAN = "/runbox.executor.v1.ExecutorService/Execute"
 
 # RunManager.accept: (accepted at, newly accepted), or a DomainError.
 Accept = Callable[[executor_pb2.ExecuteRequest], Awaitable[tuple[datetime, bool]]]
@@ -93,7 +97,7 @@ class Links:
         self, outbox: Outbox, *, hold_s: float = HOLD_S, tracer: trace.Tracer | None = None
     ) -> None:
         # The server span of an Execute over a link, only when spans are recorded.
-        self._tracer = None if tracer is None or isinstance(tracer, ContextTracer) else tracer
+        self._tracer = tracer if tracer_records(tracer) else None
         self._outbox = outbox
         self._hold_s = hold_s
         self._runs: dict[str, Link] = {}
@@ -122,22 +126,18 @@ class Links:
         executing: set[asyncio.Task[None]] = set()
 
         async def execute(item: executor_pb2.LinkExecute) -> None:
-            if self._tracer is not None and item.trace_context:
-                with current_span(
+            span = (
+                current_span(
                     self._tracer,
-                    EXECUTE_SPAN,
+                    LINK_EXECUTE_SPAN,
                     context=extract_context(dict(item.trace_context)),
                     kind=trace.SpanKind.SERVER,
-                    attributes={
-                        "rpc.system": "grpc",
-                        "rpc.service": "runbox.executor.v1.ExecutorService",
-                        "rpc.method": "Execute",
-                        "runbox.transport": "run_link",
-                        RUN_ID: item.request.run_id,
-                    },
-                ):
-                    answer = await answer_of(accept, executor_id, item)
-            else:
+                    attributes=link_execute_attributes(item.request.run_id),
+                )
+                if self._tracer is not None and item.trace_context
+                else contextlib.nullcontext()
+            )
+            with span:
                 answer = await answer_of(accept, executor_id, item)
             if answer.code:
                 self.forget(item.request.run_id, link)

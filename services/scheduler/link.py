@@ -28,18 +28,16 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential, wait_random
 
-from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
 from shared.status import DETAILS_KEY
 from shared.telemetry import (
-    RUN_ID,
-    RUN_STATE,
-    SCRIPT_NAME,
-    ContextTracer,
-    enum_name,
+    LINK_EXECUTE_SPAN,
     extract_context,
     inject_context,
+    link_execute_attributes,
+    run_event_span_attributes,
+    tracer_records,
 )
 
 if TYPE_CHECKING:
@@ -54,15 +52,7 @@ _RETRYING = AsyncRetrying()
 UNLINKED_RETRY_S = 60.0
 
 Apply = Callable[[list[events_pb2.RunEvent]], Awaitable[None]]
-# The span of an Execute sent over a link: named as the unary call's, so a run's trace reads
-# the same whichever way it went ("runbox.transport" tells them apart).
-EXECUTE_SPAN = "/runbox.executor.v1.ExecutorService/Execute"
 APPLY_SPAN = "run_link.apply"
-
-
-def recording(tracer: trace.Tracer | None) -> bool:
-    """Whether `tracer` records spans (not only carries the trace on)."""
-    return tracer is not None and not isinstance(tracer, ContextTracer)
 
 
 class LinkDown(Exception):
@@ -80,7 +70,7 @@ class ExecutorLink:
         tracer: trace.Tracer | None = None,
     ) -> None:
         # Spans only when they are recorded (a span per Execute costs ~20 µs otherwise).
-        self._tracer = tracer if recording(tracer) else None
+        self._tracer = tracer if tracer_records(tracer) else None
         self._stub = stub
         self._replica = replica
         self._applier = applier
@@ -144,15 +134,9 @@ class ExecutorLink:
         if self._tracer is None:
             return None
         span = self._tracer.start_span(
-            EXECUTE_SPAN,
+            LINK_EXECUTE_SPAN,
             kind=trace.SpanKind.CLIENT,
-            attributes={
-                "rpc.system": "grpc",
-                "rpc.service": "runbox.executor.v1.ExecutorService",
-                "rpc.method": "Execute",
-                "runbox.transport": "run_link",
-                RUN_ID: item.request.run_id,
-            },
+            attributes=link_execute_attributes(item.request.run_id),
         )
         item.trace_context.update(inject_context(context=trace.set_span_in_context(span)))
         return span
@@ -295,7 +279,7 @@ class Applier:
 
     def __init__(self, apply: Apply, tracer: trace.Tracer | None = None) -> None:
         self._apply = apply
-        self._tracer = tracer if recording(tracer) else None
+        self._tracer = tracer if tracer_records(tracer) else None
         self._pending: list[tuple[ExecutorLink, list[events_pb2.RunEvent]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -353,10 +337,7 @@ class Applier:
                     "messaging.system": "runbox.run_link",
                     "messaging.operation.type": "process",
                     "messaging.message.id": event.event_id,
-                    RUN_ID: event.run_id,
-                    SCRIPT_NAME: event.script_name,
-                    RUN_STATE: enum_name(common_pb2.RunState, event.state),
-                    "runbox.event.type": enum_name(events_pb2.RunEventType, event.type),
+                    **run_event_span_attributes(event),
                 },
             )
             for event in events
