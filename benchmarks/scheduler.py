@@ -110,6 +110,7 @@ from services.executor.events import RunContext, build_event, finished_fields  #
 from services.executor.runners.base import Outcome  # noqa: E402
 from services.scheduler import state as sm  # noqa: E402
 from shared.clients import open_channel  # noqa: E402
+from shared.run_subjects import run_subject  # noqa: E402
 
 RS = common_pb2.RunState
 SE = events_pb2.ScheduleEventType
@@ -365,7 +366,8 @@ class NoopExecutor(executor_pb2_grpc.ExecutorServiceServicer):
 
 def report_runs(nats_url: str, queue: Any, finished: Any, failures: Any) -> None:
     """The no-op executor's reporter (its own process): the QUEUED, STARTED and FINISHED
-    events of each accepted run, as the real executor publishes them."""
+    events of each accepted run, as the real executor publishes them when it has no run link
+    to the scheduler (on their typed subjects: shared/run_subjects.py)."""
     asyncio.run(_report_runs(nats_url, queue, finished, failures))
 
 
@@ -431,7 +433,7 @@ async def _report(js: Any, request: executor_pb2.ExecuteRequest) -> None:
     ]
     acks = [
         await js.publish_async(
-            f"{PREFIX}.run.{e.run_id}",
+            run_subject(PREFIX, e.run_id, e.type),
             e.SerializeToString(),
             headers={**e.trace_context, "Nats-Msg-Id": e.event_id},
         )

@@ -37,6 +37,14 @@ class SchedulerMetrics:
             ["result"],
             registry=registry,
         )
+        self.event_transactions = Counter(
+            "runbox_scheduler_event_transactions_total",
+            "Transactions applying run events that moved runs, by path: core (statements on "
+            "the run rows, with what the run-end hooks planned there) or orm (a run's end "
+            "needed a hook's general way: a failure, a queued fire, a held run).",
+            ["path"],
+            registry=registry,
+        )
         self.lost = Counter(
             "runbox_scheduler_runs_lost_total",
             "Runs ended LOST because their executor stopped heartbeating past the lease.",

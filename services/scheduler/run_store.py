@@ -95,6 +95,8 @@ _SQL_DISPATCHED = (
 )
 # What a batch of events did: the events that moved a run, the runs moved (by id), those ended.
 Applied = tuple[list[int], dict[str, RunRow], list[RunRow]]
+# The run-end hooks' writes for the runs a batch ends, or None (RunListeners.plan_ends).
+PlanEnds = Callable[[Connection, Sequence[RunRow]], Sequence[Callable[[Connection], None]] | None]
 
 
 def _now() -> datetime:
@@ -266,13 +268,14 @@ class RunStore:
         events: Sequence[events_pb2.RunEvent],
         moving: Sequence[int],
         lease_expiry: datetime,
-        concerned: Callable[[RunRow], bool],
+        plan_ends: PlanEnds,
     ) -> Applied | None:
         """Apply `events[moving]` to their runs in one Core transaction (runs locked in id
-        order), as long as no run it ends is `concerned` (None then, having written nothing):
-        the rows are read, moved as objects of no session, and each written back with the
-        columns that changed."""
-        return await self._tx.write(_moves_in, events, moving, lease_expiry, concerned)
+        order), with the writes `plan_ends` plans for the runs it ends (run_listeners.py),
+        or None, having written nothing, when it plans none (the run-end hooks need the ORM
+        path): the rows are read, moved as objects of no session, and each written back with
+        the columns that changed."""
+        return await self._tx.write(_moves_in, events, moving, lease_expiry, plan_ends)
 
     async def mark_dispatched(
         self,
@@ -351,7 +354,7 @@ def _moves_in(
     events: Sequence[events_pb2.RunEvent],
     moving: Sequence[int],
     lease_expiry: datetime,
-    concerned: Callable[[RunRow], bool],
+    plan_ends: PlanEnds,
 ) -> Applied | None:
     """RunStore.apply_moves' transaction."""
     ids = sorted({events[i].run_id for i in moving})
@@ -369,7 +372,8 @@ def _moves_in(
         stored = {m["id"]: m for m in conn.execute(_BY_IDS, {"ids": ids}).mappings()}
     rows = {run_id: run_record(m) for run_id, m in stored.items()}
     moved, ended, finished = move_runs(rows, events, moving, lease_expiry)
-    if any(concerned(row) for row in finished):
+    end_writes = plan_ends(conn, finished) if finished else []
+    if end_writes is None:
         return None
     for run_id, row in rows.items():
         old = stored[run_id]
@@ -384,6 +388,8 @@ def _moves_in(
             driver.execute(_update_sql(keys), (*(ROWS.bind(k, diff[k]) for k in keys), run_id))
         else:
             conn.execute(_UPDATE_BY_ID, {"run_id_": run_id, **diff})
+    for write in end_writes:
+        write(conn)
     return moved, ended, finished
 
 

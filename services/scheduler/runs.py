@@ -70,6 +70,8 @@ class Runs:
         self.catalogue = catalogue
         self._watchers = watchers
         self._metrics = metrics
+        self._core_applies = metrics.event_transactions.labels("core")
+        self._orm_applies = metrics.event_transactions.labels("orm")
         self._lease = timedelta(seconds=lease_s)
         self._listeners = listeners or RunListeners()
         # Run id -> monotonic time this replica last renewed its lease (renewals are throttled).
@@ -345,10 +347,12 @@ class Runs:
         if not moving:
             return changed
         applied = await self.store.apply_moves(
-            events, moving, self.lease_expiry(), self._listeners.concerned
+            events, moving, self.lease_expiry(), self._listeners.plan_ends
         )
-        if applied is None:  # a run's end needs the run-end hooks: the ORM path
+        if applied is None:  # a run's end needs the run-end hooks' ORM path
+            self._orm_applies.inc()
             return await self._apply_orm(events, moving, changed)
+        self._core_applies.inc()
         moved, ended, finished = applied
         for i in moved:
             changed[i] = True

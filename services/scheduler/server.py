@@ -122,7 +122,9 @@ async def build(runtime: Runtime) -> Service:
             run_ended=(RetryOrDeadLetter(events, metrics), quarantines),
             runs_ended=(
                 RunsEndHook(
-                    Firing.concerns, lambda session, ended: firing.runs_ended(session, ended)
+                    Firing.concerns,
+                    lambda session, ended: firing.runs_ended(session, ended),
+                    plan=lambda conn, ended: firing.plan_ended(conn, ended),
                 ),
             ),
         ),

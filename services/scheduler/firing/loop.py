@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from sqlalchemy import Row, func, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -35,6 +36,7 @@ from services.scheduler.firing.records import (
 from services.scheduler.firing.run_end import RunEnd
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import FireRow, RunRow, ScheduleRow
+from services.scheduler.run_listeners import EndWrites
 from services.scheduler.runs import Runs, cancel_run
 from services.scheduler.schedules import ScheduleEvents, Schedules
 from shared.errors import FailedPrecondition, NotFound, Unavailable
@@ -146,6 +148,10 @@ class Firing(WakeableLoop):
     async def runs_ended(self, session: AsyncSession, runs: Sequence[RunRow]) -> None:
         """Runs.on_terminal_many hook (run_end.py)."""
         await self.run_end.runs_ended(session, runs)
+
+    def plan_ended(self, conn: Connection, runs: Sequence[RunRow]) -> EndWrites | None:
+        """The same on a Core transaction, when it can (run_end.py)."""
+        return self.run_end.plan(conn, runs)
 
     async def run_ended(self, session: AsyncSession, run: RunRow) -> None:
         """Runs.on_terminal hook (run_end.py)."""

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from runbox.common.v1 import common_pb2
@@ -21,6 +22,7 @@ from services.scheduler.firing.planning import FAILED_STATES, HELD_UNTIL, aware,
 from services.scheduler.firing.records import SCHEDULES, active_runs, withdraw_staged
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.models import FireRow, RunRow, ScheduleRow
+from services.scheduler.run_listeners import EndWrites
 from services.scheduler.runs import Runs
 from services.scheduler.schedules import definition
 from shared.errors import FailedPrecondition, NotFound
@@ -68,6 +70,52 @@ class RunEnd:
         for run_id in held_ids:
             with contextlib.suppress(FailedPrecondition, NotFound):
                 await self._runs.cancel_pending(run_id)
+
+    def plan(self, conn: Connection, runs: Sequence[RunRow]) -> EndWrites | None:
+        """`runs_ended` on a Core transaction's connection (an applied batch of events,
+        run_store.py), in the case most scheduled runs end in: every run succeeded and was
+        not a queued fire's held run, and none of their schedules queues fires or holds a
+        run. All that can change then is each schedule's failure count, reset: the writes
+        returned. None, having written nothing, in every other case: the batch goes through
+        the ORM and `runs_ended` decides. The schedules are locked (in id order) as
+        `runs_ended` locks them, so a fire round of theirs waits for this transaction."""
+        scheduled = [run for run in runs if run.schedule_id is not None]
+        if any(run.state != RS.RUN_STATE_SUCCEEDED or held(run) for run in scheduled):
+            return None
+        ids = sorted({run.schedule_id for run in scheduled if run.schedule_id})
+        if not ids:
+            return _write_nothing
+        rows = conn.execute(
+            select(*due_columns(), ScheduleRow.consecutive_failures)
+            .where(ScheduleRow.id.in_(ids))
+            .order_by(ScheduleRow.id)
+            .with_for_update()
+        ).all()
+        for row in rows:
+            try:
+                if self._bases.schedule_of(row).concurrency == pb.CONCURRENCY_POLICY_QUEUE:
+                    return None
+            except Exception:
+                return None  # unreadable here: the general way decides
+        holding = conn.execute(
+            select(RunRow.id)
+            .where(RunRow.schedule_id.in_(ids))
+            .where(RunRow.state == RS.RUN_STATE_PENDING)
+            .where(RunRow.next_dispatch_at >= HELD_UNTIL)
+            .limit(1)
+        ).first()
+        if holding is not None:
+            return None
+        reset = [row.id for row in rows if row.consecutive_failures]
+        if not reset:
+            return _write_nothing
+
+        def write(conn: Connection) -> None:
+            conn.execute(
+                update(SCHEDULES).where(SCHEDULES.c.id.in_(reset)).values(consecutive_failures=0)
+            )
+
+        return write
 
     async def runs_ended(self, session: AsyncSession, runs: Sequence[RunRow]) -> None:
         """Runs.on_terminal_many hook: `run_ended` for the runs of scheduled fires that one
@@ -233,3 +281,7 @@ class RunEnd:
         await self._messages.stage(
             session, kind, row, key=f"failure:{run.id}", run_id=run.id, reason=row.pause_reason
         )
+
+
+def _write_nothing(conn: Connection) -> None:
+    """The planned writes when a run's end changes nothing of its schedule."""

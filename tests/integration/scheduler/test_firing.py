@@ -457,6 +457,10 @@ async def test_failure_actions_pause_and_disable_after_threshold(path: RunPath, 
             await until(lambda r=previous.run_id, o=outcome: run_state(db, r, o))
         row = await db.schedule(created.id)
         assert (row.state, row.consecutive_failures) == (pb.SCHEDULE_STATE_ACTIVE, 1)
+        # The success reset the count on the events' Core path (the common end of a
+        # scheduled run); each failure took the run-end hooks' general way.
+        text = generate_latest(path.scheduler.runtime.registry).decode()
+        assert _applies(text, "core") >= 1 and _applies(text, "orm") >= 2
         previous = await next_fire(db, created.id, previous)
         assert previous.run_id is not None
         await finish(path.nats_url, previous.run_id, RS.RUN_STATE_TIMED_OUT)
@@ -470,6 +474,12 @@ async def test_failure_actions_pause_and_disable_after_threshold(path: RunPath, 
         assert f"the last {previous.run_id} TIMED_OUT" in row.pause_reason
         shown = await stub.GetSchedule(pb.GetScheduleRequest(id=created.id))
         assert shown.state == state
+
+
+def _applies(metrics: str, path: str) -> float:
+    """runbox_scheduler_event_transactions_total of `path` in a metrics exposition."""
+    found = re.search(rf'runbox_scheduler_event_transactions_total{{path="{path}"}} (\S+)', metrics)
+    return float(found.group(1)) if found else 0.0
 
 
 async def test_notify_failure_action_publishes_failing_and_keeps_firing(

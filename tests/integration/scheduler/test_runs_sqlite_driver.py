@@ -169,7 +169,7 @@ async def test_events_applied_on_the_driver_store_what_core_stores(paths: Paths)
         dispatched = paths.stored("runs", "id", run_id)
         assert dispatched["state"] == RS.RUN_STATE_QUEUED
         assert dispatched["lease_expires_at"] == "2026-12-05 07:01:01.000000"
-        applied = await on(run_store._moves_in, _events(run_id), [0, 1], lease, lambda _: False)
+        applied = await on(run_store._moves_in, _events(run_id), [0, 1], lease, lambda _c, _r: [])
         assert applied is not None and applied[0] == [0, 1]
 
     driver, core = paths.stored("runs", "id", "drv"), paths.stored("runs", "id", "cor")
