@@ -68,10 +68,15 @@ class ExecutorLink:
         replica: str,
         applier: Applier,
         tracer: trace.Tracer | None = None,
+        *,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         # Spans only when they are recorded (a span per Execute costs ~20 µs otherwise).
         self._tracer = tracer if tracer_records(tracer) else None
+        # The stub's channel may have no interceptors (shared.clients.open_stream_channel):
+        # the call then sends what they would have added (the bearer token) itself.
         self._stub = stub
+        self._metadata = tuple(metadata)
         self._replica = replica
         self._applier = applier
         self._call: grpc.aio.StreamStreamCall[Any, Any] | None = None
@@ -159,7 +164,7 @@ class ExecutorLink:
 
     async def _serve(self) -> bool:
         """One link's life; True if it came up."""
-        call = self._stub.Link(None)  # requests written on the call
+        call = self._stub.Link(None, metadata=self._metadata)  # requests written on the call
         writer: asyncio.Task[None] | None = None
         try:
             try:
@@ -254,7 +259,11 @@ class RunLinks:
         for executor in self._executors.active():
             if executor.link is None:
                 link = executor.link = ExecutorLink(
-                    executor.stub, self._replica, self._applier, self._tracer
+                    executor.link_stub,
+                    self._replica,
+                    self._applier,
+                    self._tracer,
+                    metadata=self._executors.link_metadata,
                 )
                 self._links.append(link)
                 link.start()
