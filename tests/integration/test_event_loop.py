@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.tracing import SCRIPT, publish_noop
 from cli import natsd
-from runbox.catalogue.v1 import catalogue_pb2, catalogue_pb2_grpc
 from runbox.common.v1 import common_pb2
 from runbox.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from shared.clients import open_channel
@@ -90,24 +90,6 @@ async def stack_services(
         await services.stop()
 
 
-async def _publish_true(address: str, token: str) -> None:
-    async with open_channel(address, token=token) as channel:
-        stub = catalogue_pb2_grpc.CatalogueServiceStub(channel)
-        config = catalogue_pb2.ExecutionConfig(local=catalogue_pb2.LocalConfig(command="true"))
-        await stub.CreateScript(
-            catalogue_pb2.CreateScriptRequest(
-                script=catalogue_pb2.Script(
-                    name="loop-true", execution_type=common_pb2.EXECUTION_TYPE_LOCAL, config=config
-                )
-            )
-        )
-        await stub.PublishVersion(
-            catalogue_pb2.PublishVersionRequest(
-                script_name="loop-true", version="1.0.0", content=b"# runs /bin/true\n"
-            )
-        )
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("stack_services", ["uvloop", "asyncio"], indirect=True)
 async def test_run_succeeds_on_the_chosen_event_loop(
@@ -130,13 +112,13 @@ async def test_run_succeeds_on_the_chosen_event_loop(
         RUNBOX_EXECUTORS=json.dumps([f"127.0.0.1:{executor['grpc_port']}"]),
     )
     assert [s["event_loop"] for s in (catalogue, executor, scheduler)] == [loop] * 3
-    await _publish_true(f"127.0.0.1:{catalogue['grpc_port']}", tokens.admin)
+    await publish_noop(f"127.0.0.1:{catalogue['grpc_port']}", tokens.admin)  # `true`, local
     async with open_channel(f"127.0.0.1:{scheduler['grpc_port']}", token=tokens.admin) as channel:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
 
         async def one() -> int:
             run = await stub.SubmitRun(
-                scheduler_pb2.SubmitRunRequest(script=common_pb2.ScriptRef(name="loop-true"))
+                scheduler_pb2.SubmitRunRequest(script=common_pb2.ScriptRef(name=SCRIPT))
             )
             async for reply in stub.WatchRun(scheduler_pb2.WatchRunRequest(id=run.id), timeout=30):
                 if reply.HasField("run") and reply.run.state in (
