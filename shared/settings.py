@@ -141,7 +141,7 @@ class ServiceSettings(BaseSettings):
     # Print "RUNBOX_READY <json>" on stdout once serving (used by the dev stack).
     announce_ready: bool = False
     # The asyncio event loop the service runs on: uvloop (libuv, its transports and
-    # callbacks in C: ~10-15 % less CPU per run on the run path, docs/benchmarks.md s6-cpu),
+    # callbacks in C: less CPU per wake-up, docs/benchmarks.md s6-cpu),
     # the standard library's, or `auto`: uvloop where it is installed (a dependency on Linux
     # and macOS), else the standard one.
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
