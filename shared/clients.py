@@ -22,7 +22,7 @@ class _CallDefaults:
     spans record nothing, without them)."""
 
     def __init__(self, token: str, default_timeout_s: float, carry: bool) -> None:
-        self._auth = ("authorization", f"Bearer {token}")
+        (self._auth,) = bearer(token)
         self._timeout = default_timeout_s
         self._carry = carry
 
@@ -107,11 +107,31 @@ def open_channel(
             tracer_provider=tracer_provider, filter_=_not_health_check
         )
     return grpc.aio.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.enable_retries", 1),
-        ],
-        interceptors=interceptors,
+        address, options=_options(max_message_bytes), interceptors=interceptors
     )
+
+
+def open_stream_channel(
+    address: str, *, max_message_bytes: int = 4 * 1024 * 1024
+) -> grpc.aio.Channel:
+    """A channel with no interceptors, for a long-lived stream that passes its own call
+    metadata (`bearer`) when it starts. Through any client interceptor grpc.aio turns each
+    write of a stream-stream call into a queue put, an async generator step and a write by a
+    task of its own, and each read into a wait on the interceptor's task: a cost per message
+    (the run link's is a few messages per run), where the defaults above are per call. The
+    stream gets no client span: what it carries has spans of its own (the link's Execute
+    spans)."""
+    return grpc.aio.insecure_channel(address, options=_options(max_message_bytes))
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata `open_channel` adds: the bearer token."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1),
+    ]

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from importlib import import_module
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -47,7 +48,24 @@ def service_main(
     if args.command == "migrate":
         sys.exit(migrate(service, loaded, migrations))
     runtime = build_runtime(service, loaded)
-    asyncio.run(run_service(runtime, builder))
+    with asyncio.Runner(loop_factory=loop_factory(loaded.event_loop)) as runner:
+        runner.run(run_service(runtime, builder))
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop of RUNBOX_EVENT_LOOP: uvloop's (`auto` when it is installed), or None
+    for the standard library's. grpc.aio (its poller thread wakes the loop through a file
+    descriptor), nats-py, aiosqlite and the executor's pidfd and pipe readers work on both."""
+    if choice == "asyncio":
+        return None
+    try:
+        uvloop = import_module("uvloop")
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("RUNBOX_EVENT_LOOP=uvloop but uvloop is not installed") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def migrate(service: str, settings: ServiceSettings, migrations: Path) -> int:

@@ -151,6 +151,11 @@ async def launch(runtime: Runtime, builder: Callable[[Runtime], Awaitable[Servic
     return Running(runtime, bundle, built)
 
 
+def event_loop_name() -> str:
+    """`uvloop` or `asyncio`: the package of the running loop's class."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
+
+
 async def run_service(runtime: Runtime, builder: Callable[[Runtime], Awaitable[Service]]) -> None:
     """Serve until SIGTERM/SIGINT, exposing /metrics, then shut down gracefully."""
     running = await launch(runtime, builder)
@@ -163,17 +168,20 @@ async def run_service(runtime: Runtime, builder: Callable[[Runtime], Awaitable[S
         metrics = MetricsEndpoint(
             runtime.registry, runtime.settings.metrics.host, runtime.settings.metrics.port
         )
+    loop = event_loop_name()
     log.info(
-        "%s listening on %s (metrics port %s)",
+        "%s listening on %s (metrics port %s, event loop %s)",
         runtime.service,
         running.address,
         metrics.port if metrics else "off",
+        loop,
     )
     if runtime.settings.announce_ready:
         announce = {
             "service": runtime.service,
             "grpc_port": running.port,
             "metrics_port": metrics.port if metrics else None,
+            "event_loop": loop,
             **running.built.ready_info,
         }
         print("RUNBOX_READY " + json.dumps(announce), flush=True)

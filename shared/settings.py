@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -140,3 +140,8 @@ class ServiceSettings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     # Print "RUNBOX_READY <json>" on stdout once serving (used by the dev stack).
     announce_ready: bool = False
+    # The asyncio event loop the service runs on: uvloop (libuv, its transports and
+    # callbacks in C: less CPU per wake-up, docs/benchmarks.md s6-cpu),
+    # the standard library's, or `auto`: uvloop where it is installed (a dependency on Linux
+    # and macOS), else the standard one.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"

@@ -21,7 +21,7 @@ from opentelemetry.trace import TracerProvider
 
 from runbox.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.scheduler.link import ExecutorLink, LinkDown
-from shared.clients import open_channel
+from shared.clients import bearer, open_channel, open_stream_channel
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 class Executor:
     address: str
     stub: executor_pb2_grpc.ExecutorServiceAsyncStub
+    # The same executor on a channel without interceptors, for the run link's stream.
+    link_stub: executor_pb2_grpc.ExecutorServiceAsyncStub
     backoff_s: float = 0.0
     busy_until: float = 0.0
     # False once the executor answered ExecuteBatch UNIMPLEMENTED (older than 0.3.0).
@@ -72,10 +74,13 @@ class ExecutorSet(Mapping[str, Any]):
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         self._token = token
+        # What the run link's call sends in place of the channel's call defaults.
+        self.link_metadata = bearer(token)
         self._tracer_provider = tracer_provider
         self._dns = parse_target(dns_target) if dns_target else None
         self._refresh_s = refresh_s
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._link_channels: dict[str, grpc.aio.Channel] = {}
         self._members: dict[str, Executor] = {}
         self._static = list(dict.fromkeys(static))
         self._resolved: list[str] = []
@@ -112,9 +117,13 @@ class ExecutorSet(Mapping[str, Any]):
             channel = open_channel(
                 address, token=self._token, tracer_provider=self._tracer_provider
             )
+            link_channel = open_stream_channel(address)  # connects when the link opens
             self._channels[address] = channel
+            self._link_channels[address] = link_channel
             member = self._members[address] = Executor(
-                address, executor_pb2_grpc.ExecutorServiceStub(channel)
+                address,
+                executor_pb2_grpc.ExecutorServiceStub(channel),
+                executor_pb2_grpc.ExecutorServiceStub(link_channel),
             )
         return member
 
@@ -159,5 +168,5 @@ class ExecutorSet(Mapping[str, Any]):
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), *self._link_channels.values()]:
             await channel.close(None)

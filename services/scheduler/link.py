@@ -50,6 +50,10 @@ _BACKOFF = wait_exponential(multiplier=0.05, max=10.0) + wait_random(0, 0.1)
 _RETRYING = AsyncRetrying()
 # How often an executor that answered Link UNIMPLEMENTED (older) is asked again.
 UNLINKED_RETRY_S = 60.0
+# How long acks wait for an Execute to carry them before they get a message of their own.
+# Nothing on a run's path waits for an ack (it only lets the executor publish the applied
+# events on `.applied`); it must stay well under the executor's hold (link_hold_s, 1 s).
+ACK_LINGER_S = 0.02
 
 Apply = Callable[[list[events_pb2.RunEvent]], Awaitable[None]]
 APPLY_SPAN = "run_link.apply"
@@ -68,10 +72,16 @@ class ExecutorLink:
         replica: str,
         applier: Applier,
         tracer: trace.Tracer | None = None,
+        *,
+        metadata: Sequence[tuple[str, str]] = (),
+        ack_linger_s: float = ACK_LINGER_S,
     ) -> None:
         # Spans only when they are recorded (a span per Execute costs ~20 µs otherwise).
         self._tracer = tracer if tracer_records(tracer) else None
+        # The stub's channel may have no interceptors (shared.clients.open_stream_channel):
+        # the call then sends what they would have added (the bearer token) itself.
         self._stub = stub
+        self._metadata = tuple(metadata)
         self._replica = replica
         self._applier = applier
         self._call: grpc.aio.StreamStreamCall[Any, Any] | None = None
@@ -80,6 +90,8 @@ class ExecutorLink:
         self._answers: dict[int, asyncio.Future[executor_pb2.LinkAnswer]] = {}
         self._executes: list[executor_pb2.LinkExecute] = []
         self._acks: list[str] = []
+        self._ack_linger_s = ack_linger_s
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.unimplemented = False
@@ -142,8 +154,14 @@ class ExecutorLink:
         return span
 
     def ack(self, event_ids: Iterable[str]) -> None:
+        """Queue acks for the next message: the next Execute's (a run's acks most often ride
+        with the Execute of the run its client submits next), or one of their own after
+        `ack_linger_s`. One stream message a run each way fewer than an ack message each."""
         self._acks.extend(event_ids)
-        self._wake.set()
+        if self._ack_timer is None and self._acks:
+            self._ack_timer = asyncio.get_running_loop().call_later(
+                self._ack_linger_s, self._wake.set
+            )
 
     async def _keep(self) -> None:
         """Open the link, serve it until it breaks, reopen after a backoff (tenacity's
@@ -159,7 +177,7 @@ class ExecutorLink:
 
     async def _serve(self) -> bool:
         """One link's life; True if it came up."""
-        call = self._stub.Link(None)  # requests written on the call
+        call = self._stub.Link(None, metadata=self._metadata)  # requests written on the call
         writer: asyncio.Task[None] | None = None
         try:
             try:
@@ -198,12 +216,16 @@ class ExecutorLink:
                 log.info("run link closed; Execute goes unary until it is back")
 
     async def _write(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
-        """Send what was queued since the last write, one message at a time."""
+        """Send what was queued since the last write, one message at a time: woken by an
+        Execute (acks queued meanwhile go with it) or by the acks' linger."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             executes, self._executes = self._executes, []
             acks, self._acks = self._acks, []
+            if acks and self._ack_timer is not None:
+                self._ack_timer.cancel()
+                self._ack_timer = None
             if executes or acks:
                 await call.write(executor_pb2.LinkRequest(executes=executes, acks=acks))
 
@@ -223,6 +245,9 @@ class ExecutorLink:
                 future.set_exception(LinkDown())
         self._executes.clear()
         self._acks.clear()
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
 
 
 class RunLinks:
@@ -254,7 +279,11 @@ class RunLinks:
         for executor in self._executors.active():
             if executor.link is None:
                 link = executor.link = ExecutorLink(
-                    executor.stub, self._replica, self._applier, self._tracer
+                    executor.link_stub,
+                    self._replica,
+                    self._applier,
+                    self._tracer,
+                    metadata=self._executors.link_metadata,
                 )
                 self._links.append(link)
                 link.start()

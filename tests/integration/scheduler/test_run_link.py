@@ -26,7 +26,7 @@ from services.executor import server as executor_server
 from services.executor.link import Links
 from services.scheduler import server as scheduler_server
 from services.scheduler.link import Applier, ExecutorLink, RunLinks
-from shared.clients import open_channel
+from shared.clients import bearer, open_channel, open_stream_channel
 from shared.run_subjects import APPLIED
 from shared.status import from_rpc_error
 from tests.integration.scheduler.test_run_event_subjects import PREFIX, eventually
@@ -292,6 +292,53 @@ async def test_link_is_denied_without_the_execute_permission(
         await path.close()
 
 
+async def test_a_link_on_a_channel_without_interceptors_sends_its_own_token(
+    tmp_path: Path, nats_server: Any, tokens: Any
+) -> None:
+    """The scheduler's link stream goes on a channel without interceptors: with the
+    service token in its call metadata it comes up and Execute answers; with a token
+    lacking the execute permission, or none, the executor refuses it and it never comes up."""
+    path = await start_run_path(tmp_path, nats_server.url, tokens)
+    assert path.executor is not None
+    channel = open_stream_channel(path.executor.address)
+    applier = Applier(_Events())
+    links = {
+        name: ExecutorLink(
+            executor_pb2_grpc.ExecutorServiceStub(channel), name, applier, metadata=metadata
+        )
+        for name, metadata in [
+            ("service", bearer(tokens.service)),
+            ("reader", bearer(tokens.reader)),
+            ("none", ()),
+        ]
+    }
+    try:
+        for link in links.values():
+            link.start()
+        await eventually(lambda: asyncio.sleep(0, links["service"].up), bool)
+        slow = _request("bare-slow", content=SLOW, sha256=hashlib.sha256(SLOW).hexdigest())
+        accepted = await _outcome(links["service"].execute(slow, 10))
+        assert accepted[0] == "bare-slow" and accepted[2] is True
+        refused = {
+            "reader": grpc.StatusCode.PERMISSION_DENIED,
+            "none": grpc.StatusCode.UNAUTHENTICATED,
+        }
+        for name, code in refused.items():
+            call = executor_pb2_grpc.ExecutorServiceStub(channel).Link(
+                None, metadata=links[name]._metadata
+            )
+            await call.write(executor_pb2.LinkRequest(replica_id=name))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call.read()
+            assert caught.value.code() == code
+            assert not links[name].up
+    finally:
+        for link in links.values():
+            await link.stop()
+        await channel.close()
+        await path.close()
+
+
 async def test_executor_without_link_answers_unimplemented(
     tmp_path: Path, nats_server: Any, tokens: Any
 ) -> None:
@@ -370,7 +417,7 @@ class _EndedCall:
 
 
 class _EndedStub:
-    def Link(self, _: Any) -> _EndedCall:
+    def Link(self, _: Any, metadata: Any = ()) -> _EndedCall:
         return _EndedCall()
 
 
