@@ -6,7 +6,13 @@ runs its `finally`, and the children would go on using the machine's two cores u
 later test. `die_with_parent` is a `preexec_fn` that asks the kernel for SIGKILL when the
 parent goes (PR_SET_PDEATHSIG, kept across exec). The kernel sends it when the *thread* that
 forked exits, so spawn from the main thread or from a pool thread that outlives the child
-(asyncio.to_thread's threads live until the loop shuts down, after the benchmark's stops)."""
+(asyncio.to_thread's threads live until the loop shuts down, after the benchmark's stops).
+
+A `preexec_fn` makes Popen fork (not vfork) while gRPC's threads run, so gRPC's own fork
+handlers run too, and since grpcio 1.81 the poller they restart in the child can die on
+EBADF before the exec (grpc/grpc#43055: a service that "failed to start" about once in 40).
+Nothing in a benchmark uses gRPC in a forked child (every child execs at once), so each
+benchmark sets GRPC_ENABLE_FORK_SUPPORT=false before it imports grpc: no handlers at all."""
 
 from __future__ import annotations
 
