@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -44,7 +45,8 @@ from shared.telemetry import ContextTracer, extract_context, has_context, inject
 
 log = logging.getLogger(__name__)
 
-_SQLITE_INSERT = (
+# The outbox's statements on the sqlite3 driver (here, and the executor's own writer).
+SQLITE_INSERT = (
     "INSERT INTO outbox (msg_id, subject, payload, headers, created_at) VALUES (?,?,?,?,?)"
 )
 _SQLITE_MARK = "UPDATE outbox SET published_at = ? WHERE msg_id IN ({})"
@@ -164,7 +166,7 @@ class Outbox:
             return
         now = self._stored_at(datetime.now(UTC))
         driver.executemany(
-            _SQLITE_INSERT,
+            SQLITE_INSERT,
             [(m.msg_id, m.subject, m.payload, json.dumps(m.headers), now) for m in messages],
         )
 
@@ -423,15 +425,20 @@ def marks_on(tx: Transactions, table: Table) -> Marker:
         if driver is None:
             conn.execute(update(table).where(column.in_(msg_ids)).values(published_at=now))
             return
-        at = stored(now)
-        for start in range(0, len(msg_ids), 500):  # under SQLite's bound-variable limit
-            chunk = msg_ids[start : start + 500]
-            driver.execute(_SQLITE_MARK.format(placeholders(len(chunk))), (at, *chunk))
+        mark_sqlite(driver, stored(now), msg_ids)
 
     async def mark(msg_ids: Sequence[str]) -> None:
         await tx.write(marked_in, list(msg_ids))
 
     return mark
+
+
+def mark_sqlite(conn: sqlite3.Connection, at: str, msg_ids: Sequence[str]) -> None:
+    """published_at = `at` (as stored) for these rows, on the sqlite3 driver, in statements
+    under SQLite's bound-variable limit."""
+    for start in range(0, len(msg_ids), 500):
+        chunk = msg_ids[start : start + 500]
+        conn.execute(_SQLITE_MARK.format(placeholders(len(chunk))), (at, *chunk))
 
 
 def _end_spans(spans: Sequence[trace.Span | None], published: int) -> None:

@@ -20,13 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from shared.db_tracing import TransactionSpan, transaction_scope
-from shared.outbox import OutboxMessage
+from shared.outbox import SQLITE_INSERT, OutboxMessage, mark_sqlite
 
 # SQLAlchemy's SQLite DATETIME storage format (what the ORM path wrote and reads back).
 _STORED = "%Y-%m-%d %H:%M:%S.%f"
-_INSERT = "INSERT INTO outbox (msg_id, subject, payload, headers, created_at) VALUES (?,?,?,?,?)"
 _CREATED_AT = "SELECT created_at FROM outbox WHERE msg_id = ?"
-_MARK = "UPDATE outbox SET published_at = ? WHERE msg_id IN ({})"
 # Commits made on the loop between two passive checkpoints on the writer's thread (each
 # commit of a run's events adds a few WAL pages; SQLite's own default is 1000 pages).
 CHECKPOINT_EVERY = 200
@@ -35,12 +33,6 @@ log = logging.getLogger(__name__)
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-def _mark_in(conn: sqlite3.Connection, now: str, msg_ids: list[str]) -> None:
-    for start in range(0, len(msg_ids), 500):  # under SQLite's bound-variable limit
-        chunk = msg_ids[start : start + 500]
-        conn.execute(_MARK.format(",".join("?" * len(chunk))), (now, *chunk))
 
 
 class SqliteOutboxWriter:
@@ -105,7 +97,7 @@ class SqliteOutboxWriter:
         now = datetime.now(UTC).strftime(_STORED)
         rows = [(m.msg_id, m.subject, m.payload, json.dumps(m.headers), now) for m in messages]
         with transaction_scope(self._span):
-            return self._now(conn, lambda: conn.executemany(_INSERT, rows))
+            return self._now(conn, lambda: conn.executemany(SQLITE_INSERT, rows))
 
     def mark_now(self, msg_ids: Sequence[str]) -> bool:
         """`mark` on the loop's connection when SQLite gives the write lock at once; False
@@ -114,7 +106,7 @@ class SqliteOutboxWriter:
         if conn is None:
             return False
         now = datetime.now(UTC).strftime(_STORED)
-        return self._now(conn, lambda: _mark_in(conn, now, list(msg_ids)))
+        return self._now(conn, lambda: mark_sqlite(conn, now, list(msg_ids)))
 
     def _now(self, conn: sqlite3.Connection, write: Callable[[], object]) -> bool:
         """`write` in one transaction on the loop's connection if the write lock is free at
@@ -180,7 +172,7 @@ class SqliteOutboxWriter:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")  # takes the write lock now (the busy timeout applies)
         try:
-            conn.executemany(_INSERT, rows)
+            conn.executemany(SQLITE_INSERT, rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -202,7 +194,7 @@ class SqliteOutboxWriter:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            _mark_in(conn, now, msg_ids)
+            mark_sqlite(conn, now, msg_ids)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
