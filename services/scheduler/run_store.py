@@ -21,6 +21,7 @@ from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2
 from services.scheduler import handoff
 from services.scheduler import state as sm
+from services.scheduler.batches import chunks
 from services.scheduler.models import (
     RUN_COLUMNS,
     QuarantineRow,
@@ -28,6 +29,7 @@ from services.scheduler.models import (
     keep_messages,
     run_record,
 )
+from services.scheduler.run_listeners import EndWrites
 from shared.db_transactions import Transactions
 from shared.errors import InvalidArgument, NotFound
 from shared.group_commit import GroupCommit
@@ -96,7 +98,7 @@ _SQL_DISPATCHED = (
 # What a batch of events did: the events that moved a run, the runs moved (by id), those ended.
 Applied = tuple[list[int], dict[str, RunRow], list[RunRow]]
 # The run-end hooks' writes for the runs a batch ends, or None (RunListeners.plan_ends).
-PlanEnds = Callable[[Connection, Sequence[RunRow]], Sequence[Callable[[Connection], None]] | None]
+PlanEnds = Callable[[Connection, Sequence[RunRow]], Sequence[EndWrites] | None]
 
 
 def _now() -> datetime:
@@ -362,8 +364,7 @@ def _moves_in(
     stored: dict[Any, Mapping[Any, Any]]
     if driver is not None:
         stored = {}
-        for chunk in range(0, len(ids), CLAIM_CHUNK):
-            part = ids[chunk : chunk + CLAIM_CHUNK]
+        for part in chunks(ids, CLAIM_CHUNK):
             for m in ROWS.read_all(
                 driver.execute(_SQL_BY_IDS.format(placeholders(len(part))), part)
             ):
@@ -442,8 +443,7 @@ def _dispatched_in(
     if driver is not None:
         at, lease = ROWS.bind("updated_at", now), ROWS.bind("lease_expires_at", lease_expiry)
         for (executor_id, address), run_ids in by_executor.items():
-            for chunk in range(0, len(run_ids), CLAIM_CHUNK):
-                part = list(run_ids[chunk : chunk + CLAIM_CHUNK])
+            for part in chunks(run_ids, CLAIM_CHUNK):
                 driver.execute(
                     _SQL_DISPATCHED.format(placeholders(len(part))),
                     (executor_id, address, at, lease, at, *part),

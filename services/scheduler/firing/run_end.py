@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
@@ -73,47 +74,27 @@ class RunEnd:
 
     def plan(self, conn: Connection, runs: Sequence[RunRow]) -> EndWrites | None:
         """`runs_ended` on a Core transaction's connection (an applied batch of events,
-        run_store.py), in the case most scheduled runs end in: every run succeeded and was
-        not a queued fire's held run, and none of their schedules queues fires or holds a
-        run. All that can change then is each schedule's failure count, reset: the writes
-        returned. None, having written nothing, in every other case: the batch goes through
-        the ORM and `runs_ended` decides. The schedules are locked (in id order) as
-        `runs_ended` locks them, so a fire round of theirs waits for this transaction."""
+        run_store.py), in the case most scheduled runs end in: no run goes the general way
+        (`_general`), so all that can change is each schedule's failure count, reset: the
+        writes returned. None, having written nothing, in every other case: the batch goes
+        through the ORM and `runs_ended` decides. The schedules are locked as `runs_ended`
+        locks them, so a fire round of theirs waits for this transaction."""
         scheduled = [run for run in runs if run.schedule_id is not None]
         if any(run.state != RS.RUN_STATE_SUCCEEDED or held(run) for run in scheduled):
-            return None
-        ids = sorted({run.schedule_id for run in scheduled if run.schedule_id})
+            return None  # the general way, known without a read
+        ids = _schedule_ids(scheduled)
         if not ids:
             return _write_nothing
-        rows = conn.execute(
-            select(*due_columns(), ScheduleRow.consecutive_failures)
-            .where(ScheduleRow.id.in_(ids))
-            .order_by(ScheduleRow.id)
-            .with_for_update()
-        ).all()
-        for row in rows:
-            try:
-                if self._bases.schedule_of(row).concurrency == pb.CONCURRENCY_POLICY_QUEUE:
-                    return None
-            except Exception:
-                return None  # unreadable here: the general way decides
-        holding = conn.execute(
-            select(RunRow.id)
-            .where(RunRow.schedule_id.in_(ids))
-            .where(RunRow.state == RS.RUN_STATE_PENDING)
-            .where(RunRow.next_dispatch_at >= HELD_UNTIL)
-            .limit(1)
-        ).first()
-        if holding is not None:
+        rows = {row.id: row for row in conn.execute(_locked_schedules(ids)).all()}
+        holding = set(conn.execute(_holding(ids)).scalars().all())
+        if self._general(scheduled, rows, holding):
             return None
-        reset = [row.id for row in rows if row.consecutive_failures]
+        reset = _to_reset(ids, rows, set())
         if not reset:
             return _write_nothing
 
         def write(conn: Connection) -> None:
-            conn.execute(
-                update(SCHEDULES).where(SCHEDULES.c.id.in_(reset)).values(consecutive_failures=0)
-            )
+            conn.execute(_reset(reset))
 
         return write
 
@@ -127,25 +108,23 @@ class RunEnd:
         scheduled = [run for run in runs if run.schedule_id is not None]
         if not scheduled:
             return
-        ids = sorted({run.schedule_id for run in scheduled if run.schedule_id})
-        query = (
-            select(*due_columns(), ScheduleRow.consecutive_failures)
-            .where(ScheduleRow.id.in_(ids))
-            .order_by(ScheduleRow.id)
-            .with_for_update()
-        )
-        rows = {row.id: row for row in (await session.execute(query)).all()}
-        holding: set[str] = set(
-            (
-                await session.scalars(
-                    select(RunRow.schedule_id)
-                    .where(RunRow.state == RS.RUN_STATE_PENDING)
-                    .where(RunRow.next_dispatch_at >= HELD_UNTIL)
-                    .where(RunRow.schedule_id.in_(ids))
-                    .distinct()
-                )
-            ).all()
-        ) - {None}  # type: ignore[assignment]
+        ids = _schedule_ids(scheduled)
+        rows = {row.id: row for row in (await session.execute(_locked_schedules(ids))).all()}
+        holding = set((await session.scalars(_holding(ids))).all())
+        general = self._general(scheduled, rows, holding)
+        reset = _to_reset(ids, rows, general)
+        if reset:
+            await session.execute(_reset(reset))
+        for run in scheduled:
+            if run.schedule_id in general:
+                await self.run_ended(session, run)
+
+    def _general(
+        self, scheduled: Sequence[RunRow], rows: Mapping[str, Any], holding: set[str]
+    ) -> set[str]:
+        """The schedules (of `rows`, locked) whose ended runs go the general way (run_ended):
+        those holding a run (`holding`), those that queue fires, those of a run that did not
+        succeed or was a held run."""
         general = set(holding)
         for run in scheduled:
             row = rows.get(run.schedule_id or "")
@@ -157,18 +136,7 @@ class RunEnd:
                 queues = True  # unreadable here: the general way decides
             if queues or run.state != RS.RUN_STATE_SUCCEEDED or held(run):
                 general.add(row.id)
-        reset = [
-            sid
-            for sid in ids
-            if sid in rows and sid not in general and rows[sid].consecutive_failures
-        ]
-        if reset:
-            await session.execute(
-                update(SCHEDULES).where(SCHEDULES.c.id.in_(reset)).values(consecutive_failures=0)
-            )
-        for run in scheduled:
-            if run.schedule_id in general:
-                await self.run_ended(session, run)
+        return general
 
     async def run_ended(self, session: AsyncSession, run: RunRow) -> None:
         """Runs.on_terminal hook, inside the transaction that ends the run: release the
@@ -281,6 +249,42 @@ class RunEnd:
         await self._messages.stage(
             session, kind, row, key=f"failure:{run.id}", run_id=run.id, reason=row.pause_reason
         )
+
+
+def _schedule_ids(runs: Sequence[RunRow]) -> list[str]:
+    return sorted({run.schedule_id for run in runs if run.schedule_id})
+
+
+def _locked_schedules(ids: Sequence[str]) -> Any:
+    """The schedules' due columns and failure counts, locked in id order."""
+    return (
+        select(*due_columns(), ScheduleRow.consecutive_failures)
+        .where(ScheduleRow.id.in_(ids))
+        .order_by(ScheduleRow.id)
+        .with_for_update()
+    )
+
+
+def _holding(ids: Sequence[str]) -> Any:
+    """Which of these schedules hold a queued fire's run."""
+    return (
+        select(RunRow.schedule_id)
+        .where(RunRow.state == RS.RUN_STATE_PENDING)
+        .where(RunRow.next_dispatch_at >= HELD_UNTIL)
+        .where(RunRow.schedule_id.in_(ids))
+        .distinct()
+    )
+
+
+def _to_reset(ids: Sequence[str], rows: Mapping[str, Any], general: set[str]) -> list[str]:
+    """The schedules whose failure count a success resets (the others go the general way)."""
+    return [
+        sid for sid in ids if sid in rows and sid not in general and rows[sid].consecutive_failures
+    ]
+
+
+def _reset(ids: Sequence[str]) -> Any:
+    return update(SCHEDULES).where(SCHEDULES.c.id.in_(ids)).values(consecutive_failures=0)
 
 
 def _write_nothing(conn: Connection) -> None:
