@@ -79,8 +79,7 @@ class ExecutorSet(Mapping[str, Any]):
         self._tracer_provider = tracer_provider
         self._dns = parse_target(dns_target) if dns_target else None
         self._refresh_s = refresh_s
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._link_channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: list[grpc.aio.Channel] = []  # every one opened, closed at close()
         self._members: dict[str, Executor] = {}
         self._static = list(dict.fromkeys(static))
         self._resolved: list[str] = []
@@ -118,8 +117,7 @@ class ExecutorSet(Mapping[str, Any]):
                 address, token=self._token, tracer_provider=self._tracer_provider
             )
             link_channel = open_stream_channel(address)  # connects when the link opens
-            self._channels[address] = channel
-            self._link_channels[address] = link_channel
+            self._channels += [channel, link_channel]
             member = self._members[address] = Executor(
                 address,
                 executor_pb2_grpc.ExecutorServiceStub(channel),
@@ -168,5 +166,5 @@ class ExecutorSet(Mapping[str, Any]):
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for channel in [*self._channels.values(), *self._link_channels.values()]:
+        for channel in self._channels:
             await channel.close(None)
