@@ -331,8 +331,16 @@ async def test_catch_up_skip_latest_all_after_downtime(path: RunPath, db: Db) ->
             assert len(missed) >= 5 and not late_fired
             assert all("catch-up policy SKIP" in f.reason for f in missed)
         elif policy == pb.CATCH_UP_POLICY_LATEST:
-            assert len(missed) >= 5 and len(late_fired) == 1
-            assert late_fired[0].nominal_at > missed[-1].nominal_at
+            # LATEST fires a late time only if the next one was still within the grace when
+            # it was decided: one fire for the backlog, but a next time that crosses the
+            # grace while the backlog is worked through is the latest again (a slow CI
+            # machine made 52 s and 53 s both fire).
+            assert len(missed) >= 5 and late_fired
+            assert max(f.nominal_at for f in missed) < min(f.nominal_at for f in late_fired)
+            for fire in late:
+                following = fires[fires.index(fire) + 1]
+                still_on_time = aware(following.nominal_at) >= aware(fire.recorded_at) - grace
+                assert still_on_time == (fire.outcome == FO.FIRE_OUTCOME_FIRED), fire.reason
         else:
             assert len(late_fired) >= 5 and not missed
     fires = results[pb.CATCH_UP_POLICY_ALL]
