@@ -1,4 +1,4 @@
-"""Scheduler benchmark: cron firing at scale against a no-op executor, and the SubmitRun round
+"""Scheduler benchmark: cron firing at scale against a no-op executor, and the submit round
 trip of a no-op run against Celery with Redis.
 
 (a) Firing. --schedules cron schedules `* * * * *` (UTC) are created through CreateSchedule on a
@@ -31,8 +31,9 @@ of its per-run work (dispatch, applying events, run-end hooks). Measured per fir
 (b) Round trip. For each of --concurrencies (default 1,4,32) in turn, --runs runs of a no-op
 LOCAL script (the allow-listed /bin/true) through a real catalogue, executor (backend local) and
 scheduler, each its own process (started once for every concurrency), that many in flight:
-SubmitRun -> SUCCEEDED on WatchRun (the scheduler's own state, pushed when it applies the
-executor's FINISHED event). Right after, against Celery with Redis (database 15 of --redis-url,
+one SubmitAndWatchRun call per run, submit -> SUCCEEDED on its stream (the scheduler's own
+state, pushed when it applies the executor's FINISHED event; until issue 15's s7-watch the
+client made SubmitRun then WatchRun). Right after, against Celery with Redis (database 15 of --redis-url,
 flushed before and after; nothing else on the server is touched): a worker process with that
 many prefork processes and a no-op task; apply_async -> result.get(), that many in flight.
 Throughput is completed runs (tasks) over wall time at that concurrency. Same N, same
@@ -745,17 +746,19 @@ class RunboxClient:
             samples.clear()
 
     async def one(self) -> float:
-        """SubmitRun -> SUCCEEDED on WatchRun, in seconds."""
+        """Submit -> SUCCEEDED seen, in seconds: one SubmitAndWatchRun, as a caller that
+        waits for its run makes it (SubmitRun then WatchRun before it existed)."""
         started, wall = time.perf_counter(), time.time()
-        run = await self._stub.SubmitRun(pb.SubmitRunRequest(script=self._script))
-        async for reply in self._stub.WatchRun(pb.WatchRunRequest(id=run.id), timeout=60):
-            if reply.HasField("run") and sm.is_terminal(reply.run.state):
-                if reply.run.state != RS.RUN_STATE_SUCCEEDED:
-                    raise RuntimeError(f"run {run.id}: {RS.Name(reply.run.state)} {reply.run.exit}")
+        request = pb.SubmitAndWatchRunRequest(submit=pb.SubmitRunRequest(script=self._script))
+        async for reply in self._stub.SubmitAndWatchRun(request, timeout=60):
+            run = reply.run
+            if reply.HasField("run") and sm.is_terminal(run.state):
+                if run.state != RS.RUN_STATE_SUCCEEDED:
+                    raise RuntimeError(f"run {run.id}: {RS.Name(run.state)} {run.exit}")
                 elapsed = time.perf_counter() - started
-                self._split(run.id, reply.run, wall, elapsed)
+                self._split(run.id, run, wall, elapsed)
                 return elapsed
-        raise RuntimeError(f"run {run.id}: WatchRun ended before the run did")
+        raise RuntimeError("SubmitAndWatchRun ended before the run did")
 
     def _split(self, run_id: str, run: pb.Run, wall: float, elapsed: float) -> None:
         marks = [wall, *(t.ToDatetime(UTC).timestamp() for t in timeline(run)), wall + elapsed]
@@ -864,10 +867,10 @@ SERVICES = ("catalogue", "scheduler", "executor")
 
 
 # Where a Runbox round trip goes, between the client's clock and the run's own timestamps
-# (one machine, one clock): submit -> created (SubmitRun checks through the catalogue) ->
+# (one machine, one clock): submit -> created (the submit checks through the catalogue) ->
 # started (dispatch, Execute, the executor spawning the command) -> finished (the command and
 # the runner around it) -> SUCCEEDED seen (the executor's FINISHED event through its outbox,
-# JetStream and the scheduler's consumer, then WatchRun). queue_time is left out: it is when
+# JetStream and the scheduler's consumer, then the watch stream). queue_time is left out: it is when
 # the scheduler recorded the dispatch, which can come after the start.
 PHASES = ("submit", "dispatch", "execute", "report")
 RET = events_pb2.RunEventType
@@ -875,7 +878,7 @@ RET = events_pb2.RunEventType
 # the first mark to the event's arrival on NATS, or (with the second mark) from its arrival
 # to that mark. created -> SUBMITTED (the scheduler's outbox relay), created -> QUEUED
 # (dispatch and the executor accepting), started -> STARTED, finished -> FINISHED (the
-# executor's outbox relay), FINISHED -> seen (the scheduler's consumer and WatchRun).
+# executor's outbox relay), FINISHED -> seen (the scheduler's consumer and the watch stream).
 EVENT_MARKS: dict[str, tuple[str, int, str]] = {
     "created_to_submitted_event": ("created", RET.RUN_EVENT_TYPE_SUBMITTED, ""),
     "created_to_queued_event": ("created", RET.RUN_EVENT_TYPE_QUEUED, ""),

@@ -1,7 +1,8 @@
 """`runbox run` and `runbox runs ...`: submit, list, inspect, cancel, watch and replay runs.
 
-Watching and `run --follow` share one loop over the WatchRun stream, so both print the
-same state changes and exit with the same code for the same run.
+`run --follow` submits and watches in one call (SubmitAndWatchRun), `runs watch` watches
+with WatchRun; both print the stream through one loop, so they show the same state changes
+and exit with the same code for the same run.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import enum
 import re
 import sys
+from collections.abc import AsyncIterable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -127,27 +129,45 @@ async def follow(
     as_json: bool,
     logs: bool = False,
 ) -> scheduler_pb2.Run:
-    """Stream a run until it is terminal: state changes on stdout and, with logs, its output
-    on stdout/stderr as it comes; then return the final run."""
-    last = common_pb2.RUN_STATE_UNSPECIFIED
-    streamed: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+    """Watch a run until it is terminal (`show_stream`); the final run."""
     request = scheduler_pb2.WatchRunRequest(id=run_id, include_logs=logs)
-    async for update in stub.WatchRun(request):
+    return await show_stream(stub, stub.WatchRun(request), as_json=as_json, logs=logs)
+
+
+async def show_stream(
+    stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub,
+    updates: AsyncIterable[scheduler_pb2.WatchRunResponse],
+    *,
+    as_json: bool,
+    logs: bool = False,
+    on_first: Callable[[scheduler_pb2.Run], None] | None = None,
+) -> scheduler_pb2.Run:
+    """Show a run's stream until it is terminal: state changes on stdout and, with logs, its
+    output on stdout/stderr as it comes (`on_first`: given the first run, before anything is
+    shown); then return the final run (read back if the stream ended before the run)."""
+    last: scheduler_pb2.Run | None = None
+    streamed: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+    async for update in updates:
         if update.HasField("log"):
             stream = "stderr" if update.log.stream == "stderr" else "stdout"
             streamed[stream] += update.log.data
             if not as_json:
                 _write(stream, update.log.data)
             continue
-        if update.run.state != last and not as_json:
+        if last is None and on_first is not None:
+            on_first(update.run)
+        if (last is None or update.run.state != last.state) and not as_json:
             render.console.print(f"  -> {render.state_name(update.run.state)}")
-        last = update.run.state
-        if last in TERMINAL:
+        last = update.run
+        if last.state in TERMINAL:
             break
-    run = await stub.GetRun(scheduler_pb2.GetRunRequest(id=run_id))
+    if last is None or last.state not in TERMINAL:
+        if last is None:
+            raise fail("the run's stream ended before its first message")
+        last = await stub.GetRun(scheduler_pb2.GetRunRequest(id=last.id))
     if logs and not as_json:
-        _rest_of_output(run, streamed)
-    return run
+        _rest_of_output(last, streamed)
+    return last
 
 
 def _write(stream: str, data: bytes) -> None:
@@ -184,19 +204,23 @@ def run_and_follow(ref: str, params: list[str], *, as_json: bool, follow_run: bo
     """Submit a run; when following, wait for it and return its exit status."""
     request = scheduler_pb2.SubmitRunRequest(script=script_ref(ref), parameters=parameters(params))
 
+    def submitted(run: scheduler_pb2.Run) -> None:
+        if not as_json:
+            render.console.print(
+                f"submitted run [bold]{run.id}[/] ({run.script.name}@{run.script_version})"
+            )
+
     async def go(cfg: cli_config.ClientConfig) -> int:
         async with open_channel(cfg.scheduler, token=cfg.token) as channel:
             stub = Stub(channel)
-            run = await stub.SubmitRun(request)
-            if not as_json:
-                render.console.print(
-                    f"submitted run [bold]{run.id}[/] ({run.script.name}@{run.script_version})"
-                )
             if not follow_run:
+                run = await stub.SubmitRun(request)
+                submitted(run)
                 if as_json:
                     render.print_json(render.to_dict(run))
                 return 0
-            run = await follow(stub, run.id, as_json=as_json)
+            updates = stub.SubmitAndWatchRun(scheduler_pb2.SubmitAndWatchRunRequest(submit=request))
+            run = await show_stream(stub, updates, as_json=as_json, on_first=submitted)
             show_final(run, as_json=as_json)
             return exit_status(run)
 

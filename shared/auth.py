@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 from shared.errors import PermissionDenied, Unauthenticated
 
@@ -39,6 +40,9 @@ PERMISSIONS: frozenset[str] = frozenset(
     }
 )
 ALL = "*"
+# What an RPC needs: a permission, or several that are all needed (an RPC doing what two
+# others do needs what both need).
+Needs: TypeAlias = str | tuple[str, ...]
 # Marks an RPC open to any caller (health checks for probes).
 PUBLIC = "public"
 # Marks an RPC open to any authenticated principal (reflection).

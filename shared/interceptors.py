@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from shared.auth import AUTHENTICATED, PUBLIC, Authenticator, Principal, require
+from shared.auth import AUTHENTICATED, PUBLIC, Authenticator, Needs, Principal, require
 from shared.errors import DeadlineExceeded, DomainError, PermissionDenied
 from shared.status import DETAILS_KEY, grpc_code, to_status
 from shared.telemetry import ServerSpans
@@ -61,8 +61,8 @@ class RpcMetrics:
 
 
 class _Method:
-    """What the interceptor resolves once per method rather than per call: the permission
-    it needs, where its trace context comes from (None: none, or OpenTelemetry's server
+    """What the interceptor resolves once per method rather than per call: the permissions
+    it needs (all of them), where its trace context comes from (None: none, or OpenTelemetry's server
     interceptor made one), its metric children, and the wrapped handler (grpc.aio looks the
     same handler object up for every call)."""
 
@@ -71,16 +71,16 @@ class _Method:
         "_latency",
         "_requests",
         "name",
-        "permission",
+        "permissions",
         "spans",
         "wrapped",
     )
 
     def __init__(
-        self, name: str, permission: str | None, spans: ServerSpans | None, metrics: RpcMetrics
+        self, name: str, needs: Needs | None, spans: ServerSpans | None, metrics: RpcMetrics
     ) -> None:
         self.name = name
-        self.permission = permission
+        self.permissions = (needs,) if isinstance(needs, str) else needs
         self.spans = spans
         self._requests = metrics.requests
         self._by_code: dict[grpc.StatusCode, Any] = {}  # a code's child on its first call
@@ -100,7 +100,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
     """One interceptor for every cross-cutting concern of a unary or streaming RPC.
 
     `permissions` maps full method names ("/pkg.Service/Method") to the
-    permission they need; a method missing from the map is denied (fail closed).
+    permission they need, or a tuple of permissions all needed; a method missing from
+    the map is denied (fail closed).
     `spans`, when set, serves each RPC but health checks in a trace context (tracing
     without the OpenTelemetry server interceptor, see ServerSpans).
     """
@@ -109,13 +110,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
         self,
         *,
         authenticator: Authenticator,
-        permissions: Mapping[str, str],
+        permissions: Mapping[str, Needs],
         metrics: RpcMetrics,
         default_deadline_s: float,
         spans: ServerSpans | None = None,
     ) -> None:
         self._auth = authenticator
-        self._permissions = {**PUBLIC_METHODS, **permissions}
+        self._permissions: dict[str, Needs] = {**PUBLIC_METHODS, **permissions}
         self._metrics = metrics
         self._default_deadline = default_deadline_s
         self._spans = spans
@@ -168,12 +169,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-
         return handler
 
     def _authorize(self, entry: _Method, metadata: Mapping[str, Any]) -> Principal | None:
-        if entry.permission == PUBLIC:
+        if entry.permissions == (PUBLIC,):
             return None
         principal = self._auth.authenticate(metadata.get("authorization"))
-        if entry.permission is None:
+        if not entry.permissions:
             raise PermissionDenied(f"method {entry.name} is not open to any permission")
-        require(principal, entry.permission)
+        for permission in entry.permissions:
+            require(principal, permission)
         return principal
 
     async def _answer(

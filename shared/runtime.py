@@ -19,7 +19,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 
 from shared import jetstream
-from shared.auth import Authenticator
+from shared.auth import Authenticator, Needs
 from shared.metrics import MetricsEndpoint
 from shared.server import Registration, ServerBundle, create_server, wait_for_signal
 from shared.settings import ServiceSettings
@@ -71,7 +71,7 @@ class Service:
     """What a service builder returns: servicers, their permission map, hooks."""
 
     registrations: Sequence[Registration]
-    permissions: Mapping[str, str]
+    permissions: Mapping[str, Needs]
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     ready_info: dict[str, Any] = field(default_factory=dict)
 

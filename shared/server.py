@@ -17,7 +17,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from shared.auth import Authenticator
+from shared.auth import Authenticator, Needs
 from shared.interceptors import RpcMetrics, ServiceInterceptor, is_health_check
 from shared.settings import GrpcSettings
 from shared.telemetry import ServerSpans, Tracing
@@ -54,7 +54,7 @@ def create_server(
     settings: GrpcSettings,
     registrations: Sequence[Registration],
     authenticator: Authenticator,
-    permissions: Mapping[str, str],
+    permissions: Mapping[str, Needs],
     registry: CollectorRegistry,
     tracing: Tracing | None = None,
 ) -> ServerBundle:

@@ -79,8 +79,9 @@ def docker_engine() -> None:
 
 
 class Tokens:
-    """Admin, service, read-only, editor (read/write/delete, no manage) and
-    no-permission tokens, plus the principals file that configures them."""
+    """Admin, service, read-only, editor (read/write/delete, no manage), submitter
+    (script:execute alone) and no-permission tokens, plus the principals file that
+    configures them."""
 
     def __init__(self, directory: Path) -> None:
         self.admin = new_token()
@@ -88,6 +89,7 @@ class Tokens:
         self.reader = new_token()
         self.nobody = new_token()
         self.editor = new_token()
+        self.submitter = new_token()
         self.principals_file = directory / "principals.json"
         principals = [
             {"name": "admin", "token_sha256": hash_token(self.admin), "permissions": ["*"]},
@@ -102,6 +104,11 @@ class Tokens:
                 "name": "editor",
                 "token_sha256": hash_token(self.editor),
                 "permissions": ["script:read", "script:write", "script:delete"],
+            },
+            {
+                "name": "submitter",
+                "token_sha256": hash_token(self.submitter),
+                "permissions": ["script:execute"],
             },
         ]
         self.principals_file.write_text(json.dumps({"principals": principals}))

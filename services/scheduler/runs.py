@@ -48,6 +48,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def new_run_id() -> str:
+    """A fresh run id."""
+    return uuid.uuid4().hex
+
+
 class Runs:
     """The run lifecycle."""
 
@@ -83,14 +88,18 @@ class Runs:
         """The secret values of runs submitted here and not yet dispatched."""
         return self._secrets
 
-    async def submit(self, request: scheduler_pb2.SubmitRunRequest, *, actor: str) -> RunRow:
+    async def submit(
+        self, request: scheduler_pb2.SubmitRunRequest, *, actor: str, run_id: str | None = None
+    ) -> RunRow:
         """Validate through the catalogue and commit the run PENDING; the run as stored, a
-        plain record (models.RunRecord)."""
+        plain record (models.RunRecord). `run_id`: the new run's id, chosen by the caller
+        (SubmitAndWatchRun watches it before the commit); a repeated idempotency key returns
+        the existing run, whose id differs."""
         if request.idempotency_key:
             existing = await self.store.by_key(request.idempotency_key)
             if existing is not None:
                 return _same_request(existing, request_digest(request, existing.secret_names))
-        values, secrets = await self.prepare_values(request, actor=actor)
+        values, secrets = await self.prepare_values(request, actor=actor, run_id=run_id)
         return await self._insert(values, secrets, request.idempotency_key)
 
     async def _insert(self, values: dict[str, Any], secrets: dict[str, str], key: str) -> RunRow:
@@ -153,10 +162,15 @@ class Runs:
         return RunRow(**values), secrets
 
     async def prepare_values(
-        self, request: scheduler_pb2.SubmitRunRequest, *, actor: str, fresh: bool = True
+        self,
+        request: scheduler_pb2.SubmitRunRequest,
+        *,
+        actor: str,
+        fresh: bool = True,
+        run_id: str | None = None,
     ) -> tuple[dict[str, Any], dict[str, str]]:
         """`prepare`'s run as the column values of its INSERT (every column, defaults filled
-        in), without an ORM object: SubmitRun's path."""
+        in), without an ORM object: SubmitRun's path. `run_id`: its id (default: a new one)."""
         if not request.script.name:
             raise InvalidArgument.field("script.name", "script name is required")
         if request.priority < -1000 or request.priority > 1000:
@@ -170,7 +184,7 @@ class Runs:
         now = _now()
         values = new_run_values()
         values.update(
-            id=uuid.uuid4().hex,
+            id=run_id or new_run_id(),
             script_name=version.script_name,
             version_selector=request.script.version,
             script_version=version.version,

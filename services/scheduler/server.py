@@ -28,6 +28,7 @@ from services.scheduler.schedules import ScheduleEvents, Schedules
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.watch import Watchers
 from shared import db, db_transactions
+from shared.auth import Needs
 from shared.clients import open_channel
 from shared.consumer_lag import ConsumerLag
 from shared.jetstream import DurableConsumer, run_event_attributes
@@ -41,8 +42,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _EXEC_READ = ("GetRun", "ListRuns", "WatchRun", "ListDeadLetters", "ListQuarantines")
 _SCHED_READ = ("GetSchedule", "ListSchedules", "PreviewSchedule", "ListFires", "GetStatistics")
 _SCHED_WRITE = ("CreateSchedule", "UpdateSchedule", "PauseSchedule", "ResumeSchedule")
-PERMISSIONS: dict[str, str] = {
+PERMISSIONS: dict[str, Needs] = {
     f"/{SERVICE}/SubmitRun": "script:execute",
+    # What SubmitRun and WatchRun need: it does what both do.
+    f"/{SERVICE}/SubmitAndWatchRun": ("script:execute", "script_execution:read"),
     **{f"/{SERVICE}/{m}": "script_execution:read" for m in _EXEC_READ},
     f"/{SERVICE}/CancelRun": "script_execution:write",
     f"/{SERVICE}/ReplayDeadLetter": "script_execution:manage",

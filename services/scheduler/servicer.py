@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, TypeVar
 from zoneinfo import ZoneInfo
@@ -22,7 +23,7 @@ from services.scheduler.dispatch import Dispatcher
 from services.scheduler.models import FireRow, QuarantineRow, RunRow, ScheduleRow, kept_messages
 from services.scheduler.retries import Quarantines
 from services.scheduler.run_store import dispatched_record
-from services.scheduler.runs import Runs, cancel_run
+from services.scheduler.runs import Runs, cancel_run, new_run_id
 from services.scheduler.schedules import Schedules, definition
 from services.scheduler.watch import Change, Watchers
 from shared.interceptors import current_principal
@@ -257,10 +258,17 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def SubmitRun(
         self, request: scheduler_pb2.SubmitRunRequest, context: Ctx
     ) -> scheduler_pb2.Run:
+        return run_to_proto(await self._submit(request))
+
+    async def _submit(
+        self, request: scheduler_pb2.SubmitRunRequest, run_id: str | None = None
+    ) -> RunRow:
+        """Commit the run (`run_id`: its id if new) and hand it to dispatch; the run as
+        stored, or the existing one for a repeated idempotency key."""
         with self._dispatcher.direct() as direct:
-            row = await self._runs.submit(request, actor=current_principal().name)
+            row = await self._runs.submit(request, actor=current_principal().name, run_id=run_id)
         self._dispatcher.hand(row, direct)  # sent now, not at the next dispatch round
-        return run_to_proto(row)
+        return row
 
     async def GetRun(self, request: scheduler_pb2.GetRunRequest, context: Ctx) -> scheduler_pb2.Run:
         return run_to_proto(await self._runs.store.get(request.id))
@@ -285,29 +293,62 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> AsyncIterator[scheduler_pb2.WatchRunResponse]:
         # Subscribed before the first read: a change committed just after it is queued, not
         # missed until the next poll.
-        queue = self._watchers.subscribe(request.id)
+        with self._watching(request.id) as queue:
+            first = await self._runs.store.get(request.id)
+            async for reply in self._follow(first, queue, logs=request.include_logs):
+                yield reply
+
+    async def SubmitAndWatchRun(
+        self, request: scheduler_pb2.SubmitAndWatchRunRequest, context: Ctx
+    ) -> AsyncIterator[scheduler_pb2.WatchRunResponse]:
+        # Subscribed under the new run's id before its commit (and its hand-off to an
+        # executor): every change of the run is queued. A refused request raises before
+        # the first message, so the caller gets SubmitRun's status and details.
+        run_id = new_run_id()
+        with self._watching(run_id) as queue:
+            row = await self._submit(request.submit, run_id)
+            if row.id == run_id:
+                async for reply in self._follow(row, queue, logs=request.include_logs):
+                    yield reply
+                return
+        # A repeated idempotency key: the existing run, read before this watch subscribed
+        # to it, so it is read once more after subscribing (WatchRun's order).
+        with self._watching(row.id) as queue:
+            async for reply in self._follow(row, queue, logs=request.include_logs, reread=True):
+                yield reply
+
+    @contextlib.contextmanager
+    def _watching(self, run_id: str) -> Iterator[asyncio.Queue[Change]]:
+        """The changes of a run, queued while in the block."""
+        queue = self._watchers.subscribe(run_id)
         try:
-            last = await self._runs.store.get(request.id)
-            fixed = run_fixed(last)  # converted once per watch
-            yield scheduler_pb2.WatchRunResponse(run=run_to_proto(last, fixed))
-            while not sm.is_terminal(last.state):
-                change = await _next(queue, self._poll)
-                if change is not None and change.log_data:
-                    if request.include_logs:
-                        yield scheduler_pb2.WatchRunResponse(
-                            log=scheduler_pb2.LogLine(
-                                stream=change.log_stream, data=change.log_data
-                            )
-                        )
-                    continue
-                row = await self._moved(request.id, last, change)
-                if row is None:
-                    continue
-                if row.state != last.state:
-                    yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row, fixed))
-                last = row
+            yield queue
         finally:
-            self._watchers.unsubscribe(request.id, queue)
+            self._watchers.unsubscribe(run_id, queue)
+
+    async def _follow(
+        self, last: RunRow, queue: asyncio.Queue[Change], *, logs: bool, reread: bool = False
+    ) -> AsyncIterator[scheduler_pb2.WatchRunResponse]:
+        """WatchRun's stream from `last`, a state of the run no older than `queue`'s
+        subscription (unless `reread`: then the run is read back once first): `last`, then
+        each later state (and with `logs` the output lines) until a terminal one."""
+        fixed = run_fixed(last)  # converted once per watch
+        yield scheduler_pb2.WatchRunResponse(run=run_to_proto(last, fixed))
+        while not sm.is_terminal(last.state):
+            change = None if reread else await _next(queue, self._poll)
+            reread = False
+            if change is not None and change.log_data:
+                if logs:
+                    yield scheduler_pb2.WatchRunResponse(
+                        log=scheduler_pb2.LogLine(stream=change.log_stream, data=change.log_data)
+                    )
+                continue
+            row = await self._moved(last.id, last, change)
+            if row is None:
+                continue
+            if row.state != last.state:
+                yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row, fixed))
+            last = row
 
     async def _moved(self, run_id: str, last: RunRow, change: Change | None) -> RunRow | None:
         """The run after `change`, from the change feed when it tells (the committed row,

@@ -244,6 +244,14 @@ class WatchRunRequest(_message.Message):
     include_logs: bool
     def __init__(self, id: _Optional[str] = ..., include_logs: _Optional[bool] = ...) -> None: ...
 
+class SubmitAndWatchRunRequest(_message.Message):
+    __slots__ = ("submit", "include_logs")
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_LOGS_FIELD_NUMBER: _ClassVar[int]
+    submit: SubmitRunRequest
+    include_logs: bool
+    def __init__(self, submit: _Optional[_Union[SubmitRunRequest, _Mapping]] = ..., include_logs: _Optional[bool] = ...) -> None: ...
+
 class LogLine(_message.Message):
     __slots__ = ("stream", "data")
     STREAM_FIELD_NUMBER: _ClassVar[int]

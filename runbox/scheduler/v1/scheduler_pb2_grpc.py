@@ -28,7 +28,8 @@ if _version_not_supported:
 class SchedulerServiceStub:
     """Owns runs (history and queue) and schedules.
     Permissions: script:execute to submit; script_execution:read/write/manage
-    for runs; script_schedule:read/write/delete/manage for schedules.
+    for runs; script_schedule:read/write/delete/manage for schedules;
+    SubmitAndWatchRun needs both script:execute and script_execution:read.
     """
 
     def __init__(self, channel):
@@ -61,6 +62,11 @@ class SchedulerServiceStub:
                 '/runbox.scheduler.v1.SchedulerService/CancelRun',
                 request_serializer=runbox_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=runbox_dot_scheduler_dot_v1_dot_scheduler__pb2.Run.FromString,
+                _registered_method=True)
+        self.SubmitAndWatchRun = channel.unary_stream(
+                '/runbox.scheduler.v1.SchedulerService/SubmitAndWatchRun',
+                request_serializer=runbox_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitAndWatchRunRequest.SerializeToString,
+                response_deserializer=runbox_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchRunResponse.FromString,
                 _registered_method=True)
         self.ListDeadLetters = channel.unary_unary(
                 '/runbox.scheduler.v1.SchedulerService/ListDeadLetters',
@@ -137,7 +143,8 @@ class SchedulerServiceStub:
 class SchedulerServiceServicer:
     """Owns runs (history and queue) and schedules.
     Permissions: script:execute to submit; script_execution:read/write/manage
-    for runs; script_schedule:read/write/delete/manage for schedules.
+    for runs; script_schedule:read/write/delete/manage for schedules;
+    SubmitAndWatchRun needs both script:execute and script_execution:read.
     """
 
     def SubmitRun(self, request, context):
@@ -172,6 +179,21 @@ class SchedulerServiceServicer:
 
     def CancelRun(self, request, context):
         """Cancels a run: PENDING at once, running ones through the executor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitAndWatchRun(self, request, context):
+        """Submits a run and streams it until it is terminal, in one call: SubmitRun
+        followed by WatchRun without their two round trips. The first message is
+        the run as submitted, exactly what SubmitRun returns (PENDING, or the
+        existing run for a repeated idempotency key); then the messages WatchRun
+        streams (each state change, and live output lines with include_logs),
+        the last one terminal. The watch starts before the run is committed, so
+        no change is missed. A request SubmitRun refuses (INVALID_ARGUMENT with
+        field violations, NOT_FOUND, ...) ends the call with that status before
+        any message. Closing the stream stops watching; the run goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -303,6 +325,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     request_deserializer=runbox_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelRunRequest.FromString,
                     response_serializer=runbox_dot_scheduler_dot_v1_dot_scheduler__pb2.Run.SerializeToString,
             ),
+            'SubmitAndWatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubmitAndWatchRun,
+                    request_deserializer=runbox_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitAndWatchRunRequest.FromString,
+                    response_serializer=runbox_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchRunResponse.SerializeToString,
+            ),
             'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeadLetters,
                     request_deserializer=runbox_dot_scheduler_dot_v1_dot_scheduler__pb2.ListDeadLettersRequest.FromString,
@@ -384,7 +411,8 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
 class SchedulerService:
     """Owns runs (history and queue) and schedules.
     Permissions: script:execute to submit; script_execution:read/write/manage
-    for runs; script_schedule:read/write/delete/manage for schedules.
+    for runs; script_schedule:read/write/delete/manage for schedules;
+    SubmitAndWatchRun needs both script:execute and script_execution:read.
     """
 
     @staticmethod
@@ -512,6 +540,33 @@ class SchedulerService:
             '/runbox.scheduler.v1.SchedulerService/CancelRun',
             runbox_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelRunRequest.SerializeToString,
             runbox_dot_scheduler_dot_v1_dot_scheduler__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitAndWatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/runbox.scheduler.v1.SchedulerService/SubmitAndWatchRun',
+            runbox_dot_scheduler_dot_v1_dot_scheduler__pb2.SubmitAndWatchRunRequest.SerializeToString,
+            runbox_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

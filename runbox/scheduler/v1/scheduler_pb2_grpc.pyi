@@ -29,7 +29,8 @@ GRPC_VERSION: str
 class SchedulerServiceStub:
     """Owns runs (history and queue) and schedules.
     Permissions: script:execute to submit; script_execution:read/write/manage
-    for runs; script_schedule:read/write/delete/manage for schedules.
+    for runs; script_schedule:read/write/delete/manage for schedules;
+    SubmitAndWatchRun needs both script:execute and script_execution:read.
     """
 
     @_typing.overload
@@ -50,6 +51,17 @@ class SchedulerServiceStub:
     """
     CancelRun: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CancelRunRequest, _scheduler_pb2.Run]
     """Cancels a run: PENDING at once, running ones through the executor."""
+    SubmitAndWatchRun: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.SubmitAndWatchRunRequest, _scheduler_pb2.WatchRunResponse]
+    """Submits a run and streams it until it is terminal, in one call: SubmitRun
+    followed by WatchRun without their two round trips. The first message is
+    the run as submitted, exactly what SubmitRun returns (PENDING, or the
+    existing run for a repeated idempotency key); then the messages WatchRun
+    streams (each state change, and live output lines with include_logs),
+    the last one terminal. The watch starts before the run is committed, so
+    no change is missed. A request SubmitRun refuses (INVALID_ARGUMENT with
+    field violations, NOT_FOUND, ...) ends the call with that status before
+    any message. Closing the stream stops watching; the run goes on.
+    """
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListDeadLettersRequest, _scheduler_pb2.ListDeadLettersResponse]
     """Lists dead-lettered runs."""
     ReplayDeadLetter: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ReplayDeadLetterRequest, _scheduler_pb2.Run]
@@ -83,7 +95,8 @@ class SchedulerServiceStub:
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """Owns runs (history and queue) and schedules.
     Permissions: script:execute to submit; script_execution:read/write/manage
-    for runs; script_schedule:read/write/delete/manage for schedules.
+    for runs; script_schedule:read/write/delete/manage for schedules;
+    SubmitAndWatchRun needs both script:execute and script_execution:read.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -101,6 +114,17 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     """
     CancelRun: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CancelRunRequest, _scheduler_pb2.Run]  # type: ignore[assignment]
     """Cancels a run: PENDING at once, running ones through the executor."""
+    SubmitAndWatchRun: _aio.UnaryStreamMultiCallable[_scheduler_pb2.SubmitAndWatchRunRequest, _scheduler_pb2.WatchRunResponse]  # type: ignore[assignment]
+    """Submits a run and streams it until it is terminal, in one call: SubmitRun
+    followed by WatchRun without their two round trips. The first message is
+    the run as submitted, exactly what SubmitRun returns (PENDING, or the
+    existing run for a repeated idempotency key); then the messages WatchRun
+    streams (each state change, and live output lines with include_logs),
+    the last one terminal. The watch starts before the run is committed, so
+    no change is missed. A request SubmitRun refuses (INVALID_ARGUMENT with
+    field violations, NOT_FOUND, ...) ends the call with that status before
+    any message. Closing the stream stops watching; the run goes on.
+    """
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListDeadLettersRequest, _scheduler_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     """Lists dead-lettered runs."""
     ReplayDeadLetter: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ReplayDeadLetterRequest, _scheduler_pb2.Run]  # type: ignore[assignment]
@@ -133,7 +157,8 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Owns runs (history and queue) and schedules.
     Permissions: script:execute to submit; script_execution:read/write/manage
-    for runs; script_schedule:read/write/delete/manage for schedules.
+    for runs; script_schedule:read/write/delete/manage for schedules;
+    SubmitAndWatchRun needs both script:execute and script_execution:read.
     """
 
     @_abc_1.abstractmethod
@@ -179,6 +204,23 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.Run, _abc.Awaitable[_scheduler_pb2.Run]]:
         """Cancels a run: PENDING at once, running ones through the executor."""
+
+    @_abc_1.abstractmethod
+    def SubmitAndWatchRun(
+        self,
+        request: _scheduler_pb2.SubmitAndWatchRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.WatchRunResponse], _abc.AsyncIterator[_scheduler_pb2.WatchRunResponse]]:
+        """Submits a run and streams it until it is terminal, in one call: SubmitRun
+        followed by WatchRun without their two round trips. The first message is
+        the run as submitted, exactly what SubmitRun returns (PENDING, or the
+        existing run for a repeated idempotency key); then the messages WatchRun
+        streams (each state change, and live output lines with include_logs),
+        the last one terminal. The watch starts before the run is committed, so
+        no change is missed. A request SubmitRun refuses (INVALID_ARGUMENT with
+        field violations, NOT_FOUND, ...) ends the call with that status before
+        any message. Closing the stream stops watching; the run goes on.
+        """
 
     @_abc_1.abstractmethod
     def ListDeadLetters(
