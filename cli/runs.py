@@ -1,8 +1,9 @@
 """`runbox run` and `runbox runs ...`: submit, list, inspect, cancel, watch and replay runs.
 
-`run --follow` submits and watches in one call (SubmitAndWatchRun), `runs watch` watches
-with WatchRun; both print the stream through one loop, so they show the same state changes
-and exit with the same code for the same run.
+`run --follow` submits and watches in one call (SubmitAndWatchRun; SubmitRun then WatchRun
+against a scheduler older than that call), `runs watch` watches with WatchRun; both print the
+stream through one loop, so they show the same state changes and exit with the same code for
+the same run.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import enum
 import re
 import sys
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
+import grpc
 import typer
 from google.protobuf import struct_pb2, timestamp_pb2
 from pydantic import TypeAdapter, ValidationError
@@ -170,6 +172,28 @@ async def show_stream(
     return last
 
 
+async def submit_and_watch(
+    stub: scheduler_pb2_grpc.SchedulerServiceAsyncStub, request: scheduler_pb2.SubmitRunRequest
+) -> AsyncIterator[scheduler_pb2.WatchRunResponse]:
+    """The run's stream from SubmitAndWatchRun; from a scheduler older than that call (0.2.0
+    answers UNIMPLEMENTED before any message, so nothing was submitted), SubmitRun then
+    WatchRun, the same messages in two calls."""
+    started = False
+    try:
+        async for update in stub.SubmitAndWatchRun(
+            scheduler_pb2.SubmitAndWatchRunRequest(submit=request)
+        ):
+            started = True
+            yield update
+        return
+    except grpc.aio.AioRpcError as exc:
+        if started or exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+            raise
+    run = await stub.SubmitRun(request)
+    async for update in stub.WatchRun(scheduler_pb2.WatchRunRequest(id=run.id)):
+        yield update
+
+
 def _write(stream: str, data: bytes) -> None:
     out = sys.stderr if stream == "stderr" else sys.stdout
     out.write(data.decode(errors="replace"))
@@ -219,7 +243,7 @@ def run_and_follow(ref: str, params: list[str], *, as_json: bool, follow_run: bo
                 if as_json:
                     render.print_json(render.to_dict(run))
                 return 0
-            updates = stub.SubmitAndWatchRun(scheduler_pb2.SubmitAndWatchRunRequest(submit=request))
+            updates = submit_and_watch(stub, request)
             run = await show_stream(stub, updates, as_json=as_json, on_first=submitted)
             show_final(run, as_json=as_json)
             return exit_status(run)

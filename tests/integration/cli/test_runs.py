@@ -7,11 +7,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from runbox.catalogue.v1 import catalogue_pb2
 from runbox.common.v1 import common_pb2
 from runbox.scheduler.v1 import scheduler_pb2
+from services.scheduler.servicer import SchedulerServicer
 from tests.integration.cli.scheduler_stack import Stack, eventually, scheduler_stack
 
 SLOW_LINES = (
@@ -48,6 +50,27 @@ async def test_run_follow_prints_states_and_output_and_exits_with_status(stack: 
     failed = await stack.cli("run", "fail@1.0.0", "--follow")
     assert failed.exit_code == 3, failed.stdout + failed.stderr
     assert "FAILED" in failed.stdout and "oops" in failed.stdout
+
+
+async def test_run_follow_against_a_scheduler_without_submit_and_watch(
+    tmp_path: Path, nats_server: Any, tokens: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduler older than SubmitAndWatchRun answers UNIMPLEMENTED: `run --follow` submits
+    with SubmitRun and watches with WatchRun instead, and the run is submitted once."""
+
+    async def unimplemented(
+        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        yield  # an async generator, as the real handler is
+
+    monkeypatch.setattr(SchedulerServicer, "SubmitAndWatchRun", unimplemented)
+    async with scheduler_stack(tmp_path, nats_server, tokens, monkeypatch) as stack:
+        await stack.path.publish("hello", "print('hi')\n")
+        result = await stack.cli.ok("run", "hello", "--follow")
+        assert "-> SUCCEEDED" in result.stdout and "hi" in result.stdout
+        runs = await stack.cli.json("runs", "list", "--script", "hello")
+        assert len(runs) == 1 and runs[0]["state"] == "RUN_STATE_SUCCEEDED"
 
 
 async def test_run_without_follow_prints_pending_run_json(stack: Stack) -> None:
