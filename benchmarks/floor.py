@@ -67,18 +67,19 @@ Per-run counts (RUN_COUNTS) are measured by benchmarks/floor_counts.py (a real r
 benchmarks/scheduler.py's setup, backend local, SQLite, the services on uvloop; the services'
 /metrics deltas, JetStream stream and consumer counts, the executor's outbox writer calls and
 run link messages counted by a probe, the streamed messages the client got). On s7-floor
-(main 2f29e7f), per run at 4 in flight (the figures are in RUN_COUNTS): SubmitRun and
-WatchRun (client -> scheduler; ~3 streamed messages); no ResolveVersion (a warm submit of
-"latest" asks the catalogue nothing) and no unary Execute; over the run link ~1 message to
-the executor (the Execute, the previous runs' acks riding with it) and 1-2 back (the answer,
-STARTED + FINISHED, together when they fall in one loop turn); 4 RunEvents published
-(SUBMITTED by the scheduler, QUEUED, STARTED, FINISHED by the executor), ~0 consumed by the
-scheduler's durable consumer (it applies STARTED and FINISHED from the link); ~4 per-run
-transactions of the scheduler (submit, dispatch mark, apply, the relay's mark; fewer with
-group commit as more runs arrive together) and a few SQLAlchemy session ones of its
-background loops; in the executor 1.7 outbox commits on the loop (3 rows; 2 at 1 in flight), 1 lookup in
-the writer's thread; one spawn. `--counts FILE` takes a floor_counts.py line instead (and puts
-its measured CPU per service, nats-server and client beside the floor).
+(main 2f29e7f), per run at 4 in flight (RUN_COUNTS; docs/benchmarks.md, "Floor of a run,
+recounted for the run link", has 1 and 32 in flight too): SubmitRun and WatchRun (~3
+streamed messages); no ResolveVersion (a warm submit of "latest" asks the catalogue nothing)
+and no unary Execute; over the run link ~1 message to the executor (the Execute, earlier
+runs' acks riding with it) and 1.7-2 back (the answer; STARTED and FINISHED, together when
+they fall in one loop turn); 4 RunEvents published (SUBMITTED by the scheduler, QUEUED,
+STARTED, FINISHED by the executor), none consumed by the scheduler's durable consumer (it
+applies STARTED and FINISHED from the link); ~3.8 per-run transactions of the scheduler, all
+on the loop's connection (4.0 at 1 in flight, 3.1-3.5 at 32: group commit), and < 0.1
+session transactions of its background loops; in the executor 1.7 outbox commits on the
+loop (3 rows; 2 at 1 in flight) and 1 lookup in the writer's thread; one spawn. `--counts
+FILE` takes a floor_counts.py line instead (and puts its measured CPU per service,
+nats-server and client beside the floor).
 
 Composition (assumptions):
 
