@@ -256,9 +256,10 @@ def test_counts_smoke_counts_each_primitive_of_a_noop_run() -> None:
     assert counts["rpc_execute"] == 0
     link = line["run_link_per_run"]
     assert (link["link_executes"], link["link_answers"], link["link_events"]) == (1, 1, 2)
-    # Acks ride with the next Execute: about one message down a run; one or two up.
-    assert 1 <= counts["link_messages_to_executor"] < 2
-    assert 1 <= counts["link_messages_to_scheduler"] <= 2
+    # A message carries one or more items: at least the Execute down and its answer up, at
+    # most a message per item (acks ride with the next Execute or go alone after a linger).
+    assert 1 <= counts["link_messages_to_executor"] <= link["link_executes"] + link["link_acks"]
+    assert 1 <= counts["link_messages_to_scheduler"] <= link["link_answers"] + link["link_events"]
     # A warm submit of "latest" asks the catalogue nothing (change notes and a NATS flush:
     # shared/script_notes.py); at most the first submit's cache miss, counted per run.
     assert counts["rpc_resolveversion"] <= 0.1
