@@ -13,7 +13,7 @@ from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2
 
 from runbox.executor.v1 import executor_pb2
-from shared.errors import DomainError, InvalidArgument
+from shared.errors import DomainError, InvalidArgument, QuotaViolation
 
 # Most runs one ExecuteBatch may carry (the proto documents it).
 MAX_BATCH = 500
@@ -43,7 +43,7 @@ async def _one(
             run_id=run.run_id,
             code=getattr(code_pb2, error.code, code_pb2.UNKNOWN),
             message=error.message,
-            subjects=[v.field for v in getattr(error, "violations", []) or []],
+            subjects=_subjects(error),
         )
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(accepted_at)
@@ -53,3 +53,11 @@ async def _one(
             run_id=run.run_id, executor_id=executor_id, newly_accepted=new, accepted_at=stamp
         ),
     )
+
+
+def _subjects(error: DomainError) -> list[str]:
+    """What the error's details name: the fields (INVALID_ARGUMENT), precondition subjects
+    (FAILED_PRECONDITION) or the limits hit (RESOURCE_EXHAUSTED, e.g. "executor:<id>" when
+    the executor is full)."""
+    violations = getattr(error, "violations", None) or []
+    return [v.subject if isinstance(v, QuotaViolation) else v.field for v in violations]

@@ -62,3 +62,26 @@ async def test_batch_larger_than_the_bound_is_invalid_argument(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     active = await executor.stub.ListActiveRuns(executor_pb2.ListActiveRunsRequest())
     assert not active.runs
+
+
+async def test_batch_on_a_full_executor_answers_the_overflow_resource_exhausted(
+    tmp_path: Path, nats_server: Any, tokens: Any
+) -> None:
+    """One slot and one queue place: of three runs the third is RESOURCE_EXHAUSTED on its
+    own, naming the executor's limit (not INTERNAL for the whole batch); the two held runs
+    are accepted and go on."""
+    async with open_harness(
+        tmp_path, nats_server.url, tokens, "local", max_concurrent_runs=1, max_queued_runs=1
+    ) as executor:
+        runs = [executor.request("import time\ntime.sleep(30)\n") for _ in range(3)]
+        reply = await executor.stub.ExecuteBatch(executor_pb2.ExecuteBatchRequest(runs=runs))
+        assert [r.code for r in reply.results] == [0, 0, code_pb2.RESOURCE_EXHAUSTED]
+        assert all(r.accepted.newly_accepted for r in reply.results[:2])
+        full = reply.results[2]
+        assert full.run_id == runs[2].run_id and not full.HasField("accepted")
+        assert "is full" in full.message
+        assert list(full.subjects) == [f"executor:{reply.results[0].accepted.executor_id}"]
+        for run in runs[:2]:
+            await executor.stub.Cancel(executor_pb2.CancelRequest(run_id=run.run_id))
+            events = await executor.events(run.run_id)
+            assert events[-1].state == common_pb2.RUN_STATE_CANCELLED
