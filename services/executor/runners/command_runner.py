@@ -192,14 +192,16 @@ class CommandRunner:
                 RS.RUN_STATE_FAILED, reason=FR.FAILURE_REASON_INVALID_CONFIG, message=str(exc)
             )
         work = self._work_dirs.make(job.run_id)
+        untouched = False  # the run left its work dir as made: nothing to collect
         try:
             env = environment(job, work, self._settings.local.path)
             outcome = await self._run(job, command, work, env, on_output, on_started)
-            if not workdir.nothing_to_collect(work):
+            untouched = self._work_dirs.untouched(work, INPUT_FILES)
+            if not untouched and not workdir.nothing_to_collect(work):
                 await self._collect(job, work, outcome)
             return outcome
         finally:
-            self._work_dirs.release(work, INPUT_FILES)
+            self._work_dirs.release(work, INPUT_FILES, untouched=untouched)
 
     async def _run(
         self,

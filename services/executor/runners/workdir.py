@@ -84,6 +84,7 @@ class WorkDirs:
         # rename never lands on another run's directory.
         self._names = itertools.count()
         self._tag = f"{os.getpid():x}"
+        self._uid = os.getuid()
 
     def make(self, run_id: str) -> Path:
         while self._spares:
@@ -102,39 +103,47 @@ class WorkDirs:
             self._modes = (_mode(os.lstat(work)), _mode(os.lstat(work / ARTIFACTS)))
         return work
 
-    def release(self, work: Path, files: tuple[str, ...]) -> None:
+    def untouched(self, work: Path, files: tuple[str, ...]) -> bool:
+        """The run left its directory as made plus the runner's `files`: nothing to collect,
+        and `release(..., untouched=True)` keeps it without looking again (one look at the end
+        of a run instead of two: the collector's and the release's)."""
+        return self._as_made(work, files)
+
+    def release(self, work: Path, files: tuple[str, ...], *, untouched: bool = False) -> None:
         """After the run: unlink the runner's `files`; keep the directory as a spare if it is
-        as it was made, else remove all of it (never following a symlink)."""
+        as it was made, else remove all of it (never following a symlink). `untouched`: the
+        caller found it so (`untouched`) with no await since, so it is not looked at again."""
         try:
             for name in files:
                 os.unlink(work / name)
         except OSError:
             shutil.rmtree(work, ignore_errors=True)
             return
-        if len(self._spares) < self._most and self._as_made(work):
+        if len(self._spares) < self._most and (untouched or self._as_made(work)):
             self._spares.append(work)
             return
         remove(work, ())
 
-    def _as_made(self, work: Path) -> bool:
-        """Only the artifacts dir is left, empty, and neither directory changed mode or
-        owner (a run that changed them gets a new directory next time)."""
+    def _as_made(self, work: Path, files: tuple[str, ...] = ()) -> bool:
+        """Only the artifacts dir (and `files`) is left, the artifacts dir empty, and neither
+        directory changed mode or owner (a run that changed them gets a new directory next
+        time)."""
         if self._modes is None:
             return False
         try:
             with os.scandir(work) as entries:
-                names = [entry.name for entry in itertools.islice(entries, 2)]
-            if names != [ARTIFACTS]:
+                names = {entry.name for entry in itertools.islice(entries, len(files) + 2)}
+            if len(names) != len(files) + 1 or names != {ARTIFACTS, *files}:
                 return False
-            top, artifacts = os.lstat(work), os.lstat(work / ARTIFACTS)
+            artifacts_dir = os.path.join(work, ARTIFACTS)
+            top, artifacts = os.lstat(work), os.lstat(artifacts_dir)
             if not stat.S_ISDIR(top.st_mode) or not stat.S_ISDIR(artifacts.st_mode):
                 return False
-            uid = os.getuid()
-            if top.st_uid != uid or artifacts.st_uid != uid:
+            if top.st_uid != self._uid or artifacts.st_uid != self._uid:
                 return False
             if (_mode(top), _mode(artifacts)) != self._modes:
                 return False
-            with os.scandir(work / ARTIFACTS) as entries:
+            with os.scandir(artifacts_dir) as entries:
                 return next(entries, None) is None
         except OSError:
             return False

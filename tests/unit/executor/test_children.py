@@ -145,3 +145,37 @@ def test_work_dirs_reuse_only_a_directory_left_as_it_was_made(tmp_path: Path) ->
     dirs.release(third, ())
     dirs.close()
     assert list(base.iterdir()) == []
+
+
+def test_untouched_only_when_the_run_left_its_directory_as_made_with_the_runners_files(
+    tmp_path: Path,
+) -> None:
+    """One look at the end of a run says both "nothing to collect" and "keep as a spare": only
+    for a directory holding the runner's files and an empty artifacts dir, modes unchanged.
+    A result, an artifact, another file, a missing input or a changed mode say no, and the
+    release then looks again as before."""
+    base = tmp_path / "base"
+    dirs = workdir.WorkDirs(base)
+    work = dirs.make("run-aaaaaaaaaaaa")
+    (work / "in.json").write_text("{}")
+    assert dirs.untouched(work, ("in.json",))
+    dirs.release(work, ("in.json",), untouched=True)
+    assert sorted(p.name for p in work.iterdir()) == ["artifacts"]  # a spare
+    for change in ("result", "artifact", "file", "input gone", "mode"):
+        work = dirs.make(f"run-{change}")
+        (work / "in.json").write_text("{}")
+        if change == "result":
+            (work / "result.json").write_text("{}")
+        elif change == "artifact":
+            (work / "artifacts" / "a").write_text("x")
+        elif change == "file":
+            (work / "left.txt").write_text("x")
+        elif change == "input gone":
+            (work / "in.json").unlink()
+        else:
+            work.chmod(0o755)
+        assert not dirs.untouched(work, ("in.json",)), change
+        dirs.release(work, ("in.json",))
+        assert not work.exists(), change
+    dirs.close()
+    assert list(base.iterdir()) == []
