@@ -77,6 +77,7 @@ class Runs:
         self._metrics = metrics
         self._core_applies = metrics.event_transactions.labels("core")
         self._orm_applies = metrics.event_transactions.labels("orm")
+        self._finished: dict[int, Any] = {}  # run state -> its child of metrics.finished
         self._lease = timedelta(seconds=lease_s)
         self._listeners = listeners or RunListeners()
         # Run id -> monotonic time this replica last renewed its lease (renewals are throttled).
@@ -311,9 +312,11 @@ class Runs:
             self._outbox.notify()
         self._watchers.notify(Change(row.id, row=row if own else None))
         if sm.is_terminal(row.state):
-            self._metrics.finished.labels(
-                RS.Name(row.state).removeprefix("RUN_STATE_").lower()
-            ).inc()
+            finished = self._finished.get(row.state)
+            if finished is None:
+                name = RS.Name(row.state).removeprefix("RUN_STATE_").lower()
+                finished = self._finished[row.state] = self._metrics.finished.labels(name)
+            finished.inc()
 
     async def mark_dispatched_many(
         self, accepted: Sequence[tuple[str, str, str]], release: Sequence[str] = ()

@@ -11,7 +11,7 @@ from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2
 from services.scheduler.models import RUN_COLUMNS, RunRow, kept_messages, run_record
 from services.scheduler.run_store import move_runs
-from services.scheduler.servicer import FIXED_FIELDS, run_fixed, run_to_proto
+from services.scheduler.servicer import FIXED_FIELDS, run_fixed, run_to_proto, watch_reply
 
 LIMITS = {"cpu": 1.5, "memoryBytes": "268435456", "timeout": "3600s"}
 RETRY = {"maxAttempts": 3}
@@ -202,3 +202,34 @@ def test_a_run_an_event_ended_shows_as_the_run_read_back() -> None:
     read_back = run_record({key: getattr(running, key) for key in RUN_COLUMNS})
     assert kept_messages(read_back) is None
     assert run_to_proto(running) == run_to_proto(read_back)
+
+
+def test_a_watch_reply_carries_the_run_with_every_submessage_present_as_before() -> None:
+    """watch_reply (the Run built in place) is WatchRunResponse(run=run_to_proto(...)) byte
+    for byte, and sub-messages at their defaults (exit, output, usage, an epoch time, a zero
+    duration) are still present, as the constructors' fields made them."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for record in (
+        _record(
+            state=common_pb2.RUN_STATE_PENDING, queued_at=None, started_at=None, finished_at=None
+        ),
+        _record(queued_at=epoch, started_at=epoch, finished_at=epoch),
+        _record(
+            state=common_pb2.RUN_STATE_FAILED,
+            exit_code=3,
+            stderr_tail=b"boom",
+            usage={"cpuSeconds": 1},
+        ),
+        _record(state=common_pb2.RUN_STATE_SCHEDULED, next_dispatch_at=epoch + timedelta(days=1)),
+    ):
+        fixed = run_fixed(record)
+        reply = watch_reply(record, fixed)
+        copied = scheduler_pb2.WatchRunResponse(run=run_to_proto(record))
+        assert reply.SerializeToString(deterministic=True) == copied.SerializeToString(
+            deterministic=True
+        )
+        for field in ("exit", "output", "usage", "result", "create_time"):
+            assert reply.run.HasField(field), field
+        assert reply.run.HasField("start_time") == (record.started_at is not None)
+        assert reply.run.HasField("duration") == (record.finished_at is not None)
+        assert reply.run.HasField("due_time") == (record.state == common_pb2.RUN_STATE_SCHEDULED)
