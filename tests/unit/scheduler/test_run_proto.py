@@ -10,7 +10,7 @@ from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2
 from services.scheduler.models import RUN_COLUMNS, RunRow, kept_messages, run_record
-from services.scheduler.run_store import move_runs
+from services.scheduler.run_store import move_runs, proto_dict, repeated_proto_dict
 from services.scheduler.servicer import FIXED_FIELDS, run_fixed, run_to_proto, watch_reply
 
 LIMITS = {"cpu": 1.5, "memoryBytes": "268435456", "timeout": "3600s"}
@@ -233,3 +233,21 @@ def test_a_watch_reply_carries_the_run_with_every_submessage_present_as_before()
         assert reply.run.HasField("start_time") == (record.started_at is not None)
         assert reply.run.HasField("duration") == (record.finished_at is not None)
         assert reply.run.HasField("due_time") == (record.state == common_pb2.RUN_STATE_SCHEDULED)
+
+
+def test_repeated_messages_are_stored_as_proto_dict_stores_them_in_dicts_of_their_own() -> None:
+    """repeated_proto_dict gives proto_dict's value for every message, also the second time
+    (from its conversion kept), in a dict the caller may change without touching the next."""
+    limits = common_pb2.ResourceLimits(cpu=1.5, memory_bytes=256 << 20)
+    limits.timeout.FromSeconds(3600)
+    messages = [
+        limits,
+        common_pb2.ResourceLimits(),
+        common_pb2.RetryPolicy(max_attempts=3),
+        common_pb2.RetryPolicy(),
+    ]
+    for message in messages * 2:
+        first = repeated_proto_dict(message)
+        assert first == proto_dict(message)
+        first["changed"] = True
+        assert repeated_proto_dict(message) == proto_dict(message)
