@@ -104,6 +104,9 @@ class Dispatcher(WakeableLoop):
         self._runs = runs
         self._executors = executors
         self._metrics = metrics
+        # The per-run counters' children, looked up once (as consumer.py's).
+        self._direct = metrics.handoffs.labels("direct")
+        self._accepted = metrics.dispatch.labels("accepted")
         self._batch = batch
         self._backoff = backoff_s
         self._backoff_max = backoff_max_s
@@ -144,7 +147,7 @@ class Dispatcher(WakeableLoop):
             self._metrics.handoffs.labels("round").inc()
             self.notify()
             return
-        self._metrics.handoffs.labels("direct").inc()
+        self._direct.inc()
         task = asyncio.create_task(self._hand(row, direct.candidates), name=f"hand:{row.id}")
         self._handing[row.id] = task
         task.add_done_callback(lambda _: self._handing.pop(row.id, None))
@@ -250,7 +253,7 @@ class Dispatcher(WakeableLoop):
                     left.append((request, span, answer))
             if answers:
                 executor.backoff_s = 0.0
-                self._metrics.dispatch.labels("accepted").inc(len(answers))
+                self._accepted.inc(len(answers))
             if left:
                 answers.extend(await self._due_left(executor, left, result))
             return answers
@@ -428,7 +431,7 @@ class Dispatcher(WakeableLoop):
             span.set_attribute("runbox.dispatch.accepted", isinstance(answer, str))
             if isinstance(answer, str):
                 executor.backoff_s = 0.0
-                self._metrics.dispatch.labels("accepted").inc()
+                self._accepted.inc()
                 answers.append((row.id, answer, executor.address))
             else:
                 answers.append(await self._refused(row, candidates, executor, answer))
@@ -545,7 +548,7 @@ class Dispatcher(WakeableLoop):
                 )
                 return None
             executor.backoff_s = 0.0
-            self._metrics.dispatch.labels("accepted").inc()
+            self._accepted.inc()
             return row.id, reply.executor_id, executor.address
         await self._runs.store.defer(row.id, datetime.now(UTC) + timedelta(seconds=self._backoff))
         return None

@@ -35,7 +35,12 @@ from services.scheduler.models import RunRow, run_record
 from services.scheduler.retries import check_policy
 from services.scheduler.run_events import RunEvents
 from services.scheduler.run_listeners import RunListeners
-from services.scheduler.run_store import LEASED, RunStore, move_runs, proto_dict
+from services.scheduler.run_store import (
+    LEASED,
+    RunStore,
+    move_runs,
+    repeated_proto_dict,
+)
 from services.scheduler.watch import Change, Dispatched, Watchers
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from shared.outbox import Outbox
@@ -77,6 +82,7 @@ class Runs:
         self._metrics = metrics
         self._core_applies = metrics.event_transactions.labels("core")
         self._orm_applies = metrics.event_transactions.labels("orm")
+        self._finished: dict[int, Any] = {}  # run state -> its child of metrics.finished
         self._lease = timedelta(seconds=lease_s)
         self._listeners = listeners or RunListeners()
         # Run id -> monotonic time this replica last renewed its lease (renewals are throttled).
@@ -193,14 +199,14 @@ class Runs:
             state=RS.RUN_STATE_PENDING,
             parameters=json_format.MessageToDict(validated.values),
             secret_names=secret_names,
-            config=proto_dict(script.config),
+            config=repeated_proto_dict(script.config),
             priority=request.priority,
             labels=dict(request.labels),
             idempotency_key=request.idempotency_key or None,
             limits=self._limits(script, request),
-            retry=proto_dict(request.retry)
-            if request.HasField("retry")
-            else proto_dict(script.default_retry),
+            retry=repeated_proto_dict(
+                request.retry if request.HasField("retry") else script.default_retry
+            ),
             isolation=script.isolation,
             runtime=script.runtime,
             submitted_by=actor,
@@ -250,7 +256,7 @@ class Runs:
             if request.timeout.ToTimedelta().total_seconds() <= 0:
                 raise InvalidArgument.field("timeout", "must be positive")
             limits.timeout.CopyFrom(request.timeout)
-        return proto_dict(limits)
+        return repeated_proto_dict(limits)
 
     async def cancel_pending(self, run_id: str) -> RunRow | None:
         """Cancel a run no executor holds yet (SCHEDULED or PENDING); None if it is past."""
@@ -311,9 +317,11 @@ class Runs:
             self._outbox.notify()
         self._watchers.notify(Change(row.id, row=row if own else None))
         if sm.is_terminal(row.state):
-            self._metrics.finished.labels(
-                RS.Name(row.state).removeprefix("RUN_STATE_").lower()
-            ).inc()
+            finished = self._finished.get(row.state)
+            if finished is None:
+                name = RS.Name(row.state).removeprefix("RUN_STATE_").lower()
+                finished = self._finished[row.state] = self._metrics.finished.labels(name)
+            finished.inc()
 
     async def mark_dispatched_many(
         self, accepted: Sequence[tuple[str, str, str]], release: Sequence[str] = ()

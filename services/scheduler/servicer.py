@@ -120,33 +120,33 @@ def run_fixed(row: RunRow) -> scheduler_pb2.Run:
     )
 
 
-def run_to_proto(row: RunRow, fixed: scheduler_pb2.Run | None = None) -> scheduler_pb2.Run:
+def run_to_proto(
+    row: RunRow, fixed: scheduler_pb2.Run | None = None, *, into: scheduler_pb2.Run | None = None
+) -> scheduler_pb2.Run:
     """A run as clients see it; secret parameters show as ***. `fixed`: `run_fixed` of the
-    same run made before (a watch's), merged instead of converting those fields again."""
-    run = scheduler_pb2.Run(
-        state=common_pb2.RunState.ValueType(row.state),  # type: ignore[arg-type]
-        exit=common_pb2.ExitInfo(
-            exit_code=row.exit_code,
-            reason=row.failure_reason,  # type: ignore[arg-type]
-            message=row.exit_message,
-            signal=row.exit_signal,
-        ),
-        usage=stored_usage(row),
-        output=common_pb2.OutputTail(
-            stdout=row.stdout_tail,
-            stderr=row.stderr_tail,
-            truncated=row.output_truncated,
-            stdout_total_bytes=row.stdout_total,
-            stderr_total_bytes=row.stderr_total,
-        ),
-        executor_id=row.executor_id,
-        dead_lettered=row.dead_lettered,
-        retry_run_id=row.retry_run_id or "",
-        queue_time=_ts(row.queued_at),
-        start_time=_ts(row.started_at),
-        finish_time=_ts(row.finished_at),
-    )
+    same run made before (a watch's), merged instead of converting those fields again.
+    `into`: an empty Run to fill (a WatchRunResponse's own, not a Run copied into it).
+    Fields are set in place, not through constructors of sub-messages that are then
+    copied (~4 µs less a message)."""
+    run = scheduler_pb2.Run() if into is None else into
     run.MergeFrom(fixed if fixed is not None else run_fixed(row))
+    run.state = row.state  # type: ignore[assignment]
+    exit_ = run.exit
+    exit_.SetInParent()
+    exit_.exit_code, exit_.signal = row.exit_code, row.exit_signal
+    exit_.reason, exit_.message = row.failure_reason, row.exit_message  # type: ignore[assignment]
+    run.usage.CopyFrom(stored_usage(row))
+    run.usage.SetInParent()  # an empty one is set, as a constructor's field is
+    output = run.output
+    output.SetInParent()
+    output.stdout, output.stderr = row.stdout_tail, row.stderr_tail
+    output.truncated = row.output_truncated
+    output.stdout_total_bytes, output.stderr_total_bytes = row.stdout_total, row.stderr_total
+    run.executor_id, run.dead_lettered = row.executor_id, row.dead_lettered
+    run.retry_run_id = row.retry_run_id or ""
+    _set_ts(run.queue_time, row.queued_at)
+    _set_ts(run.start_time, row.started_at)
+    _set_ts(run.finish_time, row.finished_at)
     kept = kept_messages(row)
     if kept is not None:
         run.result.CopyFrom(kept[1])
@@ -155,13 +155,29 @@ def run_to_proto(row: RunRow, fixed: scheduler_pb2.Run | None = None) -> schedul
         json_format.ParseDict(row.result, run.result)
     else:
         run.result.SetInParent()  # an empty result reads {} as it always has (not unset)
-    due = _ts(row.next_dispatch_at) if row.state == common_pb2.RUN_STATE_SCHEDULED else None
-    if due is not None:
-        run.due_time.CopyFrom(due)
+    if row.state == common_pb2.RUN_STATE_SCHEDULED:
+        _set_ts(run.due_time, row.next_dispatch_at)
     if row.started_at and row.finished_at:
-        run.duration.CopyFrom(duration_pb2.Duration())
+        run.duration.SetInParent()  # a zero duration is set too
         run.duration.FromTimedelta(row.finished_at - row.started_at)
     return run
+
+
+def _set_ts(target: timestamp_pb2.Timestamp, value: datetime | None) -> None:
+    """`_ts(value)` set in place on a message's field (left unset for None)."""
+    if value is None:
+        return
+    since = (value if value.tzinfo else value.replace(tzinfo=UTC)) - _EPOCH
+    target.seconds = since.days * 86400 + since.seconds
+    target.nanos = since.microseconds * 1000
+    target.SetInParent()
+
+
+def watch_reply(row: RunRow, fixed: scheduler_pb2.Run) -> scheduler_pb2.WatchRunResponse:
+    """A WatchRun message showing `row`, its Run built in place."""
+    reply = scheduler_pb2.WatchRunResponse()
+    run_to_proto(row, fixed, into=reply.run)
+    return reply
 
 
 def fire_to_proto(row: FireRow) -> scheduler_pb2.Fire:
@@ -333,7 +349,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         subscription (unless `reread`: then the run is read back once first): `last`, then
         each later state (and with `logs` the output lines) until a terminal one."""
         fixed = run_fixed(last)  # converted once per watch
-        yield scheduler_pb2.WatchRunResponse(run=run_to_proto(last, fixed))
+        yield watch_reply(last, fixed)
         while not sm.is_terminal(last.state):
             change = None if reread else await _next(queue, self._poll)
             reread = False
@@ -347,7 +363,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             if row is None:
                 continue
             if row.state != last.state:
-                yield scheduler_pb2.WatchRunResponse(run=run_to_proto(row, fixed))
+                yield watch_reply(row, fixed)
             last = row
 
     async def _moved(self, run_id: str, last: RunRow, change: Change | None) -> RunRow | None:

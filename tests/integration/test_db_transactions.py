@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from shared import db
 from shared.db_transactions import Transactions, transactions
 from shared.settings import DatabaseSettings
+from shared.sqlite_rows import driver_of
 
 METADATA = sa.MetaData()
 COUNTERS = sa.Table(
@@ -127,6 +128,50 @@ async def test_write_is_rolled_back_when_its_function_raises(store: Db) -> None:
 
     assert await store.tx.read(_n) == 1
     assert await store.tx.write(_add, 1) == 2  # the connection is usable afterwards
+
+
+def _add_on_driver(conn: Connection, by: int, *, core_too: bool = False) -> int:
+    """_add on the sqlite3 driver itself where there is one (the hot paths' way,
+    shared/sqlite_rows.py), with a Core statement after it if `core_too`."""
+    driver = driver_of(conn)
+    if driver is None:
+        n = _add(conn, by)
+    else:
+        driver.execute("UPDATE counters SET n = n + ? WHERE id = 1", (by,))
+        n = driver.execute("SELECT n FROM counters WHERE id = 1").fetchone()[0]
+    if core_too:
+        conn.execute(sa.update(COUNTERS).where(COUNTERS.c.id == 1).values(doc={"by": by}))
+    return int(n)
+
+
+async def test_write_on_the_driver_commits_or_rolls_back_with_core_statements_or_not(
+    store: Db,
+) -> None:
+    """Statements run on the driver alone, or followed by a Core statement, are committed
+    together, or rolled back together when the function raises; no transaction is left open
+    between calls (another connection can write right after)."""
+
+    def fail(conn: Connection) -> None:
+        _add_on_driver(conn, 100, core_too=True)
+        raise LookupError("no")
+
+    assert await store.tx.write(_add_on_driver, 1) == 2
+    assert await store.tx.write(_add_on_driver, 2, core_too=True) == 4
+    with pytest.raises(LookupError):
+        await store.tx.write(fail)
+    with pytest.raises(LookupError):
+        await store.tx.write(lambda conn: [_add_on_driver(conn, 100), fail(conn)])
+
+    async with store.sessions() as session:
+        row = (await session.execute(sa.select(COUNTERS).where(COUNTERS.c.id == 1))).one()
+        assert (row.n, row.doc) == (4, {"by": 2})
+    async with store.sessions() as session, session.begin():  # nothing holds the write lock
+        await session.execute(
+            sa.update(COUNTERS).where(COUNTERS.c.id == 1).values(n=COUNTERS.c.n + 1)
+        )
+    assert await store.tx.read(_n) == 5
+    if store.engine.dialect.name == "sqlite":
+        assert paths(store) == {"loop": 3}  # failed writes are not counted
 
 
 async def test_write_waits_for_a_lock_another_connection_holds(

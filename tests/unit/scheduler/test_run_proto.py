@@ -10,8 +10,8 @@ from runbox.common.v1 import common_pb2
 from runbox.events.v1 import events_pb2
 from runbox.scheduler.v1 import scheduler_pb2
 from services.scheduler.models import RUN_COLUMNS, RunRow, kept_messages, run_record
-from services.scheduler.run_store import move_runs
-from services.scheduler.servicer import FIXED_FIELDS, run_fixed, run_to_proto
+from services.scheduler.run_store import move_runs, proto_dict, repeated_proto_dict
+from services.scheduler.servicer import FIXED_FIELDS, run_fixed, run_to_proto, watch_reply
 
 LIMITS = {"cpu": 1.5, "memoryBytes": "268435456", "timeout": "3600s"}
 RETRY = {"maxAttempts": 3}
@@ -202,3 +202,52 @@ def test_a_run_an_event_ended_shows_as_the_run_read_back() -> None:
     read_back = run_record({key: getattr(running, key) for key in RUN_COLUMNS})
     assert kept_messages(read_back) is None
     assert run_to_proto(running) == run_to_proto(read_back)
+
+
+def test_a_watch_reply_carries_the_run_with_every_submessage_present_as_before() -> None:
+    """watch_reply (the Run built in place) is WatchRunResponse(run=run_to_proto(...)) byte
+    for byte, and sub-messages at their defaults (exit, output, usage, an epoch time, a zero
+    duration) are still present, as the constructors' fields made them."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for record in (
+        _record(
+            state=common_pb2.RUN_STATE_PENDING, queued_at=None, started_at=None, finished_at=None
+        ),
+        _record(queued_at=epoch, started_at=epoch, finished_at=epoch),
+        _record(
+            state=common_pb2.RUN_STATE_FAILED,
+            exit_code=3,
+            stderr_tail=b"boom",
+            usage={"cpuSeconds": 1},
+        ),
+        _record(state=common_pb2.RUN_STATE_SCHEDULED, next_dispatch_at=epoch + timedelta(days=1)),
+    ):
+        fixed = run_fixed(record)
+        reply = watch_reply(record, fixed)
+        copied = scheduler_pb2.WatchRunResponse(run=run_to_proto(record))
+        assert reply.SerializeToString(deterministic=True) == copied.SerializeToString(
+            deterministic=True
+        )
+        for field in ("exit", "output", "usage", "result", "create_time"):
+            assert reply.run.HasField(field), field
+        assert reply.run.HasField("start_time") == (record.started_at is not None)
+        assert reply.run.HasField("duration") == (record.finished_at is not None)
+        assert reply.run.HasField("due_time") == (record.state == common_pb2.RUN_STATE_SCHEDULED)
+
+
+def test_repeated_messages_are_stored_as_proto_dict_stores_them_in_dicts_of_their_own() -> None:
+    """repeated_proto_dict gives proto_dict's value for every message, also the second time
+    (from its conversion kept), in a dict the caller may change without touching the next."""
+    limits = common_pb2.ResourceLimits(cpu=1.5, memory_bytes=256 << 20)
+    limits.timeout.FromSeconds(3600)
+    messages = [
+        limits,
+        common_pb2.ResourceLimits(),
+        common_pb2.RetryPolicy(max_attempts=3),
+        common_pb2.RetryPolicy(),
+    ]
+    for message in messages * 2:
+        first = repeated_proto_dict(message)
+        assert first == proto_dict(message)
+        first["changed"] = True
+        assert repeated_proto_dict(message) == proto_dict(message)
