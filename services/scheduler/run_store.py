@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+from cachetools import LRUCache
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 from sqlalchemy import Table, bindparam, case, func, insert, select, update
@@ -118,16 +119,13 @@ def repeated_proto_dict(message: Message) -> dict[str, Any]:
     key = (message.DESCRIPTOR.full_name, message.SerializeToString(deterministic=True))
     text = _PROTO_JSON.get(key)
     if text is None:
-        if len(_PROTO_JSON) >= PROTO_JSON_KEPT:
-            _PROTO_JSON.clear()
         text = _PROTO_JSON[key] = json.dumps(proto_dict(message))
     result: dict[str, Any] = json.loads(text)
     return result
 
 
 # repeated_proto_dict's conversions: (message type, its bytes) -> proto_dict as JSON text.
-PROTO_JSON_KEPT = 256
-_PROTO_JSON: dict[tuple[str, bytes], str] = {}
+_PROTO_JSON: LRUCache[tuple[str, bytes], str] = LRUCache(maxsize=256)
 
 
 class RunStore:
