@@ -163,9 +163,9 @@ async def show_stream(
         last = update.run
         if last.state in TERMINAL:
             break
-    if last is None or last.state not in TERMINAL:
-        if last is None:
-            raise fail("the run's stream ended before its first message")
+    if last is None:
+        raise fail("the run's stream ended before its first message")
+    if last.state not in TERMINAL:
         last = await stub.GetRun(scheduler_pb2.GetRunRequest(id=last.id))
     if logs and not as_json:
         _rest_of_output(last, streamed)

@@ -95,19 +95,13 @@ class WorkDirs:
             except OSError:
                 shutil.rmtree(spare, ignore_errors=True)
                 continue
-            if self._as_made(work):  # again: a process the run left may have written since
+            if self.untouched(work):  # again: a process the run left may have written since
                 return work
             shutil.rmtree(work, ignore_errors=True)
         work = make(self._base, run_id)
         if self._modes is None:
             self._modes = (_mode(os.lstat(work)), _mode(os.lstat(work / ARTIFACTS)))
         return work
-
-    def untouched(self, work: Path, files: tuple[str, ...]) -> bool:
-        """The run left its directory as made plus the runner's `files`: nothing to collect,
-        and `release(..., untouched=True)` keeps it without looking again (one look at the end
-        of a run instead of two: the collector's and the release's)."""
-        return self._as_made(work, files)
 
     def release(self, work: Path, files: tuple[str, ...], *, untouched: bool = False) -> None:
         """After the run: unlink the runner's `files`; keep the directory as a spare if it is
@@ -119,21 +113,23 @@ class WorkDirs:
         except OSError:
             shutil.rmtree(work, ignore_errors=True)
             return
-        if len(self._spares) < self._most and (untouched or self._as_made(work)):
+        if len(self._spares) < self._most and (untouched or self.untouched(work)):
             self._spares.append(work)
             return
         remove(work, ())
 
-    def _as_made(self, work: Path, files: tuple[str, ...] = ()) -> bool:
-        """Only the artifacts dir (and `files`) is left, the artifacts dir empty, and neither
-        directory changed mode or owner (a run that changed them gets a new directory next
-        time)."""
+    def untouched(self, work: Path, files: tuple[str, ...] = ()) -> bool:
+        """The directory is as made: only the artifacts dir (and `files`) is left, the
+        artifacts dir empty, and neither directory changed mode or owner (a run that changed
+        them gets a new directory next time). At the end of a run, with the runner's input
+        files: nothing to collect, and `release(..., untouched=True)` keeps it without looking
+        again (one look instead of two: the collector's and the release's)."""
         if self._modes is None:
             return False
         try:
             with os.scandir(work) as entries:
                 names = {entry.name for entry in itertools.islice(entries, len(files) + 2)}
-            if len(names) != len(files) + 1 or names != {ARTIFACTS, *files}:
+            if names != {ARTIFACTS, *files}:  # one entry more than these is read, if any
                 return False
             artifacts_dir = os.path.join(work, ARTIFACTS)
             top, artifacts = os.lstat(work), os.lstat(artifacts_dir)
